@@ -1,6 +1,31 @@
 """Flax NNX models of DiffuSETS: the 1-D VAE and the conditional 1-D U-Net."""
 
+from flax import nnx
+
 from diffusets_jax.models.unet import UNet, make_condition
 from diffusets_jax.models.vae import VAE, Decoder, Encoder, vae_loss
 
-__all__ = ["VAE", "Encoder", "Decoder", "UNet", "make_condition", "vae_loss"]
+__all__ = ["VAE", "Encoder", "Decoder", "UNet", "make_condition", "vae_loss", "build_vae", "build_unet"]
+
+
+def build_vae(config, rngs: nnx.Rngs | None = None) -> VAE:
+    """The VAE of `config.vae` (random initialisation from `config.seed` unless `rngs` is given)."""
+    rngs = rngs or nnx.Rngs(config.seed)
+    return VAE(tuple(config.vae.channels), config.vae.latent_channels, config.vae.num_groups, rngs=rngs)
+
+
+def build_unet(config, rngs: nnx.Rngs | None = None) -> UNet:
+    """The U-Net of `config.unet`, conditioned on `config.text.embed_dim`-wide text embeddings."""
+    u = config.unet
+    return UNet(
+        channels=tuple(u.channels),
+        latent_channels=config.vae.latent_channels,
+        text_embed_dim=config.text.embed_dim,
+        kernel_size=u.kernel_size,
+        num_heads=u.num_heads,
+        bottleneck_hidden=u.bottleneck_hidden,
+        bottleneck_heads=u.bottleneck_heads,
+        bottleneck_kernel_size=u.bottleneck_kernel_size,
+        closed_form_cross_attention=u.closed_form_cross_attention,
+        rngs=rngs or nnx.Rngs(config.seed + 1),
+    )

@@ -1,0 +1,81 @@
+"""Defaults shared by every configuration; each field is documented in docs/configs.md.
+
+Groups: `data`, `text`, `vae`, `unet`, `diffusion`, `vae_train`, `unet_train`, `sampling`, `mesh`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "common"
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dirs = ()  # processed datasets written by `diffusets-jax prepare`
+    c.data.train_folds = (1, 2, 3, 4, 5, 6, 7, 8)  # PTB-XL strat_fold; patient hash elsewhere
+    c.data.shuffle = True  # the official loaders never shuffle (a bug we do not reproduce)
+
+    c.text = ml_collections.ConfigDict()
+    c.text.embedder = "minilm"  # 'minilm' (384-d, offline) or 'openai-ada-002' (1536-d, official)
+    c.text.embed_dim = 384
+
+    c.vae = ml_collections.ConfigDict()
+    c.vae.channels = (128, 256, 512)
+    c.vae.latent_channels = 4
+    c.vae.num_groups = 32
+
+    c.unet = ml_collections.ConfigDict()
+    c.unet.channels = (8, 16, 32, 64, 128, 256)
+    c.unet.kernel_size = 7
+    c.unet.num_heads = 8
+    c.unet.bottleneck_hidden = 32
+    c.unet.bottleneck_heads = 4
+    c.unet.bottleneck_kernel_size = 3
+    c.unet.closed_form_cross_attention = True  # exact; see models.unet.CrossAttention
+
+    c.diffusion = ml_collections.ConfigDict()
+    c.diffusion.num_train_timesteps = 1000
+    c.diffusion.beta_start = 0.00085
+    c.diffusion.beta_end = 0.012
+    c.diffusion.beta_schedule = "linear"
+    c.diffusion.clip_sample = True
+    c.diffusion.clip_sample_range = 1.0
+    c.diffusion.t_min = 1  # training t ~ U{t_min, ..., t_max - 1}; official randint(1, 999)
+    c.diffusion.t_max = 999
+
+    # VAE recipe of vae/vae_train.py: AdamW 1e-4, one-cycle to 2e-4, KL weight 0.1 -> 1.0 by tenths.
+    c.vae_train = ml_collections.ConfigDict()
+    c.vae_train.batch_size = 256
+    c.vae_train.num_epochs = 10  # if > 0, num_steps = num_epochs * steps_per_epoch
+    c.vae_train.num_steps = 0
+    c.vae_train.learning_rate = 1e-4
+    c.vae_train.max_learning_rate = 2e-4  # one-cycle peak (torch OneCycleLR defaults otherwise)
+    c.vae_train.weight_decay = 0.01
+    c.vae_train.kl_weight_max = 1.0
+    c.vae_train.kl_anneal_stages = 10  # weight (k + 1) / stages * kl_weight_max in stage k
+    c.vae_train.log_every = 10
+    c.vae_train.checkpoint_every = 500
+    c.vae_train.keep_checkpoints = 2
+
+    # U-Net recipe of utils/train.py (lr and batch per the paper; see docs/differences.md).
+    c.unet_train = ml_collections.ConfigDict()
+    c.unet_train.batch_size = 512
+    c.unet_train.num_epochs = 200
+    c.unet_train.num_steps = 0
+    c.unet_train.learning_rate = 5e-4
+    c.unet_train.final_lr_fraction = 0.1  # CosineAnnealingLR(eta_min = 0.1 lr)
+    c.unet_train.weight_decay = 0.01
+    c.unet_train.ema_decay = 0.0  # 0 disables the EMA (official: none)
+    c.unet_train.sample_posterior = False  # official: one sampled latent per record, cached once
+    c.unet_train.log_every = 10
+    c.unet_train.checkpoint_every = 1000
+    c.unet_train.keep_checkpoints = 2
+
+    c.sampling = ml_collections.ConfigDict()
+    c.sampling.num_steps = 1000
+    c.sampling.batch_size = 16
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data_axis = "data"  # batch sharded over all devices, parameters replicated
+    return c

@@ -1,0 +1,41 @@
+"""A small DiffuSETS that trains on a 2-core CPU: the shipped default model.
+
+Same architecture as `paper` with narrower layers (VAE 32/64/128 channels, U-Net five levels of
+8..128 channels, 128 -> 4 latent positions) and MiniLM text embeddings (384-d). Trained on the
+shared PTB-XL folds 1-8 and LUDB:
+
+  diffusets-jax prepare --dataset ptbxl --root ../shared/data/ptb-xl --out data/ptbxl
+  diffusets-jax prepare --dataset ludb --root ../shared/data/ludb --out data/ludb
+  diffusets-jax train-vae --config small --workdir workdirs/small --data data/ptbxl --data data/ludb
+  diffusets-jax train-diffusion --config small --workdir workdirs/small --data data/ptbxl --data data/ludb
+  diffusets-jax export --workdir workdirs/small --out diffusets_jax/pretrained/default
+
+See diffusets_jax/pretrained/default/MODEL_CARD.md for the time and losses it reached.
+"""
+
+from configs import common
+
+
+def get_config():
+    c = common.get_config()
+    c.name = "small"
+    c.vae.channels = (32, 64, 128)
+    c.unet.channels = (8, 16, 32, 64, 128)
+
+    c.vae_train.batch_size = 32
+    c.vae_train.num_epochs = 0
+    c.vae_train.num_steps = 3000
+    c.vae_train.learning_rate = 5e-4
+    c.vae_train.max_learning_rate = 1e-3
+    c.vae_train.checkpoint_every = 250
+
+    c.unet_train.batch_size = 64
+    c.unet_train.num_epochs = 0
+    c.unet_train.num_steps = 12000
+    c.unet_train.learning_rate = 1e-3
+    c.unet_train.ema_decay = 0.999
+    c.unet_train.sample_posterior = True  # few records: a fresh posterior sample each step
+    c.unet_train.checkpoint_every = 1000
+
+    c.sampling.num_steps = 1000
+    return c

@@ -1,0 +1,144 @@
+"""The processed training set written by `diffusets-jax prepare` and read by the trainers.
+
+A directory holding:
+
+    dataset.npz   signals (N, 1024, 12) float32 mV, text_embeddings (N, D) float32,
+                  age (N,) years, sex (N,) 'M'/'F', heart_rate (N,) bpm, fold (N,) int,
+                  reports (N,) '|'-joined statements, prompts (N,), record_ids, patient_ids
+    info.json     source, root, embedder name and dim, counts, creation time
+    skipped.csv   record_id, reason for each record that could not be used
+    records.jsonl one line of metadata per kept record (original report, scp codes, ...)
+
+Text embeddings are computed here once, through a prompt cache, so training never runs the text
+model (reference section 5: the official code stores ada-002 embeddings in its latent cache).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from diffusets_jax.constants import NUM_LEADS, NUM_SAMPLES, SEX_CODES
+
+ARRAY_FIELDS = (
+    "signals", "text_embeddings", "age", "sex", "heart_rate", "fold", "reports", "prompts",
+    "record_ids", "patient_ids",
+)
+
+
+@dataclass
+class ProcessedDataset:
+    """In-memory processed set; every array has the record axis N first."""
+
+    signals: np.ndarray  # (N, 1024, 12) float32 mV
+    text_embeddings: np.ndarray  # (N, D) float32
+    age: np.ndarray  # (N,) float32 years
+    sex: np.ndarray  # (N,) str 'M' / 'F'
+    heart_rate: np.ndarray  # (N,) float32 bpm
+    fold: np.ndarray  # (N,) int32, patient-wise
+    reports: np.ndarray  # (N,) str, statements joined by '|'
+    prompts: np.ndarray  # (N,) str, the embedded prompt
+    record_ids: np.ndarray  # (N,) str
+    patient_ids: np.ndarray  # (N,) str
+    embedder: str = ""
+
+    def __len__(self) -> int:
+        return len(self.signals)
+
+    @property
+    def sex_codes(self) -> np.ndarray:
+        """(N,) float32: 1.0 male, 0.0 female, as the official condition vector."""
+        return np.array([SEX_CODES[s] for s in self.sex], np.float32)
+
+    def subset(self, mask: np.ndarray) -> "ProcessedDataset":
+        fields = {name: getattr(self, name)[mask] for name in ARRAY_FIELDS}
+        return ProcessedDataset(**fields, embedder=self.embedder)
+
+
+def save_processed(records, skipped: Sequence[tuple[str, str]], out_dir: str | Path, embedder,
+                   *, source: str, root: str, cache_path: str | Path | None = None) -> Path:
+    """Embed the reports of `records` (ECGRecord list) and write the processed set to `out_dir`.
+
+    `cache_path` (default `out_dir/embedding_cache.npz`) keeps prompt embeddings between runs.
+    Raises ValueError if no record is left.
+    """
+    from diffusets_jax.text import EmbeddingCache, build_prompt
+
+    if not records:
+        raise ValueError(f"no usable record in {root}: nothing to write ({len(skipped)} skipped)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache_path = Path(cache_path) if cache_path else out_dir / "embedding_cache.npz"
+    cache = EmbeddingCache.open(cache_path, embedder)
+    prompts = [build_prompt(r.statements) for r in records]
+    embeddings = cache.embed_prompts(prompts, embedder)
+    cache.save(cache_path)
+    np.savez(
+        out_dir / "dataset.npz",
+        signals=np.stack([r.signal for r in records]).astype(np.float32),
+        text_embeddings=embeddings.astype(np.float32),
+        age=np.array([r.age for r in records], np.float32),
+        sex=np.array([r.sex for r in records]),
+        heart_rate=np.array([r.heart_rate for r in records], np.float32),
+        fold=np.array([r.fold for r in records], np.int32),
+        reports=np.array(["|".join(r.statements) for r in records]),
+        prompts=np.array(prompts),
+        record_ids=np.array([str(r.record_id) for r in records]),
+        patient_ids=np.array([str(r.patient_id) for r in records]),
+    )
+    with open(out_dir / "records.jsonl", "w") as f:
+        for r in records:
+            f.write(json.dumps({"record_id": str(r.record_id), **_jsonable(r.metadata)}) + "\n")
+    with open(out_dir / "skipped.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["record_id", "reason"])
+        writer.writerows(skipped)
+    info = {
+        "source": source, "root": str(root), "embedder": embedder.name, "embed_dim": embedder.dim,
+        "num_records": len(records), "num_skipped": len(skipped),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    (out_dir / "info.json").write_text(json.dumps(info, indent=2))
+    return out_dir
+
+
+def _jsonable(metadata: dict) -> dict:
+    return json.loads(json.dumps(metadata, default=str))
+
+
+def load_processed(dirs: str | Path | Sequence[str | Path], folds: Sequence[int] | None = None
+                   ) -> ProcessedDataset:
+    """Read and concatenate processed sets, keeping only `folds` if given.
+
+    Raises FileNotFoundError naming a directory without `dataset.npz`, ValueError if the sets were
+    embedded by different text embedders, if an array is malformed, or if nothing is left.
+    """
+    dirs = [dirs] if isinstance(dirs, (str, Path)) else list(dirs)
+    if not dirs:
+        raise ValueError("no processed dataset given (use --data DIR, written by `diffusets-jax prepare`)")
+    parts, embedders = [], set()
+    for d in dirs:
+        path = Path(d) / "dataset.npz"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: run `diffusets-jax prepare --out {d}` first")
+        info = json.loads((Path(d) / "info.json").read_text())
+        embedders.add(info["embedder"])
+        with np.load(path, allow_pickle=False) as data:
+            parts.append({name: data[name] for name in ARRAY_FIELDS})
+    if len(embedders) > 1:
+        raise ValueError(f"datasets {dirs} were embedded with different text embedders: {sorted(embedders)}")
+    merged = {name: np.concatenate([p[name] for p in parts]) for name in ARRAY_FIELDS}
+    dataset = ProcessedDataset(**merged, embedder=embedders.pop())
+    if dataset.signals.shape[1:] != (NUM_SAMPLES, NUM_LEADS):
+        raise ValueError(f"signals have shape {dataset.signals.shape}, expected (N, 1024, 12)")
+    if folds is not None:
+        dataset = dataset.subset(np.isin(dataset.fold, np.asarray(folds)))
+    if len(dataset) == 0:
+        raise ValueError(f"no record of {dirs} is in folds {folds}")
+    return dataset
