@@ -1,0 +1,155 @@
+"""The `diffusets-jax` command line: a thin layer that parses arguments and calls library functions.
+
+    diffusets-jax prepare          dataset directory -> processed training set
+    diffusets-jax train-vae        stage 1, the VAE
+    diffusets-jax train-diffusion  stage 2, the latent diffusion U-Net
+    diffusets-jax export           training workdir -> pretrained model directory
+    diffusets-jax generate         report text + age, sex, HR -> WFDB records, .npz and PNGs
+    diffusets-jax convert-torch    official PyTorch weights -> pretrained model directory
+    diffusets-jax export-torch     pretrained model directory -> official PyTorch state dicts
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class UsageError(Exception):
+    """A bad argument: printed as one line, exit status 2."""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="small", help="config name in configs/ (small, paper) or a .py path (default: small)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set unet_train.num_steps=100 (repeatable)")
+    p.add_argument("--workdir", required=True, type=Path, help="directory for checkpoints and logs (resumed if present)")
+    p.add_argument("--data", action="append", required=True, type=Path, metavar="DIR",
+                   help="processed dataset written by `prepare` (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffusets-jax",
+        description="DiffuSETS in JAX: 12-lead ECGs from clinical report text, age, sex and heart rate.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="turn a dataset directory into a processed training set",
+                       description="Read PTB-XL, LUDB or MIMIC-IV-ECG records, resample to 1024 samples (102.4 Hz), "
+                                   "detect heart rates, embed the report prompts, and write DIR/dataset.npz. "
+                                   "Bad records are skipped and listed with their reason.")
+    p.add_argument("--dataset", required=True, choices=["ptbxl", "ludb", "mimic"], help="which reader")
+    p.add_argument("--root", required=True, type=Path, help="dataset directory (e.g. .../ptb-xl)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--embedder", default="minilm", help="text embedder: minilm (default, offline) or openai-ada-002")
+    p.add_argument("--sampling-rate", type=int, choices=[100, 500], default=500, help="PTB-XL records to read (default 500)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N records (for quick trials)")
+
+    p = sub.add_parser("train-vae", help="train the VAE (stage 1)")
+    _add_config_args(p)
+    p = sub.add_parser("train-diffusion", help="train the latent diffusion U-Net (stage 2; needs a trained VAE in --workdir)")
+    _add_config_args(p)
+
+    p = sub.add_parser("export", help="write a pretrained model directory from a training workdir")
+    p.add_argument("--workdir", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--model-card", type=Path, default=None, help="Markdown file copied as MODEL_CARD.md")
+
+    p = sub.add_parser("generate", help="generate 12-lead ECGs from report text and patient information",
+                       description="Writes, per ECG, a WFDB record (.hea/.dat, 12 leads, mV, 102.4 Hz) and a PNG "
+                                   "in the clinical layout, plus samples.npz with all signals.")
+    p.add_argument("--report", required=True, help="report statements separated by '|', most important first")
+    p.add_argument("--age", required=True, type=float, help="age in years (0-120)")
+    p.add_argument("--sex", required=True, help="M or F")
+    p.add_argument("--hr", required=True, type=float, help="heart rate in bpm (20-300)")
+    p.add_argument("--num-samples", type=int, default=4, help="number of ECGs (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same ECGs (default 0)")
+    p.add_argument("--num-steps", type=int, default=None, help="DDPM steps (default: the model's config, 1000)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="pretrained model directory (default: the shipped model)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--no-png", action="store_true", help="skip the PNG pictures")
+    return parser
+
+
+def cmd_prepare(args) -> None:
+    from data_pipelines.prepare import format_skipped, load_records
+    from data_pipelines.processed import save_processed
+    from diffusets_jax.text import get_embedder
+
+    if not args.root.is_dir():
+        raise UsageError(f"--root {args.root} is not a directory")
+    embedder = get_embedder(args.embedder)
+    options = {"sampling_rate": args.sampling_rate} if args.dataset == "ptbxl" else {}
+    record_ids = None
+    if args.limit is not None:
+        from data_pipelines import get_reader
+
+        record_ids = get_reader(args.dataset).list_records(args.root)[: args.limit]
+    records, skipped = load_records(args.dataset, args.root, record_ids, **options)
+    print(f"loaded {len(records)} records, skipped {len(skipped)}")
+    if skipped:
+        print(format_skipped(skipped, max_lines=len(skipped)))
+    out = save_processed(records, skipped, args.out, embedder, source=args.dataset, root=str(args.root))
+    print(f"wrote {out / 'dataset.npz'} ({len(records)} ECGs, text embedder {embedder.name})")
+
+
+def cmd_train_vae(args) -> None:
+    from diffusets_jax.config import load_config
+    from diffusets_jax.training.vae import train_vae
+
+    train_vae(load_config(args.config, args.overrides), args.workdir, args.data)
+
+
+def cmd_train_diffusion(args) -> None:
+    from diffusets_jax.config import load_config
+    from diffusets_jax.training.diffusion import train_diffusion
+
+    train_diffusion(load_config(args.config, args.overrides), args.workdir, args.data)
+
+
+def cmd_export(args) -> None:
+    from diffusets_jax.training.diffusion import export_workdir
+
+    card = args.model_card.read_text() if args.model_card else None
+    out = export_workdir(args.workdir, args.out, model_card=card)
+    print(f"wrote pretrained model to {out}")
+
+
+def cmd_generate(args) -> None:
+    from diffusets_jax.pipeline import Pipeline, write_outputs
+
+    pipeline = Pipeline.from_pretrained(args.checkpoint)
+    result = pipeline(
+        args.report, age=args.age, sex=args.sex, heart_rate=args.hr, num_samples=args.num_samples,
+        seed=args.seed, num_steps=args.num_steps, progress=True,
+    )
+    paths = write_outputs(result, args.out, png=not args.no_png)
+    print(f"wrote {len(paths)} ECGs to {args.out} ({', '.join(p.name for p in paths[:4])}{', ...' if len(paths) > 4 else ''})")
+
+
+COMMANDS = {
+    "prepare": cmd_prepare,
+    "train-vae": cmd_train_vae,
+    "train-diffusion": cmd_train_diffusion,
+    "export": cmd_export,
+    "generate": cmd_generate,
+}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except (UsageError, ValueError, FileNotFoundError) as error:
+        print(f"diffusets-jax {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
