@@ -49,8 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.vae_train.batch_size = 256
     c.vae_train.num_epochs = 10  # if > 0, num_steps = num_epochs * steps_per_epoch
     c.vae_train.num_steps = 0
-    c.vae_train.learning_rate = 1e-4
-    c.vae_train.max_learning_rate = 2e-4  # one-cycle peak (torch OneCycleLR defaults otherwise)
+    c.vae_train.max_learning_rate = 2e-4  # OneCycleLR peak; it overrides AdamW's lr=1e-4 (starts at peak/25)
     c.vae_train.weight_decay = 0.01
     c.vae_train.kl_weight_max = 1.0
     c.vae_train.kl_anneal_stages = 10  # weight (k + 1) / stages * kl_weight_max in stage k

@@ -1,7 +1,7 @@
 """A small DiffuSETS that trains on a 2-core CPU: the shipped default model.
 
-Same architecture as `paper` with narrower layers (VAE 32/64/128 channels, U-Net five levels of
-8..128 channels, 128 -> 4 latent positions) and MiniLM text embeddings (384-d). Trained on the
+Same architecture as `paper` with narrower layers (VAE 16/32/64 channels, U-Net five levels of
+8..128 channels with 4 heads, 128 -> 4 latent positions) and MiniLM text embeddings (384-d). Trained on the
 shared PTB-XL folds 1-8 and LUDB:
 
   diffusets-jax prepare --dataset ptbxl --root ../shared/data/ptb-xl --out data/ptbxl
@@ -19,19 +19,20 @@ from configs import common
 def get_config():
     c = common.get_config()
     c.name = "small"
-    c.vae.channels = (32, 64, 128)
+    c.vae.channels = (16, 32, 64)
+    c.vae.num_groups = 8
     c.unet.channels = (8, 16, 32, 64, 128)
+    c.unet.num_heads = 4
 
     c.vae_train.batch_size = 32
     c.vae_train.num_epochs = 0
-    c.vae_train.num_steps = 3000
-    c.vae_train.learning_rate = 5e-4
+    c.vae_train.num_steps = 1500
     c.vae_train.max_learning_rate = 1e-3
     c.vae_train.checkpoint_every = 250
 
-    c.unet_train.batch_size = 64
+    c.unet_train.batch_size = 32
     c.unet_train.num_epochs = 0
-    c.unet_train.num_steps = 12000
+    c.unet_train.num_steps = 5000
     c.unet_train.learning_rate = 1e-3
     c.unet_train.ema_decay = 0.999
     c.unet_train.sample_posterior = True  # few records: a fresh posterior sample each step

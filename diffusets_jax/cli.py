@@ -30,6 +30,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, type=Path, help="directory for checkpoints and logs (resumed if present)")
     p.add_argument("--data", action="append", required=True, type=Path, metavar="DIR",
                    help="processed dataset written by `prepare` (repeatable)")
+    p.add_argument("--stop-after", type=int, default=None, metavar="N",
+                   help="stop this run after N steps (checkpointed); run again to resume")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,14 +104,14 @@ def cmd_train_vae(args) -> None:
     from diffusets_jax.config import load_config
     from diffusets_jax.training.vae import train_vae
 
-    train_vae(load_config(args.config, args.overrides), args.workdir, args.data)
+    train_vae(load_config(args.config, args.overrides), args.workdir, args.data, args.stop_after)
 
 
 def cmd_train_diffusion(args) -> None:
     from diffusets_jax.config import load_config
     from diffusets_jax.training.diffusion import train_diffusion
 
-    train_diffusion(load_config(args.config, args.overrides), args.workdir, args.data)
+    train_diffusion(load_config(args.config, args.overrides), args.workdir, args.data, args.stop_after)
 
 
 def cmd_export(args) -> None:

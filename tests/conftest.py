@@ -20,3 +20,41 @@ def ludb_root() -> Path:
 @pytest.fixture(scope="session")
 def mimic_root() -> Path:
     return DATA / "mimic_fixture"
+
+
+def tiny_config():
+    """The `small` config shrunk further so that a training step takes well under a second."""
+    from diffusets_jax.config import load_config
+
+    config = load_config("small")
+    config.vae.channels = (8, 16, 16)
+    config.unet.channels = (8, 16, 32)
+    for train in (config.vae_train, config.unet_train):
+        train.batch_size = 4
+        train.num_epochs = 0
+        train.num_steps = 40
+        train.log_every = 1
+        train.checkpoint_every = 20
+    config.vae_train.max_learning_rate = 3e-3
+    config.unet_train.learning_rate = 2e-3
+    config.unet_train.ema_decay = 0.9
+    config.data.train_folds = tuple(range(1, 11))
+    config.sampling.num_steps = 10
+    config.sampling.batch_size = 2
+    return config
+
+
+@pytest.fixture(scope="session")
+def processed_dirs(tmp_path_factory, ptbxl_root, ludb_root):
+    """The fixture PTB-XL and LUDB records prepared as training sets (MiniLM embeddings)."""
+    from data_pipelines.prepare import load_records
+    from data_pipelines.processed import save_processed
+    from diffusets_jax.text import get_embedder
+
+    embedder = get_embedder("minilm")
+    out = tmp_path_factory.mktemp("processed")
+    dirs = []
+    for source, root in (("ptbxl", ptbxl_root), ("ludb", ludb_root)):
+        records, skipped = load_records(source, root, progress=False)
+        dirs.append(save_processed(records, skipped, out / source, embedder, source=source, root=str(root)))
+    return dirs

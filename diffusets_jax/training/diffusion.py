@@ -89,8 +89,11 @@ def encode_training_set(config, workdir: Path, data_dirs) -> dict[str, np.ndarra
     return arrays
 
 
-def train_diffusion(config, workdir: str | Path, data_dirs) -> Path:
-    """Train (or resume) the U-Net of `config` on `data_dirs` encoded by `workdir`'s VAE."""
+def train_diffusion(config, workdir: str | Path, data_dirs, stop_after: int | None = None) -> Path:
+    """Train (or resume) the U-Net of `config` on `data_dirs` encoded by `workdir`'s VAE.
+
+    `stop_after` ends this run after that many steps (checkpointed); the next call resumes.
+    """
     workdir = Path(workdir)
     (workdir / "config.json").write_text(config_to_json(config))
     tc = config.unet_train
@@ -114,17 +117,18 @@ def train_diffusion(config, workdir: str | Path, data_dirs) -> Path:
     print(f"train-diffusion: {n} ECGs, batch {tc.batch_size}, steps {start} -> {num_steps}, "
           f"{sum(x.size for x in jax.tree.leaves(params)):,} parameters")
     try:
-        for step in range(start, num_steps):
+        end = num_steps if stop_after is None else min(num_steps, start + stop_after)
+        for step in range(start, end):
             idx = common.batch_indices(n, tc.batch_size, step, config.seed, config.data.shuffle)
             batch = common.shard_batch({k: v[idx] for k, v in arrays.items()}, mesh)
             state, metrics = train_step(state, batch)
             logger.advance()
             done = step + 1
-            if done % tc.log_every == 0 or done == num_steps:
+            if done % tc.log_every == 0 or done == end:
                 values = {k: float(v) for k, v in metrics.items()}
                 common.check_finite(done, values)
                 logger.log(done, values)
-            if done % tc.checkpoint_every == 0 or done == num_steps:
+            if done % tc.checkpoint_every == 0 or done == end:
                 manager.save(done, args=common.ocp.args.StandardSave(state))
     finally:
         manager.wait_until_finished()

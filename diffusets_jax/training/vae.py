@@ -57,8 +57,11 @@ def make_train_step(graphdef, tx, num_steps: int, train_config, root_key):
     return train_step
 
 
-def train_vae(config, workdir: str | Path, data_dirs) -> Path:
+def train_vae(config, workdir: str | Path, data_dirs, stop_after: int | None = None) -> Path:
     """Train (or resume) the VAE of `config` on `data_dirs`; returns the checkpoint directory.
+
+    `stop_after` ends this run after that many steps (checkpointed), e.g. to time-box a session;
+    the next call resumes where it stopped.
 
     Raises ValueError for an empty/too-small dataset, `NonFiniteLossError` on a NaN/inf loss.
     """
@@ -85,16 +88,17 @@ def train_vae(config, workdir: str | Path, data_dirs) -> Path:
     print(f"train-vae: {len(signals)} ECGs, batch {tc.batch_size}, steps {start} -> {num_steps}, "
           f"{sum(x.size for x in jax.tree.leaves(params)):,} parameters")
     try:
-        for step in range(start, num_steps):
+        end = num_steps if stop_after is None else min(num_steps, start + stop_after)
+        for step in range(start, end):
             idx = common.batch_indices(len(signals), tc.batch_size, step, config.seed, config.data.shuffle)
             state, metrics = train_step(state, common.shard_batch({"signals": signals[idx]}, mesh))
             logger.advance()
             done = step + 1
-            if done % tc.log_every == 0 or done == num_steps:
+            if done % tc.log_every == 0 or done == end:
                 values = {k: float(v) for k, v in metrics.items()}
                 common.check_finite(done, values)
                 logger.log(done, values)
-            if done % tc.checkpoint_every == 0 or done == num_steps:
+            if done % tc.checkpoint_every == 0 or done == end:
                 manager.save(done, args=common.ocp.args.StandardSave(state))
     finally:
         manager.wait_until_finished()
