@@ -33,6 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.unet.bottleneck_heads = 4
     c.unet.bottleneck_kernel_size = 3
     c.unet.closed_form_cross_attention = True  # exact; see models.unet.CrossAttention
+    # (sex, age, HR) enter the condition as (value - mean) / std; official: raw values.
+    c.unet.patient_mean = (0.0, 0.0, 0.0)
+    c.unet.patient_std = (1.0, 1.0, 1.0)
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.num_train_timesteps = 1000

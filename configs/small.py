@@ -23,6 +23,10 @@ def get_config():
     c.vae.num_groups = 8
     c.unet.channels = (8, 16, 32, 64, 128)
     c.unet.num_heads = 4
+    # Standardised patient variables: with raw values the model ignored the requested heart rate
+    # (docs/differences.md, MODEL_CARD.md).
+    c.unet.patient_mean = (0.5, 55.0, 75.0)
+    c.unet.patient_std = (0.5, 20.0, 20.0)
 
     c.vae_train.batch_size = 32
     c.vae_train.num_epochs = 0

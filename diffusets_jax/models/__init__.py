@@ -27,5 +27,7 @@ def build_unet(config, rngs: nnx.Rngs | None = None) -> UNet:
         bottleneck_heads=u.bottleneck_heads,
         bottleneck_kernel_size=u.bottleneck_kernel_size,
         closed_form_cross_attention=u.closed_form_cross_attention,
+        patient_mean=tuple(u.get("patient_mean", (0.0, 0.0, 0.0))),
+        patient_std=tuple(u.get("patient_std", (1.0, 1.0, 1.0))),
         rngs=rngs or nnx.Rngs(config.seed + 1),
     )

@@ -12,22 +12,53 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 Array = jax.Array
 
-#: PyTorch's default Conv/Linear weight init, kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), +).
-torch_kernel_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+def _initializer(draw):
+    """An initializer `(key, shape, dtype)` that draws `draw(rng, shape)` with NumPy when the key is
+    concrete, and with JAX under tracing (`nnx.eval_shape`, `jit`).
+
+    Eager JAX random draws compile one XLA program per parameter shape, which made building a
+    model take minutes on a 2-core CPU; the NumPy path builds it in well under a second.
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        try:
+            seed = np.asarray(jax.random.key_data(key)).ravel()
+        except jax.errors.TracerArrayConversionError:
+            return _traced(draw, key, shape, dtype)
+        return jnp.asarray(draw(np.random.default_rng(seed), shape), dtype)
+
+    return init
+
+
+def _traced(draw, key, shape, dtype):
+    # Under tracing the same NumPy draw runs as a host callback, so jit and eager agree.
+    return jax.pure_callback(
+        lambda k: np.asarray(draw(np.random.default_rng(np.asarray(k).ravel()), shape), dtype),
+        jax.ShapeDtypeStruct(shape, dtype), jax.random.key_data(key),
+    )
+
+
+def _uniform(bound_of_shape):
+    return _initializer(lambda rng, shape: rng.uniform(-1.0, 1.0, shape) * bound_of_shape(shape))
+
+
+#: PyTorch's default Conv/Linear weight init, kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), +),
+#: for kernels laid out `(..., in, out)` (fan_in = product of all but the last axis).
+torch_kernel_init = _uniform(lambda shape: 1.0 / math.sqrt(math.prod(shape[:-1])))
+#: PyTorch's MultiheadAttention in_proj init (xavier_uniform) for a kernel `(in, out)`.
+xavier_uniform_init = _uniform(lambda shape: math.sqrt(6.0 / (shape[0] + shape[1])))
+zeros_init = _initializer(lambda rng, shape: np.zeros(shape))
+ones_init = _initializer(lambda rng, shape: np.ones(shape))
 
 
 def torch_bias_init(fan_in: int):
     """PyTorch's default bias init for a layer of this fan-in: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
+    return _uniform(lambda shape: 1.0 / math.sqrt(fan_in))
 
 
 def mish(x: Array) -> Array:
@@ -75,13 +106,17 @@ def linear(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear
 def group_norm(num_channels: int, num_groups: int, *, rngs: nnx.Rngs) -> nnx.GroupNorm:
     """`torch.nn.GroupNorm(num_groups, num_channels)` on `(B, L, C)`: statistics per sample and group."""
     return nnx.GroupNorm(
-        num_channels, num_groups=num_groups, epsilon=1e-5, use_fast_variance=False, rngs=rngs
+        num_channels, num_groups=num_groups, epsilon=1e-5, use_fast_variance=False,
+        scale_init=ones_init, bias_init=zeros_init, rngs=rngs,
     )
 
 
 def layer_norm(num_channels: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
     """`torch.nn.LayerNorm(C)` over the last axis, eps 1e-5."""
-    return nnx.LayerNorm(num_channels, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
+    return nnx.LayerNorm(
+        num_channels, epsilon=1e-5, use_fast_variance=False, scale_init=ones_init, bias_init=zeros_init,
+        rngs=rngs,
+    )
 
 
 class ConvTranspose1d(nnx.Module):
@@ -99,12 +134,9 @@ class ConvTranspose1d(nnx.Module):
     ):
         self.stride, self.padding, self.kernel_size = stride, padding, kernel_size
         # PyTorch computes fan_in of a transposed conv weight (C_in, C_out, k) as C_out * k.
-        fan_in = out_channels * kernel_size
-        bound = 1.0 / math.sqrt(fan_in)
-        self.kernel = nnx.Param(
-            jax.random.uniform(rngs.params(), (kernel_size, in_channels, out_channels), jnp.float32, -bound, bound)
-        )
-        self.bias = nnx.Param(jax.random.uniform(rngs.params(), (out_channels,), jnp.float32, -bound, bound))
+        init = torch_bias_init(out_channels * kernel_size)
+        self.kernel = nnx.Param(init(rngs.params(), (kernel_size, in_channels, out_channels)))
+        self.bias = nnx.Param(init(rngs.params(), (out_channels,)))
 
     def __call__(self, x: Array) -> Array:
         edge = self.kernel_size - 1 - self.padding
@@ -132,12 +164,9 @@ class MultiheadAttention(nnx.Module):
         self.hidden, self.num_heads = hidden, num_heads
         # PyTorch: xavier_uniform in_proj, zero biases.
         self.in_proj = nnx.Linear(
-            hidden, 3 * hidden, kernel_init=nnx.initializers.xavier_uniform(),
-            bias_init=nnx.initializers.zeros, rngs=rngs,
+            hidden, 3 * hidden, kernel_init=xavier_uniform_init, bias_init=zeros_init, rngs=rngs
         )
-        self.out_proj = nnx.Linear(
-            hidden, hidden, kernel_init=torch_kernel_init, bias_init=nnx.initializers.zeros, rngs=rngs
-        )
+        self.out_proj = nnx.Linear(hidden, hidden, kernel_init=torch_kernel_init, bias_init=zeros_init, rngs=rngs)
 
     def project(self, x: Array, which: int) -> Array:
         """Apply the q (0), k (1) or v (2) slice of the packed input projection."""

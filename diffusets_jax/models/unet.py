@@ -221,6 +221,10 @@ class UNet(nnx.Module):
       num_heads: heads of the down/up attentions (official 8).
       bottleneck_hidden, bottleneck_heads, bottleneck_kernel_size: official 32, 4, 3.
       closed_form_cross_attention: see `CrossAttention`.
+      patient_mean, patient_std: the (sex, age, heart rate) entries of the condition enter as
+        `(value - mean) / std`. The official model uses the raw values (mean 0, std 1, the
+        default); raw ages and rates swamp the unit-norm text embedding and, after the
+        `condition_normalization` LayerNorm, leave only their ratio (docs/differences.md).
     """
 
     def __init__(
@@ -234,9 +238,15 @@ class UNet(nnx.Module):
         bottleneck_heads: int = 4,
         bottleneck_kernel_size: int = 3,
         closed_form_cross_attention: bool = True,
+        patient_mean: Sequence[float] = (0.0, 0.0, 0.0),
+        patient_std: Sequence[float] = (1.0, 1.0, 1.0),
         *,
         rngs: nnx.Rngs,
     ):
+        if len(patient_mean) != 3 or len(patient_std) != 3 or min(patient_std) <= 0:
+            raise ValueError("patient_mean and patient_std need 3 values (sex, age, heart rate), std > 0")
+        self.patient_mean = tuple(float(v) for v in patient_mean)
+        self.patient_std = tuple(float(v) for v in patient_std)
         widths = [latent_channels, *channels]  # d_0 .. d_n
         n = len(channels)
         condition_dim = text_embed_dim + 3  # text, then sex, age, heart rate
@@ -273,6 +283,9 @@ class UNet(nnx.Module):
                 f"condition has width {condition.shape[-1]}; this U-Net expects "
                 f"{self.text_embed_dim} text dims + 3 (sex, age, heart rate)"
             )
+        if self.patient_mean != (0.0, 0.0, 0.0) or self.patient_std != (1.0, 1.0, 1.0):
+            patient = (condition[:, -3:] - jnp.asarray(self.patient_mean)) / jnp.asarray(self.patient_std)
+            condition = jnp.concatenate([condition[:, :-3], patient], axis=-1)
         skips = []
         for down in self.downsampling_blocks:
             x, h = down(x, t, condition)
