@@ -4,8 +4,8 @@ Same architecture as `paper` with narrower layers (VAE 16/32/64 channels, U-Net 
 8..128 channels with 4 heads, 128 -> 4 latent positions) and MiniLM text embeddings (384-d). Trained on the
 shared PTB-XL folds 1-8 and LUDB:
 
-  diffusets-jax prepare --dataset ptbxl --root ../shared/data/ptb-xl --out data/ptbxl
-  diffusets-jax prepare --dataset ludb --root ../shared/data/ludb --out data/ludb
+  diffusets-jax prepare --dataset ptbxl --root $DATA/ptb-xl --out data/ptbxl
+  diffusets-jax prepare --dataset ludb --root $DATA/ludb --out data/ludb
   diffusets-jax train-vae --config small --workdir workdirs/small --data data/ptbxl --data data/ludb
   diffusets-jax train-diffusion --config small --workdir workdirs/small --data data/ptbxl --data data/ludb
   diffusets-jax export --workdir workdirs/small --out diffusets_jax/pretrained/default

@@ -104,7 +104,7 @@ def ema_update(ema, params, decay: float):
 
 
 def global_norm(tree) -> jax.Array:
-    return optax.global_norm(tree)
+    return optax.tree.norm(tree)
 
 
 class MetricsLogger:
@@ -140,3 +140,36 @@ def check_finite(step: int, metrics: dict[str, float]) -> None:
                 f"{name} is {value} at step {step}; stopping (the last checkpoint is intact). "
                 "Lower the learning rate or check the data for NaNs."
             )
+
+
+def run_training(
+    *, name: str, workdir: Path, state: TrainState, train_step, arrays: dict[str, np.ndarray],
+    train_config, num_steps: int, manager: ocp.CheckpointManager, mesh, seed: int, shuffle: bool,
+    stop_after: int | None = None,
+) -> TrainState:
+    """The loop both trainers share: batches of `arrays` (first axis = records) by step, logging
+    every `log_every` steps, a checkpoint every `checkpoint_every` steps and at the end."""
+    num_examples = len(next(iter(arrays.values())))
+    start = int(state.step)
+    end = num_steps if stop_after is None else min(num_steps, start + stop_after)
+    batch_size = train_config.batch_size
+    logger = MetricsLogger(workdir / f"{name}_metrics.jsonl", num_steps, start, batch_size, f"train-{name}")
+    parameters = sum(x.size for x in jax.tree.leaves(state.params))
+    print(f"train-{name}: {num_examples} ECGs, batch {batch_size}, steps {start} -> {end} of {num_steps}, "
+          f"{parameters:,} parameters")
+    try:
+        for step in range(start, end):
+            idx = batch_indices(num_examples, batch_size, step, seed, shuffle)
+            state, metrics = train_step(state, shard_batch({k: v[idx] for k, v in arrays.items()}, mesh))
+            logger.advance()
+            done = step + 1
+            if done % train_config.log_every == 0 or done == end:
+                values = {k: float(v) for k, v in metrics.items()}
+                check_finite(done, values)
+                logger.log(done, values)
+            if done % train_config.checkpoint_every == 0 or done == end:
+                manager.save(done, args=ocp.args.StandardSave(state))
+    finally:
+        manager.wait_until_finished()
+        logger.close()
+    return state

@@ -112,27 +112,11 @@ def train_diffusion(config, workdir: str | Path, data_dirs, stop_after: int | No
     state = common.restore_or_init(manager, state)
     train_step = make_train_step(graphdef, tx, schedule_from_config(config), config, jax.random.key(config.seed + 1))
 
-    start = int(state.step)
-    logger = common.MetricsLogger(workdir / "unet_metrics.jsonl", num_steps, start, tc.batch_size, "train-diffusion")
-    print(f"train-diffusion: {n} ECGs, batch {tc.batch_size}, steps {start} -> {num_steps}, "
-          f"{sum(x.size for x in jax.tree.leaves(params)):,} parameters")
-    try:
-        end = num_steps if stop_after is None else min(num_steps, start + stop_after)
-        for step in range(start, end):
-            idx = common.batch_indices(n, tc.batch_size, step, config.seed, config.data.shuffle)
-            batch = common.shard_batch({k: v[idx] for k, v in arrays.items()}, mesh)
-            state, metrics = train_step(state, batch)
-            logger.advance()
-            done = step + 1
-            if done % tc.log_every == 0 or done == end:
-                values = {k: float(v) for k, v in metrics.items()}
-                common.check_finite(done, values)
-                logger.log(done, values)
-            if done % tc.checkpoint_every == 0 or done == end:
-                manager.save(done, args=common.ocp.args.StandardSave(state))
-    finally:
-        manager.wait_until_finished()
-        logger.close()
+    common.run_training(
+        name="unet", workdir=workdir, state=state, train_step=train_step, arrays=arrays,
+        train_config=tc, num_steps=num_steps, manager=manager, mesh=mesh, seed=config.seed,
+        shuffle=config.data.shuffle, stop_after=stop_after,
+    )
     return workdir / "unet"
 
 

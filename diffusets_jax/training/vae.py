@@ -83,26 +83,11 @@ def train_vae(config, workdir: str | Path, data_dirs, stop_after: int | None = N
     state = common.restore_or_init(manager, state)
     train_step = make_train_step(graphdef, tx, num_steps, tc, jax.random.key(config.seed))
 
-    start = int(state.step)
-    logger = common.MetricsLogger(workdir / "vae_metrics.jsonl", num_steps, start, tc.batch_size, "train-vae")
-    print(f"train-vae: {len(signals)} ECGs, batch {tc.batch_size}, steps {start} -> {num_steps}, "
-          f"{sum(x.size for x in jax.tree.leaves(params)):,} parameters")
-    try:
-        end = num_steps if stop_after is None else min(num_steps, start + stop_after)
-        for step in range(start, end):
-            idx = common.batch_indices(len(signals), tc.batch_size, step, config.seed, config.data.shuffle)
-            state, metrics = train_step(state, common.shard_batch({"signals": signals[idx]}, mesh))
-            logger.advance()
-            done = step + 1
-            if done % tc.log_every == 0 or done == end:
-                values = {k: float(v) for k, v in metrics.items()}
-                common.check_finite(done, values)
-                logger.log(done, values)
-            if done % tc.checkpoint_every == 0 or done == end:
-                manager.save(done, args=common.ocp.args.StandardSave(state))
-    finally:
-        manager.wait_until_finished()
-        logger.close()
+    common.run_training(
+        name="vae", workdir=workdir, state=state, train_step=train_step, arrays={"signals": signals},
+        train_config=tc, num_steps=num_steps, manager=manager, mesh=mesh, seed=config.seed,
+        shuffle=config.data.shuffle, stop_after=stop_after,
+    )
     return workdir / "vae"
 
 
