@@ -11,7 +11,8 @@ those of reference section 10 (torch 2.13 CPU, 2 threads, on this kind of 2-core
 ratio is JAX / PyTorch and the target is <= 0.5. Peak memory is the process's maximum resident set
 size (`resource.getrusage`) after each row, so it only grows.
 
-Only the times of an otherwise idle machine are meaningful; the header prints the load average.
+Only the times of an otherwise idle machine are meaningful; the header prints how busy the CPU
+was with other work when the run started (and the footer when it ended).
 """
 
 from __future__ import annotations
@@ -54,6 +55,22 @@ TARGET_RATIO = 0.5
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def cpu_busy_fraction(seconds: float = 1.0) -> float | None:
+    """Fraction of all CPUs busy over `seconds` (this process is idle meanwhile: it is others' load)."""
+    def snapshot():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        return sum(values), idle
+    try:
+        total0, idle0 = snapshot()
+        time.sleep(seconds)
+        total1, idle1 = snapshot()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
 
 
 def fmt_time(seconds: float) -> str:
@@ -151,12 +168,13 @@ def main(argv=None) -> int:
 
     config = load_config("paper")
     embed_dim = config.text.embed_dim
-    load = os.getloadavg()
+    busy = cpu_busy_fraction()
     print(f"# DiffuSETS-JAX speed, paper configuration, {datetime.datetime.now():%Y-%m-%d %H:%M}\n")
     print(f"- jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}, "
           f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()})")
-    print(f"- XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load average at start {load[0]:.2f} "
-          f"{'(the CPU was busy: times are inflated)' if load[0] > 0.5 else ''}")
+    busy_text = "unknown" if busy is None else f"{100 * busy:.0f}%"
+    warning = " (other processes were using the CPU: times are inflated)" if busy is not None and busy > 0.1 else ""
+    print(f"- XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; CPU busy with other work at start: {busy_text}{warning}")
     print(f"- repeats: {reps} (slow rows {slow_reps}), after one warm-up; mode {'quick' if args.quick else 'full'}\n")
 
     bench = Bench(reps, slow_reps)
@@ -223,8 +241,9 @@ def main(argv=None) -> int:
                       unet_params, opt_state, x0 * 0.18, c, jax.random.key(2), slow=batch == 512)
 
     print(bench.table())
-    print(f"\nPeak resident memory of the process: {peak_rss_mib():.0f} MiB. "
-          f"Load average at the end: {os.getloadavg()[0]:.2f}.")
+    busy = cpu_busy_fraction()
+    print(f"\nPeak resident memory of the process: {peak_rss_mib():.0f} MiB. CPU busy with other work at the "
+          f"end: {'unknown' if busy is None else f'{100 * busy:.0f}%'}.")
     return 0
 
 

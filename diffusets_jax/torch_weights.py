@@ -88,9 +88,11 @@ def _read_pth(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt zip, pickle, or a non-weights object
-        raise WeightFileError(
-            f"{path}: not a readable PyTorch state dict ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
-        ) from error
+        if type(error).__name__ == "UnpicklingError":  # torch's text suggests weights_only=False: don't
+            reason = "corrupt, or holds objects other than tensors, which are not unpickled for safety"
+        else:
+            reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+        raise WeightFileError(f"{path}: not a readable PyTorch state dict ({reason})") from error
     if not isinstance(obj, Mapping):
         raise WeightFileError(f"{path}: holds a {type(obj).__name__}, not a state dict")
     if set(obj) == {"state_dict"} and isinstance(obj["state_dict"], Mapping):
@@ -105,13 +107,15 @@ def _read_pth(path: Path) -> dict:
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise WeightFileError(f"{path}: a single .npy array, not an .npz archive of named arrays")
-            return {key: np.asarray(data[key]) for key in data.files}
-    except WeightFileError:
-        raise
+        data = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise WeightFileError(f"{path}: not a readable .npz archive ({type(error).__name__}: {error})") from error
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise WeightFileError(f"{path}: a single .npy array, not an .npz archive of named arrays")
+    try:
+        with data:
+            return {key: np.asarray(data[key]) for key in data.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:  # e.g. object arrays, truncation
         raise WeightFileError(f"{path}: not a readable .npz archive ({type(error).__name__}: {error})") from error
 
 

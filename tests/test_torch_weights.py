@@ -5,6 +5,8 @@ real `.pth` files with `torch.save`, in the official layouts (`unet_all.pth` a p
 `vae_model.pth` = `{'encoder': sd, 'decoder': sd}`).
 """
 
+import sys
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -185,6 +187,11 @@ def test_corrupt_and_missing_files(tmp_path, official_files):
     bad_npz.write_bytes(b"PK\x03\x04 broken")
     with pytest.raises(torch_weights.WeightFileError, match="bad.npz"):
         torch_weights.read_state_dict(bad_npz)
+    single = tmp_path / "single.npz"
+    with single.open("wb") as f:
+        np.save(f, np.zeros(3, np.float32))  # a .npy payload under an .npz name
+    with pytest.raises(torch_weights.WeightFileError, match="single.npz"):
+        torch_weights.read_state_dict(single)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         torch_weights.read_state_dict(tmp_path / "missing.pth")
     with pytest.raises(FileNotFoundError, match="missing.pth"):
@@ -194,3 +201,11 @@ def test_corrupt_and_missing_files(tmp_path, official_files):
 def test_export_rejects_unknown_format(tmp_path):
     with pytest.raises(ValueError, match="format"):
         torch_weights.export_official(tmp_path, tmp_path / "out", format="safetensors")
+
+
+def test_pth_without_torch_says_what_to_install(tmp_path, official_files, monkeypatch):
+    np.savez(tmp_path / "w.npz", a=np.zeros(2, np.float32))
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
+    with pytest.raises(ImportError, match=r"pip install torch==2\.13\.0"):
+        torch_weights.read_state_dict(official_files["unet_pth"])
+    assert set(torch_weights.read_state_dict(tmp_path / "w.npz")) == {"a"}  # .npz needs NumPy only
