@@ -88,15 +88,31 @@ def checkpoint_manager(directory: Path, keep: int) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory.absolute(), options=options)
 
 
+def _restore(manager: ocp.CheckpointManager, step: int, state: TrainState) -> TrainState:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
 def restore_or_init(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
     """The latest checkpoint restored onto `state`'s structure and shardings, or `state` itself."""
     step = manager.latest_step()
     if step is None:
         return state
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    restored = _restore(manager, step, state)
     tqdm.write(f"resumed from checkpoint at step {int(restored.step)} in {manager.directory}")
     return restored
+
+
+def restore_latest(directory: Path, state: TrainState, train_command: str) -> TrainState:
+    """The latest checkpoint in `directory`, restored onto `state`'s structure.
+
+    Raises FileNotFoundError naming the directory and the command that writes it.
+    """
+    manager = checkpoint_manager(directory, 1)
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {directory}: run `diffusets-jax {train_command}` first")
+    return _restore(manager, step, state)
 
 
 def ema_update(ema, params, decay: float):

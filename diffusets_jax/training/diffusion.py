@@ -124,15 +124,10 @@ def load_trained_unet(config, workdir: str | Path, use_ema: bool = True):
     """The U-Net of the latest checkpoint in `workdir/unet` (its EMA parameters if kept)."""
     unet = build_unet(config)
     graphdef, params = nnx.split(unet, nnx.Param)
-    manager = common.checkpoint_manager(Path(workdir) / "unet", 1)
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no U-Net checkpoint in {Path(workdir) / 'unet'}: run `diffusets-jax train-diffusion` first")
     tx = unet_optimizer(config.unet_train, 1)
     ema = params if config.unet_train.ema_decay > 0 else None
-    abstract = common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=ema)
-    abstract = jax.tree.map(common.ocp.utils.to_shape_dtype_struct, abstract)
-    restored = manager.restore(step, args=common.ocp.args.StandardRestore(abstract))
+    state = common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=ema)
+    restored = common.restore_latest(Path(workdir) / "unet", state, "train-diffusion")
     chosen = restored.ema_params if (use_ema and restored.ema_params is not None) else restored.params
     return nnx.merge(graphdef, chosen), int(restored.step)
 

@@ -95,14 +95,9 @@ def load_trained_vae(config, workdir: str | Path):
     """The VAE of the latest checkpoint in `workdir/vae` (FileNotFoundError if there is none)."""
     vae = build_vae(config)
     graphdef, params = nnx.split(vae, nnx.Param)
-    manager = common.checkpoint_manager(Path(workdir) / "vae", 1)
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no VAE checkpoint in {Path(workdir) / 'vae'}: run `diffusets-jax train-vae` first")
     tx = vae_optimizer(config.vae_train, 1)
-    abstract = common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-    abstract = jax.tree.map(common.ocp.utils.to_shape_dtype_struct, abstract)
-    restored = manager.restore(step, args=common.ocp.args.StandardRestore(abstract))
+    state = common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    restored = common.restore_latest(Path(workdir) / "vae", state, "train-vae")
     return nnx.merge(graphdef, restored.params), int(restored.step)
 
 
