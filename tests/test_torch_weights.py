@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from diffusets_jax import convert, torch_weights
+from diffusets_jax import Pipeline, cli, convert, torch_weights
 from diffusets_jax.models import make_condition
 from diffusets_jax.models.unet import timestep_table
 from diffusets_jax.pretrained import load_pretrained
@@ -209,3 +209,46 @@ def test_pth_without_torch_says_what_to_install(tmp_path, official_files, monkey
     with pytest.raises(ImportError, match=r"pip install torch==2\.13\.0"):
         torch_weights.read_state_dict(official_files["unet_pth"])
     assert set(torch_weights.read_state_dict(tmp_path / "w.npz")) == {"a"}  # .npz needs NumPy only
+
+
+class FixedEmbedder:
+    """A stand-in for ada-002 (which needs an API key): the parity test's text embedding for any prompt."""
+
+    name, dim = "parity-text", 1536
+
+    def embed(self, prompts):
+        return np.repeat(parity_arrays()["unet_in_text"][:1], len(prompts), axis=0)
+
+
+def test_convert_and_export_commands(tmp_path, official_files, official):
+    model_dir = tmp_path / "official_model"
+    assert cli.main([
+        "convert-torch", "--unet", str(official_files["unet_pth"]), "--vae", str(official_files["vae_pth"]),
+        "--out", str(model_dir),
+    ]) == 0
+    # The directory is what every command loads; the converted U-Net reproduces the official output.
+    pipeline = Pipeline.from_pretrained(model_dir, embedder=FixedEmbedder())
+    ref = parity_arrays()
+    z = jnp.asarray(ref["unet_in_z"]).transpose(0, 2, 1)
+    cond = make_condition(ref["unet_in_text"], ref["unet_in_sex"], ref["unet_in_age"], ref["unet_in_hr"])
+    eps = nnx.jit(lambda m, x, t, c: m(x, t, c))(pipeline.unet, z, jnp.asarray(ref["unet_in_t"]), cond)
+    assert relative_error(np.asarray(eps).transpose(0, 2, 1), ref["unet_out_eps"]) < TOLERANCE
+
+    assert cli.main(["export-torch", "--checkpoint", str(model_dir), "--out", str(tmp_path / "back")]) == 0
+    unet = torch_weights.read_state_dict(tmp_path / "back" / "unet_all.pth")
+    encoder, _ = torch_weights.read_vae_state_dicts(tmp_path / "back" / "vae_model.pth")
+    assert list(unet) == list(official_shapes()["unet"])
+    np.testing.assert_array_equal(unet["output_conv.2.weight"], official["unet"]["output_conv.2.weight"])
+    np.testing.assert_array_equal(encoder["0.weight"], official["vae_encoder"]["0.weight"])
+
+
+def test_convert_command_names_the_bad_key(tmp_path, official, official_files, capsys):
+    bad = save_pth(tmp_path / "bad_unet.pth", {k: v for k, v in official["unet"].items() if k != "output_conv.0.bias"})
+    status = cli.main(["convert-torch", "--unet", str(bad), "--vae", str(official_files["vae_pth"]),
+                       "--out", str(tmp_path / "out")])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert "bad_unet.pth" in error and "output_conv.0.bias" in error
+    assert cli.main(["convert-torch", "--unet", str(tmp_path / "nope.pth"), "--vae", str(bad),
+                     "--out", str(tmp_path / "out")]) == 2
+    assert "--unet" in capsys.readouterr().err
