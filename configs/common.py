@@ -14,6 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.dirs = ()  # processed datasets written by `diffusets-jax prepare`
     c.data.train_folds = (1, 2, 3, 4, 5, 6, 7, 8)  # PTB-XL strat_fold; patient hash elsewhere
+    c.data.val_folds = (9,)  # validation loss and the best checkpoint; fold 10 is the test split
     c.data.shuffle = True  # the official loaders never shuffle (a bug we do not reproduce)
 
     c.text = ml_collections.ConfigDict()
@@ -56,9 +57,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.vae_train.weight_decay = 0.01
     c.vae_train.kl_weight_max = 1.0
     c.vae_train.kl_anneal_stages = 10  # weight (k + 1) / stages * kl_weight_max in stage k
+    c.vae_train.grad_clip_norm = 0.0  # clip the gradient's global norm to this; 0: off (official)
+    c.vae_train.compute_dtype = "float32"  # or "bfloat16" (parameters and optimizer stay float32)
     c.vae_train.log_every = 10
-    c.vae_train.checkpoint_every = 500
-    c.vae_train.keep_checkpoints = 2
+    c.vae_train.checkpoint_every = 500  # also evaluates the validation loss (best checkpoint)
+    c.vae_train.keep_checkpoints = 2  # the last K, plus the best in <workdir>/vae_best
+    c.vae_train.eval_batches = 8  # validation batches per evaluation
+    c.vae_train.preview_every = 0  # steps between reconstruction pictures (0: only at the end)
 
     # U-Net recipe of utils/train.py (lr and batch per the paper; see docs/differences.md).
     c.unet_train = ml_collections.ConfigDict()
@@ -70,9 +75,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.unet_train.weight_decay = 0.01
     c.unet_train.ema_decay = 0.0  # 0 disables the EMA (official: none)
     c.unet_train.sample_posterior = False  # official: one sampled latent per record, cached once
+    c.unet_train.grad_clip_norm = 0.0
+    c.unet_train.compute_dtype = "float32"
     c.unet_train.log_every = 10
     c.unet_train.checkpoint_every = 1000
     c.unet_train.keep_checkpoints = 2
+    c.unet_train.eval_batches = 8
+    c.unet_train.preview_every = 0  # steps between pictures of sampled ECGs (0: only at the end)
+    c.unet_train.preview_steps = 50  # DDPM steps of those samples
 
     c.sampling = ml_collections.ConfigDict()
     c.sampling.num_steps = 1000

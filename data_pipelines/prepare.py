@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from typing import Iterable
 
 from tqdm import tqdm
@@ -12,7 +15,7 @@ from .records import ECGRecord, RecordError
 
 
 def load_records(source: str, root, record_ids: Iterable[str] | None = None, progress: bool = True,
-                 **reader_options) -> tuple[list[ECGRecord], list[tuple[str, str]]]:
+                 num_workers: int = 1, **reader_options) -> tuple[list[ECGRecord], list[tuple[str, str]]]:
     """Load records of ``source`` (``'ptbxl'``, ``'ludb'``, ``'mimic'``) from ``root``.
 
     Args:
@@ -20,6 +23,9 @@ def load_records(source: str, root, record_ids: Iterable[str] | None = None, pro
         root: dataset directory.
         record_ids: ids to load (default: the reader's ``list_records(root)``).
         progress: show a tqdm progress bar.
+        num_workers: worker processes reading, resampling and detecting QRS in parallel (1: this
+            process). Workers are spawned, so a script calling this needs an
+            ``if __name__ == "__main__":`` guard; results are identical for any count.
         **reader_options: passed to ``load_record`` (e.g. ``sampling_rate=100`` for PTB-XL).
 
     Returns:
@@ -27,17 +33,34 @@ def load_records(source: str, root, record_ids: Iterable[str] | None = None, pro
         record that raised :class:`RecordError`. Other exceptions propagate (they are bugs).
 
     Raises:
-        ValueError: unknown ``source``; RecordError if the dataset tables themselves are unreadable.
+        ValueError: unknown ``source`` or ``num_workers < 1``; RecordError if the dataset tables
+        themselves are unreadable.
     """
     reader = get_reader(source)
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     ids = [str(i) for i in (reader.list_records(root) if record_ids is None else record_ids)]
-    records, skipped = [], []
-    for record_id in tqdm(ids, desc=f"loading {source}", unit="rec", disable=not progress):
-        try:
-            records.append(reader.load_record(root, record_id, **reader_options))
-        except RecordError as err:
-            skipped.append((record_id, err.reason))
+    load = functools.partial(_record_or_reason, source, str(root), reader_options)
+    bar = functools.partial(tqdm, total=len(ids), desc=f"loading {source}", unit="rec", disable=not progress)
+    if num_workers == 1:
+        results = list(bar(map(load, ids)))
+    else:
+        # spawn, not fork: the parent may already run TensorFlow/JAX threads
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(num_workers, mp_context=context) as pool:
+            chunk = max(1, min(16, len(ids) // (4 * num_workers)))
+            results = list(bar(pool.map(load, ids, chunksize=chunk)))
+    records = [r for r in results if isinstance(r, ECGRecord)]
+    skipped = [(i, r) for i, r in zip(ids, results) if isinstance(r, str)]
     return records, skipped
+
+
+def _record_or_reason(source: str, root: str, reader_options: dict, record_id: str) -> ECGRecord | str:
+    """The loaded record, or the reason it was skipped (picklable, for worker processes)."""
+    try:
+        return get_reader(source).load_record(root, record_id, **reader_options)
+    except RecordError as err:
+        return err.reason
 
 
 def format_skipped(skipped: list[tuple[str, str]], max_lines: int = 20) -> str:

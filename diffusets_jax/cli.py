@@ -1,6 +1,7 @@
 """The `diffusets-jax` command line: a thin layer that parses arguments and calls library functions.
 
-    diffusets-jax prepare          dataset directory -> processed training set
+    diffusets-jax prepare          dataset directory -> processed training set (in memory)
+    diffusets-jax build-tfds       dataset directory -> sharded TFDS dataset (streamed, for large sets)
     diffusets-jax train-vae        stage 1, the VAE
     diffusets-jax train-diffusion  stage 2, the latent diffusion U-Net
     diffusets-jax export           training workdir -> pretrained model directory
@@ -29,9 +30,13 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config field, e.g. --set unet_train.num_steps=100 (repeatable)")
     p.add_argument("--workdir", required=True, type=Path, help="directory for checkpoints and logs (resumed if present)")
     p.add_argument("--data", action="append", required=True, type=Path, metavar="DIR",
-                   help="processed dataset written by `prepare` (repeatable)")
+                   help="processed set written by `prepare` (repeatable), or one TFDS dataset written by "
+                        "`build-tfds` (its version directory, e.g. tfds/ptbxl/minilm-500hz/1.0.0)")
     p.add_argument("--stop-after", type=int, default=None, metavar="N",
                    help="stop this run after N steps (checkpointed); run again to resume")
+    p.add_argument("--distributed", action="store_true",
+                   help="multi-host run (TPU slice, several GPU nodes): call jax.distributed.initialize() first; "
+                        "run the same command on every host")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedder", default="minilm", help="text embedder: minilm (default, offline) or openai-ada-002")
     p.add_argument("--sampling-rate", type=int, choices=[100, 500], default=500, help="PTB-XL records to read (default 500)")
     p.add_argument("--limit", type=int, default=None, help="only the first N records (for quick trials)")
+
+    p = sub.add_parser("build-tfds", help="build a sharded TFDS dataset (TFRecords) from a dataset directory",
+                       description="Like `prepare`, but writes a tensorflow-datasets dataset of sharded TFRecords "
+                                   "(train / validation / test by patient-wise folds) that training streams with "
+                                   "tf.data: for MIMIC-IV-ECG-sized sets. Offline; records are loaded by --workers "
+                                   "processes. Prints the splits, the skipped records, time and peak memory.")
+    p.add_argument("--dataset", required=True, choices=["ptbxl", "ludb", "mimic"], help="which reader")
+    p.add_argument("--root", required=True, type=Path, help="dataset directory (the manual download)")
+    p.add_argument("--data-dir", required=True, type=Path, help="TFDS data directory to write to")
+    p.add_argument("--embedder", default="minilm", help="text embedder: minilm (default, offline) or openai-ada-002")
+    p.add_argument("--workers", type=int, default=1, help="processes loading records (default 1)")
+    p.add_argument("--sampling-rate", type=int, choices=[100, 500], default=None, help="PTB-XL files to read (default 500)")
+    p.add_argument("--num-shards", type=int, default=None,
+                   help="shard files per split (default: by size); use at least the number of training hosts")
 
     p = sub.add_parser("train-vae", help="train the VAE (stage 1)")
     _add_config_args(p)
@@ -124,10 +143,33 @@ def cmd_prepare(args) -> None:
     print(f"wrote {out / 'dataset.npz'} ({len(records)} ECGs, text embedder {embedder.name})")
 
 
+def cmd_build_tfds(args) -> None:
+    from data_pipelines.tfds.__main__ import main as build_main
+
+    if not args.root.is_dir():
+        raise UsageError(f"--root {args.root} is not a directory")
+    argv = [args.dataset, str(args.root), str(args.data_dir), "--embedder", args.embedder,
+            "--num-workers", str(args.workers)]
+    for flag, value in (("--sampling-rate", args.sampling_rate), ("--num-shards", args.num_shards)):
+        if value is not None:
+            argv += [flag, str(value)]
+    build_main(argv)
+
+
+def _start_devices(args) -> None:
+    import jax
+
+    if args.distributed:
+        jax.distributed.initialize()  # coordinator, process count and id from the cluster environment
+    if jax.process_index() == 0:
+        print(f"{jax.process_count()} process(es), {jax.device_count()} {jax.devices()[0].platform} device(s)")
+
+
 def cmd_train_vae(args) -> None:
     from diffusets_jax.config import load_config
     from diffusets_jax.training.vae import train_vae
 
+    _start_devices(args)
     train_vae(load_config(args.config, args.overrides), args.workdir, args.data, args.stop_after)
 
 
@@ -135,6 +177,7 @@ def cmd_train_diffusion(args) -> None:
     from diffusets_jax.config import load_config
     from diffusets_jax.training.diffusion import train_diffusion
 
+    _start_devices(args)
     train_diffusion(load_config(args.config, args.overrides), args.workdir, args.data, args.stop_after)
 
 
@@ -179,6 +222,7 @@ def cmd_export_torch(args) -> None:
 
 COMMANDS = {
     "prepare": cmd_prepare,
+    "build-tfds": cmd_build_tfds,
     "train-vae": cmd_train_vae,
     "train-diffusion": cmd_train_diffusion,
     "export": cmd_export,

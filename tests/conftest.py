@@ -38,6 +38,7 @@ def tiny_config():
     config.vae_train.max_learning_rate = 3e-3
     config.unet_train.learning_rate = 2e-3
     config.unet_train.ema_decay = 0.9
+    config.unet_train.preview_steps = 5
     config.data.train_folds = tuple(range(1, 11))
     config.sampling.num_steps = 10
     config.sampling.batch_size = 2

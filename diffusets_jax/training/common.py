@@ -1,9 +1,16 @@
-"""What the VAE and the diffusion trainers share: train state, mesh, batches, checkpoints, logging.
+"""What the VAE and the diffusion trainers share: train state, mesh, optimizer, checkpoints, logging.
 
-Conventions (docs/style.md): one root key from `config.seed`, `fold_in(root, step)` inside the
-step, so that nothing but `step` is needed to resume the same random stream; `jax.jit` over a
-`Mesh` with a `data` axis, parameters replicated and the batch sharded; orbax checkpoints in the
-workdir, restored automatically.
+Conventions (docs/style.md):
+
+* one root key from `config.seed` and `fold_in(root, step)` inside the step, and batches that are a
+  function of `(seed, step)` (`data_pipelines.input_pipeline`), so that nothing but `step` is
+  needed to resume the same run exactly;
+* `jax.jit` over a `Mesh` with a `data` axis: parameters and optimizer state replicated, the
+  global batch sharded along its first axis (built from each process's rows with
+  `jax.make_array_from_process_local_data`), the train state donated. The same code runs on one
+  CPU, on fake CPU devices, on a GPU node and on a multi-host TPU slice;
+* orbax checkpoints in the workdir (the last `keep_checkpoints`, plus the best one by validation
+  loss), written atomically and restored automatically, onto any number of devices.
 """
 
 from __future__ import annotations
@@ -12,15 +19,18 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @struct.dataclass
@@ -37,19 +47,54 @@ class NonFiniteLossError(FloatingPointError):
     """The loss or gradient became NaN/inf; training stops instead of saving garbage."""
 
 
+# ------------------------------------------------------------------------------------------------
+# Devices
+
+
 def make_mesh(axis: str = "data") -> jax.sharding.Mesh:
-    """A 1-D mesh over every device, for data parallelism."""
-    return jax.make_mesh((jax.device_count(),), (axis,))
+    """A 1-D mesh over every device of every process, for data parallelism.
+
+    The axis is `Auto`: XLA propagates the batch sharding through the model, whose code stays
+    free of sharding annotations (explicit axes would make every reshape declare its sharding).
+    """
+    return jax.make_mesh((jax.device_count(),), (axis,), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh, axis: str = "data") -> dict[str, jax.Array]:
-    """Place a host batch on the mesh, split along its first axis (which must divide evenly)."""
+def global_batch(local: dict[str, np.ndarray], mesh, axis: str = "data") -> dict[str, jax.Array]:
+    """This process's rows of a batch -> global arrays sharded along the first axis over `mesh`.
+
+    Each process passes `global_batch_size / process_count` rows (what `BatchSource.batches`
+    yields); the global batch size must be a multiple of the device count.
+    """
     sharding = NamedSharding(mesh, P(axis))
-    return {k: jax.device_put(v, sharding) for k, v in batch.items()}
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
 
 
 def replicate(tree, mesh):
     return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Refuse a global batch that does not split evenly over the devices (ValueError naming it)."""
+    devices = jax.device_count()
+    if batch_size % devices:
+        raise ValueError(f"batch_size={batch_size} is not a multiple of the {devices} devices")
+
+
+def compile_train_step(step_fn: Callable, mesh) -> Callable:
+    """`jax.jit` of `step_fn(state, batch) -> (state, metrics)` with explicit shardings.
+
+    State and metrics replicated, batch sharded along the data axis, and the incoming state
+    donated (its buffers are reused for the new state: one copy of the parameters in memory).
+    """
+    replicated = NamedSharding(mesh, P())
+    sharded = NamedSharding(mesh, P(mesh.axis_names[0]))
+    return jax.jit(step_fn, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+                   donate_argnums=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimisation
 
 
 def resolve_num_steps(train_config, num_examples: int) -> tuple[int, int]:
@@ -71,48 +116,28 @@ def resolve_num_steps(train_config, num_examples: int) -> tuple[int, int]:
     return train_config.num_steps, steps_per_epoch
 
 
-def batch_indices(num_examples: int, batch_size: int, step: int, seed: int, shuffle: bool) -> np.ndarray:
-    """Indices of the batch at `step`: a fresh seeded permutation per epoch, deterministic in step.
-
-    Restarting at any step therefore replays exactly the batches an uninterrupted run would see.
-    """
-    steps_per_epoch = num_examples // batch_size
-    epoch, offset = divmod(step, steps_per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(num_examples) if shuffle else np.arange(num_examples)
-    return order[offset * batch_size : (offset + 1) * batch_size]
-
-
-def checkpoint_manager(directory: Path, keep: int) -> ocp.CheckpointManager:
-    """Orbax manager for `directory` (atomic saves, keeps the last `keep`)."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    return ocp.CheckpointManager(directory.absolute(), options=options)
+def adamw(learning_rate, train_config) -> optax.GradientTransformation:
+    """AdamW (betas 0.9/0.999, eps 1e-8, torch's defaults), after clipping the gradient's global
+    norm to `train_config.grad_clip_norm` when it is > 0 (the official code does not clip)."""
+    opt = optax.adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=train_config.weight_decay)
+    clip = train_config.get("grad_clip_norm", 0.0)  # absent from configs saved before it existed
+    if clip > 0:
+        return optax.chain(optax.clip_by_global_norm(clip), opt)
+    return opt
 
 
-def _restore(manager: ocp.CheckpointManager, step: int, state: TrainState) -> TrainState:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+def compute_dtype(train_config):
+    """The dtype of the forward and backward pass (`compute_dtype`: float32 or bfloat16)."""
+    name = train_config.compute_dtype
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {name!r}")
+    return COMPUTE_DTYPES[name]
 
 
-def restore_or_init(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
-    """The latest checkpoint restored onto `state`'s structure and shardings, or `state` itself."""
-    step = manager.latest_step()
-    if step is None:
-        return state
-    restored = _restore(manager, step, state)
-    tqdm.write(f"resumed from checkpoint at step {int(restored.step)} in {manager.directory}")
-    return restored
-
-
-def restore_latest(directory: Path, state: TrainState, train_command: str) -> TrainState:
-    """The latest checkpoint in `directory`, restored onto `state`'s structure.
-
-    Raises FileNotFoundError naming the directory and the command that writes it.
-    """
-    manager = checkpoint_manager(directory, 1)
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {directory}: run `diffusets-jax {train_command}` first")
-    return _restore(manager, step, state)
+def cast_floating(tree, dtype):
+    """Floating leaves of `tree` cast to `dtype` (parameters stay float32; this is the compute copy,
+    and gradients flow back through the cast to the float32 parameters)."""
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 def ema_update(ema, params, decay: float):
@@ -123,69 +148,207 @@ def global_norm(tree) -> jax.Array:
     return optax.tree.norm(tree)
 
 
-class MetricsLogger:
-    """Progress bar with loss and examples/s, plus a JSON-lines log `workdir/<name>_metrics.jsonl`."""
+def check_finite(step: int, metrics: dict[str, float]) -> None:
+    """NonFiniteLossError naming the first NaN/inf metric (loss or gradient norm) and the step."""
+    for name, value in metrics.items():
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"{name} is {value} at step {step}; stopping (the last checkpoint is intact). "
+                "Lower the learning rate, set grad_clip_norm, or check the data for NaNs."
+            )
 
-    def __init__(self, path: Path, total_steps: int, start_step: int, batch_size: int, desc: str):
-        self.path, self.batch_size = path, batch_size
-        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True)
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _abstract(state):
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+class Checkpoints:
+    """The last `keep` checkpoints in `directory` and the best one (lowest `metric`) in `directory_best`.
+
+    Orbax writes each checkpoint to a temporary directory and renames it when complete, so a
+    process killed while saving leaves the previous checkpoint intact. Restoring uses the
+    shardings of the state it is given, so a run saved on 8 devices resumes on 1 and back.
+    """
+
+    def __init__(self, directory: Path, keep: int):
+        directory = Path(directory).absolute()
+        self.directory = directory
+        self.latest = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        best_options = ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["loss"], best_mode="min", create=True)
+        self.best = ocp.CheckpointManager(directory.with_name(directory.name + "_best"), options=best_options)
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def restore(self, state: TrainState, step: int | None = None) -> TrainState:
+        """Checkpoint `step` (default: the latest) restored onto `state`'s structure and shardings."""
+        step = self.latest.latest_step() if step is None else step
+        return self.latest.restore(step, args=ocp.args.StandardRestore(_abstract(state)))
+
+    def restore_best(self, state: TrainState) -> TrainState:
+        step = self.best.best_step()
+        if step is None:
+            raise FileNotFoundError(f"no best checkpoint in {self.best.directory}")
+        return self.best.restore(step, args=ocp.args.StandardRestore(_abstract(state)))
+
+    def save(self, step: int, state: TrainState, loss: float | None) -> None:
+        self.latest.save(step, args=ocp.args.StandardSave(state))
+        if loss is not None and math.isfinite(loss):
+            self.best.save(step, args=ocp.args.StandardSave(state), metrics={"loss": float(loss)})
+
+    def wait_until_finished(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+
+def restore_or_init(checkpoints: Checkpoints, state: TrainState) -> TrainState:
+    """The latest checkpoint restored onto `state`'s structure and shardings, or `state` itself."""
+    if checkpoints.latest_step() is None:
+        return state
+    restored = checkpoints.restore(state)
+    tqdm.write(f"resumed from checkpoint at step {int(restored.step)} in {checkpoints.directory}")
+    return restored
+
+
+def restore_latest(directory: Path, state: TrainState, train_command: str) -> TrainState:
+    """The latest checkpoint in `directory`, restored onto `state`'s structure.
+
+    Raises FileNotFoundError naming the directory and the command that writes it.
+    """
+    manager = ocp.CheckpointManager(Path(directory).absolute())
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {directory}: run `diffusets-jax {train_command}` first")
+    return manager.restore(step, args=ocp.args.StandardRestore(_abstract(state)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Logging
+
+
+class MetricsLogger:
+    """Progress bar, JSON-lines log `workdir/<name>_metrics.jsonl` and TensorBoard events in
+    `workdir/tensorboard/<name>` (only process 0 writes).
+
+    Each logged record holds the step's metrics plus `examples_per_s` and `step_time_s` averaged
+    since the previous record. On a resume the log is cut back to the restored step, so that it
+    always describes one run.
+    """
+
+    def __init__(self, workdir: Path, name: str, total_steps: int, start_step: int, batch_size: int):
+        self.path, self.batch_size = workdir / f"{name}_metrics.jsonl", batch_size
+        self.writes = jax.process_index() == 0
+        self.tensorboard = None
+        if self.writes:
+            self._truncate(start_step)
+            from flax.metrics.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(workdir / "tensorboard" / name))
+        self.bar = tqdm(total=total_steps, initial=start_step, desc=f"train-{name}", unit="step",
+                        dynamic_ncols=True, disable=not self.writes)
         self.last_time, self.last_step = time.perf_counter(), start_step
+
+    def _truncate(self, start_step: int) -> None:
+        if self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         now = time.perf_counter()
         steps = max(step - self.last_step, 1)
-        rate = steps * self.batch_size / max(now - self.last_time, 1e-9)
+        step_time = (now - self.last_time) / steps
         self.last_time, self.last_step = now, step
-        record = {"step": step, **{k: float(v) for k, v in metrics.items()}, "examples_per_s": rate}
+        record = {"step": step, **metrics, "examples_per_s": self.batch_size / max(step_time, 1e-9),
+                  "step_time_s": step_time}
+        shown = {k: f"{v:.4g}" for k, v in metrics.items() if k in ("loss", "reconstruction", "kl")}
+        self.bar.set_postfix(**shown, ex_s=f"{record['examples_per_s']:.0f}")
+        if not self.writes:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        shown = {k: f"{v:.4g}" for k, v in metrics.items() if k in ("loss", "reconstruction", "kl")}
-        self.bar.set_postfix(**shown, ex_s=f"{rate:.0f}")
+        for key, value in record.items():
+            if key != "step":
+                self.tensorboard.scalar(key, value, step)
+
+    def image(self, tag: str, figure, step: int, png_path: Path) -> None:
+        """Save a matplotlib figure as PNG and as a TensorBoard image."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        if not self.writes:
+            return
+        png_path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(png_path, dpi=80)
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()
+        self.tensorboard.image(tag, np.asarray(canvas.buffer_rgba())[..., :3], step)
 
     def advance(self, n: int = 1) -> None:
         self.bar.update(n)
 
     def close(self) -> None:
         self.bar.close()
+        if self.tensorboard is not None:
+            self.tensorboard.flush()
 
 
-def check_finite(step: int, metrics: dict[str, float]) -> None:
-    for name, value in metrics.items():
-        if not math.isfinite(value):
-            raise NonFiniteLossError(
-                f"{name} is {value} at step {step}; stopping (the last checkpoint is intact). "
-                "Lower the learning rate or check the data for NaNs."
-            )
+# ------------------------------------------------------------------------------------------------
+# The loop
 
 
 def run_training(
-    *, name: str, workdir: Path, state: TrainState, train_step, arrays: dict[str, np.ndarray],
-    train_config, num_steps: int, manager: ocp.CheckpointManager, mesh, seed: int, shuffle: bool,
+    *, name: str, workdir: Path, state: TrainState, train_step: Callable, batches: Iterator[dict],
+    train_config, num_steps: int, checkpoints: Checkpoints, mesh, learning_rate: Callable[[int], float],
+    evaluate: Callable[[TrainState], float] | None = None,
+    preview: Callable[[TrainState, int], Any] | None = None,
     stop_after: int | None = None,
 ) -> TrainState:
-    """The loop both trainers share: batches of `arrays` (first axis = records) by step, logging
-    every `log_every` steps, a checkpoint every `checkpoint_every` steps and at the end."""
-    num_examples = len(next(iter(arrays.values())))
+    """The loop both trainers share.
+
+    `batches` yields process-local batches starting at `state.step`. Every `log_every` steps the
+    metrics (with the learning rate, examples/s and step time) are logged and checked for NaN/inf;
+    every `checkpoint_every` steps and at the end the loss or gradient norm is checked again, the
+    state is saved, and `evaluate(state)` (the validation loss; the mean logged training loss
+    since the last checkpoint if None) decides the best checkpoint. Every `preview_every` steps
+    (0: never) and at the end, `preview(state, step)` draws a figure (sampled or reconstructed ECGs)
+    saved under `workdir/previews/` and in TensorBoard.
+    """
     start = int(state.step)
     end = num_steps if stop_after is None else min(num_steps, start + stop_after)
     batch_size = train_config.batch_size
-    logger = MetricsLogger(workdir / f"{name}_metrics.jsonl", num_steps, start, batch_size, f"train-{name}")
+    logger = MetricsLogger(workdir, name, num_steps, start, batch_size)
     parameters = sum(x.size for x in jax.tree.leaves(state.params))
-    print(f"train-{name}: {num_examples} ECGs, batch {batch_size}, steps {start} -> {end} of {num_steps}, "
-          f"{parameters:,} parameters")
+    if jax.process_index() == 0:
+        print(f"train-{name}: batch {batch_size} over {jax.device_count()} device(s), steps {start} -> {end} "
+              f"of {num_steps}, {parameters:,} parameters")
+    window: list[float] = []
     try:
         for step in range(start, end):
-            idx = batch_indices(num_examples, batch_size, step, seed, shuffle)
-            state, metrics = train_step(state, shard_batch({k: v[idx] for k, v in arrays.items()}, mesh))
+            state, metrics = train_step(state, global_batch(next(batches), mesh, mesh.axis_names[0]))
             logger.advance()
             done = step + 1
-            if done % train_config.log_every == 0 or done == end:
+            should_log = done % train_config.log_every == 0 or done == end
+            should_save = done % train_config.checkpoint_every == 0 or done == end
+            if should_log or should_save:
                 values = {k: float(v) for k, v in metrics.items()}
                 check_finite(done, values)
-                logger.log(done, values)
-            if done % train_config.checkpoint_every == 0 or done == end:
-                manager.save(done, args=ocp.args.StandardSave(state))
+                if should_save and evaluate is not None:
+                    values["val_loss"] = evaluate(state)
+            if should_log:
+                logger.log(done, {**values, "learning_rate": float(learning_rate(step))})
+                window.append(values["loss"])
+            if should_save:
+                best_by = values.get("val_loss", float(np.mean(window)) if window else None)
+                checkpoints.save(done, state, best_by)
+                window = []
+            preview_every = train_config.get("preview_every", 0)
+            if preview is not None and ((preview_every and done % preview_every == 0) or done == end):
+                figure = preview(state, done)
+                logger.image(f"{name}/preview", figure, done, workdir / "previews" / f"{name}_step_{done:07d}.png")
     finally:
-        manager.wait_until_finished()
+        checkpoints.wait_until_finished()
         logger.close()
     return state

@@ -16,14 +16,14 @@ import numpy as np
 import optax
 from flax import nnx
 
-from data_pipelines.processed import load_processed
 from diffusets_jax import diffusion
 from diffusets_jax.config import config_from_json, config_to_json
 from diffusets_jax.constants import LATENT_SCALE
 from diffusets_jax.models import build_unet, make_condition
 from diffusets_jax.pretrained import save_pretrained
 from diffusets_jax.training import common
-from diffusets_jax.training.vae import encode_moments, load_trained_vae
+from diffusets_jax.training.data import latent_sources
+from diffusets_jax.training.vae import load_trained_vae
 
 
 def schedule_from_config(config) -> diffusion.Schedule:
@@ -33,31 +33,45 @@ def schedule_from_config(config) -> diffusion.Schedule:
     )
 
 
-def unet_optimizer(train_config, num_steps: int) -> optax.GradientTransformation:
-    schedule = optax.cosine_decay_schedule(
+def unet_learning_rate(train_config, num_steps: int) -> optax.Schedule:
+    return optax.cosine_decay_schedule(
         train_config.learning_rate, decay_steps=num_steps, alpha=train_config.final_lr_fraction
     )
-    return optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=train_config.weight_decay)
 
 
-def make_train_step(graphdef, tx, schedule, config, root_key):
+def unet_optimizer(train_config, num_steps: int) -> optax.GradientTransformation:
+    return common.adamw(unet_learning_rate(train_config, num_steps), train_config)
+
+
+def batch_condition(batch) -> jax.Array:
+    return make_condition(batch["text_embedding"], batch["sex"], batch["age"], batch["heart_rate"])
+
+
+def clean_latents(batch, key, sample_posterior: bool) -> jax.Array:
+    """x_0 `(B, 128, 4)`: a fresh posterior sample (scaled as the encoder does), or the latent
+    sampled once per record when the dataset was encoded (the official cache)."""
+    if sample_posterior or "latents" not in batch:
+        noise = jax.random.normal(key, batch["mean"].shape)
+        return (batch["mean"] + jnp.exp(0.5 * batch["log_variance"]) * noise) * LATENT_SCALE
+    return batch["latents"]
+
+
+def _loss(graphdef, params, x0, condition, key, schedule, d, dtype):
+    """The sum-MSE/B diffusion loss of one batch, the U-Net computing in `dtype`."""
+    unet = nnx.merge(graphdef, common.cast_floating(params, dtype))
+    model_fn = lambda x, t: unet(x.astype(dtype), t, condition.astype(dtype)).astype(jnp.float32)  # noqa: E731
+    return diffusion.diffusion_loss(model_fn, schedule, x0, key, d.t_min, d.t_max)
+
+
+def make_train_step(graphdef, tx, schedule, config, root_key, mesh):
     tc, d = config.unet_train, config.diffusion
+    dtype = common.compute_dtype(tc)
 
-    @jax.jit
     def train_step(state: common.TrainState, batch):
-        key = jax.random.fold_in(root_key, state.step)
-        latent_key, loss_key = jax.random.split(key)
-        if tc.sample_posterior:  # a fresh posterior sample of each ECG's latent, scaled as the encoder does
-            noise = jax.random.normal(latent_key, batch["mean"].shape)
-            x0 = (batch["mean"] + jnp.exp(0.5 * batch["log_variance"]) * noise) * LATENT_SCALE
-        else:
-            x0 = batch["latents"]
-
-        def loss_fn(params):
-            unet = nnx.merge(graphdef, params)
-            model_fn = lambda x, t: unet(x, t, batch["condition"])  # noqa: E731
-            return diffusion.diffusion_loss(model_fn, schedule, x0, loss_key, d.t_min, d.t_max)
-
+        latent_key, loss_key = jax.random.split(jax.random.fold_in(root_key, state.step))
+        x0 = clean_latents(batch, latent_key, tc.sample_posterior)
+        condition = batch_condition(batch)
+        loss_fn = lambda p: _loss(graphdef, p, x0, condition, loss_key, schedule, d, dtype)  # noqa: E731
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -67,39 +81,75 @@ def make_train_step(graphdef, tx, schedule, config, root_key):
         metrics = {"loss": loss, "grad_norm": common.global_norm(grads)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema), metrics
 
-    return train_step
+    return common.compile_train_step(train_step, mesh)
 
 
-def encode_training_set(config, workdir: Path, data_dirs) -> dict[str, np.ndarray]:
-    """Condition vectors `(N, D + 3)` and VAE posteriors `(N, 128, 4)` of the training records."""
-    dataset = load_processed(data_dirs, folds=config.data.train_folds)
-    if dataset.text_embeddings.shape[1] != config.text.embed_dim:
-        raise ValueError(
-            f"the datasets hold {dataset.text_embeddings.shape[1]}-d text embeddings ({dataset.embedder}); "
-            f"config text.embed_dim is {config.text.embed_dim}"
-        )
-    vae, vae_step = load_trained_vae(config, workdir)
-    print(f"encoding {len(dataset)} ECGs with the VAE of step {vae_step}")
-    mean, log_variance = encode_moments(vae, dataset.signals)
-    condition = make_condition(dataset.text_embeddings, dataset.sex_codes, dataset.age, dataset.heart_rate)
-    arrays = {"condition": np.asarray(condition), "mean": mean, "log_variance": log_variance}
-    # Official: one sampled latent per record, computed once (vae/vae_encoding.py).
-    noise = np.random.default_rng(config.seed).standard_normal(mean.shape).astype(np.float32)
-    arrays["latents"] = (mean + np.exp(0.5 * log_variance) * noise) * LATENT_SCALE
-    return arrays
+def make_evaluate(graphdef, source, config, schedule, mesh):
+    """Validation loss of the sampling weights (EMA if kept) over up to `eval_batches` batches,
+    with fixed timesteps and noise so that successive evaluations compare."""
+    tc = config.unet_train
+    batch_size = min(tc.batch_size, source.num_examples // jax.device_count() * jax.device_count())
+    if batch_size == 0:
+        return None
+    num_batches = min(tc.eval_batches, source.num_examples // batch_size)
+    batches = [common.global_batch(b, mesh) for b, _ in zip(source.batches(batch_size, 0, seed=0, shuffle=False),
+                                                            range(num_batches))]
+    dtype, key = common.compute_dtype(tc), jax.random.key(config.seed + 2)
+
+    @jax.jit
+    def batch_loss(params, batch):
+        latent_key, loss_key = jax.random.split(key)
+        x0 = clean_latents(batch, latent_key, False)
+        return _loss(graphdef, params, x0, batch_condition(batch), loss_key, schedule, config.diffusion, dtype)
+
+    def evaluate(state):
+        params = state.ema_params if state.ema_params is not None else state.params
+        return float(np.mean([batch_loss(params, b) for b in batches]))
+
+    return evaluate
+
+
+def make_preview(graphdef, vae, source, config, schedule):
+    """Two ECGs sampled (`preview_steps` DDPM steps, EMA weights) for the conditions of two
+    validation records, next to those records."""
+    from diffusets_jax.plotting import plot_ecg_comparison
+
+    batch = next(source.batches(min(2, source.num_examples), 0, seed=0, shuffle=False))
+    condition = batch_condition(batch)
+    steps = config.unet_train.preview_steps
+
+    @jax.jit
+    def sample(params, key):
+        unet = nnx.merge(graphdef, params)
+        x_T = jax.random.normal(key, batch["mean"].shape)
+        latents = diffusion.sample_ddpm(lambda x, t: unet(x, t, condition), schedule, x_T, key, steps)
+        return vae.decoder(latents), vae.decoder(batch["mean"] * LATENT_SCALE)
+
+    def preview(state, step):
+        params = state.ema_params if state.ema_params is not None else state.params
+        generated, real = (np.asarray(a) for a in sample(params, jax.random.key(0)))
+        titles = [f"step {step}, {steps} steps: age {a:.0f}, HR {h:.0f} bpm | VAE of the real ECG"
+                  for a, h in zip(batch["age"], batch["heart_rate"])]
+        return plot_ecg_comparison(real, generated, titles=titles)
+
+    return preview
 
 
 def train_diffusion(config, workdir: str | Path, data_dirs, stop_after: int | None = None) -> Path:
     """Train (or resume) the U-Net of `config` on `data_dirs` encoded by `workdir`'s VAE.
 
     `stop_after` ends this run after that many steps (checkpointed); the next call resumes.
+    Raises FileNotFoundError if the workdir has no trained VAE, ValueError for too small a
+    dataset or a batch that does not split over the devices.
     """
     workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config_to_json(config))
     tc = config.unet_train
-    arrays = encode_training_set(config, workdir, data_dirs)
-    n = len(arrays["condition"])
-    num_steps, _ = common.resolve_num_steps(tc, n)
+    common.check_batch_size(tc.batch_size)
+    vae, vae_step = load_trained_vae(config, workdir)
+    train_source, val_source = latent_sources(config, workdir, vae, vae_step, data_dirs)
+    num_steps, _ = common.resolve_num_steps(tc, train_source.num_examples)
     mesh = common.make_mesh(config.mesh.data_axis)
 
     unet = build_unet(config)
@@ -108,14 +158,18 @@ def train_diffusion(config, workdir: str | Path, data_dirs, stop_after: int | No
     ema = jax.tree.map(jnp.copy, params) if tc.ema_decay > 0 else None
     state = common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=ema)
     state = common.replicate(state, mesh)
-    manager = common.checkpoint_manager(workdir / "unet", tc.keep_checkpoints)
-    state = common.restore_or_init(manager, state)
-    train_step = make_train_step(graphdef, tx, schedule_from_config(config), config, jax.random.key(config.seed + 1))
-
+    checkpoints = common.Checkpoints(workdir / "unet", tc.keep_checkpoints)
+    state = common.restore_or_init(checkpoints, state)
+    schedule = schedule_from_config(config)
     common.run_training(
-        name="unet", workdir=workdir, state=state, train_step=train_step, arrays=arrays,
-        train_config=tc, num_steps=num_steps, manager=manager, mesh=mesh, seed=config.seed,
-        shuffle=config.data.shuffle, stop_after=stop_after,
+        name="unet", workdir=workdir, state=state,
+        train_step=make_train_step(graphdef, tx, schedule, config, jax.random.key(config.seed + 1), mesh),
+        batches=train_source.batches(tc.batch_size, int(state.step), seed=config.seed, shuffle=config.data.shuffle),
+        train_config=tc, num_steps=num_steps, checkpoints=checkpoints, mesh=mesh,
+        learning_rate=unet_learning_rate(tc, num_steps),
+        evaluate=make_evaluate(graphdef, val_source, config, schedule, mesh) if val_source else None,
+        preview=make_preview(graphdef, vae, val_source or train_source, config, schedule),
+        stop_after=stop_after,
     )
     return workdir / "unet"
 

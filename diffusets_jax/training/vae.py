@@ -15,18 +15,22 @@ import numpy as np
 import optax
 from flax import nnx
 
-from data_pipelines.processed import load_processed
 from diffusets_jax.config import config_to_json
+from diffusets_jax.constants import LATENT_SCALE
 from diffusets_jax.models import build_vae, vae_loss
 from diffusets_jax.training import common
+from diffusets_jax.training.data import training_sources
 
 
-def vae_optimizer(train_config, num_steps: int) -> optax.GradientTransformation:
-    schedule = optax.cosine_onecycle_schedule(
+def vae_learning_rate(train_config, num_steps: int) -> optax.Schedule:
+    return optax.cosine_onecycle_schedule(
         transition_steps=num_steps, peak_value=train_config.max_learning_rate,
         pct_start=0.3, div_factor=25.0, final_div_factor=1e4,
     )
-    return optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=train_config.weight_decay)
+
+
+def vae_optimizer(train_config, num_steps: int) -> optax.GradientTransformation:
+    return common.adamw(vae_learning_rate(train_config, num_steps), train_config)
 
 
 def kl_weight(step: jax.Array, num_steps: int, stages: int, kl_max: float) -> jax.Array:
@@ -35,26 +39,65 @@ def kl_weight(step: jax.Array, num_steps: int, stages: int, kl_max: float) -> ja
     return (stage + 1) / stages * kl_max
 
 
-def make_train_step(graphdef, tx, num_steps: int, train_config, root_key):
-    @jax.jit
+def _loss(graphdef, params, signals, key, weight, dtype):
+    """`vae_loss` of one batch `(B, 1024, 12)`, computed in `dtype` (parameters stay float32)."""
+    vae = nnx.merge(graphdef, common.cast_floating(params, dtype))
+    noise = jax.random.normal(key, (signals.shape[0], signals.shape[1] // 8, vae.encoder.latent_channels))
+    reconstruction, mean, log_variance = vae(signals.astype(dtype), noise.astype(dtype))
+    as_f32 = lambda a: a.astype(jnp.float32)  # noqa: E731 - the loss itself is always float32
+    return vae_loss(signals, as_f32(reconstruction), as_f32(mean), as_f32(log_variance), weight)
+
+
+def make_train_step(graphdef, tx, num_steps: int, train_config, root_key, mesh):
+    dtype = common.compute_dtype(train_config)
+
     def train_step(state: common.TrainState, batch):
         key = jax.random.fold_in(root_key, state.step)
         weight = kl_weight(state.step, num_steps, train_config.kl_anneal_stages, train_config.kl_weight_max)
-
-        def loss_fn(params):
-            vae = nnx.merge(graphdef, params)
-            x = batch["signals"]
-            noise = jax.random.normal(key, (x.shape[0], x.shape[1] // 8, vae.encoder.latent_channels))
-            reconstruction, mean, log_variance = vae(x, noise)
-            return vae_loss(x, reconstruction, mean, log_variance, weight)
-
+        loss_fn = lambda p: _loss(graphdef, p, batch["signal"], key, weight, dtype)  # noqa: E731
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, **parts, "kl_weight": weight, "grad_norm": common.global_norm(grads)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-    return train_step
+    return common.compile_train_step(train_step, mesh)
+
+
+def make_evaluate(graphdef, source, train_config, mesh, seed: int):
+    """Validation loss (reconstruction + full-weight KL, fixed noise) over up to `eval_batches` batches."""
+    batch_size = min(train_config.batch_size, source.num_examples // jax.device_count() * jax.device_count())
+    if batch_size == 0:
+        return None
+    num_batches = min(train_config.eval_batches, source.num_examples // batch_size)
+    batches = [common.global_batch(b, mesh) for b, _ in zip(source.batches(batch_size, 0, seed=seed, shuffle=False),
+                                                            range(num_batches))]
+    dtype = common.compute_dtype(train_config)
+    key = jax.random.key(seed)
+
+    @jax.jit
+    def batch_loss(params, batch):
+        return _loss(graphdef, params, batch["signal"], key, train_config.kl_weight_max, dtype)[0]
+
+    return lambda state: float(np.mean([batch_loss(state.params, b) for b in batches]))
+
+
+def make_preview(graphdef, source, mesh):
+    """A figure of validation (or training) ECGs next to their reconstructions (posterior mean)."""
+    from diffusets_jax.plotting import plot_ecg_comparison
+
+    real = next(source.batches(min(2, source.num_examples), 0, seed=0, shuffle=False))["signal"]
+
+    @jax.jit
+    def reconstruct(params, signals):
+        vae = nnx.merge(graphdef, params)
+        return vae.decoder(vae.encoder.moments(signals)[0] * LATENT_SCALE)
+
+    def preview(state, step):
+        generated = np.asarray(reconstruct(state.params, jnp.asarray(real)))
+        return plot_ecg_comparison(real, generated, titles=[f"step {step}: real | reconstruction"] * len(real))
+
+    return preview
 
 
 def train_vae(config, workdir: str | Path, data_dirs, stop_after: int | None = None) -> Path:
@@ -63,15 +106,16 @@ def train_vae(config, workdir: str | Path, data_dirs, stop_after: int | None = N
     `stop_after` ends this run after that many steps (checkpointed), e.g. to time-box a session;
     the next call resumes where it stopped.
 
-    Raises ValueError for an empty/too-small dataset, `NonFiniteLossError` on a NaN/inf loss.
+    Raises ValueError for an empty/too-small dataset or a batch that does not split over the
+    devices, `NonFiniteLossError` on a NaN/inf loss or gradient.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config_to_json(config))
     tc = config.vae_train
-    dataset = load_processed(data_dirs, folds=config.data.train_folds)
-    signals = dataset.signals
-    num_steps, _ = common.resolve_num_steps(tc, len(signals))
+    common.check_batch_size(tc.batch_size)
+    train_source, val_source = training_sources(config, data_dirs)
+    num_steps, _ = common.resolve_num_steps(tc, train_source.num_examples)
     mesh = common.make_mesh(config.mesh.data_axis)
 
     vae = build_vae(config)
@@ -79,14 +123,17 @@ def train_vae(config, workdir: str | Path, data_dirs, stop_after: int | None = N
     tx = vae_optimizer(tc, num_steps)
     state = common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
     state = common.replicate(state, mesh)
-    manager = common.checkpoint_manager(workdir / "vae", tc.keep_checkpoints)
-    state = common.restore_or_init(manager, state)
-    train_step = make_train_step(graphdef, tx, num_steps, tc, jax.random.key(config.seed))
-
+    checkpoints = common.Checkpoints(workdir / "vae", tc.keep_checkpoints)
+    state = common.restore_or_init(checkpoints, state)
+    preview_source = val_source or train_source
     common.run_training(
-        name="vae", workdir=workdir, state=state, train_step=train_step, arrays={"signals": signals},
-        train_config=tc, num_steps=num_steps, manager=manager, mesh=mesh, seed=config.seed,
-        shuffle=config.data.shuffle, stop_after=stop_after,
+        name="vae", workdir=workdir, state=state,
+        train_step=make_train_step(graphdef, tx, num_steps, tc, jax.random.key(config.seed), mesh),
+        batches=train_source.batches(tc.batch_size, int(state.step), seed=config.seed, shuffle=config.data.shuffle),
+        train_config=tc, num_steps=num_steps, checkpoints=checkpoints, mesh=mesh,
+        learning_rate=vae_learning_rate(tc, num_steps),
+        evaluate=make_evaluate(graphdef, val_source, tc, mesh, config.seed) if val_source else None,
+        preview=make_preview(graphdef, preview_source, mesh), stop_after=stop_after,
     )
     return workdir / "vae"
 
@@ -99,15 +146,3 @@ def load_trained_vae(config, workdir: str | Path):
     state = common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
     restored = common.restore_latest(Path(workdir) / "vae", state, "train-vae")
     return nnx.merge(graphdef, restored.params), int(restored.step)
-
-
-def encode_moments(vae, signals: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior mean and log-variance `(N, 128, 4)` of `signals` `(N, 1024, 12)`, in batches."""
-    graphdef, params = nnx.split(vae)
-    moments = jax.jit(lambda p, x: nnx.merge(graphdef, p).encoder.moments(x))
-    means, logvars = [], []
-    for i in range(0, len(signals), batch_size):
-        m, lv = moments(params, jnp.asarray(signals[i : i + batch_size]))
-        means.append(np.asarray(m))
-        logvars.append(np.asarray(lv))
-    return np.concatenate(means), np.concatenate(logvars)

@@ -1,0 +1,120 @@
+"""TFDS builders of the ECG sources (PTB-XL, LUDB, MIMIC-IV-ECG), built offline from a manual download.
+
+    info = build_dataset("ptbxl", "/data/ptb-xl", "/data/tfds", num_workers=2)
+    ds = tfds.builder_from_directory(info.data_dir).as_dataset(split="train")
+
+The builders live in this package, not in a top-level module, because TFDS derives the builder's
+code path from its package. Nothing is fetched from GCS or the network. Example features and
+splits: :mod:`data_pipelines.tfds.base`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tensorflow_datasets as tfds
+
+from diffusets_jax.text import TextEmbedder
+
+from .base import SPLIT_FOLDS, ECGBuilder, ECGConfig, split_of_fold
+from .ludb import Ludb
+from .mimic import Mimic
+from .ptbxl import Ptbxl
+
+BUILDERS: dict[str, type[ECGBuilder]] = {cls.SOURCE: cls for cls in (Ptbxl, Ludb, Mimic)}
+
+
+def make_builder(name: str, data_dir, *, embedder: str | TextEmbedder = "minilm", num_workers: int = 1,
+                 sampling_rate: int | None = None, record_ids=None) -> ECGBuilder:
+    """The builder of source ``name`` (``'ptbxl'``, ``'ludb'``, ``'mimic'``) for ``embedder``.
+
+    ``embedder`` is a registry name (``'minilm'``, ``'openai-ada-002'``) or an embedder object; an
+    object whose name is not registered gets a custom config of that name. ``sampling_rate``
+    (PTB-XL only: 500 default, or 100) picks the native files read.
+
+    Raises:
+        ValueError: unknown source or embedder name, or ``sampling_rate`` given for LUDB/MIMIC.
+    """
+    if name not in BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}")
+    cls = BUILDERS[name]
+    embedder_name = embedder if isinstance(embedder, str) else embedder.name
+    if name == "ptbxl":
+        config_name = f"{embedder_name}-{sampling_rate or 500}hz"
+    elif sampling_rate is not None:
+        raise ValueError(f"sampling_rate applies to ptbxl only; {name} records are read at their own rate")
+    else:
+        config_name = embedder_name
+    config = cls.builder_configs.get(config_name)
+    if config is None and isinstance(embedder, str):
+        raise ValueError(f"no {name} config {config_name!r}; known: {sorted(cls.builder_configs)}")
+    if config is None:  # an unregistered embedder object
+        config = ECGConfig(name=config_name, embedder=embedder.name, embed_dim=embedder.dim,
+                           reader_options={"sampling_rate": sampling_rate or 500} if name == "ptbxl" else {})
+    return cls(config=config, data_dir=str(data_dir), num_workers=num_workers, record_ids=record_ids,
+               text_embedder=None if isinstance(embedder, str) else embedder)
+
+
+def build_dataset(name: str, manual_dir, data_dir, *, embedder: str | TextEmbedder = "minilm",
+                  num_workers: int = 1, sampling_rate: int | None = None, num_shards: int | None = None,
+                  record_ids=None) -> tfds.core.DatasetInfo:
+    """Build source ``name`` from the raw files in ``manual_dir`` into ``data_dir`` as TFRecord shards.
+
+    Args:
+        name: ``'ptbxl'``, ``'ludb'`` or ``'mimic'``.
+        manual_dir: the downloaded dataset directory (see the builder's ``MANUAL_DOWNLOAD_INSTRUCTIONS``).
+        data_dir: TFDS data directory; the dataset goes to ``data_dir/<name>/<config>/1.0.0``.
+        embedder, sampling_rate, record_ids: see :func:`make_builder`.
+        num_workers: processes loading records (read, clean, resample, QRS detection).
+        num_shards: shard files of every split (default: TFDS's choice by size, one for small sets);
+            each split needs at least this many examples. Multi-process training reads one share
+            of the files per process, so use at least as many shards as processes.
+
+    Returns:
+        The dataset info (``info.data_dir``, ``info.splits[...]``, ``info.metadata['skipped']``).
+        An existing complete build is reused as is.
+
+    Raises:
+        FileNotFoundError: ``manual_dir`` does not exist. ValueError: see :func:`make_builder`.
+    """
+    if not Path(manual_dir).is_dir():
+        raise FileNotFoundError(f"manual_dir {manual_dir} is not a directory: download the {name} dataset first")
+    builder = make_builder(name, data_dir, embedder=embedder, num_workers=num_workers,
+                           sampling_rate=sampling_rate, record_ids=record_ids)
+    builder.download_and_prepare(
+        file_format="tfrecord",
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir), try_download_gcs=False,
+                                                     num_shards=num_shards),
+    )
+    return builder.info
+
+
+def load_builder(name: str, data_dir=None) -> tfds.core.DatasetBuilder:
+    """Reader of a built dataset, without the builder code.
+
+    Args:
+        name: ``'ptbxl'`` (default config), ``'ptbxl/minilm-100hz'``, ``'ptbxl/minilm-100hz/1.0.0'``
+            under ``data_dir``; or, with ``data_dir=None``, a dataset version directory.
+
+    Raises:
+        FileNotFoundError: naming the directory, if the dataset was not built there.
+    """
+    if data_dir is None:
+        version_dir = Path(name)
+    else:
+        parts = name.split("/")
+        if len(parts) == 1 and parts[0] in BUILDERS:
+            parts.append(BUILDERS[parts[0]].BUILDER_CONFIGS[0].name)  # the default config
+        version_dir = Path(data_dir, *parts)
+        if len(parts) == 2:  # newest version built
+            versions = sorted((d for d in version_dir.glob("*.*.*") if (d / "dataset_info.json").is_file()),
+                              key=lambda d: tfds.core.Version(d.name))
+            version_dir = versions[-1] if versions else version_dir
+    if not (version_dir / "dataset_info.json").is_file():
+        raise FileNotFoundError(f"no TFDS dataset in {version_dir}: build it with "
+                                "data_pipelines.tfds.build_dataset (or python -m data_pipelines.tfds)")
+    return tfds.builder_from_directory(str(version_dir))
+
+
+__all__ = ["BUILDERS", "SPLIT_FOLDS", "ECGBuilder", "ECGConfig", "Ludb", "Mimic", "Ptbxl", "build_dataset",
+           "load_builder", "make_builder", "split_of_fold"]

@@ -1,0 +1,122 @@
+"""Where the trainers' batches come from: processed sets in memory, or a TFDS dataset's shards.
+
+`--data` takes either processed sets written by `diffusets-jax prepare` (directories with
+`dataset.npz`, any number, held in memory) or one TFDS dataset built by `data_pipelines.tfds`
+(its version directory, with `dataset_info.json`, streamed by tf.data). Every source is a
+`data_pipelines.input_pipeline.BatchSource`: `batches(global_batch_size, start_step, seed=,
+shuffle=)` yields this process's rows of each global batch as a function of `(seed, step)` only,
+so that a resumed run sees exactly the batches of an uninterrupted one.
+
+Signal sources hold `signal` `(N, 1024, 12)` mV; latent sources (the VAE posteriors the
+diffusion model trains on, computed once as the official code caches them) hold `mean` and
+`log_variance` `(N, 128, 4)`; both hold `text_embedding` `(N, D)`, `sex` (1.0 male), `age`
+(years) and `heart_rate` (bpm).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from data_pipelines.input_pipeline import LATENT_INFO, ArraySource, TFRecordSource
+from diffusets_jax.constants import LATENT_SCALE
+
+TRAIN_SPLIT, VALIDATION_SPLIT = "train", "validation"
+
+
+def is_tfds_dataset(path: str | Path) -> bool:
+    return (Path(path) / "dataset_info.json").is_file()
+
+
+def training_sources(config, data_dirs: Sequence[str | Path]):
+    """`(train, validation)` signal sources; validation is None when there is no such record.
+
+    Processed sets: folds `config.data.train_folds` and `config.data.val_folds`. A TFDS dataset:
+    its `train` and `validation` splits (patient-wise folds fixed when it was built).
+
+    Raises FileNotFoundError naming a directory that is neither, ValueError for a TFDS dataset
+    given with other data, or text embeddings whose width is not the config's `text.embed_dim`.
+    """
+    dirs = [Path(d) for d in data_dirs]
+    if any(is_tfds_dataset(d) for d in dirs):
+        if len(dirs) != 1:
+            raise ValueError(f"give one TFDS dataset or any number of processed sets, not both: {dirs}")
+        train = TFRecordSource.from_tfds(str(dirs[0]), TRAIN_SPLIT, None)
+        validation = _optional(lambda: TFRecordSource.from_tfds(str(dirs[0]), VALIDATION_SPLIT, None))
+    else:
+        train = ArraySource.from_processed(dirs, folds=config.data.train_folds)
+        validation = _optional(lambda: ArraySource.from_processed(dirs, folds=config.data.val_folds))
+    _check_text_width(train, config)
+    return train, validation
+
+
+def latent_sources(config, workdir: Path, vae, vae_step: int, data_dirs: Sequence[str | Path]):
+    """`(train, validation)` latent sources: `training_sources` encoded by the trained `vae`.
+
+    Processed sets are encoded in memory, with one latent sampled per record (the official cache,
+    `vae/vae_encoding.py`), used when `unet_train.sample_posterior` is False. A TFDS dataset is
+    encoded once into latent shards in `workdir/latents/vae_step_<step>/<split>` (reused by later
+    runs); with shards, every step samples a fresh latent from the stored posterior.
+    """
+    train, validation = training_sources(config, data_dirs)
+    if isinstance(train, ArraySource):
+        print(f"encoding {train.num_examples} ECGs with the VAE of step {vae_step}")
+        encode = lambda source: _encode_arrays(vae, source, config.seed)  # noqa: E731
+        return encode(train), (encode(validation) if validation else None)
+    encode_fn = _batched_encoder(vae)
+    sources = []
+    for split, source in ((TRAIN_SPLIT, train), (VALIDATION_SPLIT, validation)):
+        if source is None:
+            sources.append(None)
+            continue
+        out = Path(workdir) / "latents" / f"vae_step_{vae_step}" / split
+        if not (out / LATENT_INFO).is_file():
+            from data_pipelines.latents import write_latents
+
+            print(f"encoding the {split} split ({source.num_examples} ECGs) into {out}")
+            write_latents(encode_fn, str(Path(data_dirs[0])), split, out, num_shards=max(jax.process_count(), 1))
+        sources.append(TFRecordSource.from_latents(out))
+    return tuple(sources)
+
+
+def encode_moments(vae, signals: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and log-variance `(N, 128, 4)` of `signals` `(N, 1024, 12)`, in batches."""
+    encode = _batched_encoder(vae)
+    parts = [encode(signals[i : i + batch_size]) for i in range(0, len(signals), batch_size)]
+    return np.concatenate([m for m, _ in parts]), np.concatenate([lv for _, lv in parts])
+
+
+def _batched_encoder(vae):
+    from flax import nnx
+
+    graphdef, params = nnx.split(vae)
+    moments = jax.jit(lambda p, x: nnx.merge(graphdef, p).encoder.moments(x))
+    return lambda signals: tuple(np.asarray(a) for a in moments(params, np.asarray(signals, np.float32)))
+
+
+def _encode_arrays(vae, source: ArraySource, seed: int) -> ArraySource:
+    arrays = dict(source.arrays)
+    mean, log_variance = encode_moments(vae, arrays.pop("signal"))
+    noise = np.random.default_rng(seed).standard_normal(mean.shape).astype(np.float32)
+    arrays.update(mean=mean, log_variance=log_variance,
+                  latents=(mean + np.exp(0.5 * log_variance) * noise) * LATENT_SCALE)
+    return ArraySource(arrays, record_ids=source.record_ids)
+
+
+def _optional(make):
+    try:
+        return make()
+    except ValueError:  # no record in the validation folds, or no validation split
+        return None
+
+
+def _check_text_width(source, config) -> None:
+    width = source.arrays["text_embedding"].shape[1] if isinstance(source, ArraySource) else source.shapes["text_embedding"][0]
+    if width != config.text.embed_dim:
+        raise ValueError(
+            f"the datasets hold {width}-d text embeddings; config text.embed_dim is {config.text.embed_dim} "
+            f"(text.embedder {config.text.embedder!r})"
+        )
