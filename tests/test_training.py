@@ -87,3 +87,65 @@ def test_batch_larger_than_dataset_is_refused(tmp_path, processed_dirs):
     config.vae_train.batch_size = 64
     with pytest.raises(ValueError, match="batch_size=64"):
         train_vae(config, tmp_path, processed_dirs)
+
+
+def test_training_streams_a_tfds_dataset(tmp_path, ptbxl_root):
+    from data_pipelines.tfds import build_dataset
+
+    info = build_dataset("ptbxl", ptbxl_root, tmp_path / "tfds")
+    config = tiny_config()
+    for train in (config.vae_train, config.unet_train):
+        train.batch_size, train.num_steps, train.checkpoint_every = 2, 6, 3
+    workdir = tmp_path / "workdir"
+    train_vae(config, workdir, [info.data_dir])
+    train_diffusion(config, workdir, [info.data_dir])
+    for name in ("vae", "unet"):
+        logged = read_metrics(workdir / f"{name}_metrics.jsonl")
+        assert [m["step"] for m in logged] == list(range(1, 7))
+        assert all(np.isfinite(m["loss"]) and m["learning_rate"] > 0 and m["step_time_s"] > 0 for m in logged)
+        assert sorted(int(p.name) for p in (workdir / name).iterdir() if p.name.isdigit()) == [3, 6]
+    # The VAE encoded the training split once into latent shards, with every training record.
+    latents = json.loads(next((workdir / "latents").glob("vae_step_6/train/latents_info.json")).read_text())
+    assert latents["count"] == info.splits["train"].num_examples == 4
+
+
+def test_bfloat16_compute_keeps_float32_parameters(tmp_path, processed_dirs, trained_workdir):
+    config = tiny_config()
+    config.vae_train.compute_dtype = "bfloat16"
+    config.vae_train.num_steps = 3
+    train_vae(config, tmp_path, processed_dirs)
+    bf16 = read_metrics(tmp_path / "vae_metrics.jsonl")
+    f32 = read_metrics(trained_workdir / "vae_metrics.jsonl")
+    # Same first batch and noise: the bfloat16 loss is the float32 loss to bfloat16 precision.
+    np.testing.assert_allclose(bf16[0]["loss"], f32[0]["loss"], rtol=0.05)
+    from diffusets_jax.training.vae import load_trained_vae
+    from flax import nnx
+    import jax
+
+    vae, _ = load_trained_vae(config, tmp_path)
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(vae, nnx.Param))} == {np.dtype("float32")}
+
+
+def test_non_finite_loss_stops_training_with_the_step_named(tmp_path, processed_dirs):
+    from diffusets_jax.training.common import NonFiniteLossError
+
+    config = tiny_config()
+    config.vae_train.max_learning_rate = 1e6  # diverges within a few steps
+    with pytest.raises(NonFiniteLossError, match=r"(loss|grad_norm|reconstruction|kl) is (nan|inf) at step \d+"):
+        train_vae(config, tmp_path, processed_dirs)
+
+
+def test_best_checkpoint_and_logs(trained_workdir):
+    from flax.metrics import tensorboard  # noqa: F401 - the writer's dependency is installed
+    import tensorflow as tf
+
+    logged = read_metrics(trained_workdir / "unet_metrics.jsonl")
+    validated = [m for m in logged if "val_loss" in m]
+    assert [m["step"] for m in validated] == [20, 40]  # at every checkpoint
+    best = min(validated, key=lambda m: m["val_loss"])["step"]
+    assert [p.name for p in (trained_workdir / "unet_best").iterdir() if p.name.isdigit()] == [str(best)]
+    events = list((trained_workdir / "tensorboard" / "unet").glob("events.out.tfevents.*"))
+    tags = {v.tag for e in tf.compat.v1.train.summary_iterator(str(events[0])) for v in e.summary.value}
+    assert {"loss", "learning_rate", "grad_norm", "examples_per_s", "step_time_s", "val_loss", "unet/preview"} <= tags
+    assert (trained_workdir / "previews" / "unet_step_0000040.png").stat().st_size > 20_000
+    assert (trained_workdir / "previews" / "vae_step_0000040.png").stat().st_size > 20_000
