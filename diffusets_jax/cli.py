@@ -6,6 +6,9 @@
     diffusets-jax train-diffusion  stage 2, the latent diffusion U-Net
     diffusets-jax export           training workdir -> pretrained model directory
     diffusets-jax generate         report text + age, sex, HR -> WFDB records, .npz and PNGs
+    diffusets-jax train-evaluator  the ECG-text CLIP evaluator used by `evaluate`
+    diffusets-jax evaluate         generate for held-out conditions and score: FID, precision/recall,
+                                   HR MAE, CLIP score, paired errors, lead consistency; report.md
     diffusets-jax convert-torch    official PyTorch weights -> pretrained model directory
     diffusets-jax export-torch     pretrained model directory -> official PyTorch state dicts
 """
@@ -94,6 +97,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, default=None, help="pretrained model directory (default: the shipped model)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--no-png", action="store_true", help="skip the PNG pictures")
+
+    p = sub.add_parser("train-evaluator", help="train the ECG-text CLIP evaluator (Net1D + projections)",
+                       description="Contrastive training of the evaluator `evaluate` uses (official clip/clip_train.py), "
+                                   "then, with --out, its export with a model card (retrieval accuracy on --test-folds).")
+    _add_config_args(p)
+    p.set_defaults(config="evaluator")
+    p.add_argument("--out", type=Path, default=None, help="evaluator directory to export to when training ends")
+
+    p = sub.add_parser("evaluate", help="generate ECGs for held-out conditions and score them",
+                       description="Draws --num-samples conditions from the held-out folds of processed sets, "
+                                   "generates one ECG each (or reads --samples), and writes metrics.json, report.md "
+                                   "and figures: FID / rFID, precision and recall (k=3), heart-rate MAE, CLIP score "
+                                   "and rCLIP (overall and per keyword condition), paired MAE / NRMSE, PR / QRS / QT "
+                                   "errors and lead-identity residuals, next to the same for real ECGs.")
+    p.add_argument("--checkpoint", type=Path, default=None, help="pretrained model directory (default: the shipped model)")
+    p.add_argument("--dataset", dest="data", action="append", required=True, type=Path, metavar="DIR",
+                   help="processed set written by `prepare` (repeatable); conditions come from its --folds")
+    p.add_argument("--folds", default="9,10", help="held-out folds to draw conditions from (default 9,10)")
+    p.add_argument("--num-samples", type=int, default=100, help="ECGs to generate and score (default 100)")
+    p.add_argument("--num-steps", type=int, default=None, help="DDPM steps (default: the model's config)")
+    p.add_argument("--batch-size", type=int, default=None, help="ECGs per sampler call (default: the model's config)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--evaluator", type=Path, default=None, help="evaluator directory (default: the shipped one)")
+    p.add_argument("--samples", type=Path, default=None, help="score these ECGs (samples.npz of a previous run) instead of generating")
+    p.add_argument("--no-intervals", action="store_true", help="skip the PR / QRS / QT delineation (slow)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
 
     p = sub.add_parser("convert-torch", help="official PyTorch weights -> pretrained model directory",
                        description="Convert the official DiffuSETS checkpoints (unet_all.pth, vae_model.pth = "
@@ -201,6 +230,30 @@ def cmd_generate(args) -> None:
     print(f"wrote {len(paths)} ECGs to {args.out} ({', '.join(p.name for p in paths[:4])}{', ...' if len(paths) > 4 else ''})")
 
 
+def cmd_train_evaluator(args) -> None:
+    from diffusets_jax.config import load_config
+    from diffusets_jax.evaluation.train_clip import export_evaluator, train_clip
+
+    _start_devices(args)
+    train_clip(load_config(args.config, args.overrides), args.workdir, args.data, args.stop_after)
+    if args.out is not None:
+        print(f"wrote evaluator to {export_evaluator(args.workdir, args.out, args.data)}")
+
+
+def cmd_evaluate(args) -> None:
+    from diffusets_jax.evaluation.evaluate import evaluate
+
+    try:
+        folds = tuple(int(f) for f in args.folds.split(","))
+    except ValueError:
+        raise UsageError(f"--folds must be comma-separated integers, got {args.folds!r}") from None
+    if args.num_samples < 4:
+        raise UsageError(f"--num-samples must be at least 4 (k = 3 nearest neighbours), got {args.num_samples}")
+    evaluate(args.checkpoint, args.data, args.out, num_samples=args.num_samples, folds=folds,
+             num_steps=args.num_steps, batch_size=args.batch_size, seed=args.seed, evaluator_dir=args.evaluator,
+             samples=args.samples, intervals=not args.no_intervals)
+
+
 def cmd_convert_torch(args) -> None:
     from diffusets_jax.config import load_config
     from diffusets_jax.torch_weights import convert_official
@@ -227,6 +280,8 @@ COMMANDS = {
     "train-diffusion": cmd_train_diffusion,
     "export": cmd_export,
     "generate": cmd_generate,
+    "train-evaluator": cmd_train_evaluator,
+    "evaluate": cmd_evaluate,
     "convert-torch": cmd_convert_torch,
     "export-torch": cmd_export_torch,
 }

@@ -161,6 +161,41 @@ class Pipeline:
         )
 
 
+    def generate_for_conditions(
+        self, text_embeddings: np.ndarray, sex: np.ndarray, age: np.ndarray, heart_rate: np.ndarray, *,
+        seed: int = 0, num_steps: int | None = None, batch_size: int | None = None, progress: bool = False,
+    ) -> np.ndarray:
+        """One ECG per condition row: `(N, 1024, 12)` mV for text embeddings `(N, D)` (already
+        embedded, e.g. a processed set's), sex `(N,)` (1.0 male, 0.0 female), age (years) and heart
+        rate (bpm) `(N,)`. Batches of `batch_size` (the last one padded, so one compiled sampler
+        serves all); batch i uses the key `fold_in(key(seed), i)`.
+
+        Raises ValueError for rows of different lengths or a text width the model does not take.
+        """
+        text_embeddings = np.asarray(text_embeddings, np.float32)
+        n = len(text_embeddings)
+        if {len(sex), len(age), len(heart_rate)} != {n}:
+            raise ValueError(f"condition arrays have different lengths: text {n}, sex {len(sex)}, "
+                             f"age {len(age)}, heart_rate {len(heart_rate)}")
+        if text_embeddings.shape[1] != self.config.text.embed_dim:
+            raise ValueError(f"text embeddings are {text_embeddings.shape[1]}-d; the model takes "
+                             f"{self.config.text.embed_dim}-d ({self.config.text.embedder})")
+        num_steps = int(num_steps or self.config.sampling.num_steps)
+        batch_size = min(batch_size or self.config.sampling.batch_size, n)
+        condition = np.asarray(make_condition(text_embeddings, sex, age, heart_rate))
+        sampler = self._sampler(num_steps)
+        (_, vae_state), (_, unet_state) = self._graphs
+        chunks = []
+        from tqdm.auto import tqdm
+
+        for first in tqdm(range(0, n, batch_size), desc="generating", unit="batch", disable=not progress):
+            rows = condition[first : first + batch_size]
+            padded = np.concatenate([rows, np.repeat(rows[-1:], batch_size - len(rows), 0)])
+            key = jax.random.fold_in(jax.random.key(seed), first // batch_size)
+            chunks.append(np.asarray(sampler(vae_state, unet_state, padded, key))[: len(rows)])
+        return np.concatenate(chunks).astype(np.float32)
+
+
 def write_outputs(result: GenerationResult, out_dir: str | Path, png: bool = True) -> list[Path]:
     """Write `ecg_000.hea/.dat` (+ `.png`) per ECG and `samples.npz`; returns the record paths."""
     from diffusets_jax.ecg_io import write_npz, write_wfdb
