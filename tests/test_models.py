@@ -8,6 +8,14 @@ from flax import nnx
 
 from diffusets_jax.config import load_config
 from diffusets_jax.models import build_unet, build_vae, make_condition, vae_loss
+from diffusets_jax.models.layers import (
+    ConvTranspose1d,
+    Im2colConv1d,
+    attention,
+    conv1d,
+    mish,
+)
+from diffusets_jax.models.unet import SelfAttention
 
 
 def count(module) -> int:
@@ -64,3 +72,98 @@ def test_vae_loss_is_the_official_sum_mse_plus_kl():
     np.testing.assert_allclose(float(parts["reconstruction"]), expected_rec, rtol=1e-5)
     np.testing.assert_allclose(float(parts["kl"]), expected_kl, rtol=1e-5)
     np.testing.assert_allclose(float(loss), expected_rec + 0.5 * expected_kl, rtol=1e-5)
+
+
+# The U-Net's fast layers against the reference computations they replace (float32, tight tolerances).
+
+def _normal(rng, shape, scale=1.0):
+    return jnp.asarray(rng.standard_normal(shape) * scale, jnp.float32)
+
+
+@pytest.mark.parametrize(
+    "kernel_size, stride, padding, length",
+    [(7, 1, "SAME", 128), (7, 1, "SAME", 5), (3, 1, "SAME", 16), (1, 1, "SAME", 8), (3, 2, (1, 1), 128), (3, 2, (1, 1), 7)],
+)
+def test_im2col_conv_equals_nnx_conv(kernel_size, stride, padding, length):
+    fast = conv1d(6, 5, kernel_size, stride=stride, padding=padding, im2col=True, rngs=nnx.Rngs(0))
+    reference = conv1d(6, 5, kernel_size, stride=stride, padding=padding, rngs=nnx.Rngs(1))
+    assert isinstance(fast, Im2colConv1d)
+    assert jax.tree.map(jnp.shape, nnx.state(fast, nnx.Param)) == jax.tree.map(jnp.shape, nnx.state(reference, nnx.Param))
+    nnx.update(reference, nnx.state(fast, nnx.Param))
+    x = _normal(np.random.default_rng(0), (3, length, 6))
+    expected = reference(x)
+    assert fast(x).shape == expected.shape
+    np.testing.assert_allclose(np.asarray(fast(x)), np.asarray(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_mish_equals_x_tanh_softplus_x():
+    x = jnp.concatenate([jnp.linspace(-100.0, 100.0, 2001), jnp.asarray([-1e-4, 0.0, 1e-4, 19.9, 20.0, 20.1, 1e4])])
+
+    def reference(x):
+        return x * jnp.tanh(jax.nn.softplus(x))
+
+    np.testing.assert_allclose(np.asarray(mish(x)), np.asarray(reference(x)), rtol=2e-6, atol=1e-30)
+    gradient, expected = jax.vmap(jax.grad(mish))(x), jax.vmap(jax.grad(reference))(x)
+    np.testing.assert_allclose(np.asarray(gradient), np.asarray(expected), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kernel_size, stride, padding", [(4, 2, 1), (3, 2, 1), (5, 3, 2), (2, 2, 0), (3, 1, 1)])
+def test_conv_transpose_equals_input_dilated_convolution(kernel_size, stride, padding):
+    rng = np.random.default_rng(0)
+    layer = ConvTranspose1d(6, 5, kernel_size, stride, padding, rngs=nnx.Rngs(0))
+    x = _normal(rng, (2, 9, 6))
+    # PyTorch's definition: dilate the input by the stride, pad k - 1 - padding, flipped kernel.
+    edge = kernel_size - 1 - padding
+    expected = jax.lax.conv_general_dilated(
+        x, layer.kernel[...][::-1], window_strides=(1,), padding=[(edge, edge)], lhs_dilation=(stride,),
+        dimension_numbers=("NWC", "WIO", "NWC"),
+    ) + layer.bias[...]
+    out = layer(x)
+    assert out.shape == (2, (9 - 1) * stride - 2 * padding + kernel_size, 5) == expected.shape
+    np.testing.assert_allclose(np.asarray(out), np.asarray(expected), rtol=1e-5, atol=1e-6)
+
+
+def _reference_attention(q, k, v):
+    """Plain softmax(q k^T / sqrt(d)) v in the `(B, L, H, d)` layout."""
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+    return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v)
+
+
+@pytest.mark.parametrize("d", [1, 4, 16])
+def test_attention_and_its_gradient_equal_the_plain_einsums(d):
+    rng = np.random.default_rng(d)
+    q, k, v = (_normal(rng, (2, length, 3, d), 2.0) for length in (10, 7, 7))
+    out_grad = _normal(rng, (2, 10, 3, d))
+
+    def heads_first(q, k, v):
+        q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
+        return attention(q / np.sqrt(d), k, v).transpose(0, 2, 1, 3)
+
+    def loss(f):
+        return lambda q, k, v: jnp.sum(f(q, k, v) * out_grad)
+
+    np.testing.assert_allclose(np.asarray(heads_first(q, k, v)), np.asarray(_reference_attention(q, k, v)), rtol=1e-5, atol=1e-6)
+    grads = jax.grad(loss(heads_first), argnums=(0, 1, 2))(q, k, v)
+    expected = jax.grad(loss(_reference_attention), argnums=(0, 1, 2))(q, k, v)
+    for grad, reference in zip(grads, expected):
+        np.testing.assert_allclose(np.asarray(grad), np.asarray(reference), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch, length", [(1, 4), (4, 32)])  # B * L <= C (unfolded), > C (folded)
+def test_self_attention_equals_the_official_stack_of_projections(batch, length):
+    rng = np.random.default_rng(0)
+    layer = SelfAttention(24, 32, 4, rngs=nnx.Rngs(0))
+    nnx.update(layer, jax.tree.map(lambda p: _normal(rng, p.shape, 0.3), nnx.state(layer, nnx.Param)))
+    x = _normal(rng, (batch, length, 24))
+
+    def dense(module, x):
+        return x @ np.asarray(module.kernel[...]) + np.asarray(module.bias[...])
+
+    h = layer.norm(x)
+    mha = layer.attention
+    w, b = np.asarray(mha.in_proj.kernel[...]), np.asarray(mha.in_proj.bias[...])
+    q, k, v = (dense(p, h) @ w[:, 32 * i : 32 * (i + 1)] + b[32 * i : 32 * (i + 1)]
+               for i, p in enumerate((layer.to_q, layer.to_k, layer.to_v)))
+    heads = _reference_attention(*(y.reshape(batch, length, 4, 8) for y in (q, k, v))).reshape(batch, length, 32)
+    expected = x + dense(layer.to_out, dense(mha.out_proj, heads))
+    np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(expected), rtol=1e-5, atol=1e-5)
