@@ -75,13 +75,15 @@ class TimeEmbedding(nnx.Module):
 
 
 class SelfAttention(nnx.Module):
-    """`x + to_out(MHA(to_q(LN x), to_k(LN x), to_v(LN x)))` on `(B, L, C)`.
+    """`x + to_out(MHA(to_q(LN x), to_k(LN x), to_v(LN x)))` on `(B, L, C)`, attention width h.
 
-    `to_q`, `to_k`, `to_v` followed by the slices of the packed `in_proj` are three pairs of linear
-    maps, and `to_out` after `out_proj` another pair: each pair is one linear map (`fold`). Folded,
-    the projections cost (3 C h + h C) per position instead of (3 C h + 3 h^2 + h^2 + h C), plus
-    4 C h^2 once for the weight products: fewer operations when B * L > C, and inside a sampling
-    loop XLA hoists the products out of it (the parameters do not change).
+    `to_q`, `to_k`, `to_v` each followed by its slice of the packed `in_proj`, and `out_proj`
+    followed by `to_out`, are pairs of linear maps; `folded` composes them into one `(C, 3h)` and one
+    `(h, C)` map. That saves 4 h^2 multiply-adds per position and costs 4 C h^2 for the weight
+    products, so the call folds when B * L > C (fewer operations; shapes are static). Inside the
+    sampling loop XLA hoists the products out of the loop. Measured on the paper U-Net (2-core CPU):
+    folding by this rule made 50-step sampling at batch 8 12 % faster than never folding; folding
+    always would make it 20 % faster still, but a batch-1 forward call 1.5-1.8x slower.
     """
 
     def __init__(self, channels: int, hidden: int, num_heads: int, *, rngs: nnx.Rngs):
@@ -98,11 +100,11 @@ class SelfAttention(nnx.Module):
         if b * length <= channels:
             return x + self.to_out(self.attention(self.to_q(h), self.to_k(h), self.to_v(h)))
         (in_kernel, in_bias), (out_kernel, out_bias) = self.folded()
-        q, k, v = jnp.split(h @ in_kernel + in_bias, 3, axis=-1)  # 3 x (B, L, hidden)
+        q, k, v = jnp.split(h @ in_kernel + in_bias, 3, axis=-1)  # 3 x (B, L, h)
         return x + self.attention.attend(q, k, v) @ out_kernel + out_bias
 
     def folded(self) -> tuple[tuple[Array, Array], tuple[Array, Array]]:
-        """Kernel `(C, 3 hidden)` and bias of the q, k, v projections; kernel `(hidden, C)` and bias of the output."""
+        """Kernel `(C, 3h)` and bias of the q, k, v projections; kernel `(h, C)` and bias of the output."""
         ins = [
             compose(first.kernel[...], first.bias[...], *self.attention.in_projection(i))
             for i, first in enumerate((self.to_q, self.to_k, self.to_v))
