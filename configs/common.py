@@ -76,6 +76,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.unet_train.ema_decay = 0.0  # 0 disables the EMA (official: none)
     c.unet_train.sample_posterior = False  # official: one sampled latent per record, cached once
     c.unet_train.grad_clip_norm = 0.0
+    # Classifier-free guidance: probability of training a row on the null condition (all of it,
+    # its text only, its patient values only). 0: off (official); 0.1 is the usual choice.
+    c.unet_train.condition_dropout = 0.0
+    c.unet_train.text_dropout = 0.0
+    c.unet_train.patient_dropout = 0.0
     c.unet_train.compute_dtype = "float32"
     c.unet_train.log_every = 10
     c.unet_train.checkpoint_every = 1000
@@ -85,7 +90,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.unet_train.preview_steps = 50  # DDPM steps of those samples
 
     c.sampling = ml_collections.ConfigDict()
+    c.sampling.sampler = "ddpm"  # 'ddpm' (official), 'ddim' or 'dpm-solver++' (diffusion.SAMPLERS)
     c.sampling.num_steps = 1000
+    c.sampling.eta = 0.0  # DDIM only: 0 deterministic, 1 DDPM-like variance
+    c.sampling.guidance_scale = 1.0  # classifier-free guidance; 1: none (needs condition dropout)
+    c.sampling.exact_limb_leads = False  # derive III, aVR, aVL, aVF from I and II
     c.sampling.batch_size = 16
 
     c.mesh = ml_collections.ConfigDict()

@@ -41,6 +41,7 @@ def get_config():
     c.unet_train.ema_decay = 0.999
     c.unet_train.sample_posterior = True  # few records: a fresh posterior sample each step
     c.unet_train.checkpoint_every = 1000
+    c.unet_train.condition_dropout = 0.1  # classifier-free guidance (sampling.guidance_scale)
 
     c.sampling.num_steps = 1000
     return c

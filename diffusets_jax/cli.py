@@ -86,14 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate 12-lead ECGs from report text and patient information",
                        description="Writes, per ECG, a WFDB record (.hea/.dat, 12 leads, mV, 102.4 Hz) and a PNG "
-                                   "in the clinical layout, plus samples.npz with all signals.")
-    p.add_argument("--report", required=True, help="report statements separated by '|', most important first")
-    p.add_argument("--age", required=True, type=float, help="age in years (0-120)")
-    p.add_argument("--sex", required=True, help="M or F")
-    p.add_argument("--hr", required=True, type=float, help="heart rate in bpm (20-300)")
-    p.add_argument("--num-samples", type=int, default=4, help="number of ECGs (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same ECGs (default 0)")
-    p.add_argument("--num-steps", type=int, default=None, help="DDPM steps (default: the model's config, 1000)")
+                                   "in the clinical layout, plus samples.npz with all signals. With --from-csv, one "
+                                   "ECG per CSV row (columns report, age, sex, hr, optional seed), an index.csv, "
+                                   "bad rows listed and skipped, and a rerun resumes where an interrupted one stopped.")
+    p.add_argument("--report", help="report statements separated by '|', most important first")
+    p.add_argument("--age", type=float, help="age in years (0-120)")
+    p.add_argument("--sex", help="M or F")
+    p.add_argument("--hr", type=float, help="heart rate in bpm (20-300)")
+    p.add_argument("--from-csv", type=Path, default=None, metavar="CSV",
+                   help="generate one ECG per row of this CSV instead (columns report, age, sex, hr; optional seed)")
+    p.add_argument("--num-samples", type=int, default=4, help="number of ECGs (default 4; not with --from-csv)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed; the same seed and options give the same ECGs (default 0)")
+    _add_sampling_args(p)
+    p.add_argument("--batch-size", type=int, default=None, help="ECGs per sampler call (default: the model's config)")
     p.add_argument("--checkpoint", type=Path, default=None, help="pretrained model directory (default: the shipped model)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--no-png", action="store_true", help="skip the PNG pictures")
@@ -116,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processed set written by `prepare` (repeatable); conditions come from its --folds")
     p.add_argument("--folds", default="9,10", help="held-out folds to draw conditions from (default 9,10)")
     p.add_argument("--num-samples", type=int, default=100, help="ECGs to generate and score (default 100)")
-    p.add_argument("--num-steps", type=int, default=None, help="DDPM steps (default: the model's config)")
+    _add_sampling_args(p)
     p.add_argument("--batch-size", type=int, default=None, help="ECGs per sampler call (default: the model's config)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--evaluator", type=Path, default=None, help="evaluator directory (default: the shipped one)")
@@ -148,6 +154,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["pth", "npz"], default="pth",
                    help="pth (torch.save, default) or npz (NumPy only)")
     return parser
+
+
+def _add_sampling_args(p) -> None:
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm-solver++"], default=None,
+                   help="ddpm: the official ancestral sampler; ddim; dpm-solver++ (2M). Default: the model's config")
+    p.add_argument("--num-steps", type=int, default=None,
+                   help="model calls, 1-1000 (default: the model's config; 1000 DDPM steps officially)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance scale; 1 = none (default: the model's config)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM noise, 0 (deterministic) to 1 (default 0)")
+    p.add_argument("--exact-limb-leads", action="store_true", default=None,
+                   help="derive III, aVR, aVL, aVF from I and II (Einthoven, Goldberger)")
+
+
+def _sampling(pipeline, args):
+    return pipeline.sampling(args.sampler, args.num_steps, args.eta, args.guidance_scale, args.exact_limb_leads)
 
 
 def cmd_prepare(args) -> None:
@@ -221,11 +243,29 @@ def cmd_export(args) -> None:
 def cmd_generate(args) -> None:
     from diffusets_jax.pipeline import Pipeline, write_outputs
 
+    single = {"--report": args.report, "--age": args.age, "--sex": args.sex, "--hr": args.hr}
+    if args.from_csv is not None:
+        given = [flag for flag, value in single.items() if value is not None]
+        if given:
+            raise UsageError(f"--from-csv takes the conditions from the CSV; drop {', '.join(given)}")
+    elif missing := [flag for flag, value in single.items() if value is None]:
+        raise UsageError(f"give {', '.join(missing)} (or --from-csv)")
     pipeline = Pipeline.from_pretrained(args.checkpoint)
-    result = pipeline(
-        args.report, age=args.age, sex=args.sex, heart_rate=args.hr, num_samples=args.num_samples,
-        seed=args.seed, num_steps=args.num_steps, progress=True,
-    )
+    options = _sampling(pipeline, args)
+    if args.from_csv is not None:
+        from diffusets_jax.batch_generation import generate_from_csv
+
+        done = generate_from_csv(pipeline, args.from_csv, args.out, options=options, seed=args.seed,
+                                 batch_size=args.batch_size, png=not args.no_png)
+        print(f"wrote {len(done.generated)} ECGs to {args.out}, {len(done.already_done)} were already done; "
+              f"index: {done.index_path}")
+        if done.bad:
+            print(f"skipped {len(done.bad)} bad row(s) of {args.from_csv} (row = data line, from 0):")
+            for row in done.bad:
+                print(f"  row {row.row}: {row.error}")
+        return
+    result = pipeline(args.report, age=args.age, sex=args.sex, heart_rate=args.hr, num_samples=args.num_samples,
+                      seed=args.seed, batch_size=args.batch_size, progress=True, **options._asdict())
     paths = write_outputs(result, args.out, png=not args.no_png)
     print(f"wrote {len(paths)} ECGs to {args.out} ({', '.join(p.name for p in paths[:4])}{', ...' if len(paths) > 4 else ''})")
 
@@ -250,8 +290,10 @@ def cmd_evaluate(args) -> None:
     if args.num_samples < 4:
         raise UsageError(f"--num-samples must be at least 4 (k = 3 nearest neighbours), got {args.num_samples}")
     evaluate(args.checkpoint, args.data, args.out, num_samples=args.num_samples, folds=folds,
-             num_steps=args.num_steps, batch_size=args.batch_size, seed=args.seed, evaluator_dir=args.evaluator,
-             samples=args.samples, intervals=not args.no_intervals)
+             batch_size=args.batch_size, seed=args.seed, evaluator_dir=args.evaluator,
+             samples=args.samples, intervals=not args.no_intervals,
+             sampling=dict(sampler=args.sampler, num_steps=args.num_steps, eta=args.eta,
+                           guidance_scale=args.guidance_scale, exact_limb_leads=args.exact_limb_leads))
 
 
 def cmd_convert_torch(args) -> None:

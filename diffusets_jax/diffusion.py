@@ -1,10 +1,15 @@
-"""Latent DDPM: noise schedule, training loss and the ancestral sampler as one `jax.lax.scan`.
+"""Latent diffusion: noise schedule, training loss, samplers (each one `jax.lax.scan`) and guidance.
 
 Faithful to the official setup (reference section 4): diffusers 0.27.2
 `DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012)`, i.e. *linear*
 betas, epsilon prediction, `fixed_small` variance, predicted x0 clipped to [-1, 1] and 'leading'
 timestep spacing; training draws t uniformly from {1, ..., 998} and uses the sum-MSE over the
 latent averaged over the batch.
+
+Options beyond the official code (same trained network, fewer steps): DDIM (Song et al. 2021,
+diffusers `DDIMScheduler`) and DPM-Solver++(2M) (Lu et al. 2022, diffusers
+`DPMSolverMultistepScheduler`), both with 'trailing' timesteps (Lin et al. 2024) by default, and
+classifier-free guidance (Ho & Salimans 2022) for a U-Net trained with condition dropout.
 """
 
 from __future__ import annotations
@@ -69,16 +74,48 @@ def add_noise(schedule: Schedule, x0: Array, noise: Array, t: Array) -> Array:
     return jnp.sqrt(abar) * x0 + jnp.sqrt(1.0 - abar) * noise
 
 
-def inference_timesteps(num_train_timesteps: int, num_steps: int) -> np.ndarray:
-    """The 'leading' spacing of diffusers: `arange(num_steps) * (T // num_steps)`, descending.
+SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
+TIMESTEP_SPACINGS = ("leading", "trailing")
 
-    1000 steps give 999, ..., 0; 50 steps give 980, 960, ..., 0. Raises ValueError if
-    `num_steps` is not in [1, T].
+
+def inference_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "leading") -> np.ndarray:
+    """Descending timesteps of a `num_steps` sampler, as diffusers' `timestep_spacing`.
+
+    'leading' (the official DDPM's): `arange(num_steps) * (T // num_steps)`; 1000 steps give 999,
+    ..., 0 and 50 steps 980, 960, ..., 0 (it never starts at T - 1, which costs little at 1000
+    steps and much at 10). 'trailing': `round(arange(T, 0, -T / num_steps)) - 1`; 50 steps give
+    999, 979, ..., 19, so the first step sees pure noise. Raises ValueError if `num_steps` is not
+    in [1, T] or the spacing is unknown.
     """
     if not 1 <= num_steps <= num_train_timesteps:
         raise ValueError(f"num_steps must be in [1, {num_train_timesteps}], got {num_steps}")
-    step_ratio = num_train_timesteps // num_steps
-    return (np.arange(num_steps) * step_ratio)[::-1].astype(np.int32)
+    if spacing == "leading":
+        step_ratio = num_train_timesteps // num_steps
+        return (np.arange(num_steps) * step_ratio)[::-1].astype(np.int32)
+    if spacing == "trailing":
+        return (np.round(np.arange(num_train_timesteps, 0, -num_train_timesteps / num_steps)) - 1).astype(np.int32)
+    raise ValueError(f"timestep spacing must be one of {TIMESTEP_SPACINGS}, got {spacing!r}")
+
+
+def step_noise(key: Array, index, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+    """Standard normal noise `shape` for sampler step `index` from one key, or from one key per row.
+
+    `key` is a single key (the whole batch from `fold_in(key, index)`) or a `(B,)` key array: row b
+    then comes from `fold_in(key[b], index)`, so a row's ECG does not depend on its batch-mates
+    (batch generation from a CSV resumes with identical outputs).
+    """
+    if key.ndim == 0:
+        return jax.random.normal(jax.random.fold_in(key, index), shape, dtype)
+    return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, index), shape[1:], dtype))(key)
+
+
+def predict_x0(schedule: Schedule, eps: Array, t: Array, x: Array) -> Array:
+    """x0 from epsilon, `(x - sqrt(1 - abar_t) eps) / sqrt(abar_t)`, clipped as the schedule says."""
+    abar_t = schedule.alphas_cumprod[t]
+    x0 = (x - jnp.sqrt(1.0 - abar_t) * eps) / jnp.sqrt(abar_t)
+    if schedule.clip_sample:
+        x0 = jnp.clip(x0, -schedule.clip_sample_range, schedule.clip_sample_range)
+    return x0
 
 
 def ddpm_step(
@@ -111,9 +148,9 @@ def sample_ddpm(
 ) -> Array:
     """Ancestral DDPM sampling from `x_T` `(B, 128, C)` down to x_0, compiled as one `lax.scan`.
 
-    `key` seeds the variance noise: step i uses `fold_in(key, i)`, so the same key gives the same
-    latents whatever the batch layout of the computation. `num_steps` in [1, T] with 'leading'
-    spacing (the official code uses 1000).
+    `key` seeds the variance noise (`step_noise`: step i uses `fold_in(key, i)`, per row if `key`
+    is a `(B,)` key array). `num_steps` in [1, T] with 'leading' spacing (the official code uses
+    1000).
     """
     timesteps = inference_timesteps(schedule.num_train_timesteps, num_steps)
     step_ratio = schedule.num_train_timesteps // num_steps
@@ -121,12 +158,122 @@ def sample_ddpm(
     def body(x, inputs):
         index, t = inputs
         eps = model_fn(x, jnp.full((x.shape[0],), t, jnp.int32))
-        noise = jax.random.normal(jax.random.fold_in(key, index), x.shape, x.dtype)
+        noise = step_noise(key, index, x.shape, x.dtype)
         return ddpm_step(schedule, eps, t, x, noise, step_ratio), None
 
     steps = (jnp.arange(num_steps), jnp.asarray(timesteps))
     x0, _ = jax.lax.scan(body, x_T, steps)
     return x0
+
+
+def sample_ddim(
+    model_fn: ModelFn, schedule: Schedule, x_T: Array, key: Array, num_steps: int = 50,
+    eta: float = 0.0, spacing: str = "trailing",
+) -> Array:
+    """DDIM sampling (Song et al. 2021, eq. 12) from `x_T` `(B, 128, C)`, as diffusers' `DDIMScheduler.step`.
+
+    `x_{t'} = sqrt(abar_t') x0 + sqrt(1 - abar_t' - sigma^2) eps + sigma z`, with x0 predicted
+    (and clipped) as in DDPM, the unclipped eps, `sigma = eta sqrt((1 - abar_t') / (1 - abar_t)
+    (1 - abar_t / abar_t'))` and abar of the step after the last = 1. `eta = 0` is deterministic
+    given x_T; `eta = 1` has DDPM's variance. `key` seeds z (used only when eta > 0).
+    """
+    if not eta >= 0.0:
+        raise ValueError(f"eta must be >= 0, got {eta!r}")
+    timesteps = inference_timesteps(schedule.num_train_timesteps, num_steps, spacing)
+    abar = np.asarray(schedule.alphas_cumprod, np.float64)
+    abar_t = abar[timesteps]
+    abar_prev = np.append(abar[timesteps[1:]], 1.0)
+    sigma = eta * np.sqrt((1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev))
+    coefficients = np.stack([np.sqrt(abar_prev), np.sqrt(np.maximum(1.0 - abar_prev - sigma**2, 0.0)), sigma], 1)
+
+    def body(x, inputs):
+        index, t, (x0_coefficient, eps_coefficient, noise_coefficient) = inputs
+        eps = model_fn(x, jnp.full((x.shape[0],), t, jnp.int32))
+        x = x0_coefficient * predict_x0(schedule, eps, t, x) + eps_coefficient * eps
+        if eta > 0:
+            x = x + noise_coefficient * step_noise(key, index, x.shape, x.dtype)
+        return x, None
+
+    steps = (jnp.arange(num_steps), jnp.asarray(timesteps), jnp.asarray(coefficients, jnp.float32))
+    x0, _ = jax.lax.scan(body, x_T, steps)
+    return x0
+
+
+def sample_dpm_solver(
+    model_fn: ModelFn, schedule: Schedule, x_T: Array, num_steps: int = 20, spacing: str = "trailing"
+) -> Array:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), as diffusers' `DPMSolverMultistepScheduler`
+    (`algorithm_type='dpmsolver++'`, `solver_order=2`, midpoint, final step to sigma = 0).
+
+    With `alpha_t = sqrt(abar_t)`, `sigma_t = sqrt(1 - abar_t)`, `lambda_t = log(alpha_t / sigma_t)`
+    and `h = lambda_next - lambda_t`: `x_next = (sigma_next / sigma_t) x - alpha_next (exp(-h) - 1) D`,
+    where `D = x0_t + (x0_t - x0_prev) / (2 r)`, `r = (lambda_t - lambda_prev) / h` (first order,
+    `D = x0_t`, at the first step). x0 is predicted and clipped as in DDPM; the last step returns
+    its x0 prediction (the step to sigma = 0). Deterministic given x_T.
+    """
+    timesteps = inference_timesteps(schedule.num_train_timesteps, num_steps, spacing)
+    abar = np.asarray(schedule.alphas_cumprod, np.float64)[timesteps]
+    alpha, sigma = np.sqrt(abar), np.sqrt(1.0 - abar)
+    lam = np.log(alpha) - np.log(sigma)
+    # Step i goes from timesteps[i] to timesteps[i + 1]; the last one to the clean signal.
+    x_coefficient, d_coefficient, half_inverse_r = np.zeros(num_steps), np.ones(num_steps), np.zeros(num_steps)
+    for i in range(num_steps - 1):
+        h = lam[i + 1] - lam[i]
+        x_coefficient[i] = sigma[i + 1] / sigma[i]
+        d_coefficient[i] = -alpha[i + 1] * np.expm1(-h)
+        if i > 0:
+            half_inverse_r[i] = 0.5 * h / (lam[i] - lam[i - 1])
+    coefficients = np.stack([x_coefficient, d_coefficient, half_inverse_r], 1)
+
+    def body(carry, inputs):
+        x, previous_x0 = carry
+        t, (x_coefficient, d_coefficient, half_inverse_r) = inputs
+        x0 = predict_x0(schedule, model_fn(x, jnp.full((x.shape[0],), t, jnp.int32)), t, x)
+        d = x0 + half_inverse_r * (x0 - previous_x0)
+        return (x_coefficient * x + d_coefficient * d, x0), None
+
+    (x0, _), _ = jax.lax.scan(
+        body, (x_T, jnp.zeros_like(x_T)), (jnp.asarray(timesteps), jnp.asarray(coefficients, jnp.float32))
+    )
+    return x0
+
+
+def sample(
+    model_fn: ModelFn, schedule: Schedule, x_T: Array, key: Array, num_steps: int,
+    sampler: str = "ddpm", eta: float = 0.0,
+) -> Array:
+    """Latents `(B, 128, C)` from `x_T` by `sampler` in SAMPLERS ('ddpm': the official ancestral
+    sampler, 'leading' steps; 'ddim' with `eta`; 'dpm-solver++': 2M), `num_steps` model calls.
+
+    Raises ValueError for an unknown sampler or a step count outside [1, T].
+    """
+    if sampler == "ddpm":
+        return sample_ddpm(model_fn, schedule, x_T, key, num_steps)
+    if sampler == "ddim":
+        return sample_ddim(model_fn, schedule, x_T, key, num_steps, eta)
+    if sampler == "dpm-solver++":
+        return sample_dpm_solver(model_fn, schedule, x_T, num_steps)
+    raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+
+
+def guided(conditional_fn: Callable[[Array, Array, Array], Array], condition: Array, null_condition: Array,
+           guidance_scale: float = 1.0) -> ModelFn:
+    """Classifier-free guidance (Ho & Salimans 2022): `eps_null + s (eps_cond - eps_null)`.
+
+    `conditional_fn(x, t, condition) -> eps`; `condition` and `null_condition` `(B, D + 3)`. The two
+    predictions come from one call on the doubled batch. `guidance_scale` 1 is the plain conditional
+    model (one call, bit-identical to unguided sampling); 0 is the unconditional model.
+    """
+    if guidance_scale == 1.0:
+        return lambda x, t: conditional_fn(x, t, condition)
+
+    def model_fn(x, t):
+        eps = conditional_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
+                             jnp.concatenate([condition, null_condition]))
+        eps_condition, eps_null = jnp.split(eps, 2)
+        return eps_null + guidance_scale * (eps_condition - eps_null)
+
+    return model_fn
 
 
 def diffusion_loss(

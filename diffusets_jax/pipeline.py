@@ -2,24 +2,27 @@
 
 Official `utils/inference.py:generation_from_net`: embed the ordered prompt of the report, build
 the condition vector [text, sex, age, HR], draw x_T ~ N(0, I) of shape `(B, 128, 4)`, run the
-ancestral DDPM sampler, decode with the VAE to `(B, 1024, 12)` mV at 102.4 Hz.
+ancestral DDPM sampler, decode with the VAE to `(B, 1024, 12)` mV at 102.4 Hz. Options (`Sampling`):
+DDIM or DPM-Solver++ with fewer steps, classifier-free guidance, limb leads derived from I and II.
 """
 
 from __future__ import annotations
 
 import math
-import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
 from diffusets_jax import diffusion
 from diffusets_jax.constants import FS, LATENT_LENGTH, LEADS, SEX_CODES
-from diffusets_jax.models import make_condition
+from diffusets_jax.leads import derive_limb_leads
+from diffusets_jax.models import make_condition, null_condition
 from diffusets_jax.pretrained import DEFAULT_MODEL_DIR, load_pretrained
 
 AGE_RANGE = (0.0, 120.0)  # years
@@ -39,6 +42,9 @@ class GenerationResult:
     seed: int
     num_steps: int
     prompt: str
+    sampler: str = "ddpm"
+    guidance_scale: float = 1.0
+    exact_limb_leads: bool = False
     fs: float = FS
     leads: tuple[str, ...] = LEADS
     extra: dict = field(default_factory=dict)
@@ -64,13 +70,24 @@ def validate_conditions(report, age, sex, heart_rate, num_samples: int, num_step
     return statements, sex_code
 
 
+class Sampling(NamedTuple):
+    """How latents are sampled: `sampler` in `diffusion.SAMPLERS`, model calls, DDIM's eta,
+    classifier-free `guidance_scale` (1: none) and whether III, aVR, aVL, aVF are derived from I, II."""
+
+    sampler: str = "ddpm"
+    num_steps: int = 1000
+    eta: float = 0.0
+    guidance_scale: float = 1.0
+    exact_limb_leads: bool = False
+
+
 class Pipeline:
     """A trained VAE + U-Net + text embedder, ready to generate ECGs.
 
     Example:
         >>> pipe = Pipeline.from_pretrained()            # the shipped default model
         >>> out = pipe("Sinus tachycardia|Left ventricular hypertrophy", age=63, sex="M", heart_rate=110,
-        ...            num_samples=4, seed=0)
+        ...            num_samples=4, seed=0, sampler="dpm-solver++", num_steps=50)
         >>> out.signals.shape                            # (4, 1024, 12) mV at 102.4 Hz
     """
 
@@ -89,7 +106,7 @@ class Pipeline:
             d.beta_start, d.beta_end, d.num_train_timesteps, d.beta_schedule, d.clip_sample, d.clip_sample_range
         )
         self._graphs = (nnx.split(vae), nnx.split(unet))
-        self._samplers: dict[int, callable] = {}
+        self._samplers: dict[Sampling, callable] = {}
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, embedder=None) -> "Pipeline":
@@ -97,22 +114,56 @@ class Pipeline:
         config, vae, unet = load_pretrained(DEFAULT_MODEL_DIR if path is None else path)
         return cls(config, vae, unet, embedder)
 
-    def _sampler(self, num_steps: int):
-        """`(vae_state, unet_state, condition (B, D+3), key) -> (B, 1024, 12)`, compiled once per step count."""
-        if num_steps not in self._samplers:
+    @property
+    def trained_for_guidance(self) -> bool:
+        """Whether the U-Net saw the null condition in training (condition dropout > 0)."""
+        tc = self.config.get("unet_train", {})
+        return any(tc.get(name, 0.0) > 0 for name in ("condition_dropout", "text_dropout", "patient_dropout"))
+
+    def sampling(self, sampler=None, num_steps=None, eta=None, guidance_scale=None, exact_limb_leads=None) -> Sampling:
+        """The sampling options, None meaning the model's `config.sampling`; ValueError naming a bad one."""
+        defaults = self.config.get("sampling", {})
+        options = Sampling(
+            sampler=sampler or defaults.get("sampler", "ddpm"),
+            num_steps=defaults.get("num_steps", 1000) if num_steps is None else num_steps,
+            eta=defaults.get("eta", 0.0) if eta is None else eta,
+            guidance_scale=defaults.get("guidance_scale", 1.0) if guidance_scale is None else guidance_scale,
+            exact_limb_leads=defaults.get("exact_limb_leads", False) if exact_limb_leads is None else bool(exact_limb_leads),
+        )
+        max_steps = self.config.diffusion.num_train_timesteps
+        if options.sampler not in diffusion.SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(diffusion.SAMPLERS)}, got {options.sampler!r}")
+        if not isinstance(options.num_steps, (int, np.integer)) or not 1 <= options.num_steps <= max_steps:
+            raise ValueError(f"num_steps must be an integer in [1, {max_steps}], got {options.num_steps!r}")
+        for name, value, high in (("eta", options.eta, 1.0), ("guidance_scale", options.guidance_scale, 50.0)):
+            if not isinstance(value, (int, float, np.number)) or not 0.0 <= value <= high:
+                raise ValueError(f"{name} must be a number in [0, {high:g}], got {value!r}")
+        if options.guidance_scale != 1.0 and not self.trained_for_guidance:
+            warnings.warn("guidance_scale != 1 but this model was trained without condition dropout: its null "
+                          "condition is untrained and guidance may not help", stacklevel=3)
+        return options._replace(num_steps=int(options.num_steps), eta=float(options.eta),
+                                guidance_scale=float(options.guidance_scale))
+
+    def _sampler(self, options: Sampling):
+        """`(vae_state, unet_state, condition (B, D+3), keys (B,)) -> (B, 1024, 12)`, compiled once per options."""
+        if options not in self._samplers:
             (vae_def, _), (unet_def, _) = self._graphs
             schedule, channels = self.schedule, self.config.vae.latent_channels
+            patient_mean = tuple(self.config.unet.get("patient_mean", (0.0, 0.0, 0.0)))
 
-            def generate(vae_state, unet_state, condition, key):
+            def generate(vae_state, unet_state, condition, keys):
                 unet = nnx.merge(unet_def, unet_state)
-                noise_key, step_key = jax.random.split(key)
-                x_T = jax.random.normal(noise_key, (condition.shape[0], LATENT_LENGTH, channels))
-                model_fn = lambda x, t: unet(x, t, condition)  # noqa: E731
-                latents = diffusion.sample_ddpm(model_fn, schedule, x_T, step_key, num_steps)
-                return nnx.merge(vae_def, vae_state).decoder(latents)
+                noise_keys, step_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
+                x_T = jax.vmap(lambda k: jax.random.normal(k, (LATENT_LENGTH, channels)))(noise_keys)
+                model_fn = diffusion.guided(unet, condition, null_condition(condition, patient_mean),
+                                            options.guidance_scale)
+                latents = diffusion.sample(model_fn, schedule, x_T, step_keys, options.num_steps,
+                                           options.sampler, options.eta)
+                signals = nnx.merge(vae_def, vae_state).decoder(latents)
+                return derive_limb_leads(signals) if options.exact_limb_leads else signals
 
-            self._samplers[num_steps] = jax.jit(generate)
-        return self._samplers[num_steps]
+            self._samplers[options] = jax.jit(generate)
+        return self._samplers[options]
 
     def embed(self, statements: Sequence[str]) -> tuple[np.ndarray, str]:
         """The official ordered prompt of the statements and its `(D,)` embedding."""
@@ -123,77 +174,93 @@ class Pipeline:
 
     def __call__(
         self, report: str | Sequence[str], *, age: float, sex: str, heart_rate: float,
-        num_samples: int = 1, seed: int = 0, num_steps: int | None = None, batch_size: int | None = None,
-        progress: bool = False,
+        num_samples: int = 1, seed: int = 0, num_steps: int | None = None, sampler: str | None = None,
+        guidance_scale: float | None = None, eta: float | None = None, exact_limb_leads: bool | None = None,
+        batch_size: int | None = None, progress: bool = False,
     ) -> GenerationResult:
         """Generate `num_samples` ECGs `(B, 1024, 12)` in mV for one report and patient.
 
         Args:
           report: statements separated by '|' (or a list), most important first.
           age: years in [0, 120]; sex: 'M' or 'F'; heart_rate: bpm in [20, 300].
-          seed: the same seed (and step count) gives the same ECGs.
-          num_steps: DDPM steps in [1, 1000] (default `config.sampling.num_steps`).
+          seed: ECG j comes from the key `fold_in(key(seed), j)`: the same seed and options give the
+            same ECGs whatever the batch size.
+          num_steps: model calls in [1, 1000]; sampler: 'ddpm' (official), 'ddim', 'dpm-solver++';
+          guidance_scale: classifier-free guidance (1: none); eta: DDIM noise (0: deterministic);
+          exact_limb_leads: derive III, aVR, aVL, aVF from I and II. None: `config.sampling`.
           batch_size: ECGs per compiled call (default `config.sampling.batch_size`).
         Raises:
           ValueError naming the argument at fault.
         """
-        num_steps = int(num_steps or self.config.sampling.num_steps)
+        options = self.sampling(sampler, num_steps, eta, guidance_scale, exact_limb_leads)
         statements, sex_code = validate_conditions(
-            report, age, sex, heart_rate, num_samples, num_steps, self.config.diffusion.num_train_timesteps
+            report, age, sex, heart_rate, num_samples, options.num_steps, self.config.diffusion.num_train_timesteps
         )
         embedding, prompt = self.embed(statements)
-        batch_size = batch_size or self.config.sampling.batch_size
-        sampler = self._sampler(num_steps)
-        (_, vae_state), (_, unet_state) = self._graphs
-        chunks, start_time = [], time.perf_counter()
-        for first in range(0, num_samples, batch_size):
-            size = min(batch_size, num_samples - first)
-            condition = make_condition(
-                np.repeat(embedding[None], size, 0), [SEX_CODES[sex_code]] * size, [age] * size, [heart_rate] * size
-            )
-            key = jax.random.fold_in(jax.random.key(seed), first // batch_size)
-            chunks.append(np.asarray(sampler(vae_state, unet_state, condition, key)))
-            if progress:
-                print(f"generated {first + size}/{num_samples} ECGs ({time.perf_counter() - start_time:.1f} s)", flush=True)
-        return GenerationResult(
-            signals=np.concatenate(chunks).astype(np.float32), report="|".join(statements), age=float(age),
-            sex=sex_code, heart_rate=float(heart_rate), seed=seed, num_steps=num_steps, prompt=prompt,
+        signals = self.generate_for_conditions(
+            np.repeat(embedding[None], num_samples, 0), np.full(num_samples, SEX_CODES[sex_code], np.float32),
+            np.full(num_samples, age, np.float32), np.full(num_samples, heart_rate, np.float32),
+            seed=seed, options=options, batch_size=batch_size, progress=progress,
         )
-
+        return GenerationResult(
+            signals=signals, report="|".join(statements), age=float(age), sex=sex_code,
+            heart_rate=float(heart_rate), seed=seed, num_steps=options.num_steps, prompt=prompt,
+            sampler=options.sampler, guidance_scale=options.guidance_scale,
+            exact_limb_leads=options.exact_limb_leads,
+        )
 
     def generate_for_conditions(
         self, text_embeddings: np.ndarray, sex: np.ndarray, age: np.ndarray, heart_rate: np.ndarray, *,
-        seed: int = 0, num_steps: int | None = None, batch_size: int | None = None, progress: bool = False,
+        seed: int = 0, keys: jax.Array | None = None, num_steps: int | None = None, sampler: str | None = None,
+        guidance_scale: float | None = None, eta: float | None = None, exact_limb_leads: bool | None = None,
+        options: Sampling | None = None, batch_size: int | None = None, progress: bool = False,
     ) -> np.ndarray:
         """One ECG per condition row: `(N, 1024, 12)` mV for text embeddings `(N, D)` (already
         embedded, e.g. a processed set's), sex `(N,)` (1.0 male, 0.0 female), age (years) and heart
-        rate (bpm) `(N,)`. Batches of `batch_size` (the last one padded, so one compiled sampler
-        serves all); batch i uses the key `fold_in(key(seed), i)`.
+        rate (bpm) `(N,)`.
 
-        Raises ValueError for rows of different lengths or a text width the model does not take.
+        Row j comes from the key `fold_in(key(seed), j)`, or from `keys[j]` (`(N,)` keys, see
+        `row_keys`), so no row depends on its batch-mates. Batches of `batch_size` (the last one
+        padded, so one compiled sampler serves all). Sampling arguments as `__call__` (or
+        `options`, a `Sampling`).
+
+        Raises ValueError for rows of different lengths, a text width the model does not take or a
+        bad sampling argument.
         """
         text_embeddings = np.asarray(text_embeddings, np.float32)
         n = len(text_embeddings)
-        if {len(sex), len(age), len(heart_rate)} != {n}:
+        lengths = {len(sex), len(age), len(heart_rate)} | ({len(keys)} if keys is not None else set())
+        if lengths != {n}:
             raise ValueError(f"condition arrays have different lengths: text {n}, sex {len(sex)}, "
-                             f"age {len(age)}, heart_rate {len(heart_rate)}")
-        if text_embeddings.shape[1] != self.config.text.embed_dim:
-            raise ValueError(f"text embeddings are {text_embeddings.shape[1]}-d; the model takes "
-                             f"{self.config.text.embed_dim}-d ({self.config.text.embedder})")
-        num_steps = int(num_steps or self.config.sampling.num_steps)
+                             f"age {len(age)}, heart_rate {len(heart_rate)}"
+                             + (f", keys {len(keys)}" if keys is not None else ""))
+        if text_embeddings.ndim != 2 or text_embeddings.shape[1] != self.config.text.embed_dim:
+            raise ValueError(f"text embeddings have shape {text_embeddings.shape}; the model takes "
+                             f"(N, {self.config.text.embed_dim}) ({self.config.text.embedder})")
+        options = options or self.sampling(sampler, num_steps, eta, guidance_scale, exact_limb_leads)
         batch_size = min(batch_size or self.config.sampling.batch_size, n)
         condition = np.asarray(make_condition(text_embeddings, sex, age, heart_rate))
-        sampler = self._sampler(num_steps)
+        keys = row_keys(np.full(n, seed), np.arange(n)) if keys is None else keys
+        sampler_fn = self._sampler(options)
         (_, vae_state), (_, unet_state) = self._graphs
         chunks = []
-        from tqdm.auto import tqdm
-
-        for first in tqdm(range(0, n, batch_size), desc="generating", unit="batch", disable=not progress):
-            rows = condition[first : first + batch_size]
-            padded = np.concatenate([rows, np.repeat(rows[-1:], batch_size - len(rows), 0)])
-            key = jax.random.fold_in(jax.random.key(seed), first // batch_size)
-            chunks.append(np.asarray(sampler(vae_state, unet_state, padded, key))[: len(rows)])
+        with tqdm(total=n, desc=f"generating ({options.sampler}, {options.num_steps} steps)", unit="ECG",
+                  disable=not progress) as bar:
+            for first in range(0, n, batch_size):
+                rows = slice(first, first + batch_size)
+                size = len(condition[rows])
+                pad = lambda a: np.concatenate([a, np.repeat(a[-1:], batch_size - size, 0)])  # noqa: E731
+                signals = sampler_fn(vae_state, unet_state, pad(condition[rows]), jax.numpy.concatenate(
+                    [keys[rows], jax.numpy.repeat(keys[rows][-1:], batch_size - size, 0)]))
+                chunks.append(np.asarray(signals)[:size])
+                bar.update(size)
         return np.concatenate(chunks).astype(np.float32)
+
+
+def row_keys(seeds: np.ndarray, indices: np.ndarray) -> jax.Array:
+    """`(N,)` PRNG keys `fold_in(key(seeds[j]), indices[j])`, the per-ECG keys of the samplers."""
+    return jax.vmap(lambda s, i: jax.random.fold_in(jax.random.key(s), i))(
+        jax.numpy.asarray(seeds, jax.numpy.uint32), jax.numpy.asarray(indices, jax.numpy.uint32))
 
 
 def write_outputs(result: GenerationResult, out_dir: str | Path, png: bool = True) -> list[Path]:
@@ -206,6 +273,8 @@ def write_outputs(result: GenerationResult, out_dir: str | Path, png: bool = Tru
     comments = {
         "report": result.report, "age": f"{result.age:g}", "sex": result.sex,
         "heart_rate_bpm": f"{result.heart_rate:g}", "seed": str(result.seed), "num_steps": str(result.num_steps),
+        "sampler": result.sampler, "guidance_scale": f"{result.guidance_scale:g}",
+        "exact_limb_leads": str(result.exact_limb_leads),
         "generator": "diffusets-jax",
     }
     paths = []
@@ -219,6 +288,7 @@ def write_outputs(result: GenerationResult, out_dir: str | Path, png: bool = Tru
     write_npz(
         out_dir / "samples.npz", result.signals, report=np.array(result.report), age=np.float32(result.age),
         sex=np.array(result.sex), heart_rate=np.float32(result.heart_rate), seed=np.int64(result.seed),
-        num_steps=np.int64(result.num_steps), fs=np.float32(result.fs), leads=np.array(result.leads),
+        num_steps=np.int64(result.num_steps), sampler=np.array(result.sampler),
+        guidance_scale=np.float32(result.guidance_scale), fs=np.float32(result.fs), leads=np.array(result.leads),
     )
     return paths

@@ -90,3 +90,128 @@ def test_shipped_default_model_generates_plausible_ecgs():
     # Real resting ECGs in the training data: std ~0.1-0.25 mV, peaks of a few mV at most.
     assert 0.02 < signals.std() < 1.0
     assert np.abs(signals).max() < 10.0
+
+
+def test_an_ecg_does_not_depend_on_the_batch_size(tiny_pipeline):
+    together = tiny_pipeline("Sinus rhythm", num_samples=3, seed=7, batch_size=3, **CONDITIONS).signals
+    one_by_one = tiny_pipeline("Sinus rhythm", num_samples=3, seed=7, batch_size=1, **CONDITIONS).signals
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm-solver++"])
+def test_every_sampler_with_and_without_guidance(tiny_pipeline, sampler):
+    run = lambda scale: tiny_pipeline("Sinus rhythm", num_samples=2, seed=1, sampler=sampler, num_steps=4,  # noqa: E731
+                                      guidance_scale=scale, **CONDITIONS)
+    plain, guided = run(1.0), run(3.0)
+    assert plain.signals.shape == (2, 1024, 12) and np.all(np.isfinite(guided.signals))
+    assert plain.sampler == sampler and guided.guidance_scale == 3.0
+    assert not np.allclose(plain.signals, guided.signals, atol=1e-4)
+
+
+def test_exact_limb_leads_change_only_the_derived_leads(tiny_pipeline):
+    from diffusets_jax.evaluation.metrics import lead_identity_residuals
+
+    plain = tiny_pipeline("Sinus rhythm", num_samples=2, seed=3, **CONDITIONS).signals
+    exact = tiny_pipeline("Sinus rhythm", num_samples=2, seed=3, exact_limb_leads=True, **CONDITIONS).signals
+    kept = [0, 1, *range(6, 12)]  # I, II, V1-V6
+    np.testing.assert_allclose(exact[..., kept], plain[..., kept], atol=1e-6)
+    assert np.abs(lead_identity_residuals(exact)).max() < 1e-5
+    assert np.abs(lead_identity_residuals(plain)).max() > 1e-3  # the untrained model ignores the identities
+
+
+@pytest.mark.parametrize("kwargs, field", [(dict(sampler="euler"), "sampler"), (dict(guidance_scale=-1.0), "guidance_scale"),
+                                           (dict(eta=2.0), "eta"), (dict(num_steps=0), "num_steps")])
+def test_bad_sampling_arguments_are_named(tiny_pipeline, kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        tiny_pipeline("Sinus rhythm", **kwargs, **CONDITIONS)
+
+
+CSV = """report,age,sex,hr,seed
+Sinus rhythm|Normal ECG,50,F,70,
+Sinus tachycardia,abc,M,120,
+Atrial fibrillation,71,M,95,11
+Sinus bradycardia,40,X,50,
+Left ventricular hypertrophy,63,M,80,
+"""
+
+
+def _record(directory, row):
+    return wfdb.rdrecord(str(directory / f"ecg_{row:05d}")).p_signal
+
+
+def test_generate_from_csv_lists_bad_rows_and_generates_the_rest(tiny_model_dir, tiny_pipeline, tmp_path, capsys):
+    (tmp_path / "conditions.csv").write_text(CSV)
+    status = cli.main(["generate", "--from-csv", str(tmp_path / "conditions.csv"), "--checkpoint", str(tiny_model_dir),
+                       "--batch-size", "2", "--no-png", "--out", str(tmp_path / "out")])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "row 1: age must be a number" in printed and "row 3: sex must be" in printed
+    index = {int(r["row"]): r for r in csv_rows(tmp_path / "out" / "index.csv")}
+    assert [index[i]["status"] for i in range(5)] == ["ok", "error", "ok", "error", "ok"]
+    assert "age" in index[1]["message"]
+    for row in (0, 2, 4):
+        assert _record(tmp_path / "out", row).shape == (1024, 12)
+    assert not (tmp_path / "out" / "ecg_00001.hea").exists()
+    # A row with a seed is the first ECG of `generate --seed` with the same conditions.
+    alone = tiny_pipeline("Atrial fibrillation", age=71, sex="M", heart_rate=95, seed=11).signals[0]
+    np.testing.assert_allclose(_record(tmp_path / "out", 2), alone, atol=2e-3)  # WFDB stores 1 uV steps
+
+
+def test_generate_from_csv_resumes_after_an_interruption(tiny_pipeline, tmp_path, monkeypatch):
+    from diffusets_jax.batch_generation import generate_from_csv
+
+    (tmp_path / "conditions.csv").write_text(CSV)
+    options = tiny_pipeline.sampling()
+    clean = generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "clean", options=options,
+                              batch_size=1, png=False, progress=False)
+    assert clean.generated == [0, 2, 4] and [r.row for r in clean.bad] == [1, 3]
+
+    calls, original = [], tiny_pipeline.generate_for_conditions
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as Ctrl-C in the second batch
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipeline, "generate_for_conditions", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "out", options=options,
+                          batch_size=1, png=False, progress=False)
+    monkeypatch.setattr(tiny_pipeline, "generate_for_conditions", original)
+    resumed = generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "out", options=options,
+                                batch_size=1, png=False, progress=False)
+    assert resumed.already_done == [0] and resumed.generated == [2, 4]
+    for row in (0, 2, 4):
+        np.testing.assert_array_equal(_record(tmp_path / "out", row), _record(tmp_path / "clean", row))
+    # A changed row is generated again; other sampling options redo everything.
+    (tmp_path / "conditions.csv").write_text(CSV.replace("50,F,70", "50,F,75"))
+    again = generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "out", options=options,
+                              batch_size=2, png=False, progress=False)
+    assert again.generated == [0] and again.already_done == [2, 4]
+    other = generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "out",
+                              options=options._replace(num_steps=3), batch_size=2, png=False, progress=False)
+    assert other.generated == [0, 2, 4]
+
+
+def test_generate_from_csv_refuses_a_file_without_a_required_column(tiny_pipeline, tmp_path):
+    from diffusets_jax.batch_generation import generate_from_csv
+
+    (tmp_path / "conditions.csv").write_text("report,age,sex\nSinus rhythm,50,F\n")
+    with pytest.raises(ValueError, match="missing column.*hr"):
+        generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "out",
+                          options=tiny_pipeline.sampling(), png=False, progress=False)
+
+
+def test_generate_command_refuses_csv_and_single_conditions_together(tiny_model_dir, tmp_path, capsys):
+    status = cli.main(["generate", "--from-csv", "x.csv", "--report", "Sinus rhythm", "--out", str(tmp_path)])
+    assert status == 2 and "--report" in capsys.readouterr().err
+    status = cli.main(["generate", "--report", "Sinus rhythm", "--out", str(tmp_path)])
+    assert status == 2 and "--age" in capsys.readouterr().err
+
+
+def csv_rows(path):
+    import csv
+
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))

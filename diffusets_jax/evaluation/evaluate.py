@@ -85,10 +85,13 @@ def score(real: np.ndarray, generated: np.ndarray, real_text: np.ndarray, reques
 def evaluate(checkpoint: str | Path | None, data_dirs: Sequence[str | Path], out_dir: str | Path, *,
              num_samples: int = 100, folds: Sequence[int] = DEFAULT_FOLDS, num_steps: int | None = None,
              batch_size: int | None = None, seed: int = 0, evaluator_dir: str | Path | None = None,
-             samples: str | Path | None = None, intervals: bool = True) -> Path:
+             samples: str | Path | None = None, intervals: bool = True, sampling: dict | None = None) -> Path:
     """Generate (or read from `samples`, an `.npz` written by a previous run) and score ECGs for
     `num_samples` held-out conditions; write `metrics.json`, `report.md`, its figures and
     `samples.npz` to `out_dir`. Returns the report path.
+
+    `sampling`: keyword arguments of `Pipeline.sampling` (sampler, num_steps, eta, guidance_scale,
+    exact_limb_leads; None entries take the model's config); `num_steps` alone may be given directly.
 
     Raises FileNotFoundError for a missing model, evaluator or dataset, ValueError if the model,
     the evaluator and the datasets do not share the text embedder, or no record is in `folds`.
@@ -106,6 +109,8 @@ def evaluate(checkpoint: str | Path | None, data_dirs: Sequence[str | Path], out
                          f"({dataset.embedder}); the evaluator takes {evaluator_config.text.embed_dim}-d")
     real, text = dataset.signals[rows], dataset.text_embeddings[rows]
     requested_hr, reports = dataset.heart_rate[rows], dataset.reports[rows]
+    sampling = {**(sampling or {}), **({"num_steps": num_steps} if num_steps is not None else {})}
+    options = None
     start = time.perf_counter()
     if samples is not None:
         with np.load(samples, allow_pickle=False) as data:
@@ -114,8 +119,9 @@ def evaluate(checkpoint: str | Path | None, data_dirs: Sequence[str | Path], out
             raise ValueError(f"{samples} holds {len(generated)} ECGs, not num_samples={num_samples}")
     else:
         pipeline = Pipeline.from_pretrained(checkpoint)
+        options = pipeline.sampling(**sampling)
         generated = pipeline.generate_for_conditions(text, dataset.sex_codes[rows], dataset.age[rows], requested_hr,
-                                                     seed=seed, num_steps=num_steps, batch_size=batch_size,
+                                                     seed=seed, options=options, batch_size=batch_size,
                                                      progress=True)
         np.savez(out_dir / "samples.npz", signals=generated, record_ids=dataset.record_ids[rows])
     generation_s = time.perf_counter() - start
@@ -127,7 +133,8 @@ def evaluate(checkpoint: str | Path | None, data_dirs: Sequence[str | Path], out
         "per_condition": result["per_condition"],
         "protocol": {"checkpoint": str(checkpoint or "default"), "data": [str(d) for d in data_dirs],
                      "folds": list(folds), "num_samples": num_samples, "num_records": len(dataset),
-                     "num_steps": num_steps, "seed": seed, "generation_s": generation_s, "scoring_s": scoring_s},
+                     "sampling": options._asdict() if options else None, "seed": seed,
+                     "generation_s": generation_s, "scoring_s": scoring_s},
     }
     titles = [f"{r} | {a:.0f} y {s} | {h:.0f} bpm" for r, a, s, h in
               zip(reports, dataset.age[rows], dataset.sex[rows], requested_hr)]

@@ -346,3 +346,21 @@ def make_condition(text_embedding: Array, sex: Array, age: Array, heart_rate: Ar
     """
     extras = [jnp.asarray(v, jnp.float32).reshape(-1, 1) for v in (sex, age, heart_rate)]
     return jnp.concatenate([jnp.asarray(text_embedding, jnp.float32), *extras], axis=-1)
+
+
+def null_condition(condition: Array, patient_mean, drop_text: Array | bool = True,
+                   drop_patient: Array | bool = True) -> Array:
+    """The condition with its text and/or patient part replaced by the null condition `(B, D + 3)`.
+
+    The null condition (classifier-free guidance; Ho & Salimans 2022) is zero after the U-Net's
+    input normalisation: a zero text embedding (real ones have unit norm) and the patient values
+    `patient_mean` (sex 0.5, between the two codes, in the standardised configurations; zeros in
+    the official raw-value one). `drop_text` and `drop_patient` are bools or `(B,)` masks (True:
+    replace); training drops at random (`unet_train.condition_dropout`), guidance uses both.
+    """
+    condition = jnp.asarray(condition, jnp.float32)
+    drop_text = jnp.broadcast_to(jnp.asarray(drop_text), condition.shape[:1])[:, None]
+    drop_patient = jnp.broadcast_to(jnp.asarray(drop_patient), condition.shape[:1])[:, None]
+    text = jnp.where(drop_text, 0.0, condition[:, :-3])
+    patient = jnp.where(drop_patient, jnp.asarray(patient_mean, jnp.float32), condition[:, -3:])
+    return jnp.concatenate([text, patient], axis=-1)

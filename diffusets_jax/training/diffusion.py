@@ -19,7 +19,7 @@ from flax import nnx
 from diffusets_jax import diffusion
 from diffusets_jax.config import config_from_json, config_to_json
 from diffusets_jax.constants import LATENT_SCALE
-from diffusets_jax.models import build_unet, make_condition
+from diffusets_jax.models import build_unet, make_condition, null_condition
 from diffusets_jax.pretrained import save_pretrained
 from diffusets_jax.training import common
 from diffusets_jax.training.data import latent_sources
@@ -47,6 +47,21 @@ def batch_condition(batch) -> jax.Array:
     return make_condition(batch["text_embedding"], batch["sex"], batch["age"], batch["heart_rate"])
 
 
+def drop_conditions(condition: jax.Array, key: jax.Array, config) -> jax.Array:
+    """Condition dropout for classifier-free guidance: each row's whole condition is replaced by
+    the null condition (`models.null_condition`) with probability `unet_train.condition_dropout`,
+    and its text or patient part alone with `text_dropout` / `patient_dropout`. All 0: unchanged
+    (official)."""
+    tc = config.unet_train
+    rates = (tc.get("condition_dropout", 0.0), tc.get("text_dropout", 0.0), tc.get("patient_dropout", 0.0))
+    if not any(rates):
+        return condition
+    drop_all, drop_text, drop_patient = (
+        jax.random.bernoulli(k, rate, condition.shape[:1]) for k, rate in zip(jax.random.split(key, 3), rates)
+    )
+    return null_condition(condition, config.unet.patient_mean, drop_all | drop_text, drop_all | drop_patient)
+
+
 def clean_latents(batch, key, sample_posterior: bool) -> jax.Array:
     """x_0 `(B, 128, 4)`: a fresh posterior sample (scaled as the encoder does), or the latent
     sampled once per record when the dataset was encoded (the official cache)."""
@@ -68,9 +83,9 @@ def make_train_step(graphdef, tx, schedule, config, root_key, mesh):
     dtype = common.compute_dtype(tc)
 
     def train_step(state: common.TrainState, batch):
-        latent_key, loss_key = jax.random.split(jax.random.fold_in(root_key, state.step))
+        latent_key, loss_key, dropout_key = jax.random.split(jax.random.fold_in(root_key, state.step), 3)
         x0 = clean_latents(batch, latent_key, tc.sample_posterior)
-        condition = batch_condition(batch)
+        condition = drop_conditions(batch_condition(batch), dropout_key, config)
         loss_fn = lambda p: _loss(graphdef, p, x0, condition, loss_key, schedule, d, dtype)  # noqa: E731
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

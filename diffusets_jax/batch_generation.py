@@ -1,0 +1,203 @@
+"""Batch generation from a conditions CSV: one WFDB record per row, an index, resumable.
+
+`diffusets-jax generate --from-csv conditions.csv --out DIR`. The CSV has the columns `report`
+(statements separated by '|'), `age` (years), `sex` (M/F) and `hr` (bpm), and optionally `seed`.
+Row i (0-based, the i-th data line) is written as `DIR/ecg_{i:05d}.hea/.dat` (+ `.png`) and listed
+in `DIR/index.csv` with its conditions, the sampling options and `status` ('ok' or 'error' with the
+message). Row i's ECG comes from the key `fold_in(key(seed), 0)` if it has a seed, else
+`fold_in(key(--seed), i)`: independent of its batch, so a resumed run writes the same ECGs.
+
+Resuming: rows whose index entry is 'ok' with the same conditions and options, and whose record
+exists, are not generated again; the index is appended after every batch, so an interruption
+loses at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from diffusets_jax.constants import SEX_CODES
+from diffusets_jax.pipeline import Pipeline, Sampling, row_keys, validate_conditions
+
+REQUIRED_COLUMNS = ("report", "age", "sex", "hr")
+INDEX_COLUMNS = ("row", "record", "status", "message", "report", "age", "sex", "hr", "seed",
+                 "sampler", "num_steps", "guidance_scale", "eta", "exact_limb_leads")
+MAX_SEED = 2**32 - 1
+
+
+@dataclass
+class Row:
+    """One CSV row, parsed (`error` set when it cannot be generated)."""
+
+    row: int
+    report: str
+    age: float | None = None
+    sex: str | None = None
+    hr: float | None = None
+    seed: int | None = None
+    error: str = ""
+
+    @property
+    def record(self) -> str:
+        return f"ecg_{self.row:05d}"
+
+
+@dataclass
+class BatchReport:
+    """What `generate_from_csv` did: rows generated now, already done before, and bad rows."""
+
+    generated: list[int]
+    already_done: list[int]
+    bad: list[Row]
+    index_path: Path
+
+
+def read_conditions(path: str | Path, base_seed: int = 0) -> list[Row]:
+    """Parse the conditions CSV; a bad row gets `error` (naming the column) instead of raising.
+
+    Raises ValueError if the file lacks a required column, FileNotFoundError if it is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"conditions CSV {path} not found")
+    with path.open(newline="", encoding="utf-8") as file:
+        reader = csv.DictReader(file)
+        columns = [c.strip().lower() for c in reader.fieldnames or []]
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; need {', '.join(REQUIRED_COLUMNS)} "
+                             f"(and optionally seed), found {', '.join(columns) or 'none'}")
+        rows = []
+        for i, raw in enumerate(reader):
+            values = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
+            rows.append(_parse_row(i, values, base_seed))
+    if not rows:
+        raise ValueError(f"{path} has no data rows")
+    return rows
+
+
+def _parse_row(i: int, values: dict, base_seed: int) -> Row:
+    row = Row(row=i, report=values.get("report", ""))
+    try:
+        row.age, row.hr = (_number(values, name) for name in ("age", "hr"))
+        seed = values.get("seed", "")
+        row.seed = int(seed) if seed else None
+        if row.seed is not None and not 0 <= row.seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+        statements, row.sex = validate_conditions(row.report, row.age, values.get("sex", ""), row.hr, 1, 1, 1)
+        row.report = "|".join(statements)
+    except ValueError as error:
+        row.error = str(error).replace("heart_rate", "hr")
+    return row
+
+
+def _number(values: dict, name: str) -> float:
+    try:
+        value = float(values.get(name, ""))
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {values.get(name, '')!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {values.get(name)!r}")
+    return value
+
+
+def _index_entry(row: Row, options: Sampling, status: str, message: str = "") -> dict:
+    return {"row": row.row, "record": row.record if status == "ok" else "", "status": status, "message": message,
+            "report": row.report, "age": "" if row.age is None else f"{row.age:g}", "sex": row.sex or "",
+            "hr": "" if row.hr is None else f"{row.hr:g}", "seed": "" if row.seed is None else row.seed,
+            "sampler": options.sampler, "num_steps": options.num_steps, "guidance_scale": f"{options.guidance_scale:g}",
+            "eta": f"{options.eta:g}", "exact_limb_leads": options.exact_limb_leads}
+
+
+def _read_index(path: Path) -> dict[int, dict]:
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as file:
+        return {int(entry["row"]): entry for entry in csv.DictReader(file)}
+
+
+def _done(entry: dict | None, row: Row, options: Sampling, out_dir: Path) -> bool:
+    """Whether an earlier run wrote this row with the same conditions and options."""
+    if entry is None or entry.get("status") != "ok":
+        return False
+    same = {k: str(v) for k, v in _index_entry(row, options, "ok").items()} == {
+        k: entry.get(k, "") for k in INDEX_COLUMNS}
+    return same and (out_dir / f"{row.record}.hea").is_file() and (out_dir / f"{row.record}.dat").is_file()
+
+
+def generate_from_csv(
+    pipeline: Pipeline, csv_path: str | Path, out_dir: str | Path, *, options: Sampling, seed: int = 0,
+    batch_size: int | None = None, png: bool = True, progress: bool = True,
+) -> BatchReport:
+    """Generate one ECG per valid row of `csv_path` into `out_dir` (see the module docstring).
+
+    Args:
+      options: the sampling options (`pipeline.sampling(...)`).
+      seed: the base seed of rows without a `seed` column value.
+      batch_size: ECGs per compiled sampler call (default the model's `sampling.batch_size`);
+        the index is updated after each batch.
+    Raises:
+      FileNotFoundError / ValueError for a missing file or column (bad rows are reported instead).
+    """
+    from diffusets_jax.ecg_io import write_wfdb
+    from diffusets_jax.plotting import plot_ecg
+    from diffusets_jax.text import build_prompt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = read_conditions(csv_path, seed)
+    index_path = out_dir / "index.csv"
+    previous = _read_index(index_path)
+    bad = [r for r in rows if r.error]
+    valid = [r for r in rows if not r.error]
+    already = [r for r in valid if _done(previous.get(r.row), r, options, out_dir)]
+    pending = [r for r in valid if r not in already]
+    entries = {r.row: previous[r.row] for r in already}
+    entries.update({r.row: _index_entry(r, options, "error", r.error) for r in bad})
+    _write_index(index_path, entries)
+
+    batch_size = batch_size or pipeline.config.sampling.batch_size
+    prompts = [build_prompt(r.report.split("|")) for r in pending]
+    unique = sorted(set(prompts))
+    embeddings = dict(zip(unique, pipeline.embedder.embed(unique))) if unique else {}
+    with tqdm(total=len(pending), desc=f"generating ({options.sampler}, {options.num_steps} steps)", unit="ECG",
+              disable=not progress) as bar:
+        for first in range(0, len(pending), batch_size):
+            batch = pending[first : first + batch_size]
+            keys = row_keys(np.array([seed if r.seed is None else r.seed for r in batch]),
+                            np.array([r.row if r.seed is None else 0 for r in batch]))
+            signals = pipeline.generate_for_conditions(
+                np.stack([embeddings[p] for p in prompts[first : first + batch_size]]),
+                np.array([SEX_CODES[r.sex] for r in batch], np.float32), np.array([r.age for r in batch], np.float32),
+                np.array([r.hr for r in batch], np.float32), keys=keys, options=options, batch_size=len(batch),
+            )
+            for r, signal in zip(batch, signals):
+                comments = {"report": r.report, "age": f"{r.age:g}", "sex": r.sex, "heart_rate_bpm": f"{r.hr:g}",
+                            "seed": str(seed if r.seed is None else r.seed), "row": str(r.row),
+                            "sampler": options.sampler, "num_steps": str(options.num_steps),
+                            "guidance_scale": f"{options.guidance_scale:g}", "generator": "diffusets-jax"}
+                write_wfdb(signal, out_dir, r.record, comments=comments)
+                if png:
+                    plot_ecg(signal, title=f"row {r.row}: {r.report} | {r.sex}, {r.age:g} y, {r.hr:g} bpm",
+                             path=out_dir / f"{r.record}.png")
+                entries[r.row] = _index_entry(r, options, "ok")
+            _write_index(index_path, entries)
+            bar.update(len(batch))
+    return BatchReport([r.row for r in pending], [r.row for r in already], bad, index_path)
+
+
+def _write_index(path: Path, entries: dict[int, dict]) -> None:
+    """Rewrite the index atomically (a partial file never replaces a good one)."""
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=INDEX_COLUMNS)
+        writer.writeheader()
+        for row in sorted(entries):
+            writer.writerow({k: entries[row].get(k, "") for k in INDEX_COLUMNS})
+    tmp.replace(path)
