@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-intervals", action="store_true", help="skip the PR / QRS / QT delineation (slow)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
 
+    # Listed here; `main` hands its arguments (and --help) to diffusets_jax.sediff.fit_params.main.
+    sub.add_parser("fit-ecgsyn", help="fit the per-class ECGSYN wave parameters (SE-Diff prior)")
+
     p = sub.add_parser("convert-torch", help="official PyTorch weights -> pretrained model directory",
                        description="Convert the official DiffuSETS checkpoints (unet_all.pth, vae_model.pth = "
                                    "{'encoder': ..., 'decoder': ...}) into a model directory that `generate` "
@@ -330,6 +333,11 @@ COMMANDS = {
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["fit-ecgsyn"]:
+        from diffusets_jax.sediff.fit_params import main as fit_main
+
+        return fit_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)

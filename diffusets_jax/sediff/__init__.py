@@ -1,0 +1,8 @@
+"""SE-Diff extensions (Wang et al., ICLR 2026): the ECGSYN simulator prior and its per-class fit.
+
+* :mod:`diffusets_jax.sediff.ecgsyn`: the McSharry et al. (2003) dynamical ECG model in JAX.
+* :mod:`diffusets_jax.sediff.fit_params`: per-class, per-lead ECGSYN wave parameters fitted to
+  class-mean real beats (``ecgsyn_params.json``).
+
+See docs/se-diff.md ("ECGSYN prior") and docs/se-diff-reference.md section 2.
+"""
