@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="random seed; the same seed and options give the same ECGs (default 0)")
     _add_sampling_args(p)
+    p.add_argument("--experience-index", type=Path, default=None, metavar="NPZ",
+                   help="augment the report with the statements of the most similar training records "
+                        "(an index saved by `augment-dataset --save-index`; SE-Diff experience retrieval)")
+    p.add_argument("--retrieval-k", type=int, default=5, help="neighbours retrieved with --experience-index (default 5)")
     p.add_argument("--batch-size", type=int, default=None, help="ECGs per sampler call (default: the model's config)")
     p.add_argument("--checkpoint", type=Path, default=None, help="pretrained model directory (default: the shipped model)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
@@ -130,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-intervals", action="store_true", help="skip the PR / QRS / QT delineation (slow)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
 
-    # Listed here; `main` hands its arguments (and --help) to diffusets_jax.sediff.fit_params.main.
-    sub.add_parser("fit-ecgsyn", help="fit the per-class ECGSYN wave parameters (SE-Diff prior)")
+    # Listed here; `main` hands their arguments (and --help) to the modules' own parsers.
+    for name, (_, text) in DELEGATED.items():
+        sub.add_parser(name, help=text)
 
     p = sub.add_parser("convert-torch", help="official PyTorch weights -> pretrained model directory",
                        description="Convert the official DiffuSETS checkpoints (unet_all.pth, vae_model.pth = "
@@ -267,7 +272,16 @@ def cmd_generate(args) -> None:
             for row in done.bad:
                 print(f"  row {row.row}: {row.error}")
         return
-    result = pipeline(args.report, age=args.age, sex=args.sex, heart_rate=args.hr, num_samples=args.num_samples,
+    report = args.report
+    if args.experience_index is not None:
+        from diffusets_jax.sediff.retrieval import ExperienceIndex, augment_report
+
+        if not args.experience_index.is_file():
+            raise UsageError(f"--experience-index {args.experience_index} not found")
+        report = augment_report(ExperienceIndex.load(args.experience_index), report, args.age, args.sex, args.hr,
+                                args.retrieval_k, embedder=pipeline.embedder)
+        print(f"retrieval-augmented report: {report}")
+    result = pipeline(report, age=args.age, sex=args.sex, heart_rate=args.hr, num_samples=args.num_samples,
                       seed=args.seed, batch_size=args.batch_size, progress=True, **options._asdict())
     paths = write_outputs(result, args.out, png=not args.no_png)
     print(f"wrote {len(paths)} ECGs to {args.out} ({', '.join(p.name for p in paths[:4])}{', ...' if len(paths) > 4 else ''})")
@@ -332,12 +346,20 @@ COMMANDS = {
 }
 
 
+#: Commands whose module parses its own arguments: name -> (module with `main(argv)`, help).
+DELEGATED = {
+    "fit-ecgsyn": ("diffusets_jax.sediff.fit_params", "fit the per-class ECGSYN wave parameters (SE-Diff prior)"),
+    "augment-dataset": ("diffusets_jax.sediff.retrieval",
+                        "retrieval-augmented reports for a processed set (SE-Diff experience retrieval)"),
+}
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["fit-ecgsyn"]:
-        from diffusets_jax.sediff.fit_params import main as fit_main
+    if argv[:1] and argv[0] in DELEGATED:
+        import importlib
 
-        return fit_main(argv[1:])
+        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)

@@ -215,3 +215,17 @@ def csv_rows(path):
 
     with open(path, newline="") as file:
         return list(csv.DictReader(file))
+
+
+def test_generate_with_an_experience_index_augments_the_report(tiny_model_dir, processed_dirs, tmp_path, capsys):
+    from diffusets_jax.sediff.retrieval import ExperienceIndex
+
+    index = ExperienceIndex.from_processed(processed_dirs).save(tmp_path / "index.npz")
+    status = cli.main(["generate", "--report", "Sinus rhythm", "--age", "60", "--sex", "M", "--hr", "70",
+                       "--num-samples", "1", "--experience-index", str(index), "--retrieval-k", "3",
+                       "--checkpoint", str(tiny_model_dir), "--no-png", "--out", str(tmp_path / "out")])
+    assert status == 0
+    augmented = capsys.readouterr().out.split("retrieval-augmented report: ")[1].splitlines()[0]
+    assert augmented.split("|")[0] == "Sinus rhythm"  # the request first, then what neighbours share
+    comments = wfdb.rdrecord(str(tmp_path / "out" / "ecg_000")).comments
+    assert any(f"report: {augmented}" in c for c in comments)
