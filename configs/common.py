@@ -1,6 +1,7 @@
 """Defaults shared by every configuration; each field is documented in docs/configs.md.
 
-Groups: `data`, `text`, `vae`, `unet`, `diffusion`, `vae_train`, `unet_train`, `sampling`, `mesh`.
+Groups: `data`, `text`, `vae`, `unet`, `diffusion`, `vae_train`, `unet_train`, `sampling`, `mesh`,
+`sediff`.
 """
 
 import ml_collections
@@ -96,6 +97,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.sampling.guidance_scale = 1.0  # classifier-free guidance; 1: none (needs condition dropout)
     c.sampling.exact_limb_leads = False  # derive III, aVR, aVL, aVF from I and II
     c.sampling.batch_size = 16
+
+    # SE-Diff's simulator losses on the beat decoded from the predicted x0 (docs/se-diff.md, "Beat
+    # decoder and physics losses"). All weights 0: off, the official DiffuSETS objective.
+    c.sediff = ml_collections.ConfigDict()
+    c.sediff.euler_weight = 0.0  # lambda of L_Euler, (mV/s)^2 (SE-Diff release: effectively 3e-7)
+    c.sediff.interlead_weight = 0.0  # gamma of the Einthoven/Goldberger loss, mV^2 (release: 0)
+    c.sediff.physics_gradient = True  # False: computed and logged under stop_gradient (the release)
+    c.sediff.beat_decoder_dir = ""  # "": <workdir>/beat_decoder (diffusets-jax train-beat-decoder)
+    c.sediff.ecgsyn_params = ""  # "": the shipped diffusets_jax/sediff/ecgsyn_params.json
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data_axis = "data"  # batch sharded over all devices, parameters replicated

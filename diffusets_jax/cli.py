@@ -351,6 +351,8 @@ DELEGATED = {
     "fit-ecgsyn": ("diffusets_jax.sediff.fit_params", "fit the per-class ECGSYN wave parameters (SE-Diff prior)"),
     "augment-dataset": ("diffusets_jax.sediff.retrieval",
                         "retrieval-augmented reports for a processed set (SE-Diff experience retrieval)"),
+    "train-beat-decoder": ("diffusets_jax.sediff.beat_decoder",
+                           "train SE-Diff's beat decoder (VAE latent -> one R-aligned beat per lead)"),
 }
 
 

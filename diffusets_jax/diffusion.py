@@ -210,6 +210,11 @@ def sample_dpm_solver(
     where `D = x0_t + (x0_t - x0_prev) / (2 r)`, `r = (lambda_t - lambda_prev) / h` (first order,
     `D = x0_t`, at the first step). x0 is predicted and clipped as in DDPM; the last step returns
     its x0 prediction (the step to sigma = 0). Deterministic given x_T.
+
+    Clipping follows the schedule (diffusers' DPM-Solver does not clip by default). Measured on the
+    shipped model at 50 steps (256 held-out conditions, benchmarks/README.md): without clipping FID
+    fell from 10.3 to 7.9 but heart-rate MAE rose from 46.9 to 70.3 bpm and the CLIP score fell
+    from -0.094 to -0.134, so the official clipping stays.
     """
     timesteps = inference_timesteps(schedule.num_train_timesteps, num_steps, spacing)
     abar = np.asarray(schedule.alphas_cumprod, np.float64)[timesteps]

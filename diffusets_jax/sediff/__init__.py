@@ -3,6 +3,8 @@
 * :mod:`diffusets_jax.sediff.ecgsyn`: the McSharry et al. (2003) dynamical ECG model in JAX.
 * :mod:`diffusets_jax.sediff.fit_params`: per-class, per-lead ECGSYN wave parameters fitted to
   class-mean real beats (``ecgsyn_params.json``).
+* :mod:`diffusets_jax.sediff.beat_decoder`: the beat decoder, VAE latent -> one R-aligned beat per lead.
+* :mod:`diffusets_jax.sediff.physics`: the Euler and inter-lead losses on the decoded beat of x0_hat.
 
 See docs/se-diff.md ("ECGSYN prior") and docs/se-diff-reference.md section 2.
 """

@@ -10,7 +10,9 @@ so that a resumed run sees exactly the batches of an uninterrupted one.
 Signal sources hold `signal` `(N, 1024, 12)` mV; latent sources (the VAE posteriors the
 diffusion model trains on, computed once as the official code caches them) hold `mean` and
 `log_variance` `(N, 128, 4)`; both hold `text_embedding` `(N, D)`, `sex` (1.0 male), `age`
-(years) and `heart_rate` (bpm).
+(years) and `heart_rate` (bpm). With SE-Diff's physics losses on, in-memory latent sources also
+hold `class_index` (N,) int32, each record's simulator class (`sediff.physics.class_indices` of its
+report); TFDS latent shards hold no reports, so their rows fall back to the `all` class.
 """
 
 from __future__ import annotations
@@ -53,8 +55,12 @@ def training_sources(config, data_dirs: Sequence[str | Path]):
     return train, validation
 
 
-def latent_sources(config, workdir: Path, vae, vae_step: int, data_dirs: Sequence[str | Path]):
+def latent_sources(config, workdir: Path, vae, vae_step: int, data_dirs: Sequence[str | Path],
+                   class_names: Sequence[str] | None = None):
     """`(train, validation)` latent sources: `training_sources` encoded by the trained `vae`.
+
+    `class_names` (a `sediff.physics.ClassTable`'s names): processed sets also yield each record's
+    `class_index` into them, from its report (for SE-Diff's physics losses).
 
     Processed sets are encoded in memory, with one latent sampled per record (the official cache,
     `vae/vae_encoding.py`), used when `unet_train.sample_posterior` is False. A TFDS dataset is
@@ -65,7 +71,14 @@ def latent_sources(config, workdir: Path, vae, vae_step: int, data_dirs: Sequenc
     if isinstance(train, ArraySource):
         print(f"encoding {train.num_examples} ECGs with the VAE of step {vae_step}")
         encode = lambda source: _encode_arrays(vae, source, config.seed)  # noqa: E731
-        return encode(train), (encode(validation) if validation else None)
+        train, validation = encode(train), (encode(validation) if validation else None)
+        if class_names is not None:
+            _add_class_index(train, data_dirs, config.data.train_folds, class_names)
+            if validation is not None:
+                _add_class_index(validation, data_dirs, config.data.val_folds, class_names)
+        return train, validation
+    if class_names is not None:
+        print("the TFDS dataset holds no reports: every record uses the 'all' simulator class")
     encode_fn = _batched_encoder(vae)
     sources = []
     for split, source in ((TRAIN_SPLIT, train), (VALIDATION_SPLIT, validation)):
@@ -104,6 +117,19 @@ def _encode_arrays(vae, source: ArraySource, seed: int) -> ArraySource:
     arrays.update(mean=mean, log_variance=log_variance,
                   latents=(mean + np.exp(0.5 * log_variance) * noise) * LATENT_SCALE)
     return ArraySource(arrays, record_ids=source.record_ids)
+
+
+def _add_class_index(source: ArraySource, data_dirs, folds, class_names) -> None:
+    """Add `class_index` (N,) int32 to `source`'s arrays, from the reports of the same records
+    (`load_processed(data_dirs, folds)`, the order `ArraySource.from_processed` reads them in).
+    Added after construction: `ArraySource` keeps only the fields it knows, and yields all it holds."""
+    from data_pipelines.processed import load_processed
+    from diffusets_jax.sediff.physics import class_indices
+
+    data = load_processed(data_dirs, folds)
+    if not np.array_equal(np.asarray(data.record_ids), source.record_ids):
+        raise ValueError("the reports do not line up with the encoded records")
+    source.arrays["class_index"] = class_indices(list(data.reports), class_names)
 
 
 def _optional(make):

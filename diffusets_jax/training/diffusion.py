@@ -4,6 +4,11 @@ The trained VAE of the same workdir encodes the processed ECGs once; each step d
 noises the latents and regresses the noise with the sum-MSE (`diffusion.diffusion_loss`). AdamW
 (weight decay 0.01) with cosine decay to `final_lr_fraction * lr` (torch `CosineAnnealingLR`),
 optional EMA of the parameters (used for sampling). Checkpoints in `workdir/unet/`.
+
+SE-Diff's physics losses (`config.sediff`, all weights 0 by default): the Euler and inter-lead
+losses of the beat that the frozen beat decoder (`workdir/beat_decoder`) decodes from the predicted
+clean latent are added to the loss (`sediff.physics`, `_physics_loss`) and logged as
+`diffusion_loss`, `euler_loss`, `interlead_loss` next to the total `loss`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from diffusets_jax.config import config_from_json, config_to_json
 from diffusets_jax.constants import LATENT_SCALE
 from diffusets_jax.models import build_unet, make_condition, null_condition
 from diffusets_jax.pretrained import save_pretrained
+from diffusets_jax.sediff.physics import physics_enabled, physics_from_config, physics_weights
 from diffusets_jax.training import common
 from diffusets_jax.training.data import latent_sources
 from diffusets_jax.training.vae import load_trained_vae
@@ -78,7 +84,33 @@ def _loss(graphdef, params, x0, condition, key, schedule, d, dtype):
     return diffusion.diffusion_loss(model_fn, schedule, x0, key, d.t_min, d.t_max)
 
 
-def make_train_step(graphdef, tx, schedule, config, root_key, mesh):
+def _physics_loss(graphdef, params, x0, condition, key, schedule, d, dtype, physics, batch, config):
+    """Diffusion loss plus SE-Diff's weighted physics losses: `(total, metrics)`.
+
+    The noise and timesteps are drawn exactly as `diffusion.diffusion_loss` draws them from `key`,
+    so `diffusion_loss` here equals `_loss`. The physics losses act on the beat decoded (frozen
+    decoder) from `x0_hat = predict_x0(x_t, eps_hat)`; with `sediff.physics_gradient` False,
+    `x0_hat` is under `stop_gradient` (the released code's `torch.no_grad()`): logged, not trained.
+    """
+    unet = nnx.merge(graphdef, common.cast_floating(params, dtype))
+    t_key, noise_key = jax.random.split(key)
+    batch_size = x0.shape[0]
+    t = jax.random.randint(t_key, (batch_size,), d.t_min, d.t_max)
+    noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
+    x_t = diffusion.add_noise(schedule, x0, noise, t)
+    eps = unet(x_t.astype(dtype), t, condition.astype(dtype)).astype(jnp.float32)
+    mse = jnp.sum((eps - noise) ** 2) / batch_size
+    x0_hat = diffusion.predict_x0(schedule, eps, t[:, None, None], x_t)  # (B, 128, 4)
+    if not config.sediff.get("physics_gradient", True):
+        x0_hat = jax.lax.stop_gradient(x0_hat)
+    terms = physics(x0_hat, batch.get("class_index"), batch["heart_rate"])
+    euler_weight, interlead_weight = physics_weights(config)
+    total = mse + euler_weight * terms["euler_loss"] + interlead_weight * terms["interlead_loss"]
+    return total, {"diffusion_loss": mse, **terms}
+
+
+def make_train_step(graphdef, tx, schedule, config, root_key, mesh, physics=None):
+    """The jitted U-Net step; `physics` (a `sediff.physics.PhysicsLoss`) adds SE-Diff's losses."""
     tc, d = config.unet_train, config.diffusion
     dtype = common.compute_dtype(tc)
 
@@ -86,14 +118,18 @@ def make_train_step(graphdef, tx, schedule, config, root_key, mesh):
         latent_key, loss_key, dropout_key = jax.random.split(jax.random.fold_in(root_key, state.step), 3)
         x0 = clean_latents(batch, latent_key, tc.sample_posterior)
         condition = drop_conditions(batch_condition(batch), dropout_key, config)
-        loss_fn = lambda p: _loss(graphdef, p, x0, condition, loss_key, schedule, d, dtype)  # noqa: E731
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        if physics is None:
+            loss_fn = lambda p: (_loss(graphdef, p, x0, condition, loss_key, schedule, d, dtype), {})  # noqa: E731
+        else:
+            loss_fn = lambda p: _physics_loss(graphdef, p, x0, condition, loss_key, schedule, d, dtype,  # noqa: E731
+                                              physics, batch, config)
+        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema_params
         if ema is not None:
             ema = common.ema_update(ema, params, tc.ema_decay)
-        metrics = {"loss": loss, "grad_norm": common.global_norm(grads)}
+        metrics = {"loss": loss, **parts, "grad_norm": common.global_norm(grads)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema), metrics
 
     return common.compile_train_step(train_step, mesh)
@@ -163,7 +199,9 @@ def train_diffusion(config, workdir: str | Path, data_dirs, stop_after: int | No
     tc = config.unet_train
     common.check_batch_size(tc.batch_size)
     vae, vae_step = load_trained_vae(config, workdir)
-    train_source, val_source = latent_sources(config, workdir, vae, vae_step, data_dirs)
+    physics = physics_from_config(config, workdir, vae_step) if physics_enabled(config) else None
+    train_source, val_source = latent_sources(config, workdir, vae, vae_step, data_dirs,
+                                              class_names=physics.table.names if physics else None)
     num_steps, _ = common.resolve_num_steps(tc, train_source.num_examples)
     mesh = common.make_mesh(config.mesh.data_axis)
 
@@ -178,7 +216,7 @@ def train_diffusion(config, workdir: str | Path, data_dirs, stop_after: int | No
     schedule = schedule_from_config(config)
     common.run_training(
         name="unet", workdir=workdir, state=state,
-        train_step=make_train_step(graphdef, tx, schedule, config, jax.random.key(config.seed + 1), mesh),
+        train_step=make_train_step(graphdef, tx, schedule, config, jax.random.key(config.seed + 1), mesh, physics),
         batches=train_source.batches(tc.batch_size, int(state.step), seed=config.seed, shuffle=config.data.shuffle),
         train_config=tc, num_steps=num_steps, checkpoints=checkpoints, mesh=mesh,
         learning_rate=unet_learning_rate(tc, num_steps),

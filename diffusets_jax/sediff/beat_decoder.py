@@ -1,0 +1,477 @@
+"""SE-Diff's beat decoder: VAE latent ``(B, 128, 4)`` -> one R-aligned beat per lead ``(B, 61, 12)``.
+
+SE-Diff (Wang et al., ICLR 2026; docs/se-diff-reference.md sections 1.1-1.2) trains, next to the
+VAE, a lightweight decoder ``D_psi^beat`` that maps the latent to ONE QRS-aligned cardiac cycle
+(61 samples at 102.4 Hz, R at index 20: ``[R - 20, R + 40]``). Stage 2 freezes it and applies the
+simulator losses (:mod:`diffusets_jax.sediff.physics`) to the beat it decodes from the U-Net's
+predicted clean latent.
+
+Architecture: the released ``MiniDecoderMSE(target_len=61, z_channels=4, base=128)`` layer for
+layer (reference section 1.2), channels-last:
+
+1. ``conv_in`` Conv(4 -> base, k3), then ``blocks_in``: 3 residual blocks (GN, SiLU, conv3, GN,
+   SiLU, conv3 + skip; the VAE's :class:`~diffusets_jax.models.vae.ResidualBlock`).
+2. ``time_proj``: a Linear over the time axis, 128 -> 61 (per channel; hard-wires latent length 128).
+3. ``norm_out`` GN, SiLU, ``conv_mid`` Conv(k3), ``block_out`` residual block.
+4. ``conv_out`` Conv1x1 (base -> 12).
+5. ``amplitude``: per-lead amplitude head on the time-averaged latent, Linear(4 -> 32), SiLU,
+   Linear(32 -> 24) giving a scale ``s = softplus(.) + 1e-3`` and a bias ``b`` per lead;
+   output ``x s + b``.
+
+Training (Stage 1, :func:`train_beat_decoder`). The VAE stays frozen (it is already trained; the
+paper trains both at once, see docs/se-diff.md). Inputs are fresh posterior samples of the VAE's
+latents of real ECGs, scaled by ``LATENT_SCALE`` as the diffusion model sees them, plus those of
+``shifts`` circularly shifted copies of each ECG (augmentation: the R-aligned target does not
+change; on the local 425 records it raised the validation R^2 from ~0 to 0.35); the loss is
+SE-Diff's ``L_beat + alpha_spec L_spec`` (reference section 1.1):
+
+* ``L_beat = mean((C(x) - D(z))^2)`` over the 61 x 12 samples, with ``C(x)`` the record's **mean**
+  R-aligned beat (:func:`diffusets_jax.sediff.fit_params.record_beats`, R on lead II), not the
+  paper's first cycle: the mean of the record's ~10 beats is the less noisy target for a decoder
+  that sees the whole 10 s latent.
+* ``L_spec = 1/(12 J K) sum_{l,j,k} w(f_k) (S_hat_l[k] - S_l^(j)[k])^2`` with
+  ``S = log(eps + |rfft(h - mean(h))|)`` over the record's ``J`` beats (:func:`log_spectrum`,
+  :func:`spectral_weights`: ``w = 2`` for 0.5-3 Hz, 1 above, 0 at DC; ``eps = 0.1`` mV).
+
+Files: :func:`save_beat_decoder` writes ``beat_decoder.npz`` (parameters by flattened path) and
+``beat_decoder.json`` (architecture, training record) into a directory, by default
+``<workdir>/beat_decoder``; :func:`load_beat_decoder` reads them back.
+
+Run: ``python -m diffusets_jax.sediff.beat_decoder --workdir workdirs/small_cfg --dataset data/ptbxl
+--dataset data/ludb`` (later ``diffusets-jax train-beat-decoder``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from diffusets_jax.constants import FS, LATENT_CHANNELS, LATENT_LENGTH, LATENT_SCALE, NUM_LEADS
+from diffusets_jax.models.layers import conv1d, group_norm, linear
+from diffusets_jax.models.vae import ResidualBlock
+from diffusets_jax.sediff import ecgsyn
+
+Array = jax.Array
+
+FORMAT = "diffusets-jax/beat-decoder/1"
+#: Default output directory inside a training workdir.
+DIRECTORY_NAME = "beat_decoder"
+#: The released width is 128 (a batch-32 step takes ~0.2 s on a 2-core CPU); the default here is
+#: 32 (~0.03 s, 38 k parameters), which trains in ~1.5 min (docs/se-diff.md). ``--base 128``: official.
+OFFICIAL_BASE = 128
+DEFAULT_BASE = 32
+DEFAULT_STEPS = 2000
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_LEARNING_RATE = 3e-3
+#: Weight of the spectral multi-beat loss (SE-Diff's alpha_spec; the paper's value is not known).
+DEFAULT_SPECTRAL_WEIGHT = 0.01
+#: Circularly shifted copies of each training ECG encoded as extra inputs (augmentation).
+DEFAULT_SHIFTS = 3
+#: Floor of the log magnitude spectrum, in the unnormalised rFFT's units (mV x samples):
+#: 0.1 is a 3 uV sinusoid over the 61-sample beat, below which bins are noise.
+SPECTRUM_EPS = 0.1
+#: SE-Diff's w(f) "may emphasise 0.5-3 Hz": weight of that band (bins at 1.68 Hz spacing).
+LOW_BAND_HZ, LOW_BAND_WEIGHT = (0.5, 3.0), 2.0
+
+
+class BeatDecoder(nnx.Module):
+    """``MiniDecoderMSE`` of the SE-Diff release: latent ``(B, 128, 4)`` -> beat ``(B, 61, 12)`` mV.
+
+    Args:
+        base: channel width (official 128).
+        num_groups: GroupNorm groups (official 32; must divide ``base``).
+        latent_length, latent_channels: the VAE latent layout (128, 4).
+        target_len: beat length (61 samples at 102.4 Hz, R at index 20).
+        rngs: parameter initialisation.
+
+    Source: SE-Diff release ``MiniDecoderMSE`` (reference section 1.2); layer names follow its parts.
+    """
+
+    def __init__(self, base: int = OFFICIAL_BASE, num_groups: int = 32, *, latent_length: int = LATENT_LENGTH,
+                 latent_channels: int = LATENT_CHANNELS, target_len: int = ecgsyn.BEAT_LENGTH,
+                 rngs: nnx.Rngs):
+        if base % num_groups:
+            raise ValueError(f"num_groups={num_groups} must divide base={base}")
+        self.conv_in = conv1d(latent_channels, base, 3, rngs=rngs)
+        self.blocks_in = nnx.List([ResidualBlock(base, base, num_groups, rngs=rngs) for _ in range(3)])
+        self.time_proj = linear(latent_length, target_len, rngs=rngs)
+        self.norm_out = group_norm(base, num_groups, rngs=rngs)
+        self.conv_mid = conv1d(base, base, 3, rngs=rngs)
+        self.block_out = ResidualBlock(base, base, num_groups, rngs=rngs)
+        self.conv_out = conv1d(base, NUM_LEADS, 1, rngs=rngs)
+        self.amplitude_hidden = linear(latent_channels, 32, rngs=rngs)
+        self.amplitude_out = linear(32, 2 * NUM_LEADS, rngs=rngs)
+
+    def __call__(self, z: Array) -> Array:
+        """``z`` ``(B, 128, 4)`` scaled latents (as the U-Net's x0) -> ``(B, 61, 12)`` beats in mV."""
+        h = self.conv_in(z)  # (B, 128, base)
+        for block in self.blocks_in:
+            h = block(h)
+        h = self.time_proj(jnp.swapaxes(h, 1, 2))  # (B, base, 61): Linear over time
+        h = jnp.swapaxes(h, 1, 2)  # (B, 61, base)
+        h = self.conv_mid(jax.nn.silu(self.norm_out(h)))
+        h = self.block_out(h)
+        x = self.conv_out(h)  # (B, 61, 12)
+        amp = self.amplitude_out(jax.nn.silu(self.amplitude_hidden(jnp.mean(z, axis=1))))  # (B, 24)
+        scale = jax.nn.softplus(amp[:, :NUM_LEADS]) + 1e-3
+        return x * scale[:, None, :] + amp[:, None, NUM_LEADS:]
+
+
+# --------------------------------------------------------------------------------------------
+# Losses
+# --------------------------------------------------------------------------------------------
+
+
+def beat_loss(predicted: Array, target: Array, mask: Array | None = None) -> Array:
+    """SE-Diff's ``L_beat``: the mean squared error (mV^2) over ``(B, 61, 12)``, rows with ``mask``."""
+    per_row = jnp.mean((predicted - target) ** 2, axis=(1, 2))
+    if mask is None:
+        return jnp.mean(per_row)
+    return jnp.sum(per_row * mask) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def log_spectrum(beats: Array, eps: float = SPECTRUM_EPS) -> Array:
+    """``log(eps + |rfft(h - mean(h))|)`` per lead: ``(..., 61, 12)`` mV -> ``(..., 31, 12)``."""
+    centred = beats - jnp.mean(beats, axis=-2, keepdims=True)
+    return jnp.log(eps + jnp.abs(jnp.fft.rfft(centred, axis=-2)))
+
+
+def spectral_weights(length: int = ecgsyn.BEAT_LENGTH, fs: float = FS) -> np.ndarray:
+    """``w(f_k)`` ``(length // 2 + 1,)``: 0 at DC (removed by centring), :data:`LOW_BAND_WEIGHT` in
+    0.5-3 Hz, 1 elsewhere."""
+    f = np.fft.rfftfreq(length, 1.0 / fs)
+    w = np.where((f >= LOW_BAND_HZ[0]) & (f <= LOW_BAND_HZ[1]), LOW_BAND_WEIGHT, 1.0)
+    w[0] = 0.0
+    return w.astype(np.float32)
+
+
+def spectral_loss(predicted: Array, beat_spectra: Array, beat_mask: Array, weights: Array) -> Array:
+    """SE-Diff's spectral multi-beat loss ``L_spec``.
+
+    Args:
+        predicted: ``(B, 61, 12)`` decoded beats (mV).
+        beat_spectra: ``(B, J, K, 12)`` :func:`log_spectrum` of each record's observed beats.
+        beat_mask: ``(B, J)`` 1 for real beats, 0 for padding.
+        weights: ``(K,)`` :func:`spectral_weights`.
+
+    Returns:
+        ``1/(12 J K) sum w(f_k) (S_hat - S^(j))^2`` averaged over the beats of each record, then
+        over the records with beats.
+    """
+    s_hat = log_spectrum(predicted)[:, None]  # (B, 1, K, 12)
+    per_beat = jnp.mean(weights[:, None] * (s_hat - beat_spectra) ** 2, axis=(2, 3))  # (B, J)
+    count = jnp.sum(beat_mask, axis=1)
+    per_row = jnp.sum(per_beat * beat_mask, axis=1) / jnp.maximum(count, 1)
+    has = (count > 0).astype(per_row.dtype)
+    return jnp.sum(per_row * has) / jnp.maximum(jnp.sum(has), 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BeatTargets:
+    """Per-record targets of the beat decoder (N records; J = most beats in one record)."""
+
+    mean_beat: np.ndarray  # (N, 61, 12) mV, zeros where a record has no beat
+    spectra: np.ndarray  # (N, J, 31, 12) log spectra of each beat
+    beat_mask: np.ndarray  # (N, J) float32
+    has_beats: np.ndarray  # (N,) bool
+
+
+def beat_targets(signals: np.ndarray, fs: float = FS, progress: bool = False) -> BeatTargets:
+    """Mean beat and per-beat log spectra of each ECG ``(N, 1024, 12)`` mV (R on lead II, XQRS).
+
+    Beats come from :func:`diffusets_jax.sediff.fit_params.record_beats` (baseline removed,
+    windows ``[R - 20, R + 40]`` cut at 2 ms alignment).
+    """
+    from tqdm import tqdm
+
+    from diffusets_jax.sediff.fit_params import record_beats
+
+    per_record = [record_beats(s, fs) for s in tqdm(signals, desc="beats", unit="rec", disable=not progress)]
+    n, j = len(per_record), max([len(b) for b in per_record] + [1])
+    k = ecgsyn.BEAT_LENGTH // 2 + 1
+    mean_beat = np.zeros((n, ecgsyn.BEAT_LENGTH, NUM_LEADS), np.float32)
+    spectra = np.zeros((n, j, k, NUM_LEADS), np.float32)
+    mask = np.zeros((n, j), np.float32)
+    for i, beats in enumerate(per_record):
+        if len(beats):
+            mean_beat[i] = beats.mean(0)
+            spectra[i, : len(beats)] = np.asarray(log_spectrum(jnp.asarray(beats)))
+            mask[i, : len(beats)] = 1.0
+    return BeatTargets(mean_beat, spectra, mask, mask.sum(1) > 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def build_beat_decoder(architecture: dict, seed: int = 0) -> BeatDecoder:
+    """A :class:`BeatDecoder` from ``{"base", "num_groups"}`` (the JSON's ``architecture``)."""
+    return BeatDecoder(int(architecture["base"]), int(architecture["num_groups"]), rngs=nnx.Rngs(seed))
+
+
+def save_beat_decoder(directory: str | Path, decoder: BeatDecoder, record: dict) -> Path:
+    """Write ``beat_decoder.npz`` and ``beat_decoder.json`` (``record`` must hold ``architecture``)."""
+    from diffusets_jax.pretrained import flatten_params
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    np.savez(directory / "beat_decoder.npz", **flatten_params(nnx.state(decoder, nnx.Param)))
+    (directory / "beat_decoder.json").write_text(json.dumps({"format": FORMAT, **record}, indent=1) + "\n")
+    return directory
+
+
+def load_beat_decoder(directory: str | Path) -> tuple[BeatDecoder, dict]:
+    """The decoder saved in ``directory`` and its JSON record.
+
+    Raises FileNotFoundError naming the missing file (and the command that writes it), ValueError
+    for another format or parameters that do not fit the recorded architecture.
+    """
+    from diffusets_jax.pretrained import load_params_into
+
+    directory = Path(directory)
+    for name in ("beat_decoder.json", "beat_decoder.npz"):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory / name} not found: run `diffusets-jax train-beat-decoder` first")
+    record = json.loads((directory / "beat_decoder.json").read_text())
+    if record.get("format") != FORMAT:
+        raise ValueError(f"{directory}: format {record.get('format')!r}, expected {FORMAT!r}")
+    decoder = nnx.eval_shape(lambda: build_beat_decoder(record["architecture"]))
+    with np.load(directory / "beat_decoder.npz", allow_pickle=False) as data:
+        load_params_into(decoder, dict(data), source=str(directory / "beat_decoder.npz"))
+    return decoder, record
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+def _arrays(vae, signals: np.ndarray, progress: bool, shifts: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
+    """Latent moments and beat targets of the records with beats; with ``shifts`` > 0, also the
+    latents of that many circularly shifted copies of each ECG (``record`` (M,) maps latent rows to
+    target rows; the R-aligned mean beat does not depend on where the beats fall in the window)."""
+    from diffusets_jax.training.data import encode_moments
+
+    targets = beat_targets(signals, progress=progress)
+    keep = targets.has_beats
+    signals = signals[keep]
+    n = len(signals)
+    rng = np.random.default_rng(seed)
+    offsets = [np.zeros(n, int)] + [rng.integers(64, signals.shape[1] - 64, n) for _ in range(shifts)]
+    means, log_variances = [], []
+    for offset in offsets:
+        shifted = signals if not offset.any() else np.stack([np.roll(x, k, axis=0) for x, k in zip(signals, offset)])
+        mean, log_variance = encode_moments(vae, shifted)
+        means.append(mean)
+        log_variances.append(log_variance)
+    return {"mean": np.concatenate(means), "log_variance": np.concatenate(log_variances),
+            "record": np.tile(np.arange(n, dtype=np.int32), len(offsets)), "beat": targets.mean_beat[keep],
+            "spectra": targets.spectra[keep], "beat_mask": targets.beat_mask[keep]}
+
+
+def _unshifted(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The rows of the unshifted ECGs, with their targets gathered (one row per record)."""
+    n = len(arrays["beat"])
+    return {"mean": arrays["mean"][:n], "log_variance": arrays["log_variance"][:n], "beat": arrays["beat"],
+            "spectra": arrays["spectra"], "beat_mask": arrays["beat_mask"]}
+
+
+def _losses(decoder, batch, key, weights, spectral_weight, sample: bool):
+    """``(total, beat, spectral)`` of one batch; ``sample``: a fresh posterior latent, else the mean."""
+    z = batch["mean"]
+    if sample:
+        z = z + jnp.exp(0.5 * batch["log_variance"]) * jax.random.normal(key, z.shape)
+    predicted = decoder(z * LATENT_SCALE)
+    lb = beat_loss(predicted, batch["beat"])
+    ls = spectral_loss(predicted, batch["spectra"], batch["beat_mask"], weights)
+    return lb + spectral_weight * ls, (lb, ls)
+
+
+def evaluate_beat_decoder(decoder: BeatDecoder, arrays: dict[str, np.ndarray], batch_size: int = 64,
+                          spectral_weight: float = DEFAULT_SPECTRAL_WEIGHT) -> dict[str, float]:
+    """Losses on the posterior means of the unshifted ECGs of ``arrays`` (:func:`_arrays`), plus the
+    beat MSE of the best constant predictor (the set's mean beat) and ``r2 = 1 - beat / that``."""
+    arrays = _unshifted(arrays)
+    weights = jnp.asarray(spectral_weights())
+    graphdef, params = nnx.split(decoder)
+
+    @jax.jit
+    def batch_losses(params, batch):
+        _, (lb, ls) = _losses(nnx.merge(graphdef, params), batch, None, weights, spectral_weight, False)
+        return lb, ls
+
+    n = len(arrays["mean"])
+    sums = np.zeros(2)
+    for i in range(0, n, batch_size):
+        batch = {k: jnp.asarray(v[i : i + batch_size]) for k, v in arrays.items()}
+        sums += np.array([float(v) for v in batch_losses(params, batch)]) * len(batch["mean"])
+    lb, ls = sums / n
+    baseline = float(np.mean((arrays["beat"] - arrays["beat"].mean(0)) ** 2))
+    return {"beat_mse": lb, "spectral": ls, "loss": lb + spectral_weight * ls, "records": n,
+            "mean_beat_mse": baseline, "r2": 1.0 - lb / baseline if baseline > 0 else float("nan")}
+
+
+def train_beat_decoder(workdir: str | Path, dataset_dirs: Sequence[str | Path], *, steps: int = DEFAULT_STEPS,
+                       out: str | Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                       learning_rate: float = DEFAULT_LEARNING_RATE, base: int = DEFAULT_BASE,
+                       num_groups: int = 32, spectral_weight: float = DEFAULT_SPECTRAL_WEIGHT,
+                       shifts: int = DEFAULT_SHIFTS, seed: int = 0, log_every: int = 50,
+                       progress: bool = True) -> dict:
+    """Train the beat decoder on the latents of ``workdir``'s trained VAE and save it.
+
+    Data: the processed sets ``dataset_dirs``, training folds ``config.data.train_folds`` of the
+    workdir's config, validation folds ``config.data.val_folds`` (if any record is there); records
+    without a detected beat are left out. AdamW (weight decay 0.01), cosine decay to 0.1 lr;
+    each step draws a fresh posterior latent per row. Augmentation: ``shifts`` circularly shifted
+    copies of each training ECG are encoded too (same targets).
+
+    Args:
+        workdir: a training workdir with ``config.json`` and a VAE checkpoint (``vae/``).
+        dataset_dirs: processed sets (``diffusets-jax prepare``).
+        steps, batch_size, learning_rate, base, num_groups, spectral_weight, shifts, seed: training.
+        out: output directory (default ``workdir/beat_decoder``).
+        log_every: steps between logged training losses.
+
+    Returns:
+        The JSON record written next to the parameters (losses, timings, data, architecture).
+
+    Raises:
+        FileNotFoundError: no config or VAE checkpoint in ``workdir``, or a dataset is missing.
+        ValueError: fewer training records with beats than ``batch_size``.
+    """
+    from tqdm.auto import tqdm
+
+    from data_pipelines.processed import load_processed
+    from diffusets_jax.config import config_from_json
+    from diffusets_jax.training.vae import load_trained_vae
+
+    workdir = Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: not a training workdir (run `diffusets-jax train-vae`)")
+    config = config_from_json(config_path.read_text())
+    vae, vae_step = load_trained_vae(config, workdir)
+    start = time.perf_counter()
+    train = _arrays(vae, load_processed(dataset_dirs, config.data.train_folds).signals, progress, shifts, seed)
+    try:
+        val = _arrays(vae, load_processed(dataset_dirs, config.data.val_folds).signals, progress)
+    except ValueError:  # no record in the validation folds
+        val = None
+    if val is not None and len(val["beat"]) == 0:  # none with a detected beat
+        val = None
+    prepare_s = time.perf_counter() - start
+    n = len(train["beat"])
+    if n < batch_size:
+        raise ValueError(f"{n} training records with beats are fewer than batch_size={batch_size}")
+
+    decoder = BeatDecoder(base, num_groups, rngs=nnx.Rngs(seed))
+    initial_metrics = evaluate_beat_decoder(decoder, train, spectral_weight=spectral_weight)
+    graphdef, params = nnx.split(decoder, nnx.Param)
+    schedule = optax.cosine_decay_schedule(learning_rate, max(steps, 1), alpha=0.1)
+    tx = optax.adamw(schedule, weight_decay=0.01)
+    opt_state = tx.init(params)
+    weights = jnp.asarray(spectral_weights())
+    data = {k: jnp.asarray(v) for k, v in train.items()}
+    root = jax.random.key(seed)
+
+    @jax.jit
+    def step_fn(params, opt_state, step):
+        index_key, noise_key = jax.random.split(jax.random.fold_in(root, step))
+        rows = jax.random.choice(index_key, data["mean"].shape[0], (batch_size,), replace=False)
+        records = data["record"][rows]
+        batch = {k: v[rows] for k, v in data.items() if k in ("mean", "log_variance")}
+        batch.update({k: v[records] for k, v in data.items() if k in ("beat", "spectra", "beat_mask")})
+        loss_fn = lambda p: _losses(nnx.merge(graphdef, p), batch, noise_key, weights, spectral_weight, True)  # noqa: E731
+        (loss, (lb, ls)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, jnp.stack([loss, lb, ls])
+
+    history = []
+    start = time.perf_counter()
+    window = []
+    for step in tqdm(range(steps), desc="train-beat-decoder", unit="step", disable=not progress):
+        params, opt_state, values = step_fn(params, opt_state, step)
+        window.append(values)
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            mean = np.mean(np.asarray(jnp.stack(window)), axis=0)
+            if not np.all(np.isfinite(mean)):
+                raise FloatingPointError(f"non-finite beat-decoder loss {mean} at step {step + 1}")
+            history.append({"step": step + 1, "loss": float(mean[0]), "beat_mse": float(mean[1]),
+                            "spectral": float(mean[2])})
+            window = []
+    train_s = time.perf_counter() - start
+    decoder = nnx.merge(graphdef, params)
+    record = {
+        "architecture": {"name": "MiniDecoderMSE", "base": base, "num_groups": num_groups,
+                         "latent_shape": [LATENT_LENGTH, LATENT_CHANNELS], "beat_length": ecgsyn.BEAT_LENGTH,
+                         "r_index": ecgsyn.BEAT_R_INDEX, "fs_hz": FS,
+                         "input": "scaled latent (x LATENT_SCALE), as the U-Net's x0", "output": "mV"},
+        "training": {"workdir": str(workdir), "vae_step": vae_step, "datasets": [str(d) for d in dataset_dirs],
+                     "train_folds": list(config.data.train_folds), "val_folds": list(config.data.val_folds),
+                     "train_records": n, "val_records": 0 if val is None else len(val["beat"]), "shifts": shifts,
+                     "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
+                     "spectral_weight": spectral_weight, "spectrum_eps": SPECTRUM_EPS, "seed": seed,
+                     "prepare_s": round(prepare_s, 1), "train_s": round(train_s, 1),
+                     "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")},
+        "history": history,
+        "initial_metrics": initial_metrics,
+        "train_metrics": evaluate_beat_decoder(decoder, train, spectral_weight=spectral_weight),
+        "val_metrics": None if val is None else evaluate_beat_decoder(decoder, val, spectral_weight=spectral_weight),
+    }
+    save_beat_decoder(Path(out) if out else workdir / DIRECTORY_NAME, decoder, record)
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``train-beat-decoder``: train SE-Diff's beat decoder on a workdir's VAE latents and save it."""
+    parser = argparse.ArgumentParser(prog="diffusets-jax train-beat-decoder", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", required=True, help="training workdir with a trained VAE (vae/ checkpoints)")
+    parser.add_argument("--dataset", action="append", required=True, metavar="DIR",
+                        help="processed dataset directory (diffusets-jax prepare --out DIR); repeatable")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="AdamW steps")
+    parser.add_argument("--out", default=None, help=f"output directory (default: WORKDIR/{DIRECTORY_NAME})")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE)
+    parser.add_argument("--base", type=int, default=DEFAULT_BASE, help="channel width (official 128)")
+    parser.add_argument("--spectral-weight", type=float, default=DEFAULT_SPECTRAL_WEIGHT,
+                        help="alpha_spec, weight of the spectral multi-beat loss")
+    parser.add_argument("--shifts", type=int, default=DEFAULT_SHIFTS,
+                        help="circularly shifted copies of each training ECG (augmentation; 0: none)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    record = train_beat_decoder(args.workdir, args.dataset, steps=args.steps, out=args.out,
+                                batch_size=args.batch_size, learning_rate=args.learning_rate, base=args.base,
+                                num_groups=min(32, args.base), spectral_weight=args.spectral_weight, shifts=args.shifts,
+                                seed=args.seed)
+    t = record["training"]
+    print(f"trained on {t['train_records']} records ({t['val_records']} validation) in {t['train_s']:.0f} s "
+          f"(+ {t['prepare_s']:.0f} s beats and latents)")
+    for name in ("train_metrics", "val_metrics"):
+        m = record[name]
+        if m:
+            print(f"{name[:-8]:>5}: beat MSE {m['beat_mse']:.5f} mV^2 (mean-beat predictor {m['mean_beat_mse']:.5f}, "
+                  f"R^2 {m['r2']:.3f}), spectral {m['spectral']:.4f}")
+    print(f"wrote {Path(args.out) if args.out else Path(args.workdir) / DIRECTORY_NAME}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
