@@ -168,7 +168,7 @@ def _add_sampling_args(p) -> None:
     p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm-solver++"], default=None,
                    help="ddpm: the official ancestral sampler; ddim; dpm-solver++ (2M). Default: the model's config")
     p.add_argument("--num-steps", type=int, default=None,
-                   help="model calls, 1-1000 (default: the model's config; 1000 DDPM steps officially)")
+                   help="sampler steps, 1-1000, one model call each (two with guidance; default: the model's config; officially 1000 DDPM steps)")
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="classifier-free guidance scale; 1 = none (default: the model's config)")
     p.add_argument("--eta", type=float, default=None, help="DDIM noise, 0 (deterministic) to 1 (default 0)")
@@ -353,6 +353,8 @@ DELEGATED = {
                         "retrieval-augmented reports for a processed set (SE-Diff experience retrieval)"),
     "train-beat-decoder": ("diffusets_jax.sediff.beat_decoder",
                            "train SE-Diff's beat decoder (VAE latent -> one R-aligned beat per lead)"),
+    "ablate": ("diffusets_jax.sediff.ablation",
+               "train and evaluate the base model and each SE-Diff addition on one budget"),
 }
 
 
