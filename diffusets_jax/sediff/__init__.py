@@ -5,6 +5,8 @@
   class-mean real beats (``ecgsyn_params.json``).
 * :mod:`diffusets_jax.sediff.beat_decoder`: the beat decoder, VAE latent -> one R-aligned beat per lead.
 * :mod:`diffusets_jax.sediff.physics`: the Euler and inter-lead losses on the decoded beat of x0_hat.
+* :mod:`diffusets_jax.sediff.ablation`: ``diffusets-jax ablate``, the base model and each addition
+  fine-tuned on one budget and scored by the evaluation suite.
 
 See docs/se-diff.md ("ECGSYN prior") and docs/se-diff-reference.md section 2.
 """

@@ -249,3 +249,38 @@ def export_workdir(workdir: str | Path, out: str | Path, model_card: str | None 
     vae, _ = load_trained_vae(config, workdir)
     unet, _ = load_trained_unet(config, workdir)
     return save_pretrained(out, config, vae, unet, model_card=model_card)
+
+
+def workdir_from_pretrained(model_dir: str | Path, workdir: str | Path) -> tuple[int, int]:
+    """Write a training workdir from a pretrained model directory (the inverse of `export_workdir`),
+    so that `train_diffusion` can fine-tune a shipped model.
+
+    The VAE checkpoint is saved at step `vae_train.num_steps` and the U-Net's at
+    `unet_train.num_steps` (each at least 1) of the model's config, as the run that trained it left
+    them. A pretrained directory keeps one set of U-Net weights (the EMA ones, if the run kept an
+    EMA): they become both the parameters and the EMA. The AdamW moments are not kept, so the
+    optimizer starts afresh (zero moments, step count 0).
+
+    Returns the (VAE, U-Net) steps. Raises FileNotFoundError naming a missing model file,
+    FileExistsError if `workdir` already holds checkpoints.
+    """
+    from diffusets_jax.pretrained import load_pretrained
+    from diffusets_jax.training.vae import vae_optimizer
+
+    workdir = Path(workdir)
+    if (workdir / "vae").exists() or (workdir / "unet").exists():
+        raise FileExistsError(f"{workdir} already holds checkpoints; choose an empty workdir")
+    config, vae, unet = load_pretrained(model_dir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config_to_json(config))
+    steps = (max(int(config.vae_train.num_steps), 1), max(int(config.unet_train.num_steps), 1))
+    for name, module, tx, step in (("vae", vae, vae_optimizer(config.vae_train, 1), steps[0]),
+                                   ("unet", unet, unet_optimizer(config.unet_train, 1), steps[1])):
+        params = nnx.state(module, nnx.Param)
+        ema = params if name == "unet" and config.unet_train.ema_decay > 0 else None
+        state = common.TrainState(step=jnp.full((), step, jnp.int32), params=params, opt_state=tx.init(params),
+                                  ema_params=ema)
+        checkpoints = common.Checkpoints(workdir / name, max(int(config.get(f"{name}_train").keep_checkpoints), 1))
+        checkpoints.save(step, state, None)
+        checkpoints.wait_until_finished()
+    return steps

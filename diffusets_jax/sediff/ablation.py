@@ -1,0 +1,592 @@
+"""`diffusets-jax ablate`: fine-tune the base model and each SE-Diff addition on one budget, and score them.
+
+Every variant starts from the same trained base workdir (or a pretrained model directory such as
+the shipped one, written out once as a workdir with fresh optimizer moments): its `config.json`,
+the latest VAE and U-Net checkpoints (parameters, AdamW moments and EMA) and, for the physics
+losses, its beat decoder are copied into `OUT/<variant>/` (the base workdir is only read). Each variant then trains
+the U-Net `steps` more steps with `train_diffusion` (the resume mechanism continues from the base
+step), on the same batches (`config.seed`, step) at the same constant learning rate; only the
+objective or the text differs:
+
+| variant | objective | text |
+|---|---|---|
+| `base` | diffusion loss (official DiffuSETS) | the reports |
+| `euler` | + `euler_weight` x Euler loss (ECGSYN prior) | the reports |
+| `interlead` | + `interlead_weight` x inter-lead loss | the reports |
+| `retrieval` | diffusion loss | retrieval-augmented reports (`--rag-dataset`) |
+| `full` | + both losses | retrieval-augmented reports |
+| `released` | both losses under `stop_gradient` (`sediff.physics_gradient = False`) | the reports |
+
+Then each fine-tuned U-Net (its EMA weights by default) generates one ECG for each of the same
+held-out conditions with the same per-ECG seeds (`Pipeline.generate_for_conditions`); the
+retrieval variants take the text embeddings of the same records in the augmented sets. The
+shipped evaluator scores them against the real ECGs (`evaluation.evaluate.score`, CLIP score
+against the original reports for every variant). Results: `OUT/ablation.json`, `OUT/ablation.md`
+and the table on stdout. A variant whose fine-tune and scores are already in `OUT` is not redone.
+
+See docs/se-diff.md, "Ablation".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+#: Written into each variant directory: the settings its fine-tune was made with.
+SPEC_FILE = "variant.json"
+#: Written when a variant's fine-tune has reached its last step: wall time of that run.
+FINETUNE_FILE = "finetune.json"
+#: Written when a variant has been scored: the evaluation settings and the metrics.
+METRICS_FILE = "metrics.json"
+#: Final training losses: the mean of the records logged in the last tenth of the fine-tune.
+FINAL_WINDOW = 0.1
+#: Where a base given as a pretrained model directory is written out as a training workdir.
+BASE_FROM_MODEL = "base_workdir"
+DEFAULT_EULER_WEIGHT = 0.05
+DEFAULT_INTERLEAD_WEIGHT = 100.0
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the ablation: which SE-Diff additions are on."""
+
+    name: str
+    euler: bool  # Euler loss, weight `euler_weight`
+    interlead: bool  # inter-lead loss, weight `interlead_weight`
+    retrieval: bool  # trained and conditioned on the retrieval-augmented sets
+    physics_gradient: bool  # False: the losses are logged under stop_gradient (the released code)
+    description: str
+
+    @property
+    def uses_decoder(self) -> bool:
+        return self.euler or self.interlead
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("base", False, False, False, True, "official objective"),
+    Variant("euler", True, False, False, True, "+ Euler loss (ECGSYN prior)"),
+    Variant("interlead", False, True, False, True, "+ inter-lead loss"),
+    Variant("retrieval", False, False, True, True, "+ retrieval-augmented reports"),
+    Variant("full", True, True, True, True, "all three"),
+    Variant("released", True, True, False, False, "Euler + inter-lead, no gradient (released code)"),
+)}
+
+
+@dataclass(frozen=True)
+class BaseWorkdir:
+    """The trained workdir every variant starts from."""
+
+    path: Path
+    config: object  # ml_collections.ConfigDict, with a complete `sediff` group
+    vae_step: int
+    unet_step: int
+    decoder_dir: Path  # the beat decoder the physics variants copy
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """The held-out conditions every variant generates for: `N` rows drawn once."""
+
+    real: np.ndarray  # (N, 1024, 12) mV, the real ECGs of the drawn records
+    text: np.ndarray  # (N, D) embeddings of the original reports
+    rag_text: np.ndarray | None  # (N, D) embeddings of the augmented reports of the same records
+    sex: np.ndarray  # (N,) 1.0 male, 0.0 female
+    age: np.ndarray  # (N,) years
+    heart_rate: np.ndarray  # (N,) bpm
+    reports: np.ndarray  # (N,) original reports
+    num_records: int  # distinct held-out records they were drawn from
+
+
+def parse_variants(names: str | Sequence[str]) -> list[str]:
+    """The variant names of `"base,euler"` (or a list), in order, without repeats.
+
+    Raises ValueError naming an unknown one and the known ones.
+    """
+    names = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(unknown)} in --variants; choose from {', '.join(VARIANTS)}")
+    if not names:
+        raise ValueError(f"--variants is empty; choose from {', '.join(VARIANTS)}")
+    return list(dict.fromkeys(names))
+
+
+def latest_step(directory: Path) -> int | None:
+    """The highest finished orbax step in `directory` (its step-numbered subdirectories), or None.
+
+    Listed rather than asked of an orbax CheckpointManager, which would create missing directories.
+    """
+    if not directory.is_dir():
+        return None
+    steps = [int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()]
+    return max(steps, default=None)
+
+
+def load_base(path: str | Path, beat_decoder_dir: str | Path | None, needs_decoder: bool) -> BaseWorkdir:
+    """Check the base workdir and read its config (completed with `configs/common.py`'s `sediff`
+    defaults: workdirs saved before SE-Diff have none).
+
+    Raises FileNotFoundError naming the missing config, checkpoint or (if `needs_decoder`) beat decoder.
+    """
+    from configs.common import get_config as common_config
+    from diffusets_jax.config import config_from_json
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"--base-workdir {path}: no config.json (not a training workdir)")
+    config = config_from_json((path / "config.json").read_text())
+    sediff = common_config().sediff
+    sediff.update(config.get("sediff", {}))
+    config.sediff = sediff
+    vae_step, unet_step = latest_step(path / "vae"), latest_step(path / "unet")
+    if vae_step is None:
+        raise FileNotFoundError(f"--base-workdir {path}: no VAE checkpoint in {path / 'vae'} "
+                                "(run `diffusets-jax train-vae`)")
+    if unet_step is None:
+        raise FileNotFoundError(f"--base-workdir {path}: no U-Net checkpoint in {path / 'unet'} "
+                                "(run `diffusets-jax train-diffusion`)")
+    decoder_dir = Path(beat_decoder_dir or config.sediff.beat_decoder_dir or path / "beat_decoder")
+    if needs_decoder and not (decoder_dir / "beat_decoder.npz").is_file():
+        raise FileNotFoundError(f"no beat decoder in {decoder_dir} (the physics variants need one): run "
+                                f"`diffusets-jax train-beat-decoder --workdir {path} --dataset DIR ...` or give "
+                                "--beat-decoder DIR")
+    return BaseWorkdir(path, config, vae_step, unet_step, decoder_dir)
+
+
+def workdir_of(base: str | Path, out: Path) -> Path:
+    """`base` if it is a training workdir; if it is a pretrained model directory (`config.json`,
+    `vae.npz`, `unet.npz`, such as the shipped `diffusets_jax/pretrained/default`), the training
+    workdir `out/BASE_FROM_MODEL` written from it once (`training.diffusion.workdir_from_pretrained`:
+    its weights as parameters and EMA, fresh AdamW moments)."""
+    from diffusets_jax.training.diffusion import workdir_from_pretrained
+
+    base = Path(base)
+    if (base / "unet").is_dir() or not (base / "unet.npz").is_file():
+        return base
+    workdir = out / BASE_FROM_MODEL
+    if latest_step(workdir / "unet") is None:
+        partial = out / f".{BASE_FROM_MODEL}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        vae_step, unet_step = workdir_from_pretrained(base, partial)
+        partial.rename(workdir)
+        print(f"{base} is a model directory: wrote the training workdir {workdir} from it (VAE step {vae_step}, "
+              f"U-Net step {unet_step}, fresh optimizer moments)", flush=True)
+    return workdir
+
+
+def held_out_conditions(data_dirs: Sequence[Path], rag_dirs: Sequence[Path], folds: Sequence[int],
+                        num_samples: int, seed: int) -> Conditions:
+    """`num_samples` rows drawn from `folds` of `data_dirs` (`evaluate.draw_conditions`) and, if
+    `rag_dirs` are given, the same records' embeddings in them.
+
+    Raises ValueError if the augmented sets do not hold the same records in the same order.
+    """
+    from data_pipelines.processed import load_processed
+    from diffusets_jax.evaluation.evaluate import draw_conditions
+
+    dataset, rows = draw_conditions(data_dirs, folds, num_samples, seed)
+    rag_text = None
+    if rag_dirs:
+        rag = load_processed(rag_dirs, folds)
+        if not (np.array_equal(rag.record_ids, dataset.record_ids) and np.array_equal(rag.signals, dataset.signals)):
+            raise ValueError(f"--rag-dataset {', '.join(map(str, rag_dirs))} do not hold the records of --dataset "
+                             f"{', '.join(map(str, data_dirs))} in folds {list(folds)} in the same order (give "
+                             "each augmented set in the order of its source)")
+        rag_text = rag.text_embeddings[rows]
+    return Conditions(real=dataset.signals[rows], text=dataset.text_embeddings[rows], rag_text=rag_text,
+                      sex=dataset.sex_codes[rows], age=dataset.age[rows], heart_rate=dataset.heart_rate[rows],
+                      reports=dataset.reports[rows], num_records=len(dataset))
+
+
+def variant_config(base: BaseWorkdir, variant: Variant, steps: int, learning_rate: float,
+                   euler_weight: float, interlead_weight: float):
+    """The base config set up to fine-tune `steps` more steps with `variant`'s objective.
+
+    `num_steps = base step + steps` so that `train_diffusion` resumes from the base checkpoint;
+    `final_lr_fraction = 1` makes the cosine schedule constant at `learning_rate` (raising
+    `num_steps` alone would restart the cosine at a point that depends on `steps`).
+    """
+    config = base.config.copy_and_resolve_references()
+    tc = config.unet_train
+    tc.num_epochs, tc.num_steps = 0, base.unet_step + steps
+    tc.learning_rate, tc.final_lr_fraction = learning_rate, 1.0
+    config.sediff.euler_weight = euler_weight if variant.euler else 0.0
+    config.sediff.interlead_weight = interlead_weight if variant.interlead else 0.0
+    config.sediff.physics_gradient = variant.physics_gradient
+    config.sediff.beat_decoder_dir = ""  # the copy in the variant's directory
+    return config
+
+
+def prepare_variant(base: BaseWorkdir, directory: Path, config, spec: dict, needs_decoder: bool) -> None:
+    """Copy the base's config, latest VAE and U-Net checkpoints (and beat decoder) into `directory`.
+
+    The copy is made in a sibling `.partial` directory and renamed, so an interrupted copy is
+    redone. An existing `directory` must have been made with the same `spec`.
+
+    Raises ValueError naming the directory if it exists with other settings or was not made here.
+    """
+    from diffusets_jax.config import config_to_json
+
+    if directory.exists():
+        stored_path = directory / SPEC_FILE
+        if not stored_path.is_file():
+            raise ValueError(f"{directory} exists but was not made by `diffusets-jax ablate` (no {SPEC_FILE}); "
+                             "choose another --out")
+        stored = json.loads(stored_path.read_text())
+        differing = sorted(k for k in spec.keys() | stored.keys() if spec.get(k) != stored.get(k))
+        if differing:
+            raise ValueError(f"{directory} was fine-tuned with other settings ({', '.join(differing)} differ); "
+                             "use another --out or delete it")
+        return
+    partial = directory.with_name(f".{directory.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    for name, step in (("vae", base.vae_step), ("unet", base.unet_step)):
+        shutil.copytree(base.path / name / str(step), partial / name / str(step))
+    if needs_decoder:
+        shutil.copytree(base.decoder_dir, partial / "beat_decoder")
+    (partial / "config.json").write_text(config_to_json(config))
+    (partial / SPEC_FILE).write_text(json.dumps(spec, indent=1) + "\n")
+    partial.rename(directory)
+
+
+def finetune(directory: Path, config, data_dirs: Sequence[Path]) -> float:
+    """Train `directory`'s U-Net to `config.unet_train.num_steps`; returns the wall seconds (data
+    encoding, compilation and checkpoints included) and records them in `FINETUNE_FILE`."""
+    from diffusets_jax.training.diffusion import train_diffusion
+
+    start = time.perf_counter()
+    train_diffusion(config, directory, data_dirs)
+    seconds = time.perf_counter() - start
+    record = {"train_s": seconds, "unet_step": latest_step(directory / "unet")}
+    (directory / FINETUNE_FILE).write_text(json.dumps(record) + "\n")
+    return seconds
+
+
+def training_summary(directory: Path, base_step: int, steps: int) -> dict:
+    """Losses of the fine-tune from `directory/unet_metrics.jsonl`: the mean of `loss`,
+    `diffusion_loss` (= `loss` without physics), `euler_loss`, `interlead_loss` over the records
+    of the last `FINAL_WINDOW` of the steps, the last validation loss and the median step time (s)."""
+    records = [json.loads(line) for line in (directory / "unet_metrics.jsonl").read_text().splitlines()]
+    records = [r for r in records if r["step"] > base_step]
+    last_step = max(r["step"] for r in records)
+    final = [r for r in records if r["step"] > last_step - max(FINAL_WINDOW * steps, 1)]
+    mean = lambda key: float(np.mean([r[key] for r in final])) if key in final[0] else None  # noqa: E731
+    val = [r["val_loss"] for r in records if "val_loss" in r]
+    diffusion = "diffusion_loss" if "diffusion_loss" in final[0] else "loss"  # the base logs only `loss`
+    return {"loss": mean("loss"), "diffusion_loss": mean(diffusion),
+            "euler_loss": mean("euler_loss"), "interlead_loss": mean("interlead_loss"),
+            "val_loss": val[-1] if val else None,
+            "step_time_s": float(np.median([r["step_time_s"] for r in records]))}
+
+
+def generate_and_score(directory: Path, conditions: Conditions, text: np.ndarray, evaluator, *, sampling: dict,
+                       weights: str, batch_size: int, seed: int) -> dict:
+    """Load the variant's VAE and U-Net (`weights`: 'ema' or 'raw'), save them as a model directory
+    `directory/model`, generate one ECG per condition row (conditioned on `text` `(N, D)`) and
+    score it. Returns `{'generated', 'real_reference', 'generation_s', 'sampling'}`;
+    the ECGs go to `directory/samples.npz`."""
+    from diffusets_jax.config import config_from_json
+    from diffusets_jax.evaluation.evaluate import score
+    from diffusets_jax.pipeline import Pipeline
+    from diffusets_jax.pretrained import save_pretrained
+    from diffusets_jax.training.diffusion import load_trained_unet
+    from diffusets_jax.training.vae import load_trained_vae
+
+    config = config_from_json((directory / "config.json").read_text())
+    vae, _ = load_trained_vae(config, directory)
+    unet, _ = load_trained_unet(config, directory, use_ema=weights == "ema")
+    save_pretrained(directory / "model", config, vae, unet)
+    pipeline = Pipeline(config, vae, unet)
+    options = pipeline.sampling(sampling["sampler"], sampling["num_steps"], 0.0, sampling["guidance_scale"], False)
+    start = time.perf_counter()
+    generated = pipeline.generate_for_conditions(text, conditions.sex, conditions.age, conditions.heart_rate,
+                                                 seed=seed, options=options, batch_size=batch_size, progress=True)
+    generation_s = time.perf_counter() - start
+    np.savez(directory / "samples.npz", signals=generated)
+    result = score(conditions.real, generated, conditions.text, conditions.heart_rate, conditions.reports,
+                   evaluator, intervals=False)
+    return {"generated": result["generated"], "real_reference": result["real_reference"],
+            "generation_s": generation_s, "sampling": options._asdict()}
+
+
+def summary_row(variant: Variant, spec: dict, train_s: float | None, losses: dict, scores: dict) -> dict:
+    """One table row: the variant, its fine-tune and the headline metrics of `score`."""
+    g = scores["generated"]
+    return {"variant": variant.name, "description": variant.description, "steps": spec["steps"],
+            "base_step": spec["base_step"], "unet_step": spec["unet_step"], "euler_weight": spec["euler_weight"],
+            "interlead_weight": spec["interlead_weight"], "physics_gradient": spec["physics_gradient"],
+            "retrieval": variant.retrieval, "train_s": train_s, **losses,
+            "hr_mae": g["hr"]["mae"], "hr_undetected": g["hr"]["n_undetected"], "fid": g["fid"],
+            "rfid_arxiv_v1": g["rfid_arxiv_v1"], "rfid_iclr2026": g["rfid_iclr2026"],
+            "precision": g["precision"], "recall": g["recall"], "clip_score": g["clip_score"], "rclip": g["rclip"],
+            "lead_residual_mV": g["lead_residuals_mV"]["overall"], "generation_s": scores["generation_s"]}
+
+
+def reference_row(real_reference: dict) -> dict:
+    """The real-vs-real row of `score`: FID and precision / recall between the two halves of the
+    real set, CLIP score and lead residuals of the real ECGs, their measured vs stated heart rate."""
+    return {"variant": "real (reference)", "hr_mae": real_reference["hr"]["mae"],
+            "hr_undetected": real_reference["hr"]["n_undetected"], "fid": real_reference["fid"],
+            "precision": real_reference.get("precision"), "recall": real_reference.get("recall"),
+            "clip_score": real_reference["clip_score"],
+            "lead_residual_mV": real_reference["lead_residuals_mV"]["overall"]}
+
+
+def _number(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(rows: Sequence[dict], reference: dict | None) -> str:
+    """The Markdown table of `summary_row`s (and the reference row)."""
+    lines = ["| variant | steps | train s | loss | diffusion loss | val loss | HR MAE (bpm) | FID | rFID | "
+             "precision | recall | CLIP score | lead residual (mV) |", "|" + "---|" * 13]
+    for r in [*rows, *([reference] if reference else [])]:
+        hr = _number(r["hr_mae"], ".2f") + (f" ({r['hr_undetected']} undetected)" if r["hr_undetected"] else "")
+        lines.append(
+            f"| {r['variant']} | {r.get('steps', '-')} | {_number(r.get('train_s'), '.0f')} | "
+            f"{_number(r.get('loss'), '.2f')} | {_number(r.get('diffusion_loss'), '.2f')} | "
+            f"{_number(r.get('val_loss'), '.2f')} | {hr} | {_number(r['fid'], '.3g')} | "
+            f"{_number(r.get('rfid_arxiv_v1'), '.3g')} | {_number(r['precision'], '.3f')} | "
+            f"{_number(r['recall'], '.3f')} | {_number(r['clip_score'], '.3f')} | "
+            f"{_number(r['lead_residual_mV'], '.4f')} |")
+    return "\n".join(lines)
+
+
+LEGEND = """\
+steps: fine-tune steps after the base checkpoint; train s: wall seconds of the fine-tune (data
+encoding, compilation and checkpoints included; '-' if it ran in an interrupted invocation); loss,
+diffusion loss: means over the last tenth of the fine-tune (loss includes the weighted physics
+terms); val loss: plain diffusion loss on the validation folds at the last checkpoint (the
+retrieval variants' on the augmented sets); HR MAE: |requested - measured| (XQRS), ECGs without a
+detected rhythm left out and counted; FID: Frechet distance of the evaluator's 64-d features to the
+real ECGs of the conditions; rFID: FID / FID between the two halves of the real set (`rfid_arxiv_v1`,
+lower is better, ~1 for a perfect generator); precision, recall: k = 3 manifolds; CLIP score:
+against the original reports for every variant; lead residual: RMS Einthoven / Goldberger residual.
+The reference row scores the real ECGs: FID and precision / recall between the two halves of the
+real set, their CLIP score and lead residual, and their measured against their stated heart rate.
+"""
+
+
+def _as_stored(settings: dict) -> dict:
+    return json.loads(json.dumps(settings))  # as read back from JSON: lists, not tuples
+
+
+def run_ablation(base_workdir: str | Path, data_dirs: Sequence[str | Path], out: str | Path, *,
+                 variants: str | Sequence[str] = tuple(VARIANTS), rag_dirs: Sequence[str | Path] = (),
+                 steps: int = 1000, learning_rate: float | None = None,
+                 euler_weight: float = DEFAULT_EULER_WEIGHT, interlead_weight: float = DEFAULT_INTERLEAD_WEIGHT,
+                 beat_decoder_dir: str | Path | None = None, num_samples: int = 256,
+                 folds: Sequence[int] = (9, 10), sampler: str = "ddim", num_steps: int = 50,
+                 guidance_scale: float | None = None, batch_size: int = 64, weights: str = "ema",
+                 seed: int = 0, evaluator_dir: str | Path | None = None, command: str | None = None) -> dict:
+    """Fine-tune and score each of `variants`; write `out/ablation.json` and `out/ablation.md`.
+
+    Args:
+        base_workdir: trained workdir (config, `vae/`, `unet/`, `beat_decoder/` for the physics variants).
+        data_dirs, rag_dirs: processed sets and their retrieval-augmented twins (same order).
+        steps: U-Net steps each variant trains after the base checkpoint.
+        learning_rate: constant fine-tune learning rate (default: the base run's final one,
+            `learning_rate * final_lr_fraction`).
+        euler_weight, interlead_weight: loss weights of the variants that use them.
+        beat_decoder_dir: default the base config's `sediff.beat_decoder_dir`, else `base_workdir/beat_decoder`.
+        num_samples, folds, seed: held-out conditions (drawn once) and per-ECG sampling seeds.
+        sampler, num_steps, guidance_scale (None: the model's), batch_size: generation.
+        weights: 'ema' or 'raw' U-Net parameters for generation.
+        evaluator_dir: default the shipped evaluator.
+
+    Returns:
+        `{'settings', 'variants': [summary_row...], 'real_reference': reference_row}`.
+
+    Raises:
+        ValueError: unknown variant, missing `rag_dirs` for retrieval variants, bad numbers, a
+            variant directory made with other settings.
+        FileNotFoundError: a missing base workdir part, beat decoder, dataset or evaluator.
+    """
+    from diffusets_jax.evaluation.train_clip import DEFAULT_EVALUATOR_DIR, load_evaluator
+
+    names = parse_variants(variants)
+    chosen = [VARIANTS[n] for n in names]
+    data_dirs, rag_dirs, out = [Path(d) for d in data_dirs], [Path(d) for d in rag_dirs], Path(out)
+    if steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {steps}")
+    if num_samples < 8:
+        raise ValueError(f"--num-samples must be at least 8 (k = 3 neighbours in each real half), got {num_samples}")
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"--weights must be ema or raw, got {weights!r}")
+    needs_rag = [v.name for v in chosen if v.retrieval]
+    if needs_rag and not rag_dirs:
+        raise ValueError(f"variant(s) {', '.join(needs_rag)} need the retrieval-augmented sets: give --rag-dataset "
+                         "(written by `diffusets-jax augment-dataset`) for each --dataset, or leave them out of "
+                         "--variants")
+    if rag_dirs and len(rag_dirs) != len(data_dirs):
+        raise ValueError(f"give one --rag-dataset per --dataset ({len(data_dirs)}), got {len(rag_dirs)}")
+    for flag, dirs in (("--dataset", data_dirs), ("--rag-dataset", rag_dirs)):
+        for d in dirs:
+            if not (d / "dataset.npz").is_file():
+                raise FileNotFoundError(f"{flag} {d}: no dataset.npz there")
+    base_workdir = workdir_of(base_workdir, out)
+    base = load_base(base_workdir, beat_decoder_dir, any(v.uses_decoder for v in chosen))
+    if learning_rate is None:
+        learning_rate = base.config.unet_train.learning_rate * base.config.unet_train.final_lr_fraction
+
+    conditions = held_out_conditions(data_dirs, rag_dirs if needs_rag else (), folds, num_samples, seed)
+    evaluator_dir = Path(evaluator_dir or DEFAULT_EVALUATOR_DIR)
+    _, evaluator = load_evaluator(evaluator_dir)
+    evaluation = _as_stored({
+        "num_samples": num_samples, "folds": list(folds), "seed": seed, "weights": weights,
+        "evaluator": str(evaluator_dir.resolve()), "data": [str(d.resolve()) for d in data_dirs],
+        "sampling": {"sampler": sampler, "num_steps": num_steps, "guidance_scale": guidance_scale}})
+    print(f"ablation of {', '.join(names)}: base {base.path} (U-Net step {base.unet_step}), {steps} steps each at "
+          f"lr {learning_rate:g}; {num_samples} conditions from {conditions.num_records} records of folds "
+          f"{list(folds)}", flush=True)
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows, reference = [], None
+    for i, variant in enumerate(chosen, 1):
+        directory = out / variant.name
+        train_dirs = rag_dirs if variant.retrieval else data_dirs
+        config = variant_config(base, variant, steps, learning_rate, euler_weight, interlead_weight)
+        spec = _as_stored({
+            "variant": variant.name, "base_workdir": str(base.path.resolve()), "base_step": base.unet_step,
+            "vae_step": base.vae_step, "steps": steps, "unet_step": base.unet_step + steps,
+            "learning_rate": learning_rate, "euler_weight": config.sediff.euler_weight,
+            "interlead_weight": config.sediff.interlead_weight, "physics_gradient": variant.physics_gradient,
+            "data": [str(d.resolve()) for d in train_dirs]})
+        prefix = f"[{i}/{len(chosen)}] {variant.name}"
+        prepare_variant(base, directory, config, spec, variant.uses_decoder)
+        stored = json.loads((directory / METRICS_FILE).read_text()) if (directory / METRICS_FILE).is_file() else None
+        if stored is not None and stored["evaluation"] == evaluation:
+            print(f"{prefix}: already fine-tuned and scored in {directory}, skipped", flush=True)
+            rows.append(stored["row"])
+            reference = reference or stored["real_reference"]
+            continue
+        if latest_step(directory / "unet") == spec["unet_step"]:
+            print(f"{prefix}: already fine-tuned to step {spec['unet_step']} in {directory}", flush=True)
+            finished = directory / FINETUNE_FILE
+            train_s = json.loads(finished.read_text())["train_s"] if finished.is_file() else None
+        else:
+            print(f"{prefix} ({variant.description}): fine-tuning steps {base.unet_step} -> {spec['unet_step']} "
+                  f"in {directory}", flush=True)
+            train_s = finetune(directory, config, train_dirs)
+        losses = training_summary(directory, base.unet_step, steps)
+        print(f"{prefix}: generating and scoring {num_samples} ECGs", flush=True)
+        text = conditions.rag_text if variant.retrieval else conditions.text
+        scores = generate_and_score(directory, conditions, text, evaluator, sampling=evaluation["sampling"],
+                                    weights=weights, batch_size=batch_size, seed=seed)
+        row = summary_row(variant, spec, train_s, losses, scores)
+        reference = reference_row(scores["real_reference"])
+        (directory / METRICS_FILE).write_text(json.dumps(
+            {"evaluation": evaluation, "row": row, "real_reference": reference, "generated": scores["generated"],
+             "sampling": scores["sampling"]}, indent=1) + "\n")
+        rows.append(row)
+
+    settings = {"command": command, "base_workdir": str(base.path), "base_step": base.unet_step, "steps": steps,
+                "learning_rate": learning_rate, "euler_weight": euler_weight, "interlead_weight": interlead_weight,
+                "rag_data": [str(d.resolve()) for d in rag_dirs], "num_records": conditions.num_records,
+                **evaluation}
+    summary = {"settings": settings, "variants": rows, "real_reference": reference}
+    (out / "ablation.json").write_text(json.dumps(summary, indent=1) + "\n")
+    table = format_table(rows, reference)
+    (out / "ablation.md").write_text(
+        f"# SE-Diff ablation\n\n`{command or 'run_ablation'}`\n\nBase {base.path} (U-Net step {base.unet_step}), "
+        f"{steps} fine-tune steps per variant at a constant learning rate {learning_rate:g}; Euler weight "
+        f"{euler_weight:g}, inter-lead weight {interlead_weight:g}. {num_samples} ECGs per variant for conditions "
+        f"drawn from {conditions.num_records} records of folds {list(folds)} (seed {seed}), {sampler} "
+        f"{num_steps} steps, {weights} weights.\n\n{table}\n\n{LEGEND}")
+    print(table, flush=True)
+    print(f"wrote {out / 'ablation.json'} and {out / 'ablation.md'}", flush=True)
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffusets-jax ablate",
+        description="Fine-tune the base model and each SE-Diff addition from the same base checkpoint, for the "
+                    "same number of steps on the same batches, then generate ECGs for the same held-out "
+                    "conditions and score them with the shipped evaluator (HR MAE, FID / rFID, precision, recall, "
+                    "CLIP score, lead residuals). Writes OUT/<variant>/ (the fine-tuned workdir, model/, "
+                    "samples.npz, metrics.json), OUT/ablation.json and OUT/ablation.md, and prints the table. "
+                    "Variants already done in OUT are skipped; an interrupted fine-tune resumes. "
+                    "Variants: " + "; ".join(f"{v.name}: {v.description}" for v in VARIANTS.values()) + ".")
+    parser.add_argument("--base-workdir", required=True, type=Path, metavar="DIR",
+                        help="trained workdir to start from (config.json, vae/, unet/, beat_decoder/), or a "
+                             "pretrained model directory (written out once as OUT/base_workdir, with fresh optimizer "
+                             "moments); only read")
+    parser.add_argument("--dataset", dest="data", action="append", required=True, type=Path, metavar="DIR",
+                        help="processed set (diffusets-jax prepare); repeatable. Training uses the base config's "
+                             "train folds, the conditions come from --folds")
+    parser.add_argument("--rag-dataset", dest="rag_data", action="append", default=[], type=Path, metavar="DIR",
+                        help="retrieval-augmented twin of each --dataset, same order (diffusets-jax augment-dataset); "
+                             "needed by the retrieval and full variants")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
+                        help="output directory (run again with the same one to resume)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), metavar="NAMES",
+                        help=f"comma-separated, from {', '.join(VARIANTS)} (default: all)")
+    parser.add_argument("--steps", type=int, default=1000,
+                        help="U-Net steps each variant trains after the base checkpoint (default 1000)")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="constant fine-tune learning rate (default: the base run's final one, "
+                             "unet_train.learning_rate x final_lr_fraction)")
+    parser.add_argument("--euler-weight", type=float, default=DEFAULT_EULER_WEIGHT,
+                        help="sediff.euler_weight of the euler, full and released variants "
+                             f"(default {DEFAULT_EULER_WEIGHT:g})")
+    parser.add_argument("--interlead-weight", type=float, default=DEFAULT_INTERLEAD_WEIGHT,
+                        help="sediff.interlead_weight of the interlead, full and released variants "
+                             f"(default {DEFAULT_INTERLEAD_WEIGHT:g})")
+    parser.add_argument("--beat-decoder", type=Path, default=None, metavar="DIR",
+                        help="beat decoder of the physics variants (default: the base config's "
+                             "sediff.beat_decoder_dir, else beat_decoder/ in --base-workdir)")
+    parser.add_argument("--num-samples", type=int, default=256,
+                        help="ECGs generated and scored per variant (default 256)")
+    parser.add_argument("--folds", default="9,10", help="held-out folds the conditions come from (default 9,10)")
+    parser.add_argument("--sampler", choices=["ddpm", "ddim", "dpm-solver++"], default="ddim",
+                        help="sampler for the evaluation (default ddim)")
+    parser.add_argument("--num-steps", type=int, default=50, help="sampler steps (default 50)")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="classifier-free guidance scale (default: the model's config)")
+    parser.add_argument("--batch-size", type=int, default=64, help="ECGs per sampler call (default 64)")
+    parser.add_argument("--weights", choices=["ema", "raw"], default="ema",
+                        help="U-Net parameters to generate with: the EMA the base config keeps, or the raw ones "
+                             "(default ema)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="draws the conditions and seeds the ECGs (default 0); the training batches follow the "
+                             "base config's seed")
+    parser.add_argument("--evaluator", type=Path, default=None, metavar="DIR",
+                        help="evaluator directory (default: the shipped one)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`diffusets-jax ablate`; returns 0, or 2 after printing a bad argument or missing file."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        folds = tuple(int(f) for f in args.folds.split(","))
+    except ValueError:
+        print(f"diffusets-jax ablate: error: --folds must be comma-separated integers, got {args.folds!r}",
+              file=sys.stderr)
+        return 2
+    try:
+        run_ablation(args.base_workdir, args.data, args.out, variants=args.variants, rag_dirs=args.rag_data,
+                     steps=args.steps, learning_rate=args.learning_rate, euler_weight=args.euler_weight,
+                     interlead_weight=args.interlead_weight, beat_decoder_dir=args.beat_decoder,
+                     num_samples=args.num_samples, folds=folds, sampler=args.sampler, num_steps=args.num_steps,
+                     guidance_scale=args.guidance_scale, batch_size=args.batch_size, weights=args.weights,
+                     seed=args.seed, evaluator_dir=args.evaluator,
+                     command="diffusets-jax ablate " + " ".join(argv))
+    except (ValueError, FileNotFoundError) as error:
+        print(f"diffusets-jax ablate: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
