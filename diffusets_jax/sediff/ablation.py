@@ -3,10 +3,10 @@
 Every variant starts from the same trained base workdir (or a pretrained model directory such as
 the shipped one, written out once as a workdir with fresh optimizer moments): its `config.json`,
 the latest VAE and U-Net checkpoints (parameters, AdamW moments and EMA) and, for the physics
-losses, its beat decoder are copied into `OUT/<variant>/` (the base workdir is only read). Each variant then trains
-the U-Net `steps` more steps with `train_diffusion` (the resume mechanism continues from the base
-step), on the same batches (`config.seed`, step) at the same constant learning rate; only the
-objective or the text differs:
+losses, its beat decoder are copied into `OUT/<variant>/` (the base workdir is only read). Each
+variant then trains the U-Net `steps` more steps with `train_diffusion` (the resume mechanism
+continues from the base step), on the same batches (`config.seed`, step) at the same constant
+learning rate; only the objective or the text differs:
 
 | variant | objective | text |
 |---|---|---|

@@ -25,11 +25,11 @@ from diffusets_jax import diffusion
 from diffusets_jax.config import config_from_json, config_to_json
 from diffusets_jax.constants import LATENT_SCALE
 from diffusets_jax.models import build_unet, make_condition, null_condition
-from diffusets_jax.pretrained import save_pretrained
+from diffusets_jax.pretrained import load_pretrained, save_pretrained
 from diffusets_jax.sediff.physics import physics_enabled, physics_from_config, physics_weights
 from diffusets_jax.training import common
 from diffusets_jax.training.data import latent_sources
-from diffusets_jax.training.vae import load_trained_vae
+from diffusets_jax.training.vae import load_trained_vae, vae_optimizer
 
 
 def schedule_from_config(config) -> diffusion.Schedule:
@@ -264,9 +264,6 @@ def workdir_from_pretrained(model_dir: str | Path, workdir: str | Path) -> tuple
     Returns the (VAE, U-Net) steps. Raises FileNotFoundError naming a missing model file,
     FileExistsError if `workdir` already holds checkpoints.
     """
-    from diffusets_jax.pretrained import load_pretrained
-    from diffusets_jax.training.vae import vae_optimizer
-
     workdir = Path(workdir)
     if (workdir / "vae").exists() or (workdir / "unet").exists():
         raise FileExistsError(f"{workdir} already holds checkpoints; choose an empty workdir")
