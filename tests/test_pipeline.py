@@ -182,8 +182,8 @@ def test_generate_from_csv_resumes_after_an_interruption(tiny_pipeline, tmp_path
     resumed = generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "out", options=options,
                                 batch_size=1, png=False, progress=False)
     assert resumed.already_done == [0] and resumed.generated == [2, 4]
-    for row in (0, 2, 4):
-        np.testing.assert_array_equal(_record(tmp_path / "out", row), _record(tmp_path / "clean", row))
+    for row in (0, 2, 4):  # the same ECGs; float rounding may move a value across one 1 uV WFDB step
+        np.testing.assert_allclose(_record(tmp_path / "out", row), _record(tmp_path / "clean", row), atol=1.5e-3)
     # A changed row is generated again; other sampling options redo everything.
     (tmp_path / "conditions.csv").write_text(CSV.replace("50,F,70", "50,F,75"))
     again = generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "out", options=options,
