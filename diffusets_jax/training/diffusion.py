@@ -271,13 +271,15 @@ def workdir_from_pretrained(model_dir: str | Path, workdir: str | Path) -> tuple
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config_to_json(config))
     steps = (max(int(config.vae_train.num_steps), 1), max(int(config.unet_train.num_steps), 1))
-    for name, module, tx, step in (("vae", vae, vae_optimizer(config.vae_train, 1), steps[0]),
-                                   ("unet", unet, unet_optimizer(config.unet_train, 1), steps[1])):
+    vae_tc, unet_tc = config.vae_train, config.unet_train
+    for name, module, tc, tx, step, keeps_ema in (
+        ("vae", vae, vae_tc, vae_optimizer(vae_tc, 1), steps[0], False),
+        ("unet", unet, unet_tc, unet_optimizer(unet_tc, 1), steps[1], unet_tc.ema_decay > 0),
+    ):
         params = nnx.state(module, nnx.Param)
-        ema = params if name == "unet" and config.unet_train.ema_decay > 0 else None
         state = common.TrainState(step=jnp.full((), step, jnp.int32), params=params, opt_state=tx.init(params),
-                                  ema_params=ema)
-        checkpoints = common.Checkpoints(workdir / name, max(int(config.get(f"{name}_train").keep_checkpoints), 1))
+                                  ema_params=params if keeps_ema else None)
+        checkpoints = common.Checkpoints(workdir / name, max(int(tc.keep_checkpoints), 1))
         checkpoints.save(step, state, None)
         checkpoints.wait_until_finished()
     return steps
