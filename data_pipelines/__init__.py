@@ -1,24 +1,24 @@
 """Dataset readers producing :class:`~data_pipelines.records.ECGRecord` objects.
 
-Each reader module (``ptbxl``, ``ludb``, ``mimic``) exposes ``NAME``, ``list_records(root)`` and
-``load_record(root, record_id, ...)``; :func:`data_pipelines.prepare.load_records` runs one over a
+Each reader module (``ptbxl``, ``ludb``, ``mimic``, ``cinc``) exposes ``NAME``, ``list_records(root)``
+and ``load_record(root, record_id, ...)``; :func:`data_pipelines.prepare.load_records` runs one over a
 dataset and collects the records that fail with :class:`~data_pipelines.records.RecordError`.
 """
 
 from types import ModuleType
 
-from . import ludb, mimic, ptbxl
+from . import cinc, ludb, mimic, ptbxl
 from .records import ECGRecord, RecordError
 
-READERS: dict[str, ModuleType] = {ptbxl.NAME: ptbxl, ludb.NAME: ludb, mimic.NAME: mimic}
+READERS: dict[str, ModuleType] = {ptbxl.NAME: ptbxl, ludb.NAME: ludb, mimic.NAME: mimic, cinc.NAME: cinc}
 
 
 def get_reader(name: str) -> ModuleType:
-    """Reader module for ``name`` (``'ptbxl'``, ``'ludb'`` or ``'mimic'``); ValueError listing valid names."""
+    """Reader module for ``name`` (``'ptbxl'``, ``'ludb'``, ``'mimic'``, ``'cinc'``); ValueError listing valid names."""
     try:
         return READERS[name]
     except KeyError:
         raise ValueError(f"unknown data source {name!r}; valid sources: {', '.join(sorted(READERS))}") from None
 
 
-__all__ = ["READERS", "get_reader", "ECGRecord", "RecordError", "ludb", "mimic", "ptbxl"]
+__all__ = ["READERS", "get_reader", "ECGRecord", "RecordError", "cinc", "ludb", "mimic", "ptbxl"]

@@ -16,7 +16,7 @@ from .records import ECGRecord, RecordError
 
 def load_records(source: str, root, record_ids: Iterable[str] | None = None, progress: bool = True,
                  num_workers: int = 1, **reader_options) -> tuple[list[ECGRecord], list[tuple[str, str]]]:
-    """Load records of ``source`` (``'ptbxl'``, ``'ludb'``, ``'mimic'``) from ``root``.
+    """Load records of ``source`` (``'ptbxl'``, ``'ludb'``, ``'mimic'``, ``'cinc'``) from ``root``.
 
     Args:
         source: reader name (see ``data_pipelines.READERS``).

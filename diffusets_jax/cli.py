@@ -50,10 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="turn a dataset directory into a processed training set",
-                       description="Read PTB-XL, LUDB or MIMIC-IV-ECG records, resample to 1024 samples (102.4 Hz), "
+                       description="Read PTB-XL, LUDB, MIMIC-IV-ECG or PhysioNet/CinC Challenge 2020/2021 records "
+                                   "(CinC: one example per 10 s window), resample to 1024 samples (102.4 Hz), "
                                    "detect heart rates, embed the report prompts, and write DIR/dataset.npz. "
                                    "Bad records are skipped and listed with their reason.")
-    p.add_argument("--dataset", required=True, choices=["ptbxl", "ludb", "mimic"], help="which reader")
+    p.add_argument("--dataset", required=True, choices=["ptbxl", "ludb", "mimic", "cinc"], help="which reader")
     p.add_argument("--root", required=True, type=Path, help="dataset directory (e.g. .../ptb-xl)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--embedder", default="minilm", help="text embedder: minilm (default, offline) or openai-ada-002")
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(train / validation / test by patient-wise folds) that training streams with "
                                    "tf.data: for MIMIC-IV-ECG-sized sets. Offline; records are loaded by --workers "
                                    "processes. Prints the splits, the skipped records, time and peak memory.")
-    p.add_argument("--dataset", required=True, choices=["ptbxl", "ludb", "mimic"], help="which reader")
+    p.add_argument("--dataset", required=True, choices=["ptbxl", "ludb", "mimic", "cinc"], help="which reader")
     p.add_argument("--root", required=True, type=Path, help="dataset directory (the manual download)")
     p.add_argument("--data-dir", required=True, type=Path, help="TFDS data directory to write to")
     p.add_argument("--embedder", default="minilm", help="text embedder: minilm (default, offline) or openai-ada-002")

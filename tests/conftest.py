@@ -22,6 +22,11 @@ def mimic_root() -> Path:
     return DATA / "mimic_fixture"
 
 
+@pytest.fixture(scope="session")
+def cinc_root() -> Path:
+    return DATA / "cinc"
+
+
 def tiny_config():
     """The `small` config shrunk further so that a training step takes well under a second."""
     from diffusets_jax.config import load_config

@@ -470,6 +470,6 @@ def test_list_records(ptbxl_root, ludb_root, mimic_root):
 
 
 def test_get_reader():
-    assert set(READERS) == {"ptbxl", "ludb", "mimic"} and get_reader("ludb") is ludb
-    with pytest.raises(ValueError, match="unknown data source 'ptb'; valid sources: ludb, mimic, ptbxl"):
+    assert set(READERS) == {"ptbxl", "ludb", "mimic", "cinc"} and get_reader("ludb") is ludb
+    with pytest.raises(ValueError, match="unknown data source 'ptb'; valid sources: cinc, ludb, mimic, ptbxl"):
         get_reader("ptb")

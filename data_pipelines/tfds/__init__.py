@@ -1,4 +1,4 @@
-"""TFDS builders of the ECG sources (PTB-XL, LUDB, MIMIC-IV-ECG), built offline from a manual download.
+"""TFDS builders of the ECG sources (PTB-XL, LUDB, MIMIC-IV-ECG, CinC 2020/2021), built offline from a manual download.
 
     info = build_dataset("ptbxl", "/data/ptb-xl", "/data/tfds", num_workers=2)
     ds = tfds.builder_from_directory(info.data_dir).as_dataset(split="train")
@@ -17,11 +17,12 @@ import tensorflow_datasets as tfds
 from diffusets_jax.text import TextEmbedder
 
 from .base import SPLIT_FOLDS, ECGBuilder, ECGConfig, split_of_fold
+from .cinc import Cinc
 from .ludb import Ludb
 from .mimic import Mimic
 from .ptbxl import Ptbxl
 
-BUILDERS: dict[str, type[ECGBuilder]] = {cls.SOURCE: cls for cls in (Ptbxl, Ludb, Mimic)}
+BUILDERS: dict[str, type[ECGBuilder]] = {cls.SOURCE: cls for cls in (Ptbxl, Ludb, Mimic, Cinc)}
 
 
 def make_builder(name: str, data_dir, *, embedder: str | TextEmbedder = "minilm", num_workers: int = 1,
@@ -116,5 +117,5 @@ def load_builder(name: str, data_dir=None) -> tfds.core.DatasetBuilder:
     return tfds.builder_from_directory(str(version_dir))
 
 
-__all__ = ["BUILDERS", "SPLIT_FOLDS", "ECGBuilder", "ECGConfig", "Ludb", "Mimic", "Ptbxl", "build_dataset",
+__all__ = ["BUILDERS", "SPLIT_FOLDS", "Cinc", "ECGBuilder", "ECGConfig", "Ludb", "Mimic", "Ptbxl", "build_dataset",
            "load_builder", "make_builder", "split_of_fold"]
