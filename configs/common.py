@@ -17,6 +17,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.train_folds = (1, 2, 3, 4, 5, 6, 7, 8)  # PTB-XL strat_fold; patient hash elsewhere
     c.data.val_folds = (9,)  # validation loss and the best checkpoint; fold 10 is the test split
     c.data.shuffle = True  # the official loaders never shuffle (a bug we do not reproduce)
+    # Heart-rate augmentation of in-memory sets for diffusion training (data_pipelines.augment):
+    # copies per ECG, time-warped by s log-uniform in hr_augment_factor, new rate hr / s kept in
+    # hr_augment_bpm. 0 copies: off (official).
+    c.data.hr_augment_copies = 0
+    c.data.hr_augment_factor = (0.7, 1.4)
+    c.data.hr_augment_bpm = (40.0, 180.0)
 
     c.text = ml_collections.ConfigDict()
     c.text.embedder = "minilm"  # 'minilm' (384-d, offline) or 'openai-ada-002' (1536-d, official)
@@ -38,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
     # (sex, age, HR) enter the condition as (value - mean) / std; official: raw values.
     c.unet.patient_mean = (0.0, 0.0, 0.0)
     c.unet.patient_std = (1.0, 1.0, 1.0)
+    c.unet.output_activation = True  # Mish between the two output convolutions (official); see models.unet.UNet
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.num_train_timesteps = 1000
@@ -46,6 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.diffusion.beta_schedule = "linear"
     c.diffusion.clip_sample = True
     c.diffusion.clip_sample_range = 1.0
+    # Multiplies abar / (1 - abar) at every t (diffusion.make_schedule); 1: official. 1 / std(latent)**2
+    # gives unit-variance-data signal-to-noise ratios to the official 0.18215-scaled latents.
+    c.diffusion.snr_scale = 1.0
     c.diffusion.t_min = 1  # training t ~ U{t_min, ..., t_max - 1}; official randint(1, 999)
     c.diffusion.t_max = 999
 

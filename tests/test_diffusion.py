@@ -61,3 +61,33 @@ def test_training_loss_is_sum_mse_over_batch():
     loss = diffusion.diffusion_loss(lambda x, t: jnp.zeros_like(x), s, x0, jax.random.key(0))
     # eps_hat = 0: loss = sum(eps^2) / B ~ 512 (128 x 4 standard normals per ECG).
     assert 400 < float(loss) < 620
+
+
+def test_snr_scale_multiplies_the_signal_to_noise_ratio_at_every_t():
+    official, shifted = diffusion.make_schedule(), diffusion.make_schedule(snr_scale=31.6)
+    a, b = (np.asarray(s.alphas_cumprod, np.float64) for s in (official, shifted))
+    np.testing.assert_allclose((b / (1 - b)) / (a / (1 - a)), 31.6, rtol=1e-3)
+    # the betas are those of the new alphas_cumprod, so every sampler stays consistent
+    np.testing.assert_allclose(np.cumprod(1 - np.asarray(shifted.betas, np.float64)), b, rtol=1e-4)
+    assert np.all(np.diff(b) < 0)
+    np.testing.assert_array_equal(np.asarray(diffusion.make_schedule(snr_scale=1.0).betas), np.asarray(official.betas))
+    with pytest.raises(ValueError, match="snr_scale"):
+        diffusion.make_schedule(snr_scale=0.0)
+
+
+def test_eps_mse_by_timestep_of_the_gaussian_optimum_matches_its_closed_form():
+    # x0 ~ N(0, v): E[eps | x_t] = sqrt(1 - a) x_t / (a v + 1 - a), with error a v / (a v + 1 - a).
+    s, v = diffusion.make_schedule(), 0.03
+    x0 = jnp.sqrt(v) * jax.random.normal(jax.random.key(0), (256, 128, 4))
+
+    def wiener(x, t):
+        a = s.alphas_cumprod[t][:, None, None]
+        return jnp.sqrt(1 - a) * x / (a * v + 1 - a)
+
+    ts = (20, 100, 300, 900)
+    errors = np.asarray(diffusion.eps_mse_by_timestep(wiener, s, x0, jax.random.key(1), ts))
+    a = np.asarray(s.alphas_cumprod)[list(ts)]
+    np.testing.assert_allclose(errors, a * v / (a * v + 1 - a), rtol=0.03)
+    # a model that ignores its input scores 1 at every t
+    zero = np.asarray(diffusion.eps_mse_by_timestep(lambda x, t: 0 * x, s, x0, jax.random.key(1), ts))
+    np.testing.assert_allclose(zero, 1.0, rtol=0.01)

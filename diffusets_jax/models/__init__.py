@@ -29,5 +29,6 @@ def build_unet(config, rngs: nnx.Rngs | None = None) -> UNet:
         closed_form_cross_attention=u.closed_form_cross_attention,
         patient_mean=tuple(u.get("patient_mean", (0.0, 0.0, 0.0))),
         patient_std=tuple(u.get("patient_std", (1.0, 1.0, 1.0))),
+        output_activation=u.get("output_activation", True),
         rngs=rngs or nnx.Rngs(config.seed + 1),
     )

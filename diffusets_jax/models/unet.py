@@ -265,6 +265,12 @@ class UNet(nnx.Module):
         `(value - mean) / std`. The official model uses the raw values (mean 0, std 1, the
         default); raw ages and rates swamp the unit-norm text embedding and, after the
         `condition_normalization` LayerNorm, leave only their ratio (docs/differences.md).
+      output_activation: the official output head is `conv1x1(mish(conv3(h)))` on only
+        `latent_channels` (4) channels. Its Mish is the one nonlinearity on the otherwise linear
+        residual path from x_t to the output, and 4 Mish units cannot pass a signed signal: the
+        near-identity map eps ~ x_t / sqrt(1 - abar_t) that is optimal at high t is out of reach
+        (docs/differences.md, "Output head"). False drops that Mish (same parameters, two
+        linear convolutions); True is official.
     """
 
     def __init__(
@@ -280,6 +286,7 @@ class UNet(nnx.Module):
         closed_form_cross_attention: bool = True,
         patient_mean: Sequence[float] = (0.0, 0.0, 0.0),
         patient_std: Sequence[float] = (1.0, 1.0, 1.0),
+        output_activation: bool = True,
         *,
         rngs: nnx.Rngs,
     ):
@@ -287,6 +294,7 @@ class UNet(nnx.Module):
             raise ValueError("patient_mean and patient_std need 3 values (sex, age, heart rate), std > 0")
         self.patient_mean = tuple(float(v) for v in patient_mean)
         self.patient_std = tuple(float(v) for v in patient_std)
+        self.output_activation = bool(output_activation)
         widths = [latent_channels, *channels]  # d_0 .. d_n
         n = len(channels)
         condition_dim = text_embed_dim + 3  # text, then sex, age, heart rate
@@ -335,7 +343,8 @@ class UNet(nnx.Module):
         for j, up in enumerate(self.upsampling_blocks):
             x = up(x, skips.pop() if j > 0 else None, t, condition)
         first, last = self.output_conv
-        return last(mish(first(x)))
+        h = first(x)
+        return last(mish(h) if self.output_activation else h)
 
 
 def make_condition(text_embedding: Array, sex: Array, age: Array, heart_rate: Array) -> Array:

@@ -68,15 +68,20 @@ def latent_sources(config, workdir: Path, vae, vae_step: int, data_dirs: Sequenc
     runs); with shards, every step samples a fresh latent from the stored posterior.
     """
     train, validation = training_sources(config, data_dirs)
+    copies = int(config.data.get("hr_augment_copies", 0))
     if isinstance(train, ArraySource):
+        if copies:
+            train = _augment_heart_rate(train, config)
         print(f"encoding {train.num_examples} ECGs with the VAE of step {vae_step}")
         encode = lambda source: _encode_arrays(vae, source, config.seed)  # noqa: E731
         train, validation = encode(train), (encode(validation) if validation else None)
         if class_names is not None:
-            _add_class_index(train, data_dirs, config.data.train_folds, class_names)
+            _add_class_index(train, data_dirs, config.data.train_folds, class_names, repeats=copies + 1)
             if validation is not None:
                 _add_class_index(validation, data_dirs, config.data.val_folds, class_names)
         return train, validation
+    if copies:
+        raise ValueError("data.hr_augment_copies applies to processed sets held in memory, not to a TFDS dataset")
     if class_names is not None:
         print("the TFDS dataset holds no reports: every record uses the 'all' simulator class")
     encode_fn = _batched_encoder(vae)
@@ -119,17 +124,32 @@ def _encode_arrays(vae, source: ArraySource, seed: int) -> ArraySource:
     return ArraySource(arrays, record_ids=source.record_ids)
 
 
-def _add_class_index(source: ArraySource, data_dirs, folds, class_names) -> None:
+def _augment_heart_rate(source: ArraySource, config) -> ArraySource:
+    """`source` with `data.hr_augment_copies` time-warped copies of each ECG appended
+    (`data_pipelines.augment.augment_heart_rate`); the copies keep their record's id."""
+    from data_pipelines.augment import augment_heart_rate
+
+    d = config.data
+    arrays = augment_heart_rate(source.arrays, int(d.hr_augment_copies), tuple(d.hr_augment_factor),
+                                tuple(d.hr_augment_bpm), config.seed)
+    copies = len(arrays["heart_rate"]) // source.num_examples
+    print(f"heart-rate augmentation: {source.num_examples} ECGs -> {len(arrays['heart_rate'])} "
+          f"(time-warp factors {tuple(d.hr_augment_factor)}, rates kept in {tuple(d.hr_augment_bpm)} bpm)")
+    return ArraySource(arrays, record_ids=np.tile(np.asarray(source.record_ids), copies))
+
+
+def _add_class_index(source: ArraySource, data_dirs, folds, class_names, repeats: int = 1) -> None:
     """Add `class_index` (N,) int32 to `source`'s arrays, from the reports of the same records
-    (`load_processed(data_dirs, folds)`, the order `ArraySource.from_processed` reads them in).
+    (`load_processed(data_dirs, folds)`, the order `ArraySource.from_processed` reads them in),
+    repeated `repeats` times for a heart-rate-augmented source.
     Added after construction: `ArraySource` keeps only the fields it knows, and yields all it holds."""
     from data_pipelines.processed import load_processed
     from diffusets_jax.sediff.physics import class_indices
 
     data = load_processed(data_dirs, folds)
-    if not np.array_equal(np.asarray(data.record_ids), source.record_ids):
+    if not np.array_equal(np.tile(np.asarray(data.record_ids), repeats), source.record_ids):
         raise ValueError("the reports do not line up with the encoded records")
-    source.arrays["class_index"] = class_indices(list(data.reports), class_names)
+    source.arrays["class_index"] = np.tile(class_indices(list(data.reports), class_names), repeats)
 
 
 def _optional(make):

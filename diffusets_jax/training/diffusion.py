@@ -33,10 +33,7 @@ from diffusets_jax.training.vae import load_trained_vae, vae_optimizer
 
 
 def schedule_from_config(config) -> diffusion.Schedule:
-    d = config.diffusion
-    return diffusion.make_schedule(
-        d.beta_start, d.beta_end, d.num_train_timesteps, d.beta_schedule, d.clip_sample, d.clip_sample_range
-    )
+    return diffusion.schedule_from_config(config.diffusion)
 
 
 def unet_learning_rate(train_config, num_steps: int) -> optax.Schedule:
