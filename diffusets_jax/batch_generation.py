@@ -23,12 +23,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from diffusets_jax.constants import SEX_CODES
-from diffusets_jax.pipeline import Pipeline, Sampling, row_keys, validate_conditions
+from diffusets_jax.pipeline import Pipeline, Sampling, check_seed, row_keys, validate_conditions
 
 REQUIRED_COLUMNS = ("report", "age", "sex", "hr")
 INDEX_COLUMNS = ("row", "record", "status", "message", "report", "age", "sex", "hr", "seed",
                  "sampler", "num_steps", "guidance_scale", "eta", "exact_limb_leads")
-MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -87,9 +86,7 @@ def _parse_row(i: int, values: dict, base_seed: int) -> Row:
     try:
         row.age, row.hr = (_number(values, name) for name in ("age", "hr"))
         seed = values.get("seed", "")
-        row.seed = int(seed) if seed else None
-        if row.seed is not None and not 0 <= row.seed <= MAX_SEED:
-            raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+        row.seed = check_seed(seed) if seed else None
         statements, row.sex = validate_conditions(row.report, row.age, values.get("sex", ""), row.hr, 1, 1, 1)
         row.report = "|".join(statements)
     except ValueError as error:
@@ -149,6 +146,7 @@ def generate_from_csv(
     from diffusets_jax.plotting import plot_ecg
     from diffusets_jax.text import build_prompt
 
+    seed = check_seed(seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_conditions(csv_path, seed)

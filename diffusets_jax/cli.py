@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generate one ECG per row of this CSV instead (columns report, age, sex, hr; optional seed)")
     p.add_argument("--num-samples", type=int, default=4, help="number of ECGs (default 4; not with --from-csv)")
     p.add_argument("--seed", type=int, default=0,
-                   help="random seed; the same seed and options give the same ECGs (default 0)")
+                   help="random seed, 0 to 2**32 - 1; the same seed and options give the same ECGs (default 0)")
     _add_sampling_args(p)
     p.add_argument("--experience-index", type=Path, default=None, metavar="NPZ",
                    help="augment the report with the statements of the most similar training records "
@@ -250,8 +250,9 @@ def cmd_export(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from diffusets_jax.pipeline import Pipeline, write_outputs
+    from diffusets_jax.pipeline import Pipeline, check_seed, write_outputs
 
+    check_seed(args.seed, "--seed")
     single = {"--report": args.report, "--age": args.age, "--sex": args.sex, "--hr": args.hr}
     if args.from_csv is not None:
         given = [flag for flag, value in single.items() if value is not None]

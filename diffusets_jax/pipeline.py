@@ -28,6 +28,18 @@ from diffusets_jax.pretrained import DEFAULT_MODEL_DIR, load_pretrained
 AGE_RANGE = (0.0, 120.0)  # years
 HEART_RATE_RANGE = (20.0, 300.0)  # bpm
 MAX_SAMPLES = 10_000
+MAX_SEED = 2**32 - 1  # PRNG seeds are uint32: a larger or negative one would wrap to another seed's ECGs
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """`seed` (an int, or its text, e.g. a CSV cell) as an int in [0, MAX_SEED]; ValueError naming `name`."""
+    try:
+        value = int(seed.strip()) if isinstance(seed, str) else seed
+    except ValueError:
+        value = None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{name} must be an integer in [0, {MAX_SEED}], got {seed!r}")
+    return int(value)
 
 
 @dataclass
@@ -183,8 +195,8 @@ class Pipeline:
         Args:
           report: statements separated by '|' (or a list), most important first.
           age: years in [0, 120]; sex: 'M' or 'F'; heart_rate: bpm in [20, 300].
-          seed: ECG j comes from the key `fold_in(key(seed), j)`: the same seed and options give the
-            same ECGs whatever the batch size.
+          seed: in [0, 2**32 - 1]; ECG j comes from the key `fold_in(key(seed), j)`: the same seed
+            and options give the same ECGs whatever the batch size.
           num_steps: model calls in [1, 1000]; sampler: 'ddpm' (official), 'ddim', 'dpm-solver++';
           guidance_scale: classifier-free guidance (1: none); eta: DDIM noise (0: deterministic);
           exact_limb_leads: derive III, aVR, aVL, aVF from I and II. None: `config.sampling`.
@@ -196,6 +208,7 @@ class Pipeline:
         statements, sex_code = validate_conditions(
             report, age, sex, heart_rate, num_samples, options.num_steps, self.config.diffusion.num_train_timesteps
         )
+        seed = check_seed(seed)
         embedding, prompt = self.embed(statements)
         signals = self.generate_for_conditions(
             np.repeat(embedding[None], num_samples, 0), np.full(num_samples, SEX_CODES[sex_code], np.float32),
@@ -240,7 +253,7 @@ class Pipeline:
         options = options or self.sampling(sampler, num_steps, eta, guidance_scale, exact_limb_leads)
         batch_size = min(batch_size or self.config.sampling.batch_size, n)
         condition = np.asarray(make_condition(text_embeddings, sex, age, heart_rate))
-        keys = row_keys(np.full(n, seed), np.arange(n)) if keys is None else keys
+        keys = row_keys(np.full(n, check_seed(seed)), np.arange(n)) if keys is None else keys
         sampler_fn = self._sampler(options)
         (_, vae_state), (_, unet_state) = self._graphs
         chunks = []

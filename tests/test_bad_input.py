@@ -1,0 +1,55 @@
+"""Bad input to `generate` (issue 18): one clear line naming the file, row or option at fault (exit
+status 2), bad CSV rows listed and the rest generated, interrupted work resumed, nothing silently
+overwritten or kept corrupt."""
+
+import numpy as np
+import pytest
+import wfdb
+
+from conftest import tiny_config
+from diffusets_jax import Pipeline, cli
+from diffusets_jax.models import build_unet, build_vae
+from diffusets_jax.pretrained import save_pretrained
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    config = tiny_config()
+    return save_pretrained(tmp_path_factory.mktemp("tiny"), config, build_vae(config), build_unet(config))
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tiny_model_dir):
+    return Pipeline.from_pretrained(tiny_model_dir)
+
+
+def generate(model_dir, out, *extra, report="Sinus rhythm"):
+    """`diffusets-jax generate` of one ECG with 2 sampler steps (plus `extra` arguments); the exit status."""
+    conditions = [] if "--from-csv" in extra else ["--report", report, "--age", "50", "--sex", "F", "--hr", "70",
+                                                   "--num-samples", "1"]
+    return cli.main(["generate", *conditions, "--num-steps", "2", "--no-png", "--checkpoint", str(model_dir),
+                     "--out", str(out), *extra])
+
+
+def one_error_line(capsys) -> str:
+    """The single line printed on stderr (a traceback or several lines fail the test)."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------- seeds (item 7)
+
+
+@pytest.mark.parametrize("seed", ["4294967296", "-1", str(2**70)])
+def test_a_seed_out_of_range_is_refused(tiny_model_dir, tmp_path, capsys, seed):
+    assert generate(tiny_model_dir, tmp_path / "out", "--seed", seed) == 2
+    line = one_error_line(capsys)
+    assert "--seed" in line and "4294967295" in line and seed in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**70, 1.5])
+def test_the_python_api_refuses_a_seed_out_of_range(tiny_pipeline, seed):
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 4294967295\]"):
+        tiny_pipeline("Sinus rhythm", age=50, sex="F", heart_rate=70, seed=seed)
