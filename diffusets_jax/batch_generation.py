@@ -8,15 +8,17 @@ message). Row i's ECG comes from the key `fold_in(key(seed), 0)` if it has a see
 `fold_in(key(--seed), i)`: independent of its batch, so a resumed run writes the same ECGs.
 
 Resuming: rows whose index entry is 'ok' with the same conditions and options, and whose record
-exists, are not generated again; the index is appended after every batch, so an interruption
-loses at most the batch in flight.
+reads back complete (`ecg_io.wfdb_record_is_complete`: 12 signals of 1024 samples matching the
+header's checksums), are not generated again; a row whose record is truncated or corrupt is
+generated again (`BatchReport.redone`). The index is rewritten after every batch, so an
+interruption loses at most the batch in flight.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,12 +51,14 @@ class Row:
 
 @dataclass
 class BatchReport:
-    """What `generate_from_csv` did: rows generated now, already done before, and bad rows."""
+    """What `generate_from_csv` did: rows generated now, already done before, and bad rows;
+    `redone`: the generated rows an earlier run had finished but whose record was incomplete or corrupt."""
 
     generated: list[int]
     already_done: list[int]
     bad: list[Row]
     index_path: Path
+    redone: list[int] = field(default_factory=list)
 
 
 def read_conditions(path: str | Path, base_seed: int = 0) -> list[Row]:
@@ -119,13 +123,12 @@ def _read_index(path: Path) -> dict[int, dict]:
         return {int(entry["row"]): entry for entry in csv.DictReader(file)}
 
 
-def _done(entry: dict | None, row: Row, options: Sampling, out_dir: Path) -> bool:
-    """Whether an earlier run wrote this row with the same conditions and options."""
+def _done(entry: dict | None, row: Row, options: Sampling) -> bool:
+    """Whether an earlier run's index lists this row as written with the same conditions and options."""
     if entry is None or entry.get("status") != "ok":
         return False
-    same = {k: str(v) for k, v in _index_entry(row, options, "ok").items()} == {
+    return {k: str(v) for k, v in _index_entry(row, options, "ok").items()} == {
         k: entry.get(k, "") for k in INDEX_COLUMNS}
-    return same and (out_dir / f"{row.record}.hea").is_file() and (out_dir / f"{row.record}.dat").is_file()
 
 
 def generate_from_csv(
@@ -142,7 +145,7 @@ def generate_from_csv(
     Raises:
       FileNotFoundError / ValueError for a missing file or column (bad rows are reported instead).
     """
-    from diffusets_jax.ecg_io import write_wfdb
+    from diffusets_jax.ecg_io import wfdb_record_is_complete, write_wfdb
     from diffusets_jax.plotting import plot_ecg
     from diffusets_jax.text import build_prompt
 
@@ -154,8 +157,11 @@ def generate_from_csv(
     previous = _read_index(index_path)
     bad = [r for r in rows if r.error]
     valid = [r for r in rows if not r.error]
-    already = [r for r in valid if _done(previous.get(r.row), r, options, out_dir)]
-    pending = [r for r in valid if r not in already]
+    listed = [r for r in valid if _done(previous.get(r.row), r, options)]
+    broken = {r.row for r in listed if not wfdb_record_is_complete(out_dir / r.record)}
+    already = [r for r in listed if r.row not in broken]
+    done_rows = {r.row for r in already}
+    pending = [r for r in valid if r.row not in done_rows]
     entries = {r.row: previous[r.row] for r in already}
     entries.update({r.row: _index_entry(r, options, "error", r.error) for r in bad})
     _write_index(index_path, entries)
@@ -187,7 +193,7 @@ def generate_from_csv(
                 entries[r.row] = _index_entry(r, options, "ok")
             _write_index(index_path, entries)
             bar.update(len(batch))
-    return BatchReport([r.row for r in pending], [r.row for r in already], bad, index_path)
+    return BatchReport([r.row for r in pending], [r.row for r in already], bad, index_path, sorted(broken))
 
 
 def _write_index(path: Path, entries: dict[int, dict]) -> None:

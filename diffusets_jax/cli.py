@@ -267,7 +267,9 @@ def cmd_generate(args) -> None:
 
         done = generate_from_csv(pipeline, args.from_csv, args.out, options=options, seed=args.seed,
                                  batch_size=args.batch_size, png=not args.no_png)
-        print(f"wrote {len(done.generated)} ECGs to {args.out}, {len(done.already_done)} were already done; "
+        redone = (f" ({len(done.redone)} regenerated: an earlier run's record was incomplete or corrupt)"
+                  if done.redone else "")
+        print(f"wrote {len(done.generated)} ECGs to {args.out}{redone}, {len(done.already_done)} were already done; "
               f"index: {done.index_path}")
         if done.bad:
             print(f"skipped {len(done.bad)} bad row(s) of {args.from_csv} (row = data line, from 0):")

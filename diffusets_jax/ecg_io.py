@@ -122,6 +122,21 @@ def read_wfdb(path: str | Path) -> tuple[np.ndarray, float, list[str]]:
     return signal, float(record.fs), list(record.comments)
 
 
+def wfdb_record_is_complete(path: str | Path, num_samples: int = NUM_SAMPLES) -> bool:
+    """Whether a record written by :func:`write_wfdb` reads back whole: its header and data parse,
+    it has 12 signals of ``num_samples`` samples, and the data match the header's checksums (so a
+    truncated, emptied or altered ``.hea`` / ``.dat`` is not complete)."""
+    import wfdb
+
+    try:
+        record = wfdb.rdrecord(str(path), physical=False)
+        return (record.n_sig == NUM_LEADS and record.sig_len == num_samples
+                and record.d_signal.shape == (num_samples, NUM_LEADS)
+                and list(record.checksum) == list(record.calc_checksum()))
+    except Exception:  # noqa: BLE001 - whatever wfdb raises on a broken file, the record is not complete
+        return False
+
+
 def write_npz(path: str | Path, signals, **metadata) -> Path:
     """Save a batch of ECGs and per-batch metadata to a compressed ``.npz``.
 

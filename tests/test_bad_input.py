@@ -53,3 +53,32 @@ def test_a_seed_out_of_range_is_refused(tiny_model_dir, tmp_path, capsys, seed):
 def test_the_python_api_refuses_a_seed_out_of_range(tiny_pipeline, seed):
     with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 4294967295\]"):
         tiny_pipeline("Sinus rhythm", age=50, sex="F", heart_rate=70, seed=seed)
+
+
+# ------------------------------------------------------------------------------ CSV batches (items 1, 3, 12)
+
+CSV = "report,age,sex,hr\nSinus rhythm,50,F,70\nAtrial fibrillation,60,M,90\nSinus bradycardia,40,M,50\n"
+
+
+def _signal(out, record):
+    return wfdb.rdrecord(str(out / record)).p_signal
+
+
+def test_a_resumed_csv_run_regenerates_incomplete_or_corrupt_records(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "c.csv").write_text(CSV)
+    out = tmp_path / "out"
+    assert generate(tiny_model_dir, out, "--from-csv", str(tmp_path / "c.csv")) == 0
+    first = _signal(out, "ecg_00000")
+    with open(out / "ecg_00000.dat", "r+b") as file:  # truncated, as by a crash while writing
+        file.truncate(100)
+    (out / "ecg_00001.hea").write_text("")  # emptied header
+    data = bytearray((out / "ecg_00002.dat").read_bytes())
+    data[501] ^= 0x40  # one altered sample: only the header's checksum tells
+    (out / "ecg_00002.dat").write_bytes(bytes(data))
+    capsys.readouterr()
+    assert generate(tiny_model_dir, out, "--from-csv", str(tmp_path / "c.csv")) == 0
+    summary = capsys.readouterr().out.splitlines()[0]
+    assert "wrote 3 ECGs" in summary and "3 regenerated" in summary and "0 were already done" in summary
+    np.testing.assert_allclose(_signal(out, "ecg_00000"), first, atol=1.5e-3)
+    assert generate(tiny_model_dir, out, "--from-csv", str(tmp_path / "c.csv")) == 0
+    assert "wrote 0 ECGs" in capsys.readouterr().out  # all complete now
