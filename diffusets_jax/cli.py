@@ -11,6 +11,7 @@
                                    HR MAE, CLIP score, paired errors, lead consistency; report.md
     diffusets-jax convert-torch    official PyTorch weights -> pretrained model directory
     diffusets-jax export-torch     pretrained model directory -> official PyTorch state dicts
+    diffusets-jax serve            local web page and JSON API: type a report, see and download ECGs
 """
 
 from __future__ import annotations
@@ -162,6 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--format", choices=["pth", "npz"], default="pth",
                    help="pth (torch.save, default) or npz (NumPy only)")
+
+    p = sub.add_parser("serve", help="local web page and JSON API: type a report, see and download ECGs",
+                       description="Start a local web server: a page (report, age, sex, heart rate, sampling "
+                                   "options) showing each generated ECG in the clinical layout with its measured "
+                                   "heart rate and WFDB / PNG / .npz downloads, a side-by-side comparison tab, "
+                                   "and a JSON API (/api/generate, /api/health, /api/model; docs at /docs). "
+                                   "The model compiles in the background at start-up; one request runs at a "
+                                   "time; files live in a temporary directory removed at exit. Ctrl-C stops it.")
+    p.add_argument("--checkpoint", type=Path, default=None, help="pretrained model directory (default: the shipped model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-samples", type=int, default=16, help="most ECGs one request may ask for (default 16)")
     return parser
 
 
@@ -336,6 +349,12 @@ def cmd_export_torch(args) -> None:
     print(f"wrote {unet_path} and {vae_path}")
 
 
+def cmd_serve(args) -> None:
+    from diffusets_jax.serve import serve
+
+    serve(args.checkpoint, host=args.host, port=args.port, max_samples=args.max_samples)
+
+
 COMMANDS = {
     "prepare": cmd_prepare,
     "build-tfds": cmd_build_tfds,
@@ -347,6 +366,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "convert-torch": cmd_convert_torch,
     "export-torch": cmd_export_torch,
+    "serve": cmd_serve,
 }
 
 

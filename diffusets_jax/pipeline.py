@@ -29,6 +29,8 @@ AGE_RANGE = (0.0, 120.0)  # years
 HEART_RATE_RANGE = (20.0, 300.0)  # bpm
 MAX_SAMPLES = 10_000
 MAX_SEED = 2**32 - 1  # PRNG seeds are uint32: a larger or negative one would wrap to another seed's ECGs
+#: Longest report accepted, in characters (the text model reads only its first few hundred words).
+MAX_REPORT_CHARS = 5_000
 
 
 def check_seed(seed, name: str = "seed") -> int:
@@ -66,6 +68,9 @@ def validate_conditions(report, age, sex, heart_rate, num_samples: int, num_step
     """Normalise and check generation arguments; ValueError naming the argument at fault."""
     from diffusets_jax.text import split_report
 
+    length = len(report if isinstance(report, str) else "|".join(map(str, report)))
+    if length > MAX_REPORT_CHARS:
+        raise ValueError(f"report is too long: {length} characters, at most {MAX_REPORT_CHARS}")
     statements = split_report(report) if isinstance(report, str) else [s.strip() for s in report if s.strip()]
     if not statements:
         raise ValueError("report is empty: give at least one statement, e.g. 'Sinus rhythm'")
