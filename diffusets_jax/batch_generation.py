@@ -69,7 +69,8 @@ def read_conditions(path: str | Path, base_seed: int = 0) -> list[Row]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"conditions CSV {path} not found")
-    with path.open(newline="", encoding="utf-8") as file:
+    # Bytes that are not UTF-8 are kept as surrogates, so that only their row is refused (`_parse_row`).
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as file:
         reader = csv.DictReader(file)
         columns = [c.strip().lower() for c in reader.fieldnames or []]
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
@@ -77,17 +78,24 @@ def read_conditions(path: str | Path, base_seed: int = 0) -> list[Row]:
             raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; need {', '.join(REQUIRED_COLUMNS)} "
                              f"(and optionally seed), found {', '.join(columns) or 'none'}")
         rows = []
-        for i, raw in enumerate(reader):
-            values = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
-            rows.append(_parse_row(i, values, base_seed))
+        try:
+            for i, raw in enumerate(reader):
+                values = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
+                rows.append(_parse_row(i, values, base_seed))
+        except csv.Error as error:  # e.g. an over-long field: the file cannot be read past it
+            raise ValueError(f"{path}: not a readable CSV after line {reader.line_num} ({error})") from None
     if not rows:
         raise ValueError(f"{path} has no data rows")
     return rows
 
 
 def _parse_row(i: int, values: dict, base_seed: int) -> Row:
+    not_utf8 = [name for name, value in values.items() if value != _printable(value)]
+    values = {name: _printable(value) for name, value in values.items()}
     row = Row(row=i, report=values.get("report", ""))
     try:
+        if not_utf8:
+            raise ValueError(f"{', '.join(not_utf8)} is not UTF-8 text (save the CSV as UTF-8)")
         row.age, row.hr = (_number(values, name) for name in ("age", "hr"))
         seed = values.get("seed", "")
         row.seed = check_seed(seed) if seed else None
@@ -96,6 +104,11 @@ def _parse_row(i: int, values: dict, base_seed: int) -> Row:
     except ValueError as error:
         row.error = str(error).replace("heart_rate", "hr")
     return row
+
+
+def _printable(text: str) -> str:
+    """`text` with the undecodable bytes `surrogateescape` kept replaced by U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _number(values: dict, name: str) -> float:
@@ -170,6 +183,7 @@ def generate_from_csv(
     prompts = [build_prompt(r.report.split("|")) for r in pending]
     unique = sorted(set(prompts))
     embeddings = dict(zip(unique, pipeline.embedder.embed(unique))) if unique else {}
+    generated = []
     with tqdm(total=len(pending), desc=f"generating ({options.sampler}, {options.num_steps} steps)", unit="ECG",
               disable=not progress) as bar:
         for first in range(0, len(pending), batch_size):
@@ -186,14 +200,21 @@ def generate_from_csv(
                             "seed": str(seed if r.seed is None else r.seed), "row": str(r.row),
                             "sampler": options.sampler, "num_steps": str(options.num_steps),
                             "guidance_scale": f"{options.guidance_scale:g}", "generator": "diffusets-jax"}
-                write_wfdb(signal, out_dir, r.record, comments=comments)
-                if png:
-                    plot_ecg(signal, title=f"row {r.row}: {r.report} | {r.sex}, {r.age:g} y, {r.hr:g} bpm",
-                             path=out_dir / f"{r.record}.png")
+                try:
+                    write_wfdb(signal, out_dir, r.record, comments=comments)
+                    if png:
+                        plot_ecg(signal, title=f"row {r.row}: {r.report} | {r.sex}, {r.age:g} y, {r.hr:g} bpm",
+                                 path=out_dir / f"{r.record}.png")
+                except ValueError as error:  # e.g. non-finite values: list the row, write the others
+                    r.error = f"could not write the record: {error}"
+                    bad.append(r)
+                    entries[r.row] = _index_entry(r, options, "error", r.error)
+                    continue
+                generated.append(r.row)
                 entries[r.row] = _index_entry(r, options, "ok")
             _write_index(index_path, entries)
             bar.update(len(batch))
-    return BatchReport([r.row for r in pending], [r.row for r in already], bad, index_path, sorted(broken))
+    return BatchReport(generated, [r.row for r in already], bad, index_path, sorted(broken))
 
 
 def _write_index(path: Path, entries: dict[int, dict]) -> None:

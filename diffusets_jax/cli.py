@@ -288,6 +288,8 @@ def cmd_generate(args) -> None:
             print(f"skipped {len(done.bad)} bad row(s) of {args.from_csv} (row = data line, from 0):")
             for row in done.bad:
                 print(f"  row {row.row}: {row.error}")
+        if not done.generated and not done.already_done:
+            raise UsageError(f"no row of {args.from_csv} could be generated ({len(done.bad)} bad, listed above)")
         return
     report = args.report
     if args.experience_index is not None:

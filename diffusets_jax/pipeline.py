@@ -71,7 +71,9 @@ def validate_conditions(report, age, sex, heart_rate, num_samples: int, num_step
     length = len(report if isinstance(report, str) else "|".join(map(str, report)))
     if length > MAX_REPORT_CHARS:
         raise ValueError(f"report is too long: {length} characters, at most {MAX_REPORT_CHARS}")
-    statements = split_report(report) if isinstance(report, str) else [s.strip() for s in report if s.strip()]
+    # A line break inside a report separates statements, like '|' (WFDB header comments are single lines).
+    statements = (split_report("|".join(report.splitlines())) if isinstance(report, str)
+                  else [p.strip() for s in report for p in str(s).splitlines() if p.strip()])
     if not statements:
         raise ValueError("report is empty: give at least one statement, e.g. 'Sinus rhythm'")
     sex_code = str(sex).strip().upper()[:1] if str(sex).strip().lower() in ("m", "f", "male", "female") else None

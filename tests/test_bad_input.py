@@ -82,3 +82,56 @@ def test_a_resumed_csv_run_regenerates_incomplete_or_corrupt_records(tiny_model_
     np.testing.assert_allclose(_signal(out, "ecg_00000"), first, atol=1.5e-3)
     assert generate(tiny_model_dir, out, "--from-csv", str(tmp_path / "c.csv")) == 0
     assert "wrote 0 ECGs" in capsys.readouterr().out  # all complete now
+
+
+def test_a_line_break_in_a_report_separates_statements(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "c.csv").write_text('report,age,sex,hr\n"Sinus rhythm\nNormal ECG",50,F,70\n'
+                                    "Atrial fibrillation,60,M,90\n")
+    assert generate(tiny_model_dir, tmp_path / "out", "--from-csv", str(tmp_path / "c.csv")) == 0
+    assert "wrote 2 ECGs" in capsys.readouterr().out
+    assert "report: Sinus rhythm|Normal ECG" in wfdb.rdrecord(str(tmp_path / "out" / "ecg_00000")).comments
+    assert generate(tiny_model_dir, tmp_path / "one", report="Sinus rhythm\r\nNormal ECG") == 0
+    assert "report: Sinus rhythm|Normal ECG" in wfdb.rdrecord(str(tmp_path / "one" / "ecg_000")).comments
+
+
+def test_a_row_that_cannot_be_written_is_listed_and_the_rest_are_written(tiny_pipeline, tmp_path, monkeypatch):
+    from diffusets_jax import ecg_io
+    from diffusets_jax.batch_generation import generate_from_csv
+
+    write = ecg_io.write_wfdb
+
+    def failing(signal, directory, name, **kwargs):
+        if name == "ecg_00001":
+            raise ValueError("signal contains NaN or infinite values")
+        return write(signal, directory, name, **kwargs)
+
+    monkeypatch.setattr(ecg_io, "write_wfdb", failing)
+    (tmp_path / "c.csv").write_text(CSV)
+    done = generate_from_csv(tiny_pipeline, tmp_path / "c.csv", tmp_path / "out", options=tiny_pipeline.sampling(),
+                             batch_size=3, png=False, progress=False)
+    assert done.generated == [0, 2] and [(r.row, r.error) for r in done.bad] == [
+        (1, "could not write the record: signal contains NaN or infinite values")]
+    assert _signal(tmp_path / "out", "ecg_00002").shape == (1024, 12)
+
+
+def test_a_csv_of_only_bad_rows_exits_with_status_2_and_lists_them(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "c.csv").write_text("report,age,sex,hr\nSinus rhythm,abc,F,70\nAtrial fibrillation,60,X,90\n")
+    assert generate(tiny_model_dir, tmp_path / "out", "--from-csv", str(tmp_path / "c.csv")) == 2
+    printed = capsys.readouterr()
+    assert "row 0: age must be a number" in printed.out and "row 1: sex must be" in printed.out
+    assert "no row of" in printed.err and "c.csv" in printed.err
+
+
+def test_non_utf8_text_in_a_csv_row_is_named_and_the_other_rows_are_written(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "c.csv").write_bytes(b"report,age,sex,hr\nSinus rhythm caf\xe9,50,F,70\nAtrial fibrillation,60,M,90\n")
+    assert generate(tiny_model_dir, tmp_path / "out", "--from-csv", str(tmp_path / "c.csv")) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 1 ECGs" in printed and "row 0: report is not UTF-8 text" in printed
+    assert (tmp_path / "out" / "ecg_00001.hea").is_file()
+
+
+def test_an_unreadable_csv_is_named_with_its_line(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "c.csv").write_text('report,age,sex,hr\nSinus rhythm,50,F,70\n"' + "x" * 200_000 + '",50,F,70\n')
+    assert generate(tiny_model_dir, tmp_path / "out", "--from-csv", str(tmp_path / "c.csv")) == 2
+    line = one_error_line(capsys)
+    assert "c.csv: not a readable CSV after line 2 (field larger than field limit" in line
