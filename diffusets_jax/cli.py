@@ -97,14 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hr", type=float, help="heart rate in bpm (20-300)")
     p.add_argument("--from-csv", type=Path, default=None, metavar="CSV",
                    help="generate one ECG per row of this CSV instead (columns report, age, sex, hr; optional seed)")
-    p.add_argument("--num-samples", type=int, default=4, help="number of ECGs (default 4; not with --from-csv)")
+    p.add_argument("--num-samples", type=int, default=None, help="number of ECGs (default 4; not with --from-csv)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed, 0 to 2**32 - 1; the same seed and options give the same ECGs (default 0)")
     _add_sampling_args(p)
     p.add_argument("--experience-index", type=Path, default=None, metavar="NPZ",
                    help="augment the report with the statements of the most similar training records "
                         "(an index saved by `augment-dataset --save-index`; SE-Diff experience retrieval)")
-    p.add_argument("--retrieval-k", type=int, default=5, help="neighbours retrieved with --experience-index (default 5)")
+    p.add_argument("--retrieval-k", type=int, default=None,
+                   help="neighbours retrieved with --experience-index (default 5)")
     p.add_argument("--batch-size", type=int, default=None, help="ECGs per sampler call (default: the model's config)")
     p.add_argument("--checkpoint", type=Path, default=None, help="pretrained model directory (default: the shipped model)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
@@ -267,12 +268,17 @@ def cmd_generate(args) -> None:
 
     check_seed(args.seed, "--seed")
     single = {"--report": args.report, "--age": args.age, "--sex": args.sex, "--hr": args.hr}
+    per_run = {"--num-samples": args.num_samples, "--experience-index": args.experience_index,
+               "--retrieval-k": args.retrieval_k}
     if args.from_csv is not None:
-        given = [flag for flag, value in single.items() if value is not None]
+        given = [flag for flag, value in {**single, **per_run}.items() if value is not None]
         if given:
-            raise UsageError(f"--from-csv takes the conditions from the CSV; drop {', '.join(given)}")
+            raise UsageError(f"--from-csv takes the conditions from the CSV, one ECG per row, without retrieval; "
+                             f"drop {', '.join(given)}")
     elif missing := [flag for flag, value in single.items() if value is None]:
         raise UsageError(f"give {', '.join(missing)} (or --from-csv)")
+    if args.retrieval_k is not None and args.experience_index is None:
+        raise UsageError("--retrieval-k needs --experience-index")
     pipeline = Pipeline.from_pretrained(args.checkpoint)
     options = _sampling(pipeline, args)
     if args.from_csv is not None:
@@ -298,9 +304,10 @@ def cmd_generate(args) -> None:
         if not args.experience_index.is_file():
             raise UsageError(f"--experience-index {args.experience_index} not found")
         report = augment_report(ExperienceIndex.load(args.experience_index), report, args.age, args.sex, args.hr,
-                                args.retrieval_k, embedder=pipeline.embedder)
+                                5 if args.retrieval_k is None else args.retrieval_k, embedder=pipeline.embedder)
         print(f"retrieval-augmented report: {report}")
-    result = pipeline(report, age=args.age, sex=args.sex, heart_rate=args.hr, num_samples=args.num_samples,
+    num_samples = 4 if args.num_samples is None else args.num_samples
+    result = pipeline(report, age=args.age, sex=args.sex, heart_rate=args.hr, num_samples=num_samples,
                       seed=args.seed, batch_size=args.batch_size, progress=True, **options._asdict())
     paths = write_outputs(result, args.out, png=not args.no_png)
     print(f"wrote {len(paths)} ECGs to {args.out} ({', '.join(p.name for p in paths[:4])}{', ...' if len(paths) > 4 else ''})")

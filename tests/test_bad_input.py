@@ -135,3 +135,21 @@ def test_an_unreadable_csv_is_named_with_its_line(tiny_model_dir, tmp_path, caps
     assert generate(tiny_model_dir, tmp_path / "out", "--from-csv", str(tmp_path / "c.csv")) == 2
     line = one_error_line(capsys)
     assert "c.csv: not a readable CSV after line 2 (field larger than field limit" in line
+
+
+# ------------------------------------------------------------------------------ options (items 8, 9)
+
+
+@pytest.mark.parametrize("flags", [["--num-samples", "2"], ["--experience-index", "index.npz"],
+                                   ["--retrieval-k", "3"]])
+def test_from_csv_refuses_the_options_it_does_not_use(tiny_model_dir, tmp_path, capsys, flags):
+    (tmp_path / "c.csv").write_text(CSV)
+    assert generate(tiny_model_dir, tmp_path / "out", "--from-csv", str(tmp_path / "c.csv"), *flags) == 2
+    line = one_error_line(capsys)
+    assert flags[0] in line and "--from-csv" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_retrieval_k_without_an_experience_index_is_refused(tiny_model_dir, tmp_path, capsys):
+    assert generate(tiny_model_dir, tmp_path / "out", "--retrieval-k", "3") == 2
+    assert "--retrieval-k needs --experience-index" in one_error_line(capsys)
