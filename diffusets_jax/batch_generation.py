@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from diffusets_jax.constants import SEX_CODES
-from diffusets_jax.pipeline import Pipeline, Sampling, check_seed, row_keys, validate_conditions
+from diffusets_jax.pipeline import Pipeline, Sampling, check_seed, prepare_output_dir, row_keys, validate_conditions
 
 REQUIRED_COLUMNS = ("report", "age", "sex", "hr")
 INDEX_COLUMNS = ("row", "record", "status", "message", "report", "age", "sex", "hr", "seed",
@@ -156,15 +156,15 @@ def generate_from_csv(
       batch_size: ECGs per compiled sampler call (default the model's `sampling.batch_size`);
         the index is updated after each batch.
     Raises:
-      FileNotFoundError / ValueError for a missing file or column (bad rows are reported instead).
+      FileNotFoundError / ValueError for a missing file or column (bad rows are reported instead), or
+      an output directory that cannot be written or holds another kind of run (`prepare_output_dir`).
     """
     from diffusets_jax.ecg_io import wfdb_record_is_complete, write_wfdb
     from diffusets_jax.plotting import plot_ecg
     from diffusets_jax.text import build_prompt
 
     seed = check_seed(seed)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_output_dir(out_dir, resume=True)
     rows = read_conditions(csv_path, seed)
     index_path = out_dir / "index.csv"
     previous = _read_index(index_path)

@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, default=None, help="pretrained model directory (default: the shipped model)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--no-png", action="store_true", help="skip the PNG pictures")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an earlier run's files in --out (ecg_*, samples.npz, index.csv) instead of refusing "
+                        "them; with --from-csv, start over instead of resuming")
 
     p = sub.add_parser("train-evaluator", help="train the ECG-text CLIP evaluator (Net1D + projections)",
                        description="Contrastive training of the evaluator `evaluate` uses (official clip/clip_train.py), "
@@ -264,7 +267,7 @@ def cmd_export(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from diffusets_jax.pipeline import Pipeline, check_seed, write_outputs
+    from diffusets_jax.pipeline import Pipeline, check_seed, prepare_output_dir, validate_conditions, write_outputs
 
     check_seed(args.seed, "--seed")
     single = {"--report": args.report, "--age": args.age, "--sex": args.sex, "--hr": args.hr}
@@ -279,8 +282,14 @@ def cmd_generate(args) -> None:
         raise UsageError(f"give {', '.join(missing)} (or --from-csv)")
     if args.retrieval_k is not None and args.experience_index is None:
         raise UsageError("--retrieval-k needs --experience-index")
+    if args.experience_index is not None and not args.experience_index.is_file():
+        raise UsageError(f"--experience-index {args.experience_index} not found")
+    num_samples = 4 if args.num_samples is None else args.num_samples
+    if args.from_csv is None:
+        validate_conditions(args.report, args.age, args.sex, args.hr, num_samples, 1, 1)
     pipeline = Pipeline.from_pretrained(args.checkpoint)
     options = _sampling(pipeline, args)
+    prepare_output_dir(args.out, overwrite=args.overwrite, resume=args.from_csv is not None)  # before the compute
     if args.from_csv is not None:
         from diffusets_jax.batch_generation import generate_from_csv
 
@@ -301,12 +310,9 @@ def cmd_generate(args) -> None:
     if args.experience_index is not None:
         from diffusets_jax.sediff.retrieval import ExperienceIndex, augment_report
 
-        if not args.experience_index.is_file():
-            raise UsageError(f"--experience-index {args.experience_index} not found")
         report = augment_report(ExperienceIndex.load(args.experience_index), report, args.age, args.sex, args.hr,
                                 5 if args.retrieval_k is None else args.retrieval_k, embedder=pipeline.embedder)
         print(f"retrieval-augmented report: {report}")
-    num_samples = 4 if args.num_samples is None else args.num_samples
     result = pipeline(report, age=args.age, sex=args.sex, heart_rate=args.hr, num_samples=num_samples,
                       seed=args.seed, batch_size=args.batch_size, progress=True, **options._asdict())
     paths = write_outputs(result, args.out, png=not args.no_png)

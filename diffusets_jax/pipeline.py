@@ -283,13 +283,48 @@ def row_keys(seeds: np.ndarray, indices: np.ndarray) -> jax.Array:
         jax.numpy.asarray(seeds, jax.numpy.uint32), jax.numpy.asarray(indices, jax.numpy.uint32))
 
 
-def write_outputs(result: GenerationResult, out_dir: str | Path, png: bool = True) -> list[Path]:
-    """Write `ecg_000.hea/.dat` (+ `.png`) per ECG and `samples.npz`; returns the record paths."""
+#: The files a `generate` run writes into its output directory (`write_outputs`, `generate_from_csv`).
+RUN_FILES = ("ecg_*.hea", "ecg_*.dat", "ecg_*.png", "samples.npz", "index.csv")
+
+
+def prepare_output_dir(out_dir: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Make `out_dir` ready for a run, before anything is generated: created if missing, checked
+    writable (a probe file), and holding no earlier run's files (`RUN_FILES`) unless `overwrite`
+    (they are deleted first) or `resume` and the earlier run was a `--from-csv` one (its
+    `index.csv`), which then continues. Other files are left alone.
+
+    Raises ValueError naming the directory (and `--overwrite` for an earlier run).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output directory {out_dir} is a file")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".diffusets-jax-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"cannot write to the output directory {out_dir}: {error.strerror or error}") from None
+    earlier = sorted({path for pattern in RUN_FILES for path in out_dir.glob(pattern)})
+    if earlier and overwrite:
+        for path in earlier:
+            path.unlink()
+    elif earlier and not (resume and (out_dir / "index.csv").is_file()):
+        raise ValueError(f"output directory {out_dir} holds an earlier run's files ({earlier[0].name}, ...): "
+                         "use --overwrite to replace them, or another --out")
+    return out_dir
+
+
+def write_outputs(result: GenerationResult, out_dir: str | Path, png: bool = True,
+                  overwrite: bool = False) -> list[Path]:
+    """Write `ecg_000.hea/.dat` (+ `.png`) per ECG and `samples.npz`; returns the record paths.
+
+    An earlier run's files in `out_dir` are refused, or with `overwrite` deleted (`prepare_output_dir`).
+    """
     from diffusets_jax.ecg_io import write_npz, write_wfdb
     from diffusets_jax.plotting import plot_ecg
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_output_dir(out_dir, overwrite=overwrite)
     comments = {
         "report": result.report, "age": f"{result.age:g}", "sex": result.sex,
         "heart_rate_bpm": f"{result.heart_rate:g}", "seed": str(result.seed), "num_steps": str(result.num_steps),

@@ -2,6 +2,8 @@
 status 2), bad CSV rows listed and the rest generated, interrupted work resumed, nothing silently
 overwritten or kept corrupt."""
 
+import os
+
 import numpy as np
 import pytest
 import wfdb
@@ -153,3 +155,45 @@ def test_from_csv_refuses_the_options_it_does_not_use(tiny_model_dir, tmp_path, 
 def test_retrieval_k_without_an_experience_index_is_refused(tiny_model_dir, tmp_path, capsys):
     assert generate(tiny_model_dir, tmp_path / "out", "--retrieval-k", "3") == 2
     assert "--retrieval-k needs --experience-index" in one_error_line(capsys)
+
+
+def test_an_output_path_that_cannot_be_written_is_refused_before_generating(tiny_model_dir, tmp_path, capsys,
+                                                                             monkeypatch):
+    calls = []
+    monkeypatch.setattr(Pipeline, "generate_for_conditions", lambda *args, **kwargs: calls.append(1))
+    (tmp_path / "a_file").write_text("")
+    for out in (tmp_path / "a_file", tmp_path / "a_file" / "sub"):
+        assert generate(tiny_model_dir, out) == 2
+        line = one_error_line(capsys)
+        assert str(out) in line and "output directory" in line
+    assert not calls
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write to a read-only directory")
+def test_a_read_only_output_directory_is_refused_before_generating(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "ro").mkdir(mode=0o555)
+    assert generate(tiny_model_dir, tmp_path / "ro" / "out") == 2
+    assert "cannot write to the output directory" in one_error_line(capsys)
+
+
+# ------------------------------------------------------------------------------ earlier runs (item 4)
+
+
+def test_an_output_directory_holding_an_earlier_run_needs_overwrite(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert generate(tiny_model_dir, out, "--num-samples", "2") == 0
+    (out / "notes.txt").write_text("not a run's file")
+    first = (out / "ecg_000.dat").read_bytes()
+    capsys.readouterr()
+    assert generate(tiny_model_dir, out, report="Atrial fibrillation") == 2
+    line = one_error_line(capsys)
+    assert str(out) in line and "--overwrite" in line
+    (tmp_path / "c.csv").write_text(CSV)
+    assert generate(tiny_model_dir, out, "--from-csv", str(tmp_path / "c.csv")) == 2  # no mixing with a CSV run
+    assert "--overwrite" in one_error_line(capsys)
+    assert (out / "ecg_000.dat").read_bytes() == first and (out / "ecg_001.hea").is_file()
+
+    assert generate(tiny_model_dir, out, "--overwrite", report="Atrial fibrillation") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["ecg_000.dat", "ecg_000.hea", "notes.txt", "samples.npz"]
+    with np.load(out / "samples.npz") as saved:
+        assert saved["signals"].shape[0] == 1 and str(saved["report"]) == "Atrial fibrillation"
