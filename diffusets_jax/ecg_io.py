@@ -6,6 +6,7 @@ Signals are ``(num_samples, 12)`` float arrays in mV, leads in :data:`constants.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -50,7 +51,12 @@ def write_wfdb(
         record_name: letters, digits, '-' and '_' only (WFDB's rule).
         fs: sampling frequency in Hz.
         comments: header comment lines, or a mapping written as ``"key: value"`` lines, e.g.
-            ``{"report": ..., "age": 63, "sex": "M", "hr": 72.0, "seed": 0}``.
+            ``{"report": ..., "age": 63, "sex": "M", "hr": 72.0, "seed": 0}``. WFDB headers are
+            ASCII (``wfdb.rdrecord`` drops other characters), so a line ``key: value`` with
+            non-ASCII text is written with ``?`` for those characters and followed by
+            ``key_escaped: value`` escaped as the body of a JSON string (``\\uXXXX``, a UTF-16
+            pair above U+FFFF); another non-ASCII line is followed by ``escaped: <line>`` so.
+            :func:`comment_values` reads the original text back.
 
     Returns:
         The record path without extension (what ``wfdb.rdrecord`` and :func:`read_wfdb` take).
@@ -71,6 +77,7 @@ def write_wfdb(
     comments = [str(line) for line in comments]
     if any("\n" in line or "\r" in line for line in comments):
         raise ValueError("WFDB comments must be single lines")
+    comments = [ascii_line for line in comments for ascii_line in _ascii_comment(line)]
     peak = np.abs(signal).max(axis=0)
     if peak.max() > _ADC_LIMIT:
         raise ValueError(f"amplitude {peak.max():.1f} mV is too large to store as int16 in mV")
@@ -91,6 +98,31 @@ def write_wfdb(
         write_dir=str(directory),
     )
     return directory / record_name
+
+
+_KEY_LINE = re.compile(r"(\w+): (.*)", re.ASCII)
+
+
+def _ascii_comment(line: str) -> list[str]:
+    """A header comment line as ASCII lines (see :func:`write_wfdb`)."""
+    if line.isascii():
+        return [line]
+    key, value = match.groups() if (match := _KEY_LINE.fullmatch(line)) else ("", line)
+    escaped = json.dumps(value, ensure_ascii=True)[1:-1]
+    return [line.encode("ascii", "replace").decode(), f"{key}_escaped: {escaped}" if key else f"escaped: {escaped}"]
+
+
+def comment_values(comments: Sequence[str]) -> dict[str, str]:
+    """The ``key: value`` header comment lines (``read_wfdb``'s or ``wfdb.rdrecord(...).comments``)
+    as a dict, with the text of ``key_escaped`` lines (non-ASCII, see :func:`write_wfdb`) decoded
+    into ``key``."""
+    values = {}
+    for line in comments:
+        if match := _KEY_LINE.fullmatch(line):
+            values[match[1]] = match[2]
+    for key in [k for k in values if k.endswith("_escaped")]:
+        values[key[: -len("_escaped")]] = json.loads(f'"{values.pop(key)}"')
+    return values
 
 
 def read_wfdb(path: str | Path) -> tuple[np.ndarray, float, list[str]]:

@@ -2,6 +2,7 @@
 status 2), bad CSV rows listed and the rest generated, interrupted work resumed, nothing silently
 overwritten or kept corrupt."""
 
+import csv
 import os
 
 import numpy as np
@@ -197,3 +198,28 @@ def test_an_output_directory_holding_an_earlier_run_needs_overwrite(tiny_model_d
     assert sorted(p.name for p in out.iterdir()) == ["ecg_000.dat", "ecg_000.hea", "notes.txt", "samples.npz"]
     with np.load(out / "samples.npz") as saved:
         assert saved["signals"].shape[0] == 1 and str(saved["report"]) == "Atrial fibrillation"
+
+
+# ------------------------------------------------------------------------------ report text (items 10, 11)
+
+UNICODE_REPORT = "Sinus rhythm ✓ 😀|نظم جيبي|קצב סינוס|Ä\\u00e9 \"quoted\""
+
+
+def test_non_ascii_report_text_round_trips_through_the_wfdb_header(tiny_model_dir, tmp_path):
+    from diffusets_jax.ecg_io import comment_values
+
+    assert generate(tiny_model_dir, tmp_path / "out", report=UNICODE_REPORT) == 0
+    comments = wfdb.rdrecord(str(tmp_path / "out" / "ecg_000")).comments
+    assert all(line.isascii() for line in comments)
+    assert comment_values(comments)["report"] == UNICODE_REPORT
+    assert comment_values(comments)["sex"] == "F"
+    with np.load(tmp_path / "out" / "samples.npz") as saved:
+        assert str(saved["report"]) == UNICODE_REPORT
+
+    (tmp_path / "c.csv").write_text(f'report,age,sex,hr\n"{UNICODE_REPORT.replace(chr(34), 2 * chr(34))}",50,F,70\n',
+                                    encoding="utf-8")
+    assert generate(tiny_model_dir, tmp_path / "batch", "--from-csv", str(tmp_path / "c.csv")) == 0
+    comments = wfdb.rdrecord(str(tmp_path / "batch" / "ecg_00000")).comments
+    assert comment_values(comments)["report"] == UNICODE_REPORT
+    with open(tmp_path / "batch" / "index.csv", newline="", encoding="utf-8") as file:
+        assert next(csv.DictReader(file))["report"] == UNICODE_REPORT
