@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,7 +162,7 @@ def generate_from_csv(
     """
     from diffusets_jax.ecg_io import wfdb_record_is_complete, write_wfdb
     from diffusets_jax.plotting import plot_ecg
-    from diffusets_jax.text import build_prompt
+    from diffusets_jax.text import build_prompt, truncation_warning
 
     seed = check_seed(seed)
     out_dir = prepare_output_dir(out_dir, resume=True)
@@ -181,6 +182,9 @@ def generate_from_csv(
 
     batch_size = batch_size or pipeline.config.sampling.batch_size
     prompts = [build_prompt(r.report.split("|")) for r in pending]
+    for r in pending:
+        if message := truncation_warning(r.report.split("|"), pipeline.embedder):
+            warnings.warn(f"row {r.row}: {message}", stacklevel=2)
     unique = sorted(set(prompts))
     embeddings = dict(zip(unique, pipeline.embedder.embed(unique))) if unique else {}
     generated = []

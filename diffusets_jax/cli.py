@@ -266,9 +266,18 @@ def cmd_export(args) -> None:
     print(f"wrote pretrained model to {out}")
 
 
+def _print_warnings(command: str) -> None:
+    """Show warnings on one line each, `diffusets-jax COMMAND: warning: ...`, like errors (no source line)."""
+    import warnings
+
+    warnings.showwarning = lambda message, *_, **__: print(f"diffusets-jax {command}: warning: {message}",
+                                                           file=sys.stderr)
+
+
 def cmd_generate(args) -> None:
     from diffusets_jax.pipeline import Pipeline, check_seed, prepare_output_dir, validate_conditions, write_outputs
 
+    _print_warnings("generate")
     check_seed(args.seed, "--seed")
     single = {"--report": args.report, "--age": args.age, "--sex": args.sex, "--hr": args.hr}
     per_run = {"--num-samples": args.num_samples, "--experience-index": args.experience_index,

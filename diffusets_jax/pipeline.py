@@ -186,9 +186,11 @@ class Pipeline:
 
     def embed(self, statements: Sequence[str]) -> tuple[np.ndarray, str]:
         """The official ordered prompt of the statements and its `(D,)` embedding."""
-        from diffusets_jax.text import build_prompt
+        from diffusets_jax.text import build_prompt, truncation_warning
 
         prompt = build_prompt(list(statements))
+        if message := truncation_warning(statements, self.embedder):
+            warnings.warn(message, stacklevel=3)
         return self.embedder.embed([prompt])[0], prompt
 
     def __call__(

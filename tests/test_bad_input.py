@@ -223,3 +223,36 @@ def test_non_ascii_report_text_round_trips_through_the_wfdb_header(tiny_model_di
     assert comment_values(comments)["report"] == UNICODE_REPORT
     with open(tmp_path / "batch" / "index.csv", newline="", encoding="utf-8") as file:
         assert next(csv.DictReader(file))["report"] == UNICODE_REPORT
+
+
+LONG_REPORT = "|".join(f"Statement number {i} about premature ventricular complexes" for i in range(20))
+
+
+def test_a_report_longer_than_the_text_model_reads_is_warned_about(tiny_model_dir, tiny_pipeline, tmp_path, capsys):
+    from diffusets_jax.text import build_prompt
+
+    statements = LONG_REPORT.split("|")
+    with pytest.warns(UserWarning, match=r"tokens long, but the text model minilm reads only the first 256: "
+                                         r"it reads \d+ of the 20 statements"):
+        tiny_pipeline(LONG_REPORT, age=50, sex="F", heart_rate=70, num_steps=2)
+    # What the warning says is true: the statements past the limit do not change the embedding.
+    full, *_ = tiny_pipeline.embedder.embed([build_prompt(statements)])
+    assert generate(tiny_model_dir, tmp_path / "out", report=LONG_REPORT) == 0
+    line = one_warning_line(capsys)
+    assert line.startswith("diffusets-jax generate: warning: ") and "reads only the first 256" in line
+    n = int(line.split(" of the 20 statements")[0].rsplit(" ", 1)[1])
+    assert 1 <= n < 20
+    np.testing.assert_allclose(tiny_pipeline.embedder.embed([build_prompt(statements[: n + 1])])[0], full, atol=1e-6)
+    assert not np.allclose(tiny_pipeline.embedder.embed([build_prompt(statements[:n])])[0], full, atol=1e-6)
+
+    (tmp_path / "c.csv").write_text(f"report,age,sex,hr\n{LONG_REPORT},50,F,70\nSinus rhythm,50,F,70\n")
+    assert generate(tiny_model_dir, tmp_path / "batch", "--from-csv", str(tmp_path / "c.csv")) == 0
+    assert one_warning_line(capsys).startswith(f"diffusets-jax generate: warning: row 0: the report's prompt is ")
+
+
+def one_warning_line(capsys) -> str:
+    """The truncation warning printed on stderr: one whole line, without a source line."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "the report's prompt" in line]
+    assert len(lines) == 1 and lines[0].endswith("ignores the rest") and "UserWarning" not in err, err
+    return lines[0]
