@@ -58,7 +58,14 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         value = raw
-    node[leaf] = value
+    try:
+        node[leaf] = value
+    except TypeError:  # ml_collections keeps each field's type
+        old = node[leaf]
+        if isinstance(old, ml_collections.ConfigDict):
+            raise ValueError(f"--set {override}: {key} is a section of the config; set one of its fields") from None
+        raise ValueError(f"--set {override}: {key} must be of type {type(old).__name__} (like {old!r}), "
+                         f"got {value!r}") from None
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> str:

@@ -23,7 +23,7 @@ from diffusets_jax import diffusion
 from diffusets_jax.constants import FS, LATENT_LENGTH, LEADS, SEX_CODES
 from diffusets_jax.leads import derive_limb_leads
 from diffusets_jax.models import make_condition, null_condition
-from diffusets_jax.pretrained import DEFAULT_MODEL_DIR, load_pretrained
+from diffusets_jax.pretrained import DEFAULT_MODEL_DIR, config_errors, load_pretrained
 
 AGE_RANGE = (0.0, 120.0)  # years
 HEART_RATE_RANGE = (20.0, 300.0)  # bpm
@@ -130,8 +130,10 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, embedder=None) -> "Pipeline":
         """Load a model directory (see `diffusets_jax.pretrained`); None means the shipped default model."""
-        config, vae, unet = load_pretrained(DEFAULT_MODEL_DIR if path is None else path)
-        return cls(config, vae, unet, embedder)
+        path = Path(DEFAULT_MODEL_DIR if path is None else path)
+        config, vae, unet = load_pretrained(path)
+        with config_errors(path / "config.json"):
+            return cls(config, vae, unet, embedder)
 
     @property
     def trained_for_guidance(self) -> bool:

@@ -13,6 +13,9 @@ official PyTorch weights.
 
 from __future__ import annotations
 
+import contextlib
+import zipfile
+import zlib
 from pathlib import Path
 
 import jax
@@ -85,10 +88,29 @@ def load_pretrained(directory: str | Path) -> tuple[ml_collections.ConfigDict, V
     for name in ("config.json", "vae.npz", "unet.npz"):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory / name} not found: not a diffusets-jax model directory")
-    config = config_from_json((directory / "config.json").read_text())
-    vae = nnx.eval_shape(lambda: build_vae(config))
-    unet = nnx.eval_shape(lambda: build_unet(config))
+    try:
+        config = config_from_json((directory / "config.json").read_text())
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{directory / 'config.json'} is not a JSON config: {error}") from None
+    with config_errors(directory / "config.json"):
+        vae = nnx.eval_shape(lambda: build_vae(config))
+        unet = nnx.eval_shape(lambda: build_unet(config))
     for module, name in ((vae, "vae.npz"), (unet, "unet.npz")):
-        with np.load(directory / name, allow_pickle=False) as data:
-            load_params_into(module, dict(data), source=str(directory / name))
+        try:
+            with np.load(directory / name, allow_pickle=False) as data:
+                params = dict(data)
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
+            raise ValueError(f"{directory / name} is not a readable .npz (empty or truncated?): {error}") from None
+        load_params_into(module, params, source=str(directory / name))
     return config, vae, unet
+
+
+@contextlib.contextmanager
+def config_errors(path: Path):
+    """Turn a field missing from the config at `path` (an error while building from it) into a
+    ValueError naming the file and the field."""
+    try:
+        yield
+    except (AttributeError, KeyError) as error:
+        field = str(error).strip("'\"")
+        raise ValueError(f"{path}: config lacks the field {field!r} (or it is malformed)") from None

@@ -256,3 +256,52 @@ def one_warning_line(capsys) -> str:
     lines = [line for line in err.splitlines() if "the report's prompt" in line]
     assert len(lines) == 1 and lines[0].endswith("ignores the rest") and "UserWarning" not in err, err
     return lines[0]
+
+
+# ------------------------------------------------------------------------------ configs and model files (item 13)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("vae_train.num_steps=abc", "--set vae_train.num_steps=abc: vae_train.num_steps must be of type int"),
+    ("vae_train.num_steps=1.5", "--set vae_train.num_steps=1.5: vae_train.num_steps must be of type int"),
+    ("vae_train=3", "--set vae_train=3: vae_train is a section of the config"),
+])
+def test_a_config_override_of_the_wrong_type_is_named(tmp_path, capsys, override, message):
+    (tmp_path / "weights.pth").write_bytes(b"")
+    status = cli.main(["convert-torch", "--unet", str(tmp_path / "weights.pth"), "--vae", str(tmp_path / "weights.pth"),
+                       "--out", str(tmp_path / "out"), "--config", "small", "--set", override])
+    assert status == 2
+    assert message in one_error_line(capsys)
+
+
+def _damage(model, damage):
+    import json
+
+    if damage == "empty unet.npz":
+        (model / "unet.npz").write_bytes(b"")
+        return model / "unet.npz"
+    if damage == "truncated vae.npz":
+        (model / "vae.npz").write_bytes((model / "vae.npz").read_bytes()[:50_000])
+        return model / "vae.npz"
+    if damage == "config.json not JSON":
+        (model / "config.json").write_text("{not json")
+        return model / "config.json"
+    config = json.loads((model / "config.json").read_text())
+    if damage == "config.json without vae":
+        del config["vae"]
+    else:
+        del config["diffusion"]["beta_start"]
+    (model / "config.json").write_text(json.dumps(config))
+    return model / "config.json"
+
+
+@pytest.mark.parametrize("damage", ["empty unet.npz", "truncated vae.npz", "config.json not JSON",
+                                    "config.json without vae", "config.json without diffusion.beta_start"])
+def test_a_damaged_model_directory_is_named(tiny_model_dir, tmp_path, capsys, damage):
+    import shutil
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    file = _damage(model, damage)
+    assert generate(model, tmp_path / "out", "--checkpoint", str(model)) == 2
+    assert str(file) in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
