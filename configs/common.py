@@ -45,6 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.unet.patient_mean = (0.0, 0.0, 0.0)
     c.unet.patient_std = (1.0, 1.0, 1.0)
     c.unet.output_activation = True  # Mish between the two output convolutions (official); see models.unet.UNet
+    # 'edm': eps_hat = c_skip x_t + c_out F(c_in x_t) for latents of std data_std (Karras et al. 2022,
+    # diffusion.eps_preconditioning); 'none': eps_hat = F(x_t) (official).
+    c.unet.preconditioning = "none"
+    c.unet.data_std = 0.18  # std of the 0.18215-scaled latents (measured 0.178 on the shipped VAE)
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.num_train_timesteps = 1000

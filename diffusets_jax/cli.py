@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p = sub.add_parser("train-diffusion", help="train the latent diffusion U-Net (stage 2; needs a trained VAE in --workdir)")
     _add_config_args(p)
+    p.add_argument("--vae-from", default=None, type=Path, metavar="MODEL_DIR",
+                   help="a workdir without a VAE first takes the VAE of this model directory "
+                        "(e.g. diffusets_jax/pretrained/default), instead of running train-vae")
 
     p = sub.add_parser("export", help="write a pretrained model directory from a training workdir")
     p.add_argument("--workdir", required=True, type=Path)
@@ -255,7 +258,13 @@ def cmd_train_diffusion(args) -> None:
     from diffusets_jax.training.diffusion import train_diffusion
 
     _start_devices(args)
-    train_diffusion(load_config(args.config, args.overrides), args.workdir, args.data, args.stop_after)
+    config = load_config(args.config, args.overrides)
+    if args.vae_from is not None and not (args.workdir / "vae").exists():
+        from diffusets_jax.training.diffusion import workdir_from_pretrained
+
+        vae_step, _ = workdir_from_pretrained(args.vae_from, args.workdir, models=("vae",))
+        print(f"{args.workdir}: VAE of {args.vae_from} (step {vae_step})")
+    train_diffusion(config, args.workdir, args.data, args.stop_after)
 
 
 def cmd_export(args) -> None:

@@ -65,6 +65,13 @@ def make_schedule(
 
     Raises ValueError for an unknown schedule, betas outside (0, 1) or `snr_scale <= 0`.
     """
+    betas, alphas_cumprod = schedule_arrays(beta_start, beta_end, num_train_timesteps, beta_schedule, snr_scale)
+    return Schedule(jnp.asarray(betas), jnp.asarray(alphas_cumprod), clip_sample, clip_sample_range)
+
+
+def schedule_arrays(beta_start: float = 0.00085, beta_end: float = 0.012, num_train_timesteps: int = 1000,
+                    beta_schedule: str = "linear", snr_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """`(betas, alphas_cumprod)` of `make_schedule` as float32 NumPy arrays (usable while tracing)."""
     if beta_schedule == "linear":
         betas = np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float32)
     elif beta_schedule == "scaled_linear":
@@ -81,7 +88,7 @@ def make_schedule(
         abar = snr_scale * abar / (1.0 + (snr_scale - 1.0) * abar)
         betas = 1.0 - abar / np.concatenate([[1.0], abar[:-1]])
         alphas_cumprod, betas = abar.astype(np.float32), betas.astype(np.float32)
-    return Schedule(jnp.asarray(betas), jnp.asarray(alphas_cumprod), clip_sample, clip_sample_range)
+    return betas, alphas_cumprod
 
 
 def schedule_from_config(d) -> Schedule:
@@ -341,3 +348,23 @@ def eps_mse_by_timestep(model_fn: ModelFn, schedule: Schedule, x0: Array, key: A
         return jnp.mean((model_fn(add_noise(schedule, x0, noise, ts), ts) - noise) ** 2)
 
     return jax.lax.map(one, jnp.asarray(timesteps, jnp.int32))
+
+
+def eps_preconditioning(alphas_cumprod, data_std: float):
+    """`(c_in, c_skip, c_out)`, each `(T,)` float32: Karras et al. (2022, "EDM", sec. 5 and table 1)
+    preconditioning rewritten for epsilon prediction in the variance-preserving process.
+
+    With `x_t = a x0 + b eps` (`a = sqrt(abar_t)`, `b = sqrt(1 - abar_t)`) and x0 of per-value std
+    `data_std`, the network F sees `c_in x_t` (unit variance) and predicts
+    `eps_hat = c_skip x_t + c_out F`: `c_skip x_t = b x_t / (a^2 s^2 + b^2)` is E[eps | x_t] for
+    Gaussian x0 (the Wiener estimate, right at high t where x_t is nearly all noise), and
+    `c_out = sqrt(a^2 s^2 / (a^2 s^2 + b^2))` is the std of what it leaves, so that F's target has
+    unit variance at every t. The official model has none of these: `eps_hat = F(x_t)`.
+    """
+    abar = np.asarray(alphas_cumprod, np.float64)
+    signal = abar * data_std**2
+    total = signal + (1.0 - abar)
+    c_in = 1.0 / np.sqrt(total)
+    c_skip = np.sqrt(1.0 - abar) / total
+    c_out = np.sqrt(signal / total)
+    return tuple(np.asarray(c, np.float32) for c in (c_in, c_skip, c_out))

@@ -120,10 +120,7 @@ class Pipeline:
                 f"text embedder {self.embedder.name} gives {self.embedder.dim}-d vectors, "
                 f"the model expects {config.text.embed_dim}"
             )
-        d = config.diffusion
-        self.schedule = diffusion.make_schedule(
-            d.beta_start, d.beta_end, d.num_train_timesteps, d.beta_schedule, d.clip_sample, d.clip_sample_range
-        )
+        self.schedule = diffusion.schedule_from_config(config.diffusion)
         self._graphs = (nnx.split(vae), nnx.split(unet))
         self._samplers: dict[Sampling, callable] = {}
 

@@ -176,3 +176,49 @@ def test_self_attention_equals_the_official_stack_of_projections(batch, length):
     heads = _reference_attention(*(y.reshape(batch, length, 4, 8) for y in (q, k, v)))
     expected = x + dense(layer.to_out, dense(mha.out_proj, heads.reshape(batch, length, 32)))
     _assert_close(layer(x), expected)
+
+
+def _tiny_unet_config(**unet):
+    config = load_config("small")
+    config.unet.channels = (8, 16)
+    for key, value in unet.items():
+        config.unet[key] = value
+    return config
+
+
+def test_output_options_keep_the_parameter_tree_and_change_only_the_head():
+    official = build_unet(_tiny_unet_config())
+    linear = build_unet(_tiny_unet_config(output_activation=False))
+    edm = build_unet(_tiny_unet_config(preconditioning="edm"))
+    shapes = lambda m: jax.tree.map(lambda a: a.shape, nnx.state(m, nnx.Param))  # noqa: E731
+    assert shapes(official) == shapes(linear) == shapes(edm)  # same checkpoints, same converter
+    x = jax.random.normal(jax.random.key(0), (2, 128, 4))
+    t, c = jnp.array([10, 900]), jnp.zeros((2, 387))
+    a, b = official(x, t, c), linear(x, t, c)
+    assert not np.allclose(a, b)
+    first, last = linear.output_conv  # without the Mish, the head is affine: doubling its input's
+    h = jax.random.normal(jax.random.key(1), (2, 128, 4))  # deviation from 0 doubles the output's
+    np.testing.assert_allclose(last(first(2 * h)) - last(first(0 * h)), 2 * (last(first(h)) - last(first(0 * h))),
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="preconditioning"):
+        build_unet(_tiny_unet_config(preconditioning="karras"))
+
+
+def test_edm_preconditioning_builds_in_the_wiener_estimate_of_the_noise():
+    from diffusets_jax import diffusion
+
+    config = _tiny_unet_config(preconditioning="edm", data_std=0.18)
+    unet = build_unet(config)
+    last = unet.output_conv[1]
+    last.kernel[...] = jnp.zeros_like(last.kernel[...])  # F = 0: only the skip path is left
+    last.bias[...] = jnp.zeros_like(last.bias[...])
+    schedule = diffusion.schedule_from_config(config.diffusion)
+    x0 = 0.18 * jax.random.normal(jax.random.key(0), (64, 128, 4))
+    ts = (20, 300, 900)
+    errors = np.asarray(diffusion.eps_mse_by_timestep(lambda x, t: unet(x, t, jnp.zeros((64, 387))),
+                                                      schedule, x0, jax.random.key(1), ts))
+    a = np.asarray(schedule.alphas_cumprod)[list(ts)]
+    np.testing.assert_allclose(errors, a * 0.0324 / (a * 0.0324 + 1 - a), rtol=0.05)  # the Gaussian optimum
+    c_in, c_skip, c_out = diffusion.eps_preconditioning(schedule.alphas_cumprod, 0.18)
+    np.testing.assert_allclose(c_out[list(ts)] ** 2, a * 0.0324 / (a * 0.0324 + 1 - a), rtol=1e-5)
+    np.testing.assert_allclose(c_in ** -2, np.asarray(schedule.alphas_cumprod) * 0.0324 + 1 - np.asarray(schedule.alphas_cumprod), rtol=1e-5)

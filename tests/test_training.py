@@ -142,10 +142,14 @@ def test_best_checkpoint_and_logs(trained_workdir):
     logged = read_metrics(trained_workdir / "unet_metrics.jsonl")
     validated = [m for m in logged if "val_loss" in m]
     assert [m["step"] for m in validated] == [20, 40]  # at every checkpoint
+    for m in validated:  # the per-timestep validation error, logged with the validation loss
+        per_t = [m[f"val_eps_mse_t{t}"] for t in (20, 100, 300, 600, 900)]
+        assert all(0 < e < 10 for e in per_t)
     best = min(validated, key=lambda m: m["val_loss"])["step"]
     assert [p.name for p in (trained_workdir / "unet_best").iterdir() if p.name.isdigit()] == [str(best)]
     events = list((trained_workdir / "tensorboard" / "unet").glob("events.out.tfevents.*"))
     tags = {v.tag for e in tf.compat.v1.train.summary_iterator(str(events[0])) for v in e.summary.value}
-    assert {"loss", "learning_rate", "grad_norm", "examples_per_s", "step_time_s", "val_loss", "unet/preview"} <= tags
+    assert {"loss", "learning_rate", "grad_norm", "examples_per_s", "step_time_s", "val_loss", "val_eps_mse_t900",
+            "unet/preview"} <= tags
     assert (trained_workdir / "previews" / "unet_step_0000040.png").stat().st_size > 20_000
     assert (trained_workdir / "previews" / "vae_step_0000040.png").stat().st_size > 20_000

@@ -8,6 +8,10 @@ official protocol, on purpose: sex is the record's (the official evaluation alwa
 conditions come from held-out patients (the official ones from the training set), and the "real"
 features are of the real ECGs, not of their VAE reconstructions.
 
+Denoising: the U-Net's eps-MSE per timestep on the held-out records' latents, next to the
+Gaussian (Wiener) predictor's (`denoising_error`; skipped for `--samples`). Realism without the
+evaluator: per-lead amplitude ratio and a classifier two-sample test (`realism`).
+
 Signal level: FID of the evaluator's 64-d ECG features, precision / recall / F1 (k = 3), both rFID
 variants; feature level: heart-rate MAE (XQRS at 102.4 Hz) with the undetected count; diagnostic
 level: CLIP score, rCLIP, the same per keyword condition; paired: MAE, NRMSE and PR / QRS / QT
@@ -25,8 +29,37 @@ from typing import Sequence
 import numpy as np
 
 from diffusets_jax.evaluation import metrics as M
+from diffusets_jax.evaluation import realism as R
 
 DEFAULT_FOLDS = (9, 10)
+#: Timesteps of the denoising-error curve (`denoising_error`).
+DENOISING_TIMESTEPS = (20, 50, 100, 200, 300, 450, 600, 750, 900, 990)
+
+
+def denoising_error(pipeline, signals: np.ndarray, text_embeddings: np.ndarray, sex_codes: np.ndarray,
+                    age: np.ndarray, heart_rate: np.ndarray, timesteps: Sequence[int] = DENOISING_TIMESTEPS,
+                    seed: int = 123) -> dict[str, dict[str, float]]:
+    """`{t: {'eps_mse', 'wiener'}}`: the pipeline's U-Net eps-MSE per latent value on the VAE
+    posterior means of real ECGs `(N, 1024, 12)` under their own conditions, fixed noise
+    (`diffusion.eps_mse_by_timestep`), next to the Gaussian (Wiener) predictor's error
+    `a v / (a v + 1 - a)` for latents of their measured variance v: a model that has learned to
+    denoise is below it at every t, one that has not is flat over t."""
+    import jax
+
+    from diffusets_jax import diffusion
+    from diffusets_jax.constants import LATENT_SCALE
+    from diffusets_jax.models import make_condition
+    from diffusets_jax.training.data import encode_moments
+
+    mean, _ = encode_moments(pipeline.vae, signals)
+    x0 = mean * LATENT_SCALE
+    condition = make_condition(text_embeddings, sex_codes, age, heart_rate)
+    errors = diffusion.eps_mse_by_timestep(lambda x, t: pipeline.unet(x, t, condition), pipeline.schedule, x0,
+                                           jax.random.key(seed), timesteps)
+    variance = float(np.var(x0))
+    abar = np.asarray(pipeline.schedule.alphas_cumprod)[list(timesteps)]
+    wiener = abar * variance / (abar * variance + 1 - abar)
+    return {str(t): {"eps_mse": float(e), "wiener": float(w)} for t, e, w in zip(timesteps, np.asarray(errors), wiener)}
 
 
 def draw_conditions(data_dirs: Sequence[str | Path], folds: Sequence[int], num_samples: int, seed: int):
@@ -62,6 +95,7 @@ def score(real: np.ndarray, generated: np.ndarray, real_text: np.ndarray, reques
         "hr": M.heart_rate_mae(requested_hr, measured_generated),
         "paired": M.paired_errors(real, generated),
         "lead_residuals_mV": M.lead_residuals(generated),
+        "amplitude_ratio_median": float(np.median(R.amplitude_ratio(real, generated))),
     }
     real_row = {
         "fid": M.frechet_distance(real_features[:half], real_features[half:]),
@@ -69,7 +103,11 @@ def score(real: np.ndarray, generated: np.ndarray, real_text: np.ndarray, reques
         "clip_score": clip_real, "rclip": 1.0,
         "hr": M.heart_rate_mae(requested_hr, measured_real),
         "lead_residuals_mV": M.lead_residuals(real),
+        "amplitude_ratio_median": 1.0,
     }
+    if len(real) >= 10:  # 5 folds need 5 ECGs per class
+        generated_row["c2st_auroc"] = R.c2st_auroc(real, generated)
+        real_row["c2st_auroc"] = R.c2st_auroc(real[:half], real[half:])
     if intervals:
         generated_row["intervals_ms"] = M.interval_errors(real, generated)
     labels = M.condition_labels(list(reports))
@@ -127,10 +165,13 @@ def evaluate(checkpoint: str | Path | None, data_dirs: Sequence[str | Path], out
     generation_s = time.perf_counter() - start
     start = time.perf_counter()
     result = score(real, generated, text, requested_hr, reports, evaluator, intervals=intervals)
+    denoising = None if samples is not None else denoising_error(
+        pipeline, dataset.signals, dataset.text_embeddings, dataset.sex_codes, dataset.age, dataset.heart_rate)
     scoring_s = time.perf_counter() - start
     metrics = {
         "generated": result["generated"], "real_reference": result["real_reference"],
         "per_condition": result["per_condition"],
+        "denoising_error": denoising,
         "protocol": {"checkpoint": str(checkpoint or "default"), "data": [str(d) for d in data_dirs],
                      "folds": list(folds), "num_samples": num_samples, "num_records": len(dataset),
                      "sampling": options._asdict() if options else None, "seed": seed,
@@ -140,7 +181,7 @@ def evaluate(checkpoint: str | Path | None, data_dirs: Sequence[str | Path], out
               zip(reports, dataset.age[rows], dataset.sex[rows], requested_hr)]
     report = write_report(out_dir, metrics, real_signals=real, generated_signals=generated,
                           requested_hr=requested_hr, measured_hr=result["measured_hr"],
-                          labels=result["labels"], titles=titles)
+                          labels=result["labels"], titles=titles, denoising=denoising)
     print(json.dumps({"report": str(report), "generation_s": round(generation_s, 1),
                       "scoring_s": round(scoring_s, 1)}))
     return report

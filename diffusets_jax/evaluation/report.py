@@ -29,6 +29,7 @@ HEART_RATE_FIGURE = "heart_rate.png"
 CONDITION_FIGURE = "per_condition.png"
 EXAMPLES_FIGURE = "examples.png"
 RESIDUAL_FIGURE = "lead_residuals.png"
+DENOISING_FIGURE = "denoising_error.png"
 DPI = 120
 
 
@@ -133,9 +134,24 @@ def _residual_figure(real: np.ndarray, generated: np.ndarray, path: Path) -> Non
     fig.savefig(path, dpi=DPI, format="png")
 
 
+def _denoising_figure(denoising: Mapping[str, Mapping[str, float]], path: Path) -> None:
+    """eps-MSE per timestep, model and Gaussian (Wiener) predictor, on a log scale."""
+    t = [int(k) for k in denoising]
+    fig = Figure(figsize=(5, 3.5), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    ax.semilogy(t, [v["eps_mse"] for v in denoising.values()], marker="o", label="model")
+    ax.semilogy(t, [v["wiener"] for v in denoising.values()], linestyle="--", color="grey",
+                label="Gaussian (Wiener) predictor")
+    ax.set_xlabel("timestep t")
+    ax.set_ylabel("eps-MSE per latent value")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=DPI, format="png")
+
+
 def write_report(out_dir, metrics: Mapping[str, Any], *, real_signals, generated_signals, requested_hr,
                  measured_hr, labels: Mapping[str, Any] | None = None, titles: Sequence[str] | None = None,
-                 fs: float = FS, num_examples: int = 4, title: str = "DiffuSETS evaluation") -> Path:
+                 fs: float = FS, num_examples: int = 4, title: str = "DiffuSETS evaluation",
+                 denoising: Mapping[str, Mapping[str, float]] | None = None) -> Path:
     """Write ``metrics.json``, ``report.md`` and its PNG figures into ``out_dir``.
 
     Args:
@@ -158,6 +174,8 @@ def write_report(out_dir, metrics: Mapping[str, Any], *, real_signals, generated
         fs: sampling frequency in Hz.
         num_examples: number of real/generated pairs drawn.
         title: heading of ``report.md``.
+        denoising: optional ``{t: {'eps_mse', 'wiener'}}`` (``evaluate.denoising_error``); adds a
+            section with its table and plot.
 
     Returns:
         Path of ``report.md``.
@@ -208,6 +226,9 @@ def write_report(out_dir, metrics: Mapping[str, Any], *, real_signals, generated
         figures["examples"] = EXAMPLES_FIGURE
     _residual_figure(real, generated, out_dir / RESIDUAL_FIGURE)
     figures["lead_residuals"] = RESIDUAL_FIGURE
+    if denoising:
+        _denoising_figure(denoising, out_dir / DENOISING_FIGURE)
+        figures["denoising_error"] = DENOISING_FIGURE
 
     extra = {key: value for key, value in metrics.items()
              if not structured or key not in ("generated", "real_reference", "per_condition")}
@@ -255,6 +276,12 @@ def write_report(out_dir, metrics: Mapping[str, Any], *, real_signals, generated
     sections += ([f"Real (left) and generated (right), first {pairs} pairs.", "",
                   f"![real and generated ECGs]({EXAMPLES_FIGURE})", ""] if pairs else ["_No ECGs._", ""])
     sections += ["## Lead residuals", "", f"![limb-lead identity residuals]({RESIDUAL_FIGURE})", ""]
+    if denoising:
+        sections += ["## Denoising error per timestep", "",
+                     "The U-Net's eps-MSE per latent value on the held-out records' latents (fixed noise), next to "
+                     "the Gaussian (Wiener) predictor's: a model that has learned to denoise is below it at every t.",
+                     "", _table(("t", "eps-MSE", "Wiener"), [(t, v["eps_mse"], v["wiener"]) for t, v in denoising.items()]),
+                     "", f"![denoising error per timestep]({DENOISING_FIGURE})", ""]
     report_path = out_dir / REPORT_FILE
     report_path.write_text("\n".join(sections))
     return report_path

@@ -2,6 +2,7 @@
 
 from flax import nnx
 
+from diffusets_jax import diffusion
 from diffusets_jax.models.unet import UNet, make_condition, null_condition
 from diffusets_jax.models.vae import VAE, Decoder, Encoder, vae_loss
 
@@ -12,6 +13,21 @@ def build_vae(config, rngs: nnx.Rngs | None = None) -> VAE:
     """The VAE of `config.vae` (random initialisation from `config.seed` unless `rngs` is given)."""
     rngs = rngs or nnx.Rngs(config.seed)
     return VAE(tuple(config.vae.channels), config.vae.latent_channels, config.vae.num_groups, rngs=rngs)
+
+
+def unet_preconditioning(config):
+    """`diffusion.eps_preconditioning` tables of the config's schedule when `unet.preconditioning`
+    is 'edm' (with `unet.data_std`, the std of the scaled training latents); None when 'none'
+    (official) or absent (model directories written before the option existed)."""
+    kind = config.unet.get("preconditioning", "none")
+    if kind == "none":
+        return None
+    if kind != "edm":
+        raise ValueError(f"unet.preconditioning must be 'none' or 'edm', got {kind!r}")
+    d = config.diffusion
+    _, alphas_cumprod = diffusion.schedule_arrays(d.beta_start, d.beta_end, d.num_train_timesteps, d.beta_schedule,
+                                                  d.get("snr_scale", 1.0))
+    return diffusion.eps_preconditioning(alphas_cumprod, float(config.unet.data_std))
 
 
 def build_unet(config, rngs: nnx.Rngs | None = None) -> UNet:
@@ -30,5 +46,6 @@ def build_unet(config, rngs: nnx.Rngs | None = None) -> UNet:
         patient_mean=tuple(u.get("patient_mean", (0.0, 0.0, 0.0))),
         patient_std=tuple(u.get("patient_std", (1.0, 1.0, 1.0))),
         output_activation=u.get("output_activation", True),
+        preconditioning=unet_preconditioning(config),
         rngs=rngs or nnx.Rngs(config.seed + 1),
     )

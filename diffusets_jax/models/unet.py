@@ -271,6 +271,10 @@ class UNet(nnx.Module):
         near-identity map eps ~ x_t / sqrt(1 - abar_t) that is optimal at high t is out of reach
         (docs/differences.md, "Output head"). False drops that Mish (same parameters, two
         linear convolutions); True is official.
+      preconditioning: None (official) or `(c_in, c_skip, c_out)`, three length-T sequences of
+        floats (`diffusion.eps_preconditioning`): the network then sees `c_in[t] x_t` and returns
+        `c_skip[t] x_t + c_out[t] F`, so that the Wiener estimate of the noise is built in and F
+        learns the rest at unit scale (EDM, Karras et al. 2022, sec. 5). Same parameters.
     """
 
     def __init__(
@@ -287,6 +291,7 @@ class UNet(nnx.Module):
         patient_mean: Sequence[float] = (0.0, 0.0, 0.0),
         patient_std: Sequence[float] = (1.0, 1.0, 1.0),
         output_activation: bool = True,
+        preconditioning: Sequence[Sequence[float]] | None = None,
         *,
         rngs: nnx.Rngs,
     ):
@@ -295,6 +300,9 @@ class UNet(nnx.Module):
         self.patient_mean = tuple(float(v) for v in patient_mean)
         self.patient_std = tuple(float(v) for v in patient_std)
         self.output_activation = bool(output_activation)
+        # python floats, not arrays: static module data, not state (checkpoints are unchanged)
+        self.preconditioning = None if preconditioning is None else tuple(
+            tuple(float(v) for v in table) for table in preconditioning)
         widths = [latent_channels, *channels]  # d_0 .. d_n
         n = len(channels)
         condition_dim = text_embed_dim + 3  # text, then sex, age, heart rate
@@ -334,6 +342,10 @@ class UNet(nnx.Module):
         if self.patient_mean != (0.0, 0.0, 0.0) or self.patient_std != (1.0, 1.0, 1.0):
             patient = (condition[:, -3:] - jnp.asarray(self.patient_mean)) / jnp.asarray(self.patient_std)
             condition = jnp.concatenate([condition[:, :-3], patient], axis=-1)
+        x_t = x
+        if self.preconditioning is not None:
+            c_in, c_skip, c_out = (jnp.asarray(table, x.dtype)[t][:, None, None] for table in self.preconditioning)
+            x = c_in * x
         skips = []
         for down in self.downsampling_blocks:
             x, h = down(x, t, condition)
@@ -344,7 +356,8 @@ class UNet(nnx.Module):
             x = up(x, skips.pop() if j > 0 else None, t, condition)
         first, last = self.output_conv
         h = first(x)
-        return last(mish(h) if self.output_activation else h)
+        out = last(mish(h) if self.output_activation else h)
+        return out if self.preconditioning is None else c_skip * x_t + c_out * out
 
 
 def make_condition(text_embedding: Array, sex: Array, age: Array, heart_rate: Array) -> Array:

@@ -302,7 +302,7 @@ class MetricsLogger:
 def run_training(
     *, name: str, workdir: Path, state: TrainState, train_step: Callable, batches: Iterator[dict],
     train_config, num_steps: int, checkpoints: Checkpoints, mesh, learning_rate: Callable[[int], float],
-    evaluate: Callable[[TrainState], float] | None = None,
+    evaluate: Callable[[TrainState], float | dict[str, float]] | None = None,
     preview: Callable[[TrainState, int], Any] | None = None,
     stop_after: int | None = None,
 ) -> TrainState:
@@ -311,8 +311,9 @@ def run_training(
     `batches` yields process-local batches starting at `state.step`. Every `log_every` steps the
     metrics (with the learning rate, examples/s and step time) are logged and checked for NaN/inf;
     every `checkpoint_every` steps and at the end the loss or gradient norm is checked again, the
-    state is saved, and `evaluate(state)` (the validation loss; the mean logged training loss
-    since the last checkpoint if None) decides the best checkpoint. Every `preview_every` steps
+    state is saved, and `evaluate(state)` (the validation loss, or a dict of validation metrics
+    holding it as `val_loss`, all logged; the mean logged training loss since the last checkpoint
+    if None) decides the best checkpoint. Every `preview_every` steps
     (0: never) and at the end, `preview(state, step)` draws a figure (sampled or reconstructed ECGs)
     saved under `workdir/previews/` and in TensorBoard.
     """
@@ -336,7 +337,8 @@ def run_training(
                 values = {k: float(v) for k, v in metrics.items()}
                 check_finite(done, values)
                 if should_save and evaluate is not None:
-                    values["val_loss"] = evaluate(state)
+                    result = evaluate(state)
+                    values.update(result if isinstance(result, dict) else {"val_loss": result})
             if should_log:
                 logger.log(done, {**values, "learning_rate": float(learning_rate(step))})
                 window.append(values["loss"])

@@ -132,9 +132,16 @@ def make_train_step(graphdef, tx, schedule, config, root_key, mesh, physics=None
     return common.compile_train_step(train_step, mesh)
 
 
+#: Timesteps of the per-t validation error logged at every checkpoint (`val_eps_mse_t<t>`).
+EVAL_TIMESTEPS = (20, 100, 300, 600, 900)
+
+
 def make_evaluate(graphdef, source, config, schedule, mesh):
-    """Validation loss of the sampling weights (EMA if kept) over up to `eval_batches` batches,
-    with fixed timesteps and noise so that successive evaluations compare."""
+    """Validation metrics of the sampling weights (EMA if kept) over up to `eval_batches` batches,
+    with fixed timesteps and noise so that successive evaluations compare: `val_loss` (the
+    training objective) and `val_eps_mse_t<t>`, the eps-MSE per latent value at each of
+    `EVAL_TIMESTEPS` (`diffusion.eps_mse_by_timestep`): a converged model is near its optimum at
+    high t, an unconverged one is flat over t."""
     tc = config.unet_train
     batch_size = min(tc.batch_size, source.num_examples // jax.device_count() * jax.device_count())
     if batch_size == 0:
@@ -145,14 +152,20 @@ def make_evaluate(graphdef, source, config, schedule, mesh):
     dtype, key = common.compute_dtype(tc), jax.random.key(config.seed + 2)
 
     @jax.jit
-    def batch_loss(params, batch):
+    def batch_metrics(params, batch):
         latent_key, loss_key = jax.random.split(key)
-        x0 = clean_latents(batch, latent_key, False)
-        return _loss(graphdef, params, x0, batch_condition(batch), loss_key, schedule, config.diffusion, dtype)
+        x0, condition = clean_latents(batch, latent_key, False), batch_condition(batch)
+        loss = _loss(graphdef, params, x0, condition, loss_key, schedule, config.diffusion, dtype)
+        unet = nnx.merge(graphdef, common.cast_floating(params, dtype))
+        model_fn = lambda x, t: unet(x.astype(dtype), t, condition.astype(dtype)).astype(jnp.float32)  # noqa: E731
+        return loss, diffusion.eps_mse_by_timestep(model_fn, schedule, x0, loss_key, EVAL_TIMESTEPS)
 
     def evaluate(state):
         params = state.ema_params if state.ema_params is not None else state.params
-        return float(np.mean([batch_loss(params, b) for b in batches]))
+        losses, per_t = zip(*[batch_metrics(params, b) for b in batches])
+        per_t = np.mean(np.stack([np.asarray(e) for e in per_t]), axis=0)
+        return {"val_loss": float(np.mean(losses)),
+                **{f"val_eps_mse_t{t}": float(e) for t, e in zip(EVAL_TIMESTEPS, per_t)}}
 
     return evaluate
 
@@ -248,9 +261,12 @@ def export_workdir(workdir: str | Path, out: str | Path, model_card: str | None 
     return save_pretrained(out, config, vae, unet, model_card=model_card)
 
 
-def workdir_from_pretrained(model_dir: str | Path, workdir: str | Path) -> tuple[int, int]:
+def workdir_from_pretrained(model_dir: str | Path, workdir: str | Path,
+                            models: tuple[str, ...] = ("vae", "unet")) -> tuple[int, int]:
     """Write a training workdir from a pretrained model directory (the inverse of `export_workdir`),
-    so that `train_diffusion` can fine-tune a shipped model.
+    so that `train_diffusion` can fine-tune a shipped model; `models=("vae",)` writes only its VAE
+    (train a new U-Net on a shipped VAE: `train-diffusion --vae-from DIR`; the workdir's
+    `config.json` is then the one `train_diffusion` is given, not the model directory's).
 
     The VAE checkpoint is saved at step `vae_train.num_steps` and the U-Net's at
     `unet_train.num_steps` (each at least 1) of the model's config, as the run that trained it left
@@ -266,13 +282,16 @@ def workdir_from_pretrained(model_dir: str | Path, workdir: str | Path) -> tuple
         raise FileExistsError(f"{workdir} already holds checkpoints; choose an empty workdir")
     config, vae, unet = load_pretrained(model_dir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config_to_json(config))
+    if "unet" in models:
+        (workdir / "config.json").write_text(config_to_json(config))
     steps = (max(int(config.vae_train.num_steps), 1), max(int(config.unet_train.num_steps), 1))
     vae_tc, unet_tc = config.vae_train, config.unet_train
     for name, module, tc, tx, step, keeps_ema in (
         ("vae", vae, vae_tc, vae_optimizer(vae_tc, 1), steps[0], False),
         ("unet", unet, unet_tc, unet_optimizer(unet_tc, 1), steps[1], unet_tc.ema_decay > 0),
     ):
+        if name not in models:
+            continue
         params = nnx.state(module, nnx.Param)
         state = common.TrainState(step=jnp.full((), step, jnp.int32), params=params, opt_state=tx.init(params),
                                   ema_params=params if keeps_ema else None)
