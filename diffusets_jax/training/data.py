@@ -81,7 +81,7 @@ def latent_sources(config, workdir: Path, vae, vae_step: int, data_dirs: Sequenc
                 _add_class_index(validation, data_dirs, config.data.val_folds, class_names)
         return train, validation
     if copies:
-        raise ValueError("data.hr_augment_copies applies to processed sets held in memory, not to a TFDS dataset")
+        print("data.hr_augment_copies applies to processed sets held in memory: the TFDS dataset is used as built")
     if class_names is not None:
         print("the TFDS dataset holds no reports: every record uses the 'all' simulator class")
     encode_fn = _batched_encoder(vae)
