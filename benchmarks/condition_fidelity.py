@@ -57,6 +57,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
     p.add_argument("--figure-dir", default=None, help="write one picture per requested rate here")
+    p.add_argument("--save-samples", default=None, help="write the held-out-condition ECGs and their real ECGs (.npz)")
     args = p.parse_args(argv)
 
     from data_pipelines.processed import load_processed
@@ -93,6 +94,8 @@ def main(argv=None):
         held_out.text_embeddings[index], held_out.sex_codes[index], held_out.age[index], held_out.heart_rate[index],
         seed=args.seed, options=options)
     real = held_out.signals
+    if args.save_samples:
+        np.savez(args.save_samples, generated=generated, real=real, record_ids=held_out.record_ids[index])
     half = n // 2
     _, evaluator = load_evaluator(DEFAULT_EVALUATOR_DIR)
     real_features, text_features = evaluator_features(evaluator, real, held_out.text_embeddings)

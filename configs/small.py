@@ -46,7 +46,7 @@ def get_config():
 
     c.unet_train.batch_size = 32
     c.unet_train.num_epochs = 0
-    c.unet_train.num_steps = 8000
+    c.unet_train.num_steps = 16000
     c.unet_train.learning_rate = 1e-3
     c.unet_train.ema_decay = 0.999
     c.unet_train.sample_posterior = True  # few records: a fresh posterior sample each step
