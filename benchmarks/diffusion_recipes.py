@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from diffusets_jax import diffusion
-from diffusets_jax.config import apply_override, load_config
+from diffusets_jax.config import load_config
 from diffusets_jax.models import build_unet
 from diffusets_jax.pretrained import DEFAULT_MODEL_DIR, load_pretrained
 from diffusets_jax.training import common

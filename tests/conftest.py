@@ -70,3 +70,20 @@ def processed_dirs(tmp_path_factory, ptbxl_root, ludb_root):
         records, skipped = load_records(source, root, progress=False)
         dirs.append(save_processed(records, skipped, out / source, embedder, source=source, root=str(root)))
     return dirs
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A randomly initialised `tiny_config` model directory (fast to load and sample)."""
+    from diffusets_jax.models import build_unet, build_vae
+    from diffusets_jax.pretrained import save_pretrained
+
+    config = tiny_config()
+    return save_pretrained(tmp_path_factory.mktemp("tiny"), config, build_vae(config), build_unet(config))
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tiny_model_dir):
+    from diffusets_jax import Pipeline
+
+    return Pipeline.from_pretrained(tiny_model_dir)

@@ -9,21 +9,7 @@ import numpy as np
 import pytest
 import wfdb
 
-from conftest import tiny_config
 from diffusets_jax import Pipeline, cli
-from diffusets_jax.models import build_unet, build_vae
-from diffusets_jax.pretrained import save_pretrained
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    config = tiny_config()
-    return save_pretrained(tmp_path_factory.mktemp("tiny"), config, build_vae(config), build_unet(config))
-
-
-@pytest.fixture(scope="module")
-def tiny_pipeline(tiny_model_dir):
-    return Pipeline.from_pretrained(tiny_model_dir)
 
 
 def generate(model_dir, out, *extra, report="Sinus rhythm"):
@@ -247,7 +233,7 @@ def test_a_report_longer_than_the_text_model_reads_is_warned_about(tiny_model_di
 
     (tmp_path / "c.csv").write_text(f"report,age,sex,hr\n{LONG_REPORT},50,F,70\nSinus rhythm,50,F,70\n")
     assert generate(tiny_model_dir, tmp_path / "batch", "--from-csv", str(tmp_path / "c.csv")) == 0
-    assert one_warning_line(capsys).startswith(f"diffusets-jax generate: warning: row 0: the report's prompt is ")
+    assert one_warning_line(capsys).startswith("diffusets-jax generate: warning: row 0: the report's prompt is ")
 
 
 def one_warning_line(capsys) -> str:

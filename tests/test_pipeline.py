@@ -4,21 +4,8 @@ import numpy as np
 import pytest
 import wfdb
 
-from conftest import tiny_config
 from diffusets_jax import Pipeline, cli
-from diffusets_jax.models import build_unet, build_vae
-from diffusets_jax.pretrained import DEFAULT_MODEL_DIR, save_pretrained
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    config = tiny_config()
-    return save_pretrained(tmp_path_factory.mktemp("tiny"), config, build_vae(config), build_unet(config))
-
-
-@pytest.fixture(scope="module")
-def tiny_pipeline(tiny_model_dir):
-    return Pipeline.from_pretrained(tiny_model_dir)
+from diffusets_jax.pretrained import DEFAULT_MODEL_DIR
 
 
 CONDITIONS = dict(age=63, sex="M", heart_rate=110)

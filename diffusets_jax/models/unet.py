@@ -268,7 +268,7 @@ class UNet(nnx.Module):
       output_activation: the official output head is `conv1x1(mish(conv3(h)))` on only
         `latent_channels` (4) channels. Its Mish is the one nonlinearity on the otherwise linear
         residual path from x_t to the output, and 4 Mish units cannot pass a signed signal: the
-        near-identity map eps ~ x_t / sqrt(1 - abar_t) that is optimal at high t is out of reach
+        near-identity map eps ~ x_t / sqrt(1 - abar_t) that is optimal at high t is hard to reach
         (docs/differences.md, "Output head"). False drops that Mish (same parameters, two
         linear convolutions); True is official.
       preconditioning: None (official) or `(c_in, c_skip, c_out)`, three length-T sequences of
