@@ -252,3 +252,33 @@ def test_convert_command_names_the_bad_key(tmp_path, official, official_files, c
     assert cli.main(["convert-torch", "--unet", str(tmp_path / "nope.pth"), "--vae", str(bad),
                      "--out", str(tmp_path / "out")]) == 2
     assert "--unet" in capsys.readouterr().err
+
+
+def _official_time_table(dtype_name: str) -> np.ndarray:
+    """The frozen table as the official constructor builds it, in torch float32 or NumPy float64."""
+    if dtype_name == "torch":
+        import torch
+
+        freqs = torch.exp(-torch.arange(32, dtype=torch.float32) * (10.0 / 31))
+        angles = (torch.arange(1000, dtype=torch.float32)[:, None] + 1.0) * freqs[None, :]
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).numpy()
+    freqs = np.exp(-np.arange(32, dtype=np.float64) * (10.0 / 31))
+    angles = (np.arange(1000, dtype=np.float64)[:, None] + 1.0) * freqs[None, :]
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize("built_by", ["torch", "float64"])
+def test_time_tables_of_other_platforms_are_accepted_and_wrong_ones_refused(tmp_path, official, official_files,
+                                                                            built_by):
+    # issue 18, case 14: torch's float32 table differs from the port's by up to 1.5e-5, a rounded
+    # float64 one by up to 5e-5; both are the official table.
+    table = _official_time_table(built_by)
+    assert np.abs(table - timestep_table()).max() > 1e-6
+    tables = {k: table for k in official["unet"] if k.endswith("time_emb.embeddings")}
+    assert len(tables) == 13
+    good = save_pth(tmp_path / "good.pth", {**official["unet"], **tables})
+    torch_weights.convert_official(good, official_files["vae_pth"], tmp_path / "out")
+    shifted = np.roll(table, 1, axis=0)  # row t holds t instead of t + 1
+    bad = save_pth(tmp_path / "bad.pth", {**official["unet"], **{k: shifted for k in tables}})
+    with pytest.raises(convert.ConversionError, match="not the official frozen time table"):
+        torch_weights.convert_official(bad, official_files["vae_pth"], tmp_path / "out_bad")
