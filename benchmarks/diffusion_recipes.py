@@ -37,12 +37,6 @@ from diffusets_jax.training.diffusion import batch_condition, make_train_step, u
 TIMESTEPS = (20, 100, 300, 600, 900)
 
 
-def wiener_mse(schedule: diffusion.Schedule, variance: float, t: int) -> float:
-    """eps-MSE of `E[eps | x_t]` for Gaussian latents of per-value `variance`: `a v / (a v + 1 - a)`."""
-    a = float(schedule.alphas_cumprod[t])
-    return a * variance / (a * variance + 1.0 - a)
-
-
 def run_variant(name, overrides, args, vae):
     config = load_config("small", overrides)
     config.data.val_folds = tuple(args.val_folds)
@@ -72,11 +66,11 @@ def run_variant(name, overrides, args, vae):
     errors = np.asarray(diffusion.eps_mse_by_timestep(
         lambda x, t: model(x, t, condition), schedule, x0, jax.random.key(123), TIMESTEPS))
     variance = float(np.var(np.asarray(x0)))
-    baseline = [wiener_mse(schedule, variance, t) for t in TIMESTEPS]
+    baseline = diffusion.gaussian_eps_mse(np.asarray(schedule.alphas_cumprod)[list(TIMESTEPS)], variance)
     return {"variant": name, "overrides": overrides, "steps": args.steps, "seconds": seconds,
             "final_loss": float(np.mean([float(v) for v in losses[-50:]])),
             "eps_mse": dict(zip(map(str, TIMESTEPS), map(float, errors))),
-            "wiener": dict(zip(map(str, TIMESTEPS), baseline))}
+            "wiener": dict(zip(map(str, TIMESTEPS), map(float, baseline)))}
 
 
 def main(argv=None):

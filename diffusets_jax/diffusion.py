@@ -362,9 +362,16 @@ def eps_preconditioning(alphas_cumprod, data_std: float):
     unit variance at every t. The official model has none of these: `eps_hat = F(x_t)`.
     """
     abar = np.asarray(alphas_cumprod, np.float64)
-    signal = abar * data_std**2
-    total = signal + (1.0 - abar)
+    total = abar * data_std**2 + (1.0 - abar)
     c_in = 1.0 / np.sqrt(total)
     c_skip = np.sqrt(1.0 - abar) / total
-    c_out = np.sqrt(signal / total)
+    c_out = np.sqrt(gaussian_eps_mse(abar, data_std**2))
     return tuple(np.asarray(c, np.float32) for c in (c_in, c_skip, c_out))
+
+
+def gaussian_eps_mse(alphas_cumprod, data_variance: float) -> np.ndarray:
+    """eps-MSE per value of the Gaussian (Wiener) predictor `E[eps | x_t]` for x0 of per-value
+    variance v: `a v / (a v + 1 - a)`, `a = abar_t`, float64 of the shape of `alphas_cumprod`.
+    It knows nothing of ECGs: a model that has learned to denoise is below it at every t."""
+    a = np.asarray(alphas_cumprod, np.float64)
+    return a * data_variance / (a * data_variance + 1.0 - a)

@@ -42,7 +42,7 @@ def denoising_error(pipeline, signals: np.ndarray, text_embeddings: np.ndarray, 
     """`{t: {'eps_mse', 'wiener'}}`: the pipeline's U-Net eps-MSE per latent value on the VAE
     posterior means of real ECGs `(N, 1024, 12)` under their own conditions, fixed noise
     (`diffusion.eps_mse_by_timestep`), next to the Gaussian (Wiener) predictor's error
-    `a v / (a v + 1 - a)` for latents of their measured variance v: a model that has learned to
+    (`diffusion.gaussian_eps_mse`) for latents of their measured variance: a model that has learned to
     denoise is below it at every t, one that has not is flat over t."""
     import jax
 
@@ -56,9 +56,7 @@ def denoising_error(pipeline, signals: np.ndarray, text_embeddings: np.ndarray, 
     condition = make_condition(text_embeddings, sex_codes, age, heart_rate)
     errors = diffusion.eps_mse_by_timestep(lambda x, t: pipeline.unet(x, t, condition), pipeline.schedule, x0,
                                            jax.random.key(seed), timesteps)
-    variance = float(np.var(x0))
-    abar = np.asarray(pipeline.schedule.alphas_cumprod)[list(timesteps)]
-    wiener = abar * variance / (abar * variance + 1 - abar)
+    wiener = diffusion.gaussian_eps_mse(np.asarray(pipeline.schedule.alphas_cumprod)[list(timesteps)], float(np.var(x0)))
     return {str(t): {"eps_mse": float(e), "wiener": float(w)} for t, e, w in zip(timesteps, np.asarray(errors), wiener)}
 
 
