@@ -18,40 +18,44 @@ returns it, plus the text embedding of its prompt:
 Splits are patient-wise by fold: ``train`` = folds 1-8, ``validation`` = 9, ``test`` = 10 (PTB-XL
 ``strat_fold``; elsewhere :func:`data_pipelines.records.patient_fold`), so no patient is in two
 splits. A split without any usable record is left out (listed in ``metadata['empty_splits']``).
-Records that fail to load are skipped and listed in ``metadata['skipped']`` as
-``[record_id, reason]`` pairs (``metadata.json`` next to the shards).
+Records that fail to load are skipped, never stopping the build: ``metadata['skipped']`` lists
+``[record_id, reason]`` pairs in input order, ``metadata['skipped_counts']`` counts them per reason
+kind (:func:`data_pipelines.tfds.stream.reason_kind`), and ``skipped_records.jsonl`` next to the
+shards holds one JSON line per skipped record (``metadata.json`` is next to the shards too).
 
-Building reads every record first (in ``num_workers`` processes), so it holds about 50 KB per
-record in memory: about 1.1 GB for the whole of PTB-XL. That does not scale to the whole of
-MIMIC-IV-ECG (800k records, about 40 GB); a streaming build is not implemented yet, so build a
-subset (``record_ids``).
+Building streams (:mod:`data_pipelines.tfds.stream`): stage 1 reads, processes and embeds the
+records, a block at a time in ``num_workers`` local processes or as an Apache Beam pipeline
+(``beam_runner``, :mod:`data_pipelines.tfds.beam_pipeline`), and appends each example to a
+per-split spool file; stage 2 has TFDS write the non-empty splits from the spools, either from this
+process (TFDS's writer holds up to ``shuffle_buffer_mib``, 1000 MiB by default, of examples in
+memory and spills the rest to disk) or with TFDS's Beam writer (``beam_write``). Memory therefore
+does not grow with the number of records; the spool takes as much temporary disk space as the
+shards (about 50 kB per record) and is deleted when the build completes. ``in_memory=True`` is the
+first release's build (every record loaded by ``load_records`` before writing), kept as the
+reference the streaming builds are tested against. Tutorial on Beam datasets in TFDS:
+https://www.tensorflow.org/datasets/beam_datasets
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Sequence
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from data_pipelines import get_reader
 from data_pipelines.prepare import load_records
-from data_pipelines.records import ECGRecord
 from diffusets_jax.constants import NUM_LEADS, NUM_SAMPLES
-from diffusets_jax.text import EMBEDDERS, EmbeddingCache, TextEmbedder, build_prompt, get_embedder
+from diffusets_jax.text import EMBEDDERS, TextEmbedder
 
-#: Folds of each split (patient-wise): train 1-8, validation 9, test 10.
-SPLIT_FOLDS = {"train": tuple(range(1, 9)), "validation": (9,), "test": (10,)}
+from .stream import (SKIPPED_FILE, SPLIT_FOLDS, BatchEmbedder, SpoolWriter, process_locally, read_spool,
+                     reason_kind, skipped_counts, split_of_fold, spool_files)
+
 #: Sex class names, indexed by the stored integer (= official condition code: 1.0 male).
 SEX_NAMES = ("F", "M")
-
-
-def split_of_fold(fold: int) -> str:
-    """``'train'`` (1-8), ``'validation'`` (9) or ``'test'`` (10); ValueError for another fold."""
-    for split, folds in SPLIT_FOLDS.items():
-        if fold in folds:
-            return split
-    raise ValueError(f"fold must be in 1..10, got {fold}")
 
 
 @dataclasses.dataclass(eq=False)
@@ -90,8 +94,13 @@ class ECGBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     Args:
         text_embedder: an embedder object to use instead of ``get_embedder(config.embedder)``;
             its ``name`` and ``dim`` must match the config.
-        num_workers: processes that read, resample and detect QRS (see ``load_records``).
+        num_workers: local processes that read, resample and detect QRS (without Beam).
         record_ids: only these records (default: the reader's full list).
+        beam_options: Apache Beam ``PipelineOptions`` (runner included) to run stage 1 as a Beam
+            pipeline (see :func:`data_pipelines.tfds.beam_pipeline.pipeline_options`); None: locally.
+        beam_write: stage 2 with TFDS's Beam writer (pass the same options to ``DownloadConfig``)
+            instead of from this process.
+        in_memory: the first release's build, all records in memory (reference for tests).
         **kwargs: ``tfds.core.GeneratorBasedBuilder`` arguments (``config``, ``data_dir``, ...).
 
     Raises:
@@ -103,7 +112,8 @@ class ECGBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     RELEASE_NOTES = {"1.0.0": "First release: load_records processing, patient-wise fold splits."}
 
     def __init__(self, *, text_embedder: TextEmbedder | None = None, num_workers: int = 1,
-                 record_ids: Sequence[str] | None = None, **kwargs):
+                 record_ids: Sequence[str] | None = None, beam_options=None, beam_write: bool = False,
+                 in_memory: bool = False, **kwargs):
         super().__init__(**kwargs)
         config = self.builder_config
         if text_embedder is not None and (text_embedder.name, text_embedder.dim) != (config.embedder,
@@ -113,6 +123,9 @@ class ECGBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self._text_embedder = text_embedder
         self._num_workers = num_workers
         self._record_ids = None if record_ids is None else [str(i) for i in record_ids]
+        self._beam_options = beam_options
+        self._beam_write = beam_write
+        self._in_memory = in_memory
 
     def _info(self) -> tfds.core.DatasetInfo:
         config = self.builder_config
@@ -134,28 +147,76 @@ class ECGBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             metadata=tfds.core.MetadataDict(),
         )
 
+    def _spool_dir(self) -> str:
+        return f"{self.data_dir}/spool"  # inside TFDS's temporary build directory
+
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         config = self.builder_config
-        records, skipped = load_records(self.SOURCE, dl_manager.manual_dir, self._record_ids,
-                                        num_workers=self._num_workers, **config.reader_options)
-        embedder = self._text_embedder or get_embedder(config.embedder)
-        prompts = [build_prompt(r.statements) for r in records]
-        embeddings = EmbeddingCache(embedder.name, embedder.dim).embed_prompts(prompts, embedder)
-        examples = {split: [] for split in SPLIT_FOLDS}
-        for record, prompt, embedding in zip(records, prompts, embeddings):
-            examples[split_of_fold(record.fold)].append((record, prompt, embedding))
-        self.info.metadata.update({
-            "source": self.SOURCE, "embedder": embedder.name, "embed_dim": embedder.dim,
-            "reader_options": config.reader_options, "skipped": [list(s) for s in skipped],
-            "empty_splits": [split for split, rows in examples.items() if not rows],
-        })
-        return {split: self._generate_examples(rows) for split, rows in examples.items() if rows}
+        root = str(dl_manager.manual_dir)
+        ids = self._record_ids
+        if ids is None:
+            ids = [str(i) for i in get_reader(self.SOURCE).list_records(root)]
+        embedder = BatchEmbedder(self._text_embedder or config.embedder, (config.embedder, config.embed_dim))
+        if self._in_memory:
+            return self._in_memory_splits(root, ids, embedder)
+        spool_dir, skipped_path = self._spool_dir(), f"{self.data_dir}/{SKIPPED_FILE}"
+        if self._beam_options is None:
+            spool = SpoolWriter(spool_dir)
+            skipped = process_locally(self.SOURCE, root, ids, config.reader_options, embedder, spool,
+                                      num_workers=self._num_workers)
+            counts = {split: spool.counts[split] for split in SPLIT_FOLDS if spool.counts[split]}
+        else:
+            from . import beam_pipeline
 
-    def _generate_examples(self, rows: list[tuple[ECGRecord, str, np.ndarray]]):
-        for record, prompt, embedding in rows:
-            yield record.record_id, {
-                "signal": record.signal, "age": record.age, "sex": record.sex,
-                "heart_rate": record.heart_rate, "statements": record.statements, "report": record.report,
-                "prompt": prompt, "text_embedding": embedding, "record_id": record.record_id,
-                "patient_id": record.patient_id, "fold": record.fold,
-            }
+            counts = beam_pipeline.run(self.SOURCE, root, ids, config.reader_options, embedder, spool_dir,
+                                       skipped_path, self._beam_options)
+            skipped = _read_skipped(skipped_path)
+        with tf.io.gfile.GFile(skipped_path, "w") as file:  # input order, reason kind
+            kinds = skipped_counts(skipped)
+            for record_id, reason in skipped:
+                file.write(json.dumps({"record_id": record_id, "reason": reason,
+                                                       "kind": reason_kind(reason)}) + "\n")
+        self._update_metadata(skipped, kinds, counts)
+        if self._beam_write:
+            from .beam_pipeline import ReadSpool
+
+            return {split: ReadSpool(f"{spool_dir}/{split}-*.pkl") for split in counts}
+        return {split: read_spool(spool_files(spool_dir, split)) for split in counts}
+
+    def _update_metadata(self, skipped: list[tuple[str, str]], kinds: dict[str, int], counts: dict[str, int]):
+        config = self.builder_config
+        self.info.metadata.update({
+            "source": self.SOURCE, "embedder": config.embedder, "embed_dim": config.embed_dim,
+            "reader_options": config.reader_options, "skipped": [list(s) for s in skipped],
+            "skipped_counts": kinds, "skipped_file": SKIPPED_FILE,
+            "empty_splits": [split for split in SPLIT_FOLDS if not counts.get(split)],
+        })
+
+    def _in_memory_splits(self, root: str, ids: list[str], embedder: BatchEmbedder):
+        records, skipped = load_records(self.SOURCE, root, ids, num_workers=self._num_workers,
+                                        **self.builder_config.reader_options)
+        examples = {split: [] for split in SPLIT_FOLDS}
+        for record, example in zip(records, embedder.examples(records)):
+            examples[split_of_fold(record.fold)].append((record.record_id, example))
+        counts = {split: len(rows) for split, rows in examples.items() if rows}
+        self._update_metadata(skipped, skipped_counts(skipped), counts)
+        return {split: iter(rows) for split, rows in examples.items() if rows}
+
+    def _download_and_prepare(self, dl_manager, download_config):
+        try:
+            super()._download_and_prepare(dl_manager, download_config)
+        finally:
+            if tf.io.gfile.exists(self._spool_dir()):
+                tf.io.gfile.rmtree(self._spool_dir())
+
+    def _generate_examples(self, rows):  # the split generators above already yield (key, example)
+        raise NotImplementedError
+
+
+def _read_skipped(path: str) -> list[tuple[str, str]]:
+    """``(record_id, reason)`` from the Beam side output's JSON lines, in input order."""
+    if not tf.io.gfile.exists(path):
+        return []
+    with tf.io.gfile.GFile(path) as file:
+        rows = [json.loads(line) for line in file if line.strip()]
+    return [(row["record_id"], row["reason"]) for row in sorted(rows, key=lambda row: row["index"])]
