@@ -241,9 +241,10 @@ class Pipeline:
         rate (bpm) `(N,)`.
 
         Row j comes from the key `fold_in(key(seed), j)`, or from `keys[j]` (`(N,)` keys, see
-        `row_keys`), so no row depends on its batch-mates. Batches of `batch_size` (the last one
-        padded, so one compiled sampler serves all). Sampling arguments as `__call__` (or
-        `options`, a `Sampling`).
+        `row_keys`), so no row depends on its batch-mates. Batches of `compiled_batch_size(N,
+        batch_size)` rows, the last one padded: one compiled sampler serves every batch, and runs
+        of other N reuse it (in this process, and in later ones through the compilation cache).
+        Sampling arguments as `__call__` (or `options`, a `Sampling`).
 
         Raises ValueError for rows of different lengths, a text width the model does not take or a
         bad sampling argument.
@@ -259,7 +260,7 @@ class Pipeline:
             raise ValueError(f"text embeddings have shape {text_embeddings.shape}; the model takes "
                              f"(N, {self.config.text.embed_dim}) ({self.config.text.embedder})")
         options = options or self.sampling(sampler, num_steps, eta, guidance_scale, exact_limb_leads)
-        batch_size = min(batch_size or self.config.sampling.batch_size, n)
+        batch_size = compiled_batch_size(n, batch_size or self.config.sampling.batch_size)
         condition = np.asarray(make_condition(text_embeddings, sex, age, heart_rate))
         keys = row_keys(np.full(n, check_seed(seed)), np.arange(n)) if keys is None else keys
         sampler_fn = self._sampler(options)
@@ -276,6 +277,18 @@ class Pipeline:
                 chunks.append(np.asarray(signals)[:size])
                 bar.update(size)
         return np.concatenate(chunks).astype(np.float32)
+
+
+def compiled_batch_size(n: int, batch_size: int) -> int:
+    """The batch shape to compile for `n` rows with at most `batch_size` per call: `batch_size`
+    when `n` fills it, else the next power of two >= `n` (capped at `batch_size`).
+
+    A compiled sampler is specific to its batch shape, so sizing batches by `n` alone would compile
+    (about 10 s per sampler on a 2-core CPU) for every new `n` and for every last partial batch;
+    these buckets bound the shapes to log2(batch_size) + 1 while one ECG still runs at batch 1.
+    """
+    batch_size = max(int(batch_size), 1)
+    return batch_size if n >= batch_size else min(batch_size, 1 << max(int(n) - 1, 0).bit_length())
 
 
 def row_keys(seeds: np.ndarray, indices: np.ndarray) -> jax.Array:
