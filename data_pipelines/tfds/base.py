@@ -45,6 +45,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from etils import epath
 
 from data_pipelines import get_reader
 from data_pipelines.prepare import load_records
@@ -171,24 +172,23 @@ class ECGBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             counts = beam_pipeline.run(self.SOURCE, root, ids, config.reader_options, embedder, spool_dir,
                                        skipped_path, self._beam_options)
             skipped = _read_skipped(skipped_path)
-        with tf.io.gfile.GFile(skipped_path, "w") as file:  # input order, reason kind
-            kinds = skipped_counts(skipped)
-            for record_id, reason in skipped:
-                file.write(json.dumps({"record_id": record_id, "reason": reason,
-                                                       "kind": reason_kind(reason)}) + "\n")
-        self._update_metadata(skipped, kinds, counts)
+        self._record_skipped(skipped, counts)
         if self._beam_write:
             from .beam_pipeline import ReadSpool
 
             return {split: ReadSpool(f"{spool_dir}/{split}-*.pkl") for split in counts}
         return {split: read_spool(spool_files(spool_dir, split)) for split in counts}
 
-    def _update_metadata(self, skipped: list[tuple[str, str]], kinds: dict[str, int], counts: dict[str, int]):
+    def _record_skipped(self, skipped: list[tuple[str, str]], counts: dict[str, int]) -> None:
+        """Write ``SKIPPED_FILE`` (input order, with the reason kind) and the build's metadata."""
+        lines = [json.dumps({"record_id": i, "reason": reason, "kind": reason_kind(reason)}) + "\n"
+                 for i, reason in skipped]
+        epath.Path(self.data_dir, SKIPPED_FILE).write_text("".join(lines))  # empty file if none
         config = self.builder_config
         self.info.metadata.update({
             "source": self.SOURCE, "embedder": config.embedder, "embed_dim": config.embed_dim,
             "reader_options": config.reader_options, "skipped": [list(s) for s in skipped],
-            "skipped_counts": kinds, "skipped_file": SKIPPED_FILE,
+            "skipped_counts": skipped_counts(skipped), "skipped_file": SKIPPED_FILE,
             "empty_splits": [split for split in SPLIT_FOLDS if not counts.get(split)],
         })
 
@@ -199,7 +199,7 @@ class ECGBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         for record, example in zip(records, embedder.examples(records)):
             examples[split_of_fold(record.fold)].append((record.record_id, example))
         counts = {split: len(rows) for split, rows in examples.items() if rows}
-        self._update_metadata(skipped, skipped_counts(skipped), counts)
+        self._record_skipped(skipped, counts)
         return {split: iter(rows) for split, rows in examples.items() if rows}
 
     def _download_and_prepare(self, dl_manager, download_config):

@@ -55,13 +55,13 @@ def load_one(source: str, root: str, reader_options: dict, record_id: str) -> EC
 
 
 def reason_kind(reason: str) -> str:
-    """The reason with paths, numbers and details after the first ``': '`` removed, to count by.
+    """The reason with paths and numbers replaced and details after the first ``': '`` cut, to count by.
 
     ``'subject_id 90000004 has no row in /d/patients.csv'`` -> ``'subject_id N has no row in <path>'``;
     ``'cannot read WFDB record /d/x: FileNotFoundError: ...'`` -> ``'cannot read WFDB record <path>'``.
     """
-    kind = re.sub(r"\S*[/\\]\S*", "<path>", reason)
-    kind = re.sub(r"\d+(\.\d+)?", "N", kind)
+    kind = re.sub(r"\S*[/\\]\S*?(?=:?(?:\s|$))", "<path>", reason)
+    kind = re.sub(r"(?<![A-Za-z])\d+(\.\d+)?", "N", kind)
     return kind.split(": ", 1)[0].strip()
 
 
@@ -193,10 +193,10 @@ def _blocks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
 
 def process_locally(source: str, root, record_ids: Sequence[str], reader_options: dict,
                     embedder: BatchEmbedder, spool: SpoolWriter, num_workers: int = 1,
-                    block_size: int = BLOCK_SIZE, progress: bool = True) -> list[tuple[str, str]]:
+                    block_size: int | None = None, progress: bool = True) -> list[tuple[str, str]]:
     """Stage 1 in this machine: load ``record_ids`` in blocks, embed, append to ``spool``.
 
-    Memory holds one block (``block_size`` records, about 50 kB each) plus the text model,
+    Memory holds one block (``block_size``, default ``BLOCK_SIZE``, records of about 50 kB) plus the text model,
     whatever the number of records. ``num_workers > 1`` loads each block in that many spawned
     processes (results identical to 1; a calling script needs an ``if __name__ == "__main__":``
     guard).
@@ -218,7 +218,7 @@ def process_locally(source: str, root, record_ids: Sequence[str], reader_options
         pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         with tqdm(total=len(record_ids), desc=f"processing {source}", unit="rec", disable=not progress) as bar:
-            for block in _blocks(list(record_ids), block_size):
+            for block in _blocks(list(record_ids), block_size or BLOCK_SIZE):
                 if pool is None:
                     results = [load(i) for i in block]
                 else:
