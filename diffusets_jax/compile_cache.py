@@ -22,6 +22,10 @@ from pathlib import Path
 
 #: Environment variable that overrides the default cache directory.
 ENV_VAR = "DIFFUSETS_JAX_CACHE_DIR"
+#: Environment variable that, set to anything but "" or "0", keeps `ensure_enabled()` from enabling the cache.
+OFF_ENV_VAR = "DIFFUSETS_JAX_NO_COMPILE_CACHE"
+
+_turned_off = False  # disable() was called: ensure_enabled() leaves the cache off
 
 #: Programs that compile faster than this (seconds) are not written. 0 caches every program:
 #: the CLI's start-up compiles dozens of small ones (condition building, guidance, VAE decode
@@ -68,10 +72,34 @@ def enable(cache_dir: Path | None = None) -> Path:
 
 
 def disable() -> None:
-    """Turn the persistent cache off for compilations from now on (what `--no-compile-cache` means)."""
+    """Turn the persistent cache off for compilations from now on (what `--no-compile-cache` means);
+    later `ensure_enabled()` calls leave it off, an explicit `enable()` turns it on again."""
     import jax
 
+    global _turned_off
+    _turned_off = True
     jax.config.update("jax_enable_compilation_cache", False)
+
+
+def ensure_enabled() -> Path | None:
+    """`enable()` the default directory unless a cache directory is already set (e.g. by the CLI),
+    the cache was turned off (`disable()`, `$DIFFUSETS_JAX_NO_COMPILE_CACHE`), or the directory
+    cannot be created (a warning, then uncached). What library entry points (`serve`, `evaluate`,
+    the notebooks) call; returns the directory in use, or None when uncached.
+    """
+    import warnings
+
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return Path(jax.config.jax_compilation_cache_dir) if jax.config.jax_enable_compilation_cache else None
+    if _turned_off or os.environ.get(OFF_ENV_VAR, "") not in ("", "0"):
+        return None
+    try:
+        return enable()
+    except OSError as error:
+        warnings.warn(f"compilation cache not enabled ({error}): every process compiles anew", stacklevel=2)
+        return None
 
 
 def is_enabled() -> bool:

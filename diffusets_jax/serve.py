@@ -552,8 +552,11 @@ def serve(checkpoint: str | Path | None = None, host: str = "127.0.0.1", port: i
     """Run the server until interrupted (Ctrl-C); ValueError / FileNotFoundError for bad arguments."""
     import uvicorn
 
+    from diffusets_jax import compile_cache
+
     if not 0 < port < 65536:
         raise ValueError(f"--port must be in [1, 65535], got {port}")
+    compile_cache.ensure_enabled()  # warm-up loads the compiled samplers from disk after the first start
     app = create_app(checkpoint, max_samples)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     shown = f"[{host}]" if ":" in host else host

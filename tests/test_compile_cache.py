@@ -80,3 +80,26 @@ def test_unwritable_dir_raises_oserror(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(OSError):
         compile_cache.enable(blocker / "cache")
+
+
+def test_ensure_enabled_respects_an_existing_dir_and_disable(tmp_path, monkeypatch):
+    import jax
+
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_enable_compilation_cache)
+    try:
+        chosen = compile_cache.enable(tmp_path / "chosen")
+        assert compile_cache.ensure_enabled() == chosen  # the CLI's directory stays
+        compile_cache.disable()
+        assert not compile_cache.is_enabled() and compile_cache.ensure_enabled() is None
+        jax.config.update("jax_compilation_cache_dir", None)
+        monkeypatch.setattr(compile_cache, "_turned_off", False)
+        monkeypatch.setenv(compile_cache.OFF_ENV_VAR, "1")
+        assert compile_cache.ensure_enabled() is None
+        monkeypatch.setenv(compile_cache.OFF_ENV_VAR, "0")
+        monkeypatch.setenv(compile_cache.ENV_VAR, str(tmp_path / "default"))
+        assert compile_cache.ensure_enabled() == (tmp_path / "default").resolve()
+        assert compile_cache.is_enabled()
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update("jax_enable_compilation_cache", before[1])
+        monkeypatch.setattr(compile_cache, "_turned_off", False)

@@ -132,9 +132,12 @@ def evaluate(checkpoint: str | Path | None, data_dirs: Sequence[str | Path], out
     Raises FileNotFoundError for a missing model, evaluator or dataset, ValueError if the model,
     the evaluator and the datasets do not share the text embedder, or no record is in `folds`.
     """
+    from diffusets_jax import compile_cache
     from diffusets_jax.evaluation.report import write_report
     from diffusets_jax.evaluation.train_clip import DEFAULT_EVALUATOR_DIR, load_evaluator
     from diffusets_jax.pipeline import Pipeline
+
+    compile_cache.ensure_enabled()  # the sampler and the evaluator compile once, not per run
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
