@@ -6,8 +6,9 @@ first process writes each compiled executable to `cache_dir` and later processes
 costs milliseconds). The CLI, the notebooks, `evaluate` and `serve` call `enable()` at start;
 `diffusets-jax --no-compile-cache` turns it off.
 
-Directory, first that is set: the `cache_dir` argument, `$DIFFUSETS_JAX_CACHE_DIR`,
-`$XDG_CACHE_HOME/diffusets-jax/jax-cache`, `~/.cache/diffusets-jax/jax-cache`.
+Directory, first that is set: the `cache_dir` argument, `$DIFFUSETS_JAX_CACHE_DIR`, JAX's own
+`$JAX_COMPILATION_CACHE_DIR`, `$XDG_CACHE_HOME/diffusets-jax/jax-cache`,
+`~/.cache/diffusets-jax/jax-cache`.
 
 The cache key covers the program, the JAX/XLA version, the backend and the compile options, so a
 stale entry is never reused for a changed model; delete the directory to reclaim disk. As JAX's
@@ -37,7 +38,7 @@ MIN_ENTRY_SIZE_BYTES = 0
 
 def default_cache_dir() -> Path:
     """The directory `enable()` uses without an argument (see the module docstring); not created."""
-    env = os.environ.get(ENV_VAR)
+    env = os.environ.get(ENV_VAR) or os.environ.get("JAX_COMPILATION_CACHE_DIR")
     if env:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")

@@ -58,8 +58,11 @@ def test_second_process_hits_the_cache(tmp_path):
 
 def test_default_dir_follows_env(tmp_path, monkeypatch):
     monkeypatch.delenv(compile_cache.ENV_VAR, raising=False)
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert compile_cache.default_cache_dir() == tmp_path / "xdg" / "diffusets-jax" / "jax-cache"
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax"))
+    assert compile_cache.default_cache_dir() == tmp_path / "jax"
     monkeypatch.setenv(compile_cache.ENV_VAR, str(tmp_path / "mine"))
     assert compile_cache.default_cache_dir() == tmp_path / "mine"
 
