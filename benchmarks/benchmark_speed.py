@@ -1,30 +1,44 @@
-"""Speed of the paper-size DiffuSETS models in JAX on this machine, next to the official PyTorch.
+"""Speed of the paper-size DiffuSETS models in JAX, next to the official PyTorch code, in one run.
 
-    python benchmarks/benchmark_speed.py            # full run (about 10 min on a free 2-core CPU)
-    python benchmarks/benchmark_speed.py --quick    # fewer repeats, to check that it works
+    python benchmarks/benchmark_speed.py                               # port only; official = recorded
+    python benchmarks/benchmark_speed.py --official-repo ~/DiffuSETS   # both sides, alternated
+    python benchmarks/benchmark_speed.py --quick                       # fewer repeats
+    python benchmarks/benchmark_speed.py --dtype bfloat16 --sample-batch 64 --train-batch 512  # accelerator
 
 The `paper` configuration (U-Net 13.3 M trainable parameters, VAE 29.6 M, 1536-d text) with random
-weights, float32. Each measurement is compiled ahead of time (`jit(...).lower(...).compile()`, its
-time reported separately), run once as a warm-up, then timed `reps` times with
-`jax.block_until_ready`; the table gives the median and min-max. The official PyTorch figures are
-those of reference section 10 (torch 2.13 CPU, 2 threads, on this kind of 2-core machine); the
-ratio is JAX / PyTorch and the target is <= 0.5. Peak memory is the process's maximum resident set
-size (`resource.getrusage`) after each row, so it only grows.
+weights. Each JAX row is compiled ahead of time (`jit(...).lower(...).compile()`, its time in the
+`compile` column) and run once as a warm-up; then the port and, when given, the official code are
+timed alternately (port, official, port, ...) with `jax.block_until_ready` / under
+`torch.no_grad()` + `eval()`, and the table gives medians. JAX / official is the ratio of medians,
+the goal <= 0.5.
 
-Only the times of an otherwise idle machine are meaningful; the header prints how busy the CPU
-was with other work when the run started (and the footer when it ended).
+The official side is the PyTorch code of PKUDigitalHealth/DiffuSETS (`unet/unet_conditional.py`
+`ECGconditional`, `vae/vae_model.py` `VAE_Encoder` / `VAE_Decoder`, diffusers `DDPMScheduler` as in
+`utils/inference.py`, the training step of `utils/train.py`), imported from `--official-repo PATH`
+(a checkout) or `--official-package NAME` (an installed package holding those modules). Without
+either, the official column holds the figures recorded in issue 19 (official code at commit
+f9106528, torch 2.13 on 2 threads, on this 2-core CPU, measured alternately with the port in one
+run) and is marked "recorded": ratios against recorded figures are only as good as the CPU load
+was alike.
+
+On a GPU or TPU the same script runs there (the header names the device); `--dtype bfloat16`
+computes in bfloat16 (parameters and inputs cast; the parity goldens are float32 only).
+The header says how busy the CPU was with other work when the run started, and the footer when
+it ended: only the times of an otherwise idle machine are meaningful.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import os
 import platform
 import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import jax
@@ -37,18 +51,15 @@ from diffusets_jax import diffusion
 from diffusets_jax.config import load_config
 from diffusets_jax.models import build_unet, build_vae
 
-# Official PyTorch on the 2-core CPU (reference section 10), seconds.
-OFFICIAL = {
-    "unet_fwd_1": 0.0238,
-    "unet_fwd_8": 0.0716,
-    "unet_fwd_32": 0.1617,
-    "sample_1000": 69.7,
-    "sample_50": 3.13,
-    "vae_32": 3.95,
-    "vae_enc_32": 1.48,
-    "vae_dec_32": 2.36,
-    "train_32": 0.506,
-    "train_512": 10.3,
+#: Official PyTorch, seconds, as recorded in issue 19 (torch 2.13, 2 threads, this 2-core CPU).
+RECORDED = {
+    "unet_fwd_1": 0.0288,
+    "unet_fwd_8": 0.0490,
+    "unet_fwd_32": 0.156,
+    "sample_50": 2.17,
+    "sample_1000": 55.3,
+    "vae_32": 3.01,
+    "train_32": 0.508,
 }
 TARGET_RATIO = 0.5
 
@@ -73,56 +84,79 @@ def cpu_busy_fraction(seconds: float = 1.0) -> float | None:
     return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
 
 
-def fmt_time(seconds: float) -> str:
-    if seconds < 1.0:
-        return f"{seconds * 1e3:.1f} ms"
-    return f"{seconds:.2f} s"
+def fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    return f"{seconds * 1e3:.1f} ms" if seconds < 1.0 else f"{seconds:.2f} s"
+
+
+def device_line() -> str:
+    device = jax.devices()[0]
+    kind = getattr(device, "device_kind", "?")
+    return (f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} x {kind} "
+            f"({device.platform}); host {os.cpu_count()} CPUs ({platform.processor() or platform.machine()})")
+
+
+def _time_once(fn: Callable) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 class Bench:
-    def __init__(self, reps: int, slow_reps: int):
-        self.reps, self.slow_reps = reps, slow_reps
+    """Rows of the table: the port's compiled function and, optionally, the official callable."""
+
+    def __init__(self, reps: int, slow_reps: int, official_live: bool):
+        self.reps, self.slow_reps, self.official_live = reps, slow_reps, official_live
         self.rows: list[dict] = []
 
-    def run(self, name: str, label: str, fn: Callable, *args, slow: bool = False, official: str | None = None):
-        """AOT-compile `fn(*args)`, warm up once, time `reps` calls."""
+    def run(self, name: str, label: str, fn: Callable, *args, slow: bool = False,
+            official: Callable[[], object] | None = None, record: str | None = None):
+        """AOT-compile `fn(*args)`, warm up (and `official()`), then time both alternately."""
         start = time.perf_counter()
         compiled = jax.jit(fn).lower(*args).compile()
         compile_s = time.perf_counter() - start
-        jax.block_until_ready(compiled(*args))  # warm-up
-        times = []
+        port = lambda: jax.block_until_ready(compiled(*args))  # noqa: E731
+        port()  # warm-up
+        if official is not None:
+            official()
+        times, official_times = [], []
         for _ in range(self.slow_reps if slow else self.reps):
-            start = time.perf_counter()
-            jax.block_until_ready(compiled(*args))
-            times.append(time.perf_counter() - start)
-        row = dict(
-            name=name, label=label, median=statistics.median(times), min=min(times), max=max(times),
-            reps=len(times), compile=compile_s, official=OFFICIAL.get(official or name), rss=peak_rss_mib(),
-        )
+            times.append(_time_once(port))
+            if official is not None:
+                official_times.append(_time_once(official))
+        if official is not None:
+            reference, source = statistics.median(official_times), "measured"
+        elif self.official_live:
+            reference, source = None, "not run"
+        else:
+            reference = RECORDED.get(record or name)
+            source = "recorded" if reference is not None else "–"
+        row = dict(name=name, label=label, median=statistics.median(times), min=min(times), max=max(times),
+                   reps=len(times), compile=compile_s, official=reference, source=source, rss=peak_rss_mib())
         self.rows.append(row)
-        print(f"  {label}: {fmt_time(row['median'])} (compile {compile_s:.1f} s, {len(times)} reps)",
-              file=sys.stderr, flush=True)
+        print(f"  {label}: {fmt_time(row['median'])} (compile {compile_s:.1f} s, {len(times)} reps); "
+              f"official {fmt_time(reference)} ({source})", file=sys.stderr, flush=True)
         return row
 
     def table(self) -> str:
         lines = [
-            "| measurement | JAX median (min–max) | reps | compile | official PyTorch | JAX / PyTorch | ≤ 0.5? | peak RSS |",
+            "| row | official | diffusets-jax (min–max) | ratio | ≤ 0.5? | reps | compile | peak RSS |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in self.rows:
-            official = r["official"]
-            ratio = r["median"] / official if official else None
+            ratio = r["median"] / r["official"] if r["official"] else None
+            official = fmt_time(r["official"]) + (f" ({r['source']})" if r["source"] != "measured" else "")
             lines.append(
-                f"| {r['label']} | {fmt_time(r['median'])} ({fmt_time(r['min'])}–{fmt_time(r['max'])}) "
-                f"| {r['reps']} | {r['compile']:.1f} s | {fmt_time(official) if official else '–'} "
+                f"| {r['label']} | {official} | {fmt_time(r['median'])} ({fmt_time(r['min'])}–{fmt_time(r['max'])}) "
                 f"| {f'{ratio:.2f}' if ratio is not None else '–'} "
                 f"| {('yes' if ratio <= TARGET_RATIO else 'no') if ratio is not None else '–'} "
-                f"| {r['rss']:.0f} MiB |"
+                f"| {r['reps']} | {r['compile']:.1f} s | {r['rss']:.0f} MiB |"
             )
         return "\n".join(lines)
 
 
-def random_inputs(key, batch: int, embed_dim: int):
+def random_inputs(key, batch: int, embed_dim: int, dtype=jnp.float32):
     k1, k2, k3, k4 = jax.random.split(key, 4)
     x = jax.random.normal(k1, (batch, 128, 4), jnp.float32)
     t = jax.random.randint(k2, (batch,), 0, 1000)
@@ -132,14 +166,16 @@ def random_inputs(key, batch: int, embed_dim: int):
         jax.random.bernoulli(k4, 0.5, (batch,)).astype(jnp.float32),  # sex
         jnp.full((batch,), 60.0), jnp.full((batch,), 70.0),             # age, heart rate
     ], axis=-1)
-    return x, t, jnp.concatenate([text, extras], axis=-1)
+    return x, t, jnp.concatenate([text, extras], axis=-1).astype(dtype)
 
 
-def init_params(builder, config, seed: int = 0):
-    """Random parameters drawn with NumPy (jit-compiling the paper U-Net's init takes minutes).
+def init_params(builder, config, seed: int = 0, dtype=jnp.float32):
+    """Random parameters drawn with NumPy: `(graphdef, treedef, leaves)`.
 
     Kernels are N(0, 1/fan_in), biases N(0, 0.02^2), norm scales 1 + N(0, 0.1^2): the scales of the
-    parity weights, so activations stay in a realistic range.
+    parity weights, so activations stay in a realistic range. The compiled functions take the
+    flat list of leaves (`jax.tree.unflatten(treedef, leaves)` inside): flattening the U-Net's
+    601-leaf `nnx.State` on every call costs about 1 ms, a large share of a batch-1 forward.
     """
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: builder(config)))
     rng = np.random.default_rng(seed)
@@ -148,97 +184,241 @@ def init_params(builder, config, seed: int = 0):
         name = str(getattr(path[-1], "key", path[-1]))
         z = rng.standard_normal(leaf.shape).astype(np.float32)
         if len(leaf.shape) >= 2:
-            return jnp.asarray(z / np.sqrt(np.prod(leaf.shape[:-1])))
-        return jnp.asarray(0.02 * z if name == "bias" else 1.0 + 0.1 * z)
+            return jnp.asarray(z / np.sqrt(np.prod(leaf.shape[:-1])), dtype)
+        return jnp.asarray(0.02 * z if name == "bias" else 1.0 + 0.1 * z, dtype)
 
-    return graphdef, jax.tree_util.tree_map_with_path(draw, abstract)
+    state = jax.tree_util.tree_map_with_path(draw, abstract)
+    leaves, treedef = jax.tree.flatten(state)
+    return graphdef, treedef, leaves
 
+
+# --- the official side ---------------------------------------------------------------------------
+
+def load_official(repo: str | None, package: str | None):
+    """The official modules: `(ECGconditional, VAE_Encoder, VAE_Decoder, DDPMScheduler or None)`.
+
+    Raises SystemExit with a message when the checkout or package lacks them.
+    """
+    prefix = ""
+    if repo is not None:
+        root = Path(repo).expanduser().resolve()
+        if not (root / "unet" / "unet_conditional.py").is_file() or not (root / "vae" / "vae_model.py").is_file():
+            raise SystemExit(f"--official-repo {root}: no unet/unet_conditional.py and vae/vae_model.py there")
+        sys.path.insert(0, str(root))
+    else:
+        prefix = package + "."
+    try:
+        unet_module = importlib.import_module(prefix + "unet.unet_conditional")
+        vae_module = importlib.import_module(prefix + "vae.vae_model")
+    except ImportError as error:
+        raise SystemExit(f"cannot import the official DiffuSETS modules: {error}") from None
+    try:
+        from diffusers import DDPMScheduler
+    except ImportError:
+        DDPMScheduler = None  # the official sampler needs diffusers: those rows are then not run
+    return unet_module.ECGconditional, vae_module.VAE_Encoder, vae_module.VAE_Decoder, DDPMScheduler
+
+
+class Official:
+    """Callables timing the official PyTorch models, built once with PyTorch's default init."""
+
+    def __init__(self, modules, config, threads: int):
+        import torch
+
+        self.torch = torch
+        torch.set_num_threads(threads)
+        ECGconditional, VAE_Encoder, VAE_Decoder, self.DDPMScheduler = modules
+        self.embed_dim = config.text.embed_dim
+        torch.manual_seed(0)
+        # Official DiffuSETS_inference.py: ECGconditional(T, kernel_size, num_levels, n_channels=4, text_embed_dim).
+        self.unet = ECGconditional(config.diffusion.num_train_timesteps, kernel_size=config.unet.kernel_size,
+                                   num_levels=len(config.unet.channels) + 1, n_channels=4,
+                                   text_embed_dim=self.embed_dim)
+        self.encoder, self.decoder = VAE_Encoder(), VAE_Decoder()
+        for module in (self.unet, self.encoder, self.decoder):
+            module.eval()
+
+    def inputs(self, batch: int):
+        torch = self.torch
+        g = torch.Generator().manual_seed(batch)
+        text = torch.randn(batch, 1, self.embed_dim, generator=g)
+        condition = {"gender": torch.ones(batch, 1, 1), "age": torch.full((batch, 1, 1), 60.0),
+                     "heart rate": torch.full((batch, 1, 1), 70.0)}
+        return torch.randn(batch, 4, 128, generator=g), torch.randint(0, 1000, (batch,), generator=g), text, condition
+
+    def forward(self, batch: int):
+        x, t, text, condition = self.inputs(batch)
+
+        def run():
+            with self.torch.no_grad():
+                return self.unet(x, t, text, condition)
+        return run
+
+    def sample(self, batch: int, steps: int):
+        if self.DDPMScheduler is None:
+            return None
+        scheduler = self.DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012)
+        scheduler.set_timesteps(steps)
+        x_T, _, text, condition = self.inputs(batch)
+
+        def run():  # official utils/inference.py: generation_from_net
+            xi = x_T
+            with self.torch.no_grad():
+                for i in scheduler.timesteps:
+                    t = i * self.torch.ones(batch, dtype=self.torch.long)
+                    xi = scheduler.step(model_output=self.unet(xi, t, text, condition), timestep=i, sample=xi)["prev_sample"]
+            return xi
+        return run
+
+    def vae(self, batch: int):
+        torch = self.torch
+        x, noise = torch.randn(batch, 1024, 12) * 0.3, torch.randn(batch, 4, 128)
+
+        def run():
+            with torch.no_grad():
+                return self.decoder(self.encoder(x, noise)[0])
+        return run
+
+    def train_step(self, batch: int):
+        torch = self.torch
+        x0, _, text, condition = self.inputs(batch)
+        x0 = x0 * 0.18
+        unet = self.unet
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+        alphas_cumprod = torch.cumprod(1 - torch.linspace(0.00085, 0.012, 1000), 0)
+
+        def run():  # official utils/train.py: train_epoch_channels, one batch
+            unet.train()
+            t = torch.randint(1, 999, (batch,))
+            noise = torch.randn_like(x0)
+            a = alphas_cumprod[t].view(-1, 1, 1)
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            loss = torch.nn.functional.mse_loss(unet(xt, t, text, condition), noise, reduction="sum").div(batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            unet.eval()
+            return loss
+        return run
+
+
+# --- the run ---------------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--reps", type=int, default=None, help="timed repeats of the fast measurements (default 10, quick 3)")
+    parser.add_argument("--reps", type=int, default=None, help="timed repeats of the fast rows (default 7, quick 3)")
     parser.add_argument("--slow-reps", type=int, default=None,
-                        help="timed repeats of 1000-step sampling and the batch-512 training step (default 3, quick 1)")
+                        help="timed repeats of 1000-step sampling and the large training step (default 3, quick 1)")
     parser.add_argument("--quick", action="store_true", help="few repeats, to check that the script works")
     parser.add_argument("--skip", action="append", default=[], metavar="NAME",
                         help="skip a group: forward, sample, vae, train (repeatable)")
+    official = parser.add_mutually_exclusive_group()
+    official.add_argument("--official-repo", metavar="PATH",
+                          help="a checkout of the official DiffuSETS code: time it alternately with the port")
+    official.add_argument("--official-package", metavar="NAME",
+                          help="an installed package holding the official unet/ and vae/ modules")
+    parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
+                        help="threads of the official PyTorch side (default: all CPUs)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype of the port (bfloat16: for accelerators; not parity-checked)")
+    on_cpu = jax.default_backend() == "cpu"
+    parser.add_argument("--sample-batch", type=int, default=8 if on_cpu else 64,
+                        help="ECGs per sampling run (default 8 on CPU, 64 on an accelerator)")
+    parser.add_argument("--forward-batch", type=int, action="append", default=None,
+                        help="U-Net forward batch sizes (repeatable; default 1, 8, 32)")
+    parser.add_argument("--vae-batch", type=int, default=32, help="ECGs per VAE encode + decode (default 32)")
+    parser.add_argument("--train-batch", type=int, action="append", default=None,
+                        help="U-Net training-step batch sizes (repeatable; default 32 and 512)")
     args = parser.parse_args(argv)
-    reps = args.reps or (3 if args.quick else 10)
+    reps = args.reps or (3 if args.quick else 7)
     slow_reps = args.slow_reps or (1 if args.quick else 3)
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
 
     config = load_config("paper")
     embed_dim = config.text.embed_dim
+    live = args.official_repo is not None or args.official_package is not None
+    off = Official(load_official(args.official_repo, args.official_package), config, args.torch_threads) if live else None
+
     busy = cpu_busy_fraction()
     print(f"# DiffuSETS-JAX speed, paper configuration, {datetime.datetime.now():%Y-%m-%d %H:%M}\n")
-    print(f"- jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}, "
-          f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()})")
+    print(f"- {device_line()}; compute dtype {args.dtype}")
+    if live:
+        import torch
+
+        print(f"- official: {args.official_repo or args.official_package}, torch {torch.__version__} on "
+              f"{torch.get_num_threads()} threads, timed alternately with the port")
+    else:
+        print("- official: not given (--official-repo): the official column holds the figures recorded in "
+              "issue 19, marked (recorded)")
     busy_text = "unknown" if busy is None else f"{100 * busy:.0f}%"
     warning = " (other processes were using the CPU: times are inflated)" if busy is not None and busy > 0.1 else ""
     print(f"- XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; CPU busy with other work at start: {busy_text}{warning}")
     print(f"- repeats: {reps} (slow rows {slow_reps}), after one warm-up; mode {'quick' if args.quick else 'full'}\n")
 
-    bench = Bench(reps, slow_reps)
+    bench = Bench(reps, slow_reps, live)
     key = jax.random.key(0)
-    unet_def, unet_params = init_params(build_unet, config)
+    unet_def, unet_tree, unet_leaves = init_params(build_unet, config, dtype=dtype)
 
-    def unet_apply(params, x, t, c):
-        return nnx.merge(unet_def, params)(x, t, c)
+    def unet_of(leaves):
+        unet = nnx.merge(unet_def, jax.tree.unflatten(unet_tree, leaves))
+        # Latents stay float32 (the samplers' arithmetic); the network computes in `dtype`.
+        return lambda x, t, c: unet(x.astype(dtype), t, c).astype(jnp.float32)
 
     if "forward" not in args.skip:
-        for batch in (1, 8, 32):
-            x, t, c = random_inputs(key, batch, embed_dim)
-            bench.run(f"unet_fwd_{batch}", f"U-Net forward, batch {batch}", unet_apply, unet_params, x, t, c)
+        for batch in args.forward_batch or (1, 8, 32):
+            x, t, c = random_inputs(key, batch, embed_dim, dtype)
+            bench.run(f"unet_fwd_{batch}", f"U-Net forward, batch {batch}", lambda p, x, t, c: unet_of(p)(x, t, c),
+                      unet_leaves, x, t, c, official=off.forward(batch) if off else None)
 
     if "sample" not in args.skip:
         schedule = diffusion.make_schedule()
-        x_T, _, c = random_inputs(key, 8, embed_dim)
+        batch = args.sample_batch
+        x_T, _, c = random_inputs(key, batch, embed_dim, dtype)
         for steps in (50, 1000):
-            def sample(params, x_T, c, key, steps=steps):
-                unet = nnx.merge(unet_def, params)
+            def sample(leaves, x_T, c, key, steps=steps):
+                unet = unet_of(leaves)
                 return diffusion.sample_ddpm(lambda x, t: unet(x, t, c), schedule, x_T, key, steps)
 
-            bench.run(f"sample_{steps}", f"DDPM sampling, {steps} steps, batch 8 (U-Net only)", sample,
-                      unet_params, x_T, c, jax.random.key(1), slow=steps == 1000)
+            bench.run(f"sample_{steps}", f"DDPM sampling, {steps} steps, batch {batch}", sample,
+                      unet_leaves, x_T, c, jax.random.key(1), slow=steps == 1000,
+                      official=off.sample(batch, steps) if off else None,
+                      record=f"sample_{steps}" if batch == 8 else "none")
 
     if "vae" not in args.skip:
-        vae_def, vae_params = init_params(build_vae, config)
-        x = jax.random.normal(key, (32, 1024, 12), jnp.float32) * 0.3
-        noise = jax.random.normal(key, (32, 128, 4), jnp.float32)
+        vae_def, vae_tree, vae_leaves = init_params(build_vae, config, dtype=dtype)
+        batch = args.vae_batch
+        x = (jax.random.normal(key, (batch, 1024, 12), jnp.float32) * 0.3).astype(dtype)
+        noise = jax.random.normal(key, (batch, 128, 4), jnp.float32).astype(dtype)
 
-        def encode(params, x, noise):
-            return nnx.merge(vae_def, params).encoder(x, noise)[0]
-
-        def decode(params, z):
-            return nnx.merge(vae_def, params).decoder(z)
-
-        def encode_decode(params, x, noise):
-            vae = nnx.merge(vae_def, params)
+        def encode_decode(leaves, x, noise):
+            vae = nnx.merge(vae_def, jax.tree.unflatten(vae_tree, leaves))
             return vae.decoder(vae.encoder(x, noise)[0])
 
-        bench.run("vae_32", "VAE encode + decode, batch 32", encode_decode, vae_params, x, noise)
-        bench.run("vae_enc_32", "  VAE encode, batch 32", encode, vae_params, x, noise)
-        bench.run("vae_dec_32", "  VAE decode, batch 32", decode, vae_params, noise * 0.18)
-        del vae_params
+        bench.run(f"vae_{batch}", f"VAE encode + decode, batch {batch}", encode_decode, vae_leaves, x, noise,
+                  official=off.vae(batch) if off else None)
+        del vae_leaves
 
     if "train" not in args.skip:
         schedule = diffusion.make_schedule()
         tx = optax.adamw(1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)
 
         # As diffusets_jax/training/diffusion.py: t ~ U{1..998}, sum-MSE / B, AdamW.
-        def train_step(params, opt_state, x0, c, key):
+        def train_step(leaves, opt_state, x0, c, key):
             def loss_fn(p):
-                unet = nnx.merge(unet_def, p)
+                unet = unet_of(p)
                 return diffusion.diffusion_loss(lambda x, t: unet(x, t, c), schedule, x0, key)
 
-            loss, grads = jax.value_and_grad(loss_fn)(params)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
+            loss, grads = jax.value_and_grad(loss_fn)(leaves)
+            updates, opt_state = tx.update(grads, opt_state, leaves)
+            return optax.apply_updates(leaves, updates), opt_state, loss
 
-        opt_state = tx.init(unet_params)
-        for batch in (32, 512):
-            x0, _, c = random_inputs(key, batch, embed_dim)
-            bench.run(f"train_{batch}", f"U-Net training step (fwd + bwd + AdamW), batch {batch}", train_step,
-                      unet_params, opt_state, x0 * 0.18, c, jax.random.key(2), slow=batch == 512)
+        opt_state = tx.init(unet_leaves)
+        batches = args.train_batch or (32, 512)
+        for batch in batches:
+            x0, _, c = random_inputs(key, batch, embed_dim, dtype)
+            bench.run(f"train_{batch}", f"U-Net train step (fwd + bwd + AdamW), batch {batch}", train_step,
+                      unet_leaves, opt_state, x0 * 0.18, c, jax.random.key(2), slow=batch == max(batches),
+                      official=off.train_step(batch) if off else None)
 
     print(bench.table())
     busy = cpu_busy_fraction()
