@@ -317,19 +317,45 @@ def guided(conditional_fn: Callable[[Array, Array, Array], Array], condition: Ar
     return model_fn
 
 
+class LossTerms(NamedTuple):
+    """What one evaluation of the diffusion loss computed, for auxiliary losses built on it.
+
+    All `(B, 128, C)` except `t` `(B,)` int32: the clean latents `x0`, the drawn `noise`, the noised
+    `x_t`, the model's `eps_hat` and the clean latents it implies,
+    `x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)` (`predict_x0`).
+    """
+
+    x0: Array
+    t: Array
+    noise: Array
+    x_t: Array
+    eps_hat: Array
+    x0_hat: Array
+
+
+def diffusion_loss_terms(
+    model_fn: ModelFn, schedule: Schedule, x0: Array, key: Array, t_min: int = 1, t_max: int = 999
+) -> tuple[Array, LossTerms]:
+    """`diffusion_loss` and the `LossTerms` it computed (for auxiliary losses such as SE-Diff's physics losses)."""
+    t_key, noise_key = jax.random.split(key)
+    batch = x0.shape[0]
+    t = jax.random.randint(t_key, (batch,), t_min, t_max)
+    noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
+    x_t = add_noise(schedule, x0, noise, t)
+    eps = model_fn(x_t, t)
+    x0_hat = predict_x0(schedule, eps, t[:, None, None], x_t)
+    return jnp.sum((eps - noise) ** 2) / batch, LossTerms(x0, t, noise, x_t, eps, x0_hat)
+
+
 def diffusion_loss(
     model_fn: ModelFn, schedule: Schedule, x0: Array, key: Array, t_min: int = 1, t_max: int = 999
 ) -> Array:
     """The official training objective: `sum((eps_hat - eps)**2) / B` with t ~ U{t_min, ..., t_max - 1}.
 
-    `x0` `(B, 128, C)` are scaled VAE latents. Official: `torch.randint(1, 999)`, so t in [1, 998].
+    `x0` `(B, 128, C)` are scaled VAE latents. Official `utils/train.py`: `torch.randint(1, 999)`,
+    so t in [1, 998].
     """
-    t_key, noise_key = jax.random.split(key)
-    batch = x0.shape[0]
-    t = jax.random.randint(t_key, (batch,), t_min, t_max)
-    noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
-    eps = model_fn(add_noise(schedule, x0, noise, t), t)
-    return jnp.sum((eps - noise) ** 2) / batch
+    return diffusion_loss_terms(model_fn, schedule, x0, key, t_min, t_max)[0]
 
 
 def eps_mse_by_timestep(model_fn: ModelFn, schedule: Schedule, x0: Array, key: Array, timesteps) -> Array:

@@ -71,7 +71,7 @@ def main(batch_path: str, out_dir: str) -> None:
         x0 = diffusion_training.clean_latents(global_latents, latent_key, config.unet_train.sample_posterior)
         condition = diffusion_training.batch_condition(global_latents)
         return diffusion_training._loss(graphdef, params, x0, condition, loss_key, schedule, config.diffusion,
-                                        jnp.float32)
+                                        jnp.float32)[0]
 
     grads = jax.jit(jax.grad(unet_loss))(state.params)
     result.update({f"unet_grad/{k}": np.asarray(v) for k, v in flatten_params(grads).items()})

@@ -70,7 +70,7 @@ def snapshot(directory):
 
 def ablate(base_workdir, processed_dirs, out, *extra):
     data = [arg for d in processed_dirs for arg in ("--dataset", str(d))]
-    return ablation.main(["--base-workdir", str(base_workdir), *data, "--out", str(out), "--steps", str(STEPS),
+    return cli.main(["ablate", "--base-workdir", str(base_workdir), *data, "--out", str(out), "--steps", str(STEPS),
                           "--learning-rate", str(LEARNING_RATE), "--interlead-weight", "1000",
                           "--num-samples", "8", "--folds", ",".join(map(str, range(1, 11))), "--num-steps", "2",
                           "--batch-size", "8", *extra])

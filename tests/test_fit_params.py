@@ -16,6 +16,7 @@ import wfdb
 
 from data_pipelines.prepare import load_records
 from diffusets_jax.constants import FS, LEADS
+from diffusets_jax import cli
 from diffusets_jax.sediff import ecgsyn, fit_params
 
 
@@ -110,7 +111,7 @@ def test_main_writes_json(tmp_path, fixture_records):
              patient_ids=np.array([r.patient_id for r in fixture_records]))
     (data_dir / "info.json").write_text(json.dumps({"source": "fixture", "embedder": "none"}))
     out = tmp_path / "params.json"
-    assert fit_params.main(["--dataset", str(data_dir), "--out", str(out), "--steps", "20", "--min-records", "3",
+    assert cli.main(["fit-ecgsyn", "--dataset", str(data_dir), "--out", str(out), "--steps", "20", "--min-records", "3",
                             "--folds", ",".join(map(str, range(1, 11)))]) == 0
     data = json.loads(out.read_text())
     assert data["format"] == fit_params.FORMAT and data["classes"]["all"]["records"] == n

@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 
 from data_pipelines.processed import load_processed
+from data_pipelines import mimic_hosp
+from diffusets_jax import cli
 from diffusets_jax.sediff import retrieval as rag
-from diffusets_jax.sediff.retrieval import (
-    ExperienceIndex, KeywordSummariser, LLMSummariser, Query, augment_dataset, augment_report, retrieve,
-)
+from diffusets_jax.sediff import summarisers
+from diffusets_jax.sediff.augment import augment_dataset, augment_report
+from diffusets_jax.sediff.retrieval import ExperienceIndex, Query, retrieve
+from diffusets_jax.sediff.summarisers import KeywordSummariser, LLMSummariser
 from diffusets_jax.text import build_prompt
 
 
@@ -236,8 +239,8 @@ def test_llm_summariser_with_fake_client(monkeypatch):
     assert fallback == KeywordSummariser().summarise(query, neighbours)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(RuntimeError, match="API key"):
-        rag.get_summariser("llm")
-    assert isinstance(rag.get_summariser("keyword"), rag.Summariser)
+        summarisers.get_summariser("llm")
+    assert isinstance(summarisers.get_summariser("keyword"), summarisers.Summariser)
 
 
 def test_hospital_code_views(mimic_root, tmp_path):
@@ -256,12 +259,12 @@ def test_hospital_code_views(mimic_root, tmp_path):
         "90000001,1,1,I480,10\n90000001,1,2,I10,10\n90000002,2,1,I4891,10\n90000002,2,2,I10,10\n90000001,9,1,Z00,10\n")
     (hosp / "prescriptions.csv").write_text("subject_id,hadm_id,drug\n90000001,1,Metoprolol\n90000002,2,metoprolol \n"
                                             "90000002,2,Heparin\n")
-    codes = rag.link_hosp_codes(mimic_root, hosp)
+    codes = mimic_hosp.link_hosp_codes(mimic_root, hosp)
     assert codes == {"50000001": {"diagnoses": ["ICD10:I10", "ICD10:I480"], "medications": ["metoprolol"]},
                      "50000002": {"diagnoses": ["ICD10:I10", "ICD10:I4891"], "medications": ["heparin", "metoprolol"]}}
-    assert rag.link_hosp_codes(mimic_root, hosp, icd_chars=3)["50000002"]["diagnoses"] == ["ICD10:I10", "ICD10:I48"]
-    rag.write_hosp_codes(tmp_path, codes)
-    assert rag.read_hosp_codes(tmp_path)["50000002"]["medications"] == frozenset({"heparin", "metoprolol"})
+    assert mimic_hosp.link_hosp_codes(mimic_root, hosp, icd_chars=3)["50000002"]["diagnoses"] == ["ICD10:I10", "ICD10:I48"]
+    mimic_hosp.write_hosp_codes(tmp_path, codes)
+    assert mimic_hosp.read_hosp_codes(tmp_path)["50000002"]["medications"] == frozenset({"heparin", "metoprolol"})
 
     # code views: present in the index -> used; the paper's diagnosis Jaccard decides the ranking
     index = _index(["Atrial fibrillation", "Atrial fibrillation", "Atrial fibrillation"],
@@ -277,7 +280,7 @@ def test_hospital_code_views(mimic_root, tmp_path):
 def test_augment_dataset_writes_reembedded_set(processed_dirs, tmp_path):
     from diffusets_jax.text import get_embedder
 
-    rag.main(["--dataset", str(processed_dirs[0]), "--dataset", str(processed_dirs[1]), "--out", str(tmp_path / "rag"),
+    cli.main(["augment-dataset", "--dataset", str(processed_dirs[0]), "--dataset", str(processed_dirs[1]), "--out", str(tmp_path / "rag"),
               "--k", "3", "--weights", "text=0.5", "--save-index", str(tmp_path / "index.npz")])
     out = load_processed(tmp_path / "rag")
     src = load_processed(processed_dirs)

@@ -11,7 +11,9 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_config
+from diffusets_jax.conditions import class_indices
 from diffusets_jax.constants import LEADS
+from diffusets_jax.errors import ConfigError
 from diffusets_jax.leads import derive_limb_leads
 from diffusets_jax.sediff import beat_decoder, ecgsyn, physics
 
@@ -136,7 +138,7 @@ def test_euler_loss_prefers_simulated_beats_of_the_class(table):
 
 def test_class_indices_pick_the_specific_class(table):
     reports = ["sinus rhythm|left bundle branch block", "sinus rhythm", "unreadable", "normal ecg|sinus rhythm"]
-    names = [table.names[i] for i in physics.class_indices(reports, table.names)]
+    names = [table.names[i] for i in class_indices(reports, table.names)]
     assert names == ["lbbb", "sinus_rhythm", "all", "normal"]
     assert table.names[-1] == "all" and table.theta.shape == (len(table.names), 12, 5)
 
@@ -145,16 +147,17 @@ def _gradients(config, table, decoder, x0, condition, batch, key, plain=None):
     """`(plain gradient, physics gradient, physics total, its parts)`; `plain` reused if given."""
     from diffusets_jax.models import build_unet
     from diffusets_jax.training.common import compute_dtype
-    from diffusets_jax.training.diffusion import _loss, _physics_loss, schedule_from_config
+    from diffusets_jax.training.diffusion import _loss, schedule_from_config
 
     graphdef, params = nnx.split(build_unet(config), nnx.Param)
     schedule, d, dtype = schedule_from_config(config), config.diffusion, compute_dtype(config.unet_train)
     terms = physics.PhysicsLoss(decoder, table)
     if plain is None:
-        plain = jax.jit(jax.value_and_grad(lambda p: _loss(graphdef, p, x0, condition, key, schedule, d, dtype)))(params)
+        plain = jax.jit(jax.value_and_grad(lambda p: _loss(graphdef, p, x0, condition, key, schedule, d, dtype)[0]))(params)
     plain_value, plain_grads = plain
     (value, parts), grads = jax.jit(jax.value_and_grad(
-        lambda p: _physics_loss(graphdef, p, x0, condition, key, schedule, d, dtype, terms, batch, config),
+        lambda p: _loss(graphdef, p, x0, condition, key, schedule, d, dtype, [physics.physics_aux_loss(terms, config)],
+                        batch),
         has_aux=True))(params)
     np.testing.assert_allclose(float(parts["diffusion_loss"]), float(plain_value), rtol=1e-6)
     return plain, grads, value, parts
@@ -204,7 +207,9 @@ def test_training_with_physics_logs_the_extra_metrics(vae_workdir, decoder_recor
     config.unet_train.checkpoint_every = 6
     config.unet_train.preview_every = 0
     config.sediff.euler_weight, config.sediff.interlead_weight = 1e-4, 1.0
-    train_diffusion(config, vae_workdir, processed_dirs)
+    with pytest.raises(ConfigError, match="physics_auxiliary"):  # the core does not load SE-Diff by itself
+        train_diffusion(config, vae_workdir, processed_dirs)
+    train_diffusion(config, vae_workdir, processed_dirs, auxiliary=physics.physics_auxiliary(config, vae_workdir))
     records = [json.loads(line) for line in (vae_workdir / "unet_metrics.jsonl").read_text().splitlines()]
     assert len(records) == 6
     for r in records:

@@ -28,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from diffusets_jax.conditions import condition_labels
 from diffusets_jax.evaluation import metrics as M
 from diffusets_jax.evaluation import realism as R
 
@@ -108,7 +109,7 @@ def score(real: np.ndarray, generated: np.ndarray, real_text: np.ndarray, reques
         real_row["c2st_auroc"] = R.c2st_auroc(real[:half], real[half:])
     if intervals:
         generated_row["intervals_ms"] = M.interval_errors(real, generated)
-    labels = M.condition_labels(list(reports))
+    labels = condition_labels(list(reports))
     per_condition = {  # counts and heart-rate MAE per condition are added by the report
         label: {"clip_score": M.clip_score(generated_features[mask], text_features[mask]),
                 "clip_score_real": M.clip_score(real_features[mask], text_features[mask])}

@@ -169,7 +169,7 @@ def write_report(out_dir, metrics: Mapping[str, Any], *, real_signals, generated
         requested_hr: ``(M,)`` conditioning heart rates (bpm) of the generated ECGs.
         measured_hr: ``(M,)`` measured rates (bpm, NaN = undetected), e.g. ``metrics.heart_rates``.
         labels: optional ``{condition: (M,) bool mask}`` over the generated ECGs (e.g.
-            ``metrics.condition_labels(reports)``); adds sample counts and per-condition HR MAE.
+            ``conditions.condition_labels(reports)``); adds sample counts and per-condition HR MAE.
         titles: optional caption per generated ECG (report text / age / sex / HR) for the examples.
         fs: sampling frequency in Hz.
         num_examples: number of real/generated pairs drawn.

@@ -29,10 +29,8 @@ See docs/se-diff.md, "Ablation".
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,10 +258,11 @@ def prepare_variant(base: BaseWorkdir, directory: Path, config, spec: dict, need
 def finetune(directory: Path, config, data_dirs: Sequence[Path]) -> float:
     """Train `directory`'s U-Net to `config.unet_train.num_steps`; returns the wall seconds (data
     encoding, compilation and checkpoints included) and records them in `FINETUNE_FILE`."""
+    from diffusets_jax.sediff.physics import physics_auxiliary
     from diffusets_jax.training.diffusion import train_diffusion
 
     start = time.perf_counter()
-    train_diffusion(config, directory, data_dirs)
+    train_diffusion(config, directory, data_dirs, auxiliary=physics_auxiliary(config, directory))
     seconds = time.perf_counter() - start
     record = {"train_s": seconds, "unet_step": latest_step(directory / "unet")}
     (directory / FINETUNE_FILE).write_text(json.dumps(record) + "\n")
@@ -504,89 +503,3 @@ def run_ablation(base_workdir: str | Path, data_dirs: Sequence[str | Path], out:
     print(table, flush=True)
     print(f"wrote {out / 'ablation.json'} and {out / 'ablation.md'}", flush=True)
     return summary
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="diffusets-jax ablate",
-        description="Fine-tune the base model and each SE-Diff addition from the same base checkpoint, for the "
-                    "same number of steps on the same batches, then generate ECGs for the same held-out "
-                    "conditions and score them with the shipped evaluator (HR MAE, FID / rFID, precision, recall, "
-                    "CLIP score, lead residuals). Writes OUT/<variant>/ (the fine-tuned workdir, model/, "
-                    "samples.npz, metrics.json), OUT/ablation.json and OUT/ablation.md, and prints the table. "
-                    "Variants already done in OUT are skipped; an interrupted fine-tune resumes. "
-                    "Variants: " + "; ".join(f"{v.name}: {v.description}" for v in VARIANTS.values()) + ".")
-    parser.add_argument("--base-workdir", required=True, type=Path, metavar="DIR",
-                        help="trained workdir to start from (config.json, vae/, unet/, beat_decoder/), or a "
-                             "pretrained model directory (written out once as OUT/base_workdir, with fresh optimizer "
-                             "moments); only read")
-    parser.add_argument("--dataset", dest="data", action="append", required=True, type=Path, metavar="DIR",
-                        help="processed set (diffusets-jax prepare); repeatable. Training uses the base config's "
-                             "train folds, the conditions come from --folds")
-    parser.add_argument("--rag-dataset", dest="rag_data", action="append", default=[], type=Path, metavar="DIR",
-                        help="retrieval-augmented twin of each --dataset, same order (diffusets-jax augment-dataset); "
-                             "needed by the retrieval and full variants")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
-                        help="output directory (run again with the same one to resume)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), metavar="NAMES",
-                        help=f"comma-separated, from {', '.join(VARIANTS)} (default: all)")
-    parser.add_argument("--steps", type=int, default=1000,
-                        help="U-Net steps each variant trains after the base checkpoint (default 1000)")
-    parser.add_argument("--learning-rate", type=float, default=None,
-                        help="constant fine-tune learning rate (default: the base run's final one, "
-                             "unet_train.learning_rate x final_lr_fraction)")
-    parser.add_argument("--euler-weight", type=float, default=DEFAULT_EULER_WEIGHT,
-                        help="sediff.euler_weight of the euler, full and released variants "
-                             f"(default {DEFAULT_EULER_WEIGHT:g})")
-    parser.add_argument("--interlead-weight", type=float, default=DEFAULT_INTERLEAD_WEIGHT,
-                        help="sediff.interlead_weight of the interlead, full and released variants "
-                             f"(default {DEFAULT_INTERLEAD_WEIGHT:g})")
-    parser.add_argument("--beat-decoder", type=Path, default=None, metavar="DIR",
-                        help="beat decoder of the physics variants (default: the base config's "
-                             "sediff.beat_decoder_dir, else beat_decoder/ in --base-workdir)")
-    parser.add_argument("--num-samples", type=int, default=256,
-                        help="ECGs generated and scored per variant (default 256)")
-    parser.add_argument("--folds", default="9,10", help="held-out folds the conditions come from (default 9,10)")
-    parser.add_argument("--sampler", choices=["ddpm", "ddim", "dpm-solver++"], default="ddim",
-                        help="sampler for the evaluation (default ddim)")
-    parser.add_argument("--num-steps", type=int, default=50, help="sampler steps (default 50)")
-    parser.add_argument("--guidance-scale", type=float, default=None,
-                        help="classifier-free guidance scale (default: the model's config)")
-    parser.add_argument("--batch-size", type=int, default=64, help="ECGs per sampler call (default 64)")
-    parser.add_argument("--weights", choices=["ema", "raw"], default="ema",
-                        help="U-Net parameters to generate with: the EMA the base config keeps, or the raw ones "
-                             "(default ema)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="draws the conditions and seeds the ECGs (default 0); the training batches follow the "
-                             "base config's seed")
-    parser.add_argument("--evaluator", type=Path, default=None, metavar="DIR",
-                        help="evaluator directory (default: the shipped one)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`diffusets-jax ablate`; returns 0, or 2 after printing a bad argument or missing file."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    try:
-        folds = tuple(int(f) for f in args.folds.split(","))
-    except ValueError:
-        print(f"diffusets-jax ablate: error: --folds must be comma-separated integers, got {args.folds!r}",
-              file=sys.stderr)
-        return 2
-    try:
-        run_ablation(args.base_workdir, args.data, args.out, variants=args.variants, rag_dirs=args.rag_data,
-                     steps=args.steps, learning_rate=args.learning_rate, euler_weight=args.euler_weight,
-                     interlead_weight=args.interlead_weight, beat_decoder_dir=args.beat_decoder,
-                     num_samples=args.num_samples, folds=folds, sampler=args.sampler, num_steps=args.num_steps,
-                     guidance_scale=args.guidance_scale, batch_size=args.batch_size, weights=args.weights,
-                     seed=args.seed, evaluator_dir=args.evaluator,
-                     command="diffusets-jax ablate " + " ".join(argv))
-    except (ValueError, FileNotFoundError) as error:
-        print(f"diffusets-jax ablate: error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -37,16 +37,14 @@ Files: :func:`save_beat_decoder` writes ``beat_decoder.npz`` (parameters by flat
 ``beat_decoder.json`` (architecture, training record) into a directory, by default
 ``<workdir>/beat_decoder``; :func:`load_beat_decoder` reads them back.
 
-Run: ``python -m diffusets_jax.sediff.beat_decoder --workdir workdirs/small_cfg --dataset data/ptbxl
---dataset data/ludb`` (later ``diffusets-jax train-beat-decoder``).
+Run: ``diffusets-jax train-beat-decoder --workdir workdirs/small_cfg --dataset data/ptbxl
+--dataset data/ludb``.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -438,40 +436,3 @@ def train_beat_decoder(workdir: str | Path, dataset_dirs: Sequence[str | Path], 
     }
     save_beat_decoder(Path(out) if out else workdir / DIRECTORY_NAME, decoder, record)
     return record
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``train-beat-decoder``: train SE-Diff's beat decoder on a workdir's VAE latents and save it."""
-    parser = argparse.ArgumentParser(prog="diffusets-jax train-beat-decoder", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", required=True, help="training workdir with a trained VAE (vae/ checkpoints)")
-    parser.add_argument("--dataset", action="append", required=True, metavar="DIR",
-                        help="processed dataset directory (diffusets-jax prepare --out DIR); repeatable")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="AdamW steps")
-    parser.add_argument("--out", default=None, help=f"output directory (default: WORKDIR/{DIRECTORY_NAME})")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE)
-    parser.add_argument("--base", type=int, default=DEFAULT_BASE, help="channel width (official 128)")
-    parser.add_argument("--spectral-weight", type=float, default=DEFAULT_SPECTRAL_WEIGHT,
-                        help="alpha_spec, weight of the spectral multi-beat loss")
-    parser.add_argument("--shifts", type=int, default=DEFAULT_SHIFTS,
-                        help="circularly shifted copies of each training ECG (augmentation; 0: none)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    record = train_beat_decoder(args.workdir, args.dataset, steps=args.steps, out=args.out,
-                                batch_size=args.batch_size, learning_rate=args.learning_rate, base=args.base,
-                                num_groups=min(32, args.base), spectral_weight=args.spectral_weight, shifts=args.shifts,
-                                seed=args.seed)
-    t = record["training"]
-    print(f"trained on {t['train_records']} records ({t['val_records']} validation) in {t['train_s']:.0f} s "
-          f"(+ {t['prepare_s']:.0f} s beats and latents)")
-    for name in ("train_metrics", "val_metrics"):
-        m = record[name]
-        if m:
-            print(f"{name[:-8]:>5}: beat MSE {m['beat_mse']:.5f} mV^2 (mean-beat predictor {m['mean_beat_mse']:.5f}, "
-                  f"R^2 {m['r2']:.3f}), spectral {m['spectral']:.4f}")
-    print(f"wrote {Path(args.out) if args.out else Path(args.workdir) / DIRECTORY_NAME}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

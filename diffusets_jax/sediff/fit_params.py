@@ -13,8 +13,8 @@ released. This module rebuilds such a prior from processed datasets:
    is almost all negative there, :data:`R_POLARITY_RATIO`), and windows
    ``[R - 20, R + 40]`` samples at 102.4 Hz (61 samples, SE-Diff's beat) cut from the 512 Hz signal
    (sub-sample R alignment). A record's mean beat is the mean of its beats.
-2. **Classes.** :func:`diffusets_jax.evaluation.metrics.condition_labels` (curated keyword
-   classes) plus :data:`EXTRA_CLASS_KEYWORDS` (SE-Diff classes and common statements the local
+2. **Classes.** :func:`diffusets_jax.conditions.condition_labels` (curated keyword
+   classes) plus :data:`diffusets_jax.conditions.EXTRA_CLASS_KEYWORDS` (SE-Diff classes and common statements the local
    data holds) plus ``all``; a class is kept if it has at least ``min_records`` records with beats.
    The class-mean beat is the mean of its records' mean beats (each record counts once).
 3. **Fit.** Per class and lead, ``theta``, ``a``, ``b`` (and a baseline offset in mV) minimise the
@@ -24,18 +24,16 @@ released. This module rebuilds such a prior from processed datasets:
 
 The result is ``ecgsyn_params.json`` next to this file; :func:`load_class_params` reads it.
 
-Run: ``python -m diffusets_jax.sediff.fit_params --dataset data/ptbxl --dataset data/ludb``
+Run: ``diffusets-jax fit-ecgsyn --dataset data/ptbxl --dataset data/ludb``
 (later ``diffusets-jax fit-ecgsyn``).
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import hashlib
 import json
 import re
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -48,32 +46,13 @@ import numpy as np
 import optax
 import scipy.signal
 
+from diffusets_jax.conditions import class_masks
 from diffusets_jax.constants import FS, LEADS
-from diffusets_jax.evaluation.metrics import ConditionKeywords, condition_labels
 from diffusets_jax.sediff import ecgsyn
 
 #: Shipped fit (see docs/se-diff.md, "ECGSYN prior").
 DEFAULT_PARAMS_PATH = Path(__file__).resolve().parent / "ecgsyn_params.json"
 FORMAT = "diffusets-jax/ecgsyn-class-params/1"
-
-#: Classes beyond :data:`diffusets_jax.evaluation.metrics.CONDITION_KEYWORDS`: SE-Diff's
-#: ``simplify_label`` classes that the curated table lacks (ischemia, ST elevation / depression,
-#: T-wave inversion, RVH, WPW, prolonged QT) and frequent PTB-XL / LUDB statements (incomplete
-#: RBBB, left anterior fascicular block, left axis deviation, left atrial hypertrophy). Regexes on
-#: the lower-cased report.
-EXTRA_CLASS_KEYWORDS: dict[str, ConditionKeywords] = {
-    "ischemia": ConditionKeywords((r"ischemi",)),
-    "st_elevation": ConditionKeywords((r"\bst[- ]elevation\b", r"\bstemi\b")),
-    "st_depression": ConditionKeywords((r"\bst[- ]depression\b",)),
-    "t_wave_abnormal": ConditionKeywords((r"\bt[- ]waves?\b", r"\bt abnormalit", r"\binverted t\b")),
-    "rvh": ConditionKeywords((r"\bright ventricular hypertrophy\b", r"\brvh\b")),
-    "wpw": ConditionKeywords((r"wolff", r"\bwpw\b")),
-    "prolonged_qt": ConditionKeywords((r"\b(?:long|prolonged) qt",)),
-    "incomplete_rbbb": ConditionKeywords((r"\bincomplete right bundle branch block\b", r"\birbbb\b")),
-    "lafb": ConditionKeywords((r"\bleft anterior (?:fascicular block|hemiblock)\b",)),
-    "left_axis_deviation": ConditionKeywords((r"\bleft axis deviation\b",)),
-    "left_atrial_hypertrophy": ConditionKeywords((r"\bleft atrial (?:hypertrophy|overload|enlargement)\b",)),
-}
 
 #: Beat extraction constants (see the module docstring).
 UPSAMPLE = 5  # 102.4 Hz -> 512 Hz
@@ -183,15 +162,6 @@ class ClassBeat:
     records: int
     beats: int
     heart_rate: float  # bpm, median of the records' heart rates
-
-
-def class_masks(reports: Sequence[str], keywords: Mapping[str, ConditionKeywords] | None = None
-                ) -> dict[str, np.ndarray]:
-    """``{class: (N,) bool}``: ``all``, the curated condition labels and :data:`EXTRA_CLASS_KEYWORDS`."""
-    masks = {"all": np.ones(len(reports), bool)}
-    masks.update(condition_labels(reports))
-    masks.update(condition_labels(reports, EXTRA_CLASS_KEYWORDS if keywords is None else keywords))
-    return masks
 
 
 def class_mean_beats(signals: np.ndarray, reports: Sequence[str], heart_rates: np.ndarray,
@@ -424,7 +394,7 @@ def fit_datasets(dirs: Sequence[str | Path], folds: Sequence[int] = tuple(range(
         "waves": list(ecgsyn.WAVES), "leads": list(LEADS), "mv_per_unit": ecgsyn.MV_PER_UNIT,
         "beat": {"length": ecgsyn.BEAT_LENGTH, "r_index": ecgsyn.BEAT_R_INDEX, "fs_hz": FS},
         "provenance": {
-            "command": "python -m diffusets_jax.sediff.fit_params " + " ".join(f"--dataset {d}" for d in dirs)
+            "command": "diffusets-jax fit-ecgsyn " + " ".join(f"--dataset {d}" for d in dirs)
                        + f" --steps {steps} --min-records {min_records}"
                        + (f" --folds {','.join(map(str, folds))}" if tuple(folds) != tuple(range(1, 9)) else ""),
             "datasets": sources, "folds": list(map(int, folds)), "min_records": min_records,
@@ -443,26 +413,6 @@ def _versions() -> dict[str, str]:
     return {name: md.version(name) for name in ("jax", "optax", "wfdb", "scipy")}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``fit-ecgsyn``: fit the per-class ECGSYN prior and write it as JSON; prints the fit table."""
-    parser = argparse.ArgumentParser(prog="diffusets-jax fit-ecgsyn", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", action="append", required=True, metavar="DIR",
-                        help="processed dataset directory (diffusets-jax prepare --out DIR); repeatable")
-    parser.add_argument("--out", default=str(DEFAULT_PARAMS_PATH), help="output JSON (default: the shipped file)")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="Adam steps")
-    parser.add_argument("--min-records", type=int, default=5, help="smallest class kept (records with beats)")
-    parser.add_argument("--folds", default="1,2,3,4,5,6,7,8", help="comma-separated training folds")
-    args = parser.parse_args(argv)
-    folds = tuple(int(f) for f in args.folds.split(","))
-    document = fit_datasets(args.dataset, folds, args.min_records, args.steps)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(dumps(document))
-    print(format_table(document))
-    print(f"wrote {out}")
-    return 0
-
-
 def dumps(document: dict) -> str:
     """JSON text with one line per list of numbers (the file is read by people too)."""
     text = json.dumps(document, indent=1)
@@ -477,7 +427,3 @@ def format_table(document: dict) -> str:
         lines.append(f"| {name} | {c['records']} | {c['beats']} | {c['heart_rate_bpm']:.0f} | {c['mse_mv2']:.5f} "
                      f"| {c['mse_default_mv2']:.4f} | {c['r_min']:.3f} |")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

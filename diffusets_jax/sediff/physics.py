@@ -30,7 +30,7 @@ computed and logged under ``stop_gradient``).
 
 The class of a record: the first class of :data:`CLASS_PRIORITY` (conduction and rhythm
 disorders that change the beat's shape before the broad classes) that its report matches by
-:func:`diffusets_jax.sediff.fit_params.class_masks` and that the parameter file holds, else
+:func:`diffusets_jax.conditions.class_masks` and that the parameter file holds, else
 ``all``. SE-Diff's released ``simplify_label`` takes the first match in its own list, which starts
 with "sinus rhythm" and so puts most records into that class; it has no fallback ('other' records
 get no loss).
@@ -39,27 +39,21 @@ get no loss).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from diffusets_jax.conditions import CLASS_PRIORITY, FALLBACK_CLASS
 from diffusets_jax.constants import FS
 from diffusets_jax.leads import AVF, AVL, AVR, I, II, III
 from diffusets_jax.sediff import ecgsyn
+from diffusets_jax.training.diffusion import AuxiliaryLosses
 
 Array = jax.Array
 
-#: Order in which a report's classes are tried (most beat-specific first); ``all`` catches the rest.
-CLASS_PRIORITY = (
-    "pacing", "lbbb", "rbbb", "wpw", "pvc", "atrial_fibrillation", "atrial_flutter", "pac", "av_block_1",
-    "st_elevation", "st_depression", "mi", "lvh", "rvh", "prolonged_qt", "ischemia", "t_wave_abnormal",
-    "st_changes", "incomplete_rbbb", "lafb", "left_axis_deviation", "left_atrial_hypertrophy",
-    "sinus_tachycardia", "sinus_bradycardia", "sinus_arrhythmia", "normal", "sinus_rhythm",
-)
-FALLBACK_CLASS = "all"
 #: Heart rates (bpm) are clipped to this range before scaling the wave parameters.
 HEART_RATE_RANGE = (30.0, 200.0)
 
@@ -97,22 +91,6 @@ def load_class_table(path: str | Path | None = None) -> ClassTable:
     return ClassTable(theta=stack(lambda c: c.params.theta), a=stack(lambda c: c.params.a),
                       b=stack(lambda c: c.params.b), offset=stack(lambda c: c.offset),
                       mean_beat=stack(lambda c: c.mean_beat), names=tuple(names))
-
-
-def class_indices(reports: Sequence[str], names: Sequence[str]) -> np.ndarray:
-    """``(N,)`` int32 index into ``names`` (a :class:`ClassTable`'s) of each report's class: the
-    first of ``names`` whose keywords match (:func:`fit_params.class_masks`), else ``all``."""
-    from diffusets_jax.sediff.fit_params import class_masks
-
-    masks = class_masks(list(reports))
-    out = np.full(len(reports), list(names).index(FALLBACK_CLASS), np.int32)
-    assigned = np.zeros(len(reports), bool)
-    for c, name in enumerate(names):
-        if name in masks and name != FALLBACK_CLASS:
-            take = masks[name] & ~assigned
-            out[take] = c
-            assigned |= take
-    return out
 
 
 def _row_params(table: ClassTable, class_index: Array) -> tuple[ecgsyn.WaveParams, Array]:
@@ -223,3 +201,35 @@ def physics_from_config(config, workdir: str | Path, vae_step: int | None = None
         print(f"warning: the beat decoder in {directory} was trained on the VAE of step {trained_on}, "
               f"this run uses step {vae_step}")
     return physics
+
+
+def physics_aux_loss(physics: PhysicsLoss, config):
+    """SE-Diff's weighted physics losses as a `training.diffusion.AuxLoss`.
+
+    The losses act on the beat decoded (frozen decoder) from the step's
+    `x0_hat = predict_x0(x_t, eps_hat)`; with `sediff.physics_gradient` False, `x0_hat` is under
+    `stop_gradient` (the released code's `torch.no_grad()`): logged, not trained. Returns
+    `euler_weight * euler_loss + interlead_weight * interlead_loss` and both losses as metrics.
+    """
+    euler_weight, interlead_weight = physics_weights(config)
+    gradient = config.sediff.get("physics_gradient", True)
+
+    def aux(terms, batch):
+        x0_hat = terms.x0_hat if gradient else jax.lax.stop_gradient(terms.x0_hat)
+        parts = physics(x0_hat, batch.get("class_index"), batch["heart_rate"])
+        return euler_weight * parts["euler_loss"] + interlead_weight * parts["interlead_loss"], parts
+
+    return aux
+
+
+def physics_auxiliary(config, workdir: str | Path):
+    """`train_diffusion`'s `auxiliary` for `config.sediff`: `vae_step -> AuxiliaryLosses` with the
+    physics loss of :func:`physics_from_config` and its class table's names (None if the weights are 0)."""
+    if not physics_enabled(config):
+        return None
+
+    def build(vae_step: int):
+        physics = physics_from_config(config, workdir, vae_step)
+        return AuxiliaryLosses((physics_aux_loss(physics, config),), class_names=physics.table.names)
+
+    return build

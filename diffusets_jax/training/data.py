@@ -11,7 +11,7 @@ Signal sources hold `signal` `(N, 1024, 12)` mV; latent sources (the VAE posteri
 diffusion model trains on, computed once as the official code caches them) hold `mean` and
 `log_variance` `(N, 128, 4)`; both hold `text_embedding` `(N, D)`, `sex` (1.0 male), `age`
 (years) and `heart_rate` (bpm). With SE-Diff's physics losses on, in-memory latent sources also
-hold `class_index` (N,) int32, each record's simulator class (`sediff.physics.class_indices` of its
+hold `class_index` (N,) int32, each record's simulator class (`conditions.class_indices` of its
 report); TFDS latent shards hold no reports, so their rows fall back to the `all` class.
 """
 
@@ -144,7 +144,7 @@ def _add_class_index(source: ArraySource, data_dirs, folds, class_names, repeats
     repeated `repeats` times for a heart-rate-augmented source.
     Added after construction: `ArraySource` keeps only the fields it knows, and yields all it holds."""
     from data_pipelines.processed import load_processed
-    from diffusets_jax.sediff.physics import class_indices
+    from diffusets_jax.conditions import class_indices
 
     data = load_processed(data_dirs, folds)
     if not np.array_equal(np.tile(np.asarray(data.record_ids), repeats), source.record_ids):

@@ -5,15 +5,17 @@ noises the latents and regresses the noise with the sum-MSE (`diffusion.diffusio
 (weight decay 0.01) with cosine decay to `final_lr_fraction * lr` (torch `CosineAnnealingLR`),
 optional EMA of the parameters (used for sampling). Checkpoints in `workdir/unet/`.
 
-SE-Diff's physics losses (`config.sediff`, all weights 0 by default): the Euler and inter-lead
-losses of the beat that the frozen beat decoder (`workdir/beat_decoder`) decodes from the predicted
-clean latent are added to the loss (`sediff.physics`, `_physics_loss`) and logged as
-`diffusion_loss`, `euler_loss`, `interlead_loss` next to the total `loss`.
+Extensions add losses without this module knowing them: `train_diffusion(..., auxiliary=...)`
+takes `AuxiliaryLosses`, each an `AuxLoss` of the `diffusion.LossTerms` of the step (x_t, t,
+eps_hat, x0_hat, ...) and the batch, added to the loss and logged beside `diffusion_loss`. SE-Diff's
+physics losses plug in this way (`diffusets_jax.sediff.physics.physics_auxiliary`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,10 +25,10 @@ from flax import nnx
 
 from diffusets_jax import diffusion
 from diffusets_jax.config import config_from_json, config_to_json
+from diffusets_jax.errors import ConfigError
 from diffusets_jax.constants import LATENT_SCALE
 from diffusets_jax.models import build_unet, make_condition, null_condition
 from diffusets_jax.pretrained import load_pretrained, save_pretrained
-from diffusets_jax.sediff.physics import physics_enabled, physics_from_config, physics_weights
 from diffusets_jax.training import common
 from diffusets_jax.training.data import latent_sources
 from diffusets_jax.training.vae import load_trained_vae, vae_optimizer
@@ -74,40 +76,42 @@ def clean_latents(batch, key, sample_posterior: bool) -> jax.Array:
     return batch["latents"]
 
 
-def _loss(graphdef, params, x0, condition, key, schedule, d, dtype):
-    """The sum-MSE/B diffusion loss of one batch, the U-Net computing in `dtype`."""
+#: An auxiliary loss: `(terms, batch) -> (weighted loss, metrics)`, traced inside the jitted step.
+AuxLoss = Callable[[diffusion.LossTerms, dict], tuple[jax.Array, dict]]
+
+
+@dataclass(frozen=True)
+class AuxiliaryLosses:
+    """Losses an extension adds to the diffusion loss, and the batch field they need.
+
+    `losses` are summed into the training loss; each one's metrics are logged next to
+    `diffusion_loss`. With `class_names`, every training record carries `class_index` into them
+    (`conditions.class_indices` of its report).
+    """
+
+    losses: Sequence[AuxLoss]
+    class_names: Sequence[str] | None = None
+
+
+def _loss(graphdef, params, x0, condition, key, schedule, d, dtype, aux_losses: Sequence[AuxLoss] = (),
+          batch: dict | None = None):
+    """`(loss, metrics)` of one batch, the U-Net computing in `dtype`: the sum-MSE/B diffusion loss
+    (`diffusion.diffusion_loss`) plus each of `aux_losses` (metrics: {} without them)."""
     unet = nnx.merge(graphdef, common.cast_floating(params, dtype))
     model_fn = lambda x, t: unet(x.astype(dtype), t, condition.astype(dtype)).astype(jnp.float32)  # noqa: E731
-    return diffusion.diffusion_loss(model_fn, schedule, x0, key, d.t_min, d.t_max)
+    loss, terms = diffusion.diffusion_loss_terms(model_fn, schedule, x0, key, d.t_min, d.t_max)
+    if not aux_losses:
+        return loss, {}
+    total, metrics = loss, {"diffusion_loss": loss}
+    for aux in aux_losses:
+        value, parts = aux(terms, batch)
+        total = total + value
+        metrics.update(parts)
+    return total, metrics
 
 
-def _physics_loss(graphdef, params, x0, condition, key, schedule, d, dtype, physics, batch, config):
-    """Diffusion loss plus SE-Diff's weighted physics losses: `(total, metrics)`.
-
-    The noise and timesteps are drawn exactly as `diffusion.diffusion_loss` draws them from `key`,
-    so `diffusion_loss` here equals `_loss`. The physics losses act on the beat decoded (frozen
-    decoder) from `x0_hat = predict_x0(x_t, eps_hat)`; with `sediff.physics_gradient` False,
-    `x0_hat` is under `stop_gradient` (the released code's `torch.no_grad()`): logged, not trained.
-    """
-    unet = nnx.merge(graphdef, common.cast_floating(params, dtype))
-    t_key, noise_key = jax.random.split(key)
-    batch_size = x0.shape[0]
-    t = jax.random.randint(t_key, (batch_size,), d.t_min, d.t_max)
-    noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
-    x_t = diffusion.add_noise(schedule, x0, noise, t)
-    eps = unet(x_t.astype(dtype), t, condition.astype(dtype)).astype(jnp.float32)
-    mse = jnp.sum((eps - noise) ** 2) / batch_size
-    x0_hat = diffusion.predict_x0(schedule, eps, t[:, None, None], x_t)  # (B, 128, 4)
-    if not config.sediff.get("physics_gradient", True):
-        x0_hat = jax.lax.stop_gradient(x0_hat)
-    terms = physics(x0_hat, batch.get("class_index"), batch["heart_rate"])
-    euler_weight, interlead_weight = physics_weights(config)
-    total = mse + euler_weight * terms["euler_loss"] + interlead_weight * terms["interlead_loss"]
-    return total, {"diffusion_loss": mse, **terms}
-
-
-def make_train_step(graphdef, tx, schedule, config, root_key, mesh, physics=None):
-    """The jitted U-Net step; `physics` (a `sediff.physics.PhysicsLoss`) adds SE-Diff's losses."""
+def make_train_step(graphdef, tx, schedule, config, root_key, mesh, aux_losses: Sequence[AuxLoss] = ()):
+    """The jitted U-Net step; `aux_losses` are added to the diffusion loss (see `AuxiliaryLosses`)."""
     tc, d = config.unet_train, config.diffusion
     dtype = common.compute_dtype(tc)
 
@@ -115,11 +119,8 @@ def make_train_step(graphdef, tx, schedule, config, root_key, mesh, physics=None
         latent_key, loss_key, dropout_key = jax.random.split(jax.random.fold_in(root_key, state.step), 3)
         x0 = clean_latents(batch, latent_key, tc.sample_posterior)
         condition = drop_conditions(batch_condition(batch), dropout_key, config)
-        if physics is None:
-            loss_fn = lambda p: (_loss(graphdef, p, x0, condition, loss_key, schedule, d, dtype), {})  # noqa: E731
-        else:
-            loss_fn = lambda p: _physics_loss(graphdef, p, x0, condition, loss_key, schedule, d, dtype,  # noqa: E731
-                                              physics, batch, config)
+        loss_fn = lambda p: _loss(graphdef, p, x0, condition, loss_key, schedule, d, dtype,  # noqa: E731
+                                  aux_losses, batch)
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -155,7 +156,7 @@ def make_evaluate(graphdef, source, config, schedule, mesh):
     def batch_metrics(params, batch):
         latent_key, loss_key = jax.random.split(key)
         x0, condition = clean_latents(batch, latent_key, False), batch_condition(batch)
-        loss = _loss(graphdef, params, x0, condition, loss_key, schedule, config.diffusion, dtype)
+        loss = _loss(graphdef, params, x0, condition, loss_key, schedule, config.diffusion, dtype)[0]
         unet = nnx.merge(graphdef, common.cast_floating(params, dtype))
         model_fn = lambda x, t: unet(x.astype(dtype), t, condition.astype(dtype)).astype(jnp.float32)  # noqa: E731
         return loss, diffusion.eps_mse_by_timestep(model_fn, schedule, x0, loss_key, EVAL_TIMESTEPS)
@@ -196,22 +197,29 @@ def make_preview(graphdef, vae, source, config, schedule):
     return preview
 
 
-def train_diffusion(config, workdir: str | Path, data_dirs, stop_after: int | None = None) -> Path:
+def train_diffusion(config, workdir: str | Path, data_dirs, stop_after: int | None = None,
+                    auxiliary: Callable[[int], AuxiliaryLosses] | None = None) -> Path:
     """Train (or resume) the U-Net of `config` on `data_dirs` encoded by `workdir`'s VAE.
 
     `stop_after` ends this run after that many steps (checkpointed); the next call resumes.
-    Raises FileNotFoundError if the workdir has no trained VAE, ValueError for too small a
-    dataset or a batch that does not split over the devices.
+    `auxiliary(vae_step)` builds extra losses once the VAE is loaded (SE-Diff:
+    `sediff.physics.physics_auxiliary(config, workdir)`). Raises FileNotFoundError if the workdir
+    has no trained VAE, ConfigError if `config.sediff` asks for physics losses but no `auxiliary`
+    is given, ValueError for too small a dataset or a batch that does not split over the devices.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config_to_json(config))
     tc = config.unet_train
     common.check_batch_size(tc.batch_size)
+    sediff = config.get("sediff") or {}
+    if auxiliary is None and any(float(sediff.get(w, 0.0)) > 0 for w in ("euler_weight", "interlead_weight")):
+        raise ConfigError("config.sediff sets physics-loss weights: pass auxiliary="
+                          "diffusets_jax.sediff.physics.physics_auxiliary(config, workdir) (the CLI does)")
     vae, vae_step = load_trained_vae(config, workdir)
-    physics = physics_from_config(config, workdir, vae_step) if physics_enabled(config) else None
+    extra = auxiliary(vae_step) if auxiliary is not None else AuxiliaryLosses(())
     train_source, val_source = latent_sources(config, workdir, vae, vae_step, data_dirs,
-                                              class_names=physics.table.names if physics else None)
+                                              class_names=extra.class_names)
     num_steps, _ = common.resolve_num_steps(tc, train_source.num_examples)
     mesh = common.make_mesh(config.mesh.data_axis)
 
@@ -226,7 +234,8 @@ def train_diffusion(config, workdir: str | Path, data_dirs, stop_after: int | No
     schedule = schedule_from_config(config)
     common.run_training(
         name="unet", workdir=workdir, state=state,
-        train_step=make_train_step(graphdef, tx, schedule, config, jax.random.key(config.seed + 1), mesh, physics),
+        train_step=make_train_step(graphdef, tx, schedule, config, jax.random.key(config.seed + 1), mesh,
+                                   tuple(extra.losses)),
         batches=train_source.batches(tc.batch_size, int(state.step), seed=config.seed, shuffle=config.data.shuffle),
         train_config=tc, num_steps=num_steps, checkpoints=checkpoints, mesh=mesh,
         learning_rate=unet_learning_rate(tc, num_steps),

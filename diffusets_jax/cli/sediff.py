@@ -1,0 +1,241 @@
+"""SE-Diff commands: `fit-ecgsyn`, `augment-dataset`, `train-beat-decoder`, `ablate`.
+
+Their modules load JAX and the evaluation stack, so their parsers are built only when one of
+these commands runs (`register(..., full=False)` lists them by name and help for `--help`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ._common import parse_folds
+
+HELP = {
+    "fit-ecgsyn": "fit the per-class ECGSYN wave parameters (SE-Diff prior)",
+    "augment-dataset": "retrieval-augmented reports for a processed set (SE-Diff experience retrieval)",
+    "train-beat-decoder": "train SE-Diff's beat decoder (VAE latent -> one R-aligned beat per lead)",
+    "ablate": "train and evaluate the base model and each SE-Diff addition on one budget",
+}
+
+
+def register(sub: argparse._SubParsersAction, full: bool = True) -> None:
+    if not full:
+        for name, text in HELP.items():
+            sub.add_parser(name, help=text)
+        return
+    _fit_ecgsyn(sub)
+    _augment_dataset(sub)
+    _train_beat_decoder(sub)
+    _ablate(sub)
+
+
+def _description(module) -> str:
+    return module.__doc__.split("\n\n")[0]
+
+
+# ------------------------------------------------------------------------------------ fit-ecgsyn
+def _fit_ecgsyn(sub) -> None:
+    from diffusets_jax.sediff import fit_params
+
+    p = sub.add_parser("fit-ecgsyn", help=HELP["fit-ecgsyn"], description=_description(fit_params))
+    p.add_argument("--dataset", action="append", required=True, metavar="DIR",
+                   help="processed dataset directory (diffusets-jax prepare --out DIR); repeatable")
+    p.add_argument("--out", default=str(fit_params.DEFAULT_PARAMS_PATH), help="output JSON (default: the shipped file)")
+    p.add_argument("--steps", type=int, default=fit_params.DEFAULT_STEPS, help="Adam steps")
+    p.add_argument("--min-records", type=int, default=5, help="smallest class kept (records with beats)")
+    p.add_argument("--folds", default="1,2,3,4,5,6,7,8", help="comma-separated training folds")
+    p.set_defaults(func=cmd_fit_ecgsyn)
+
+
+def cmd_fit_ecgsyn(args: argparse.Namespace) -> None:
+    from diffusets_jax.sediff.fit_params import dumps, fit_datasets, format_table
+
+    document = fit_datasets(args.dataset, parse_folds(args.folds), args.min_records, args.steps)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(dumps(document))
+    print(format_table(document))
+    print(f"wrote {out}")
+
+
+# ------------------------------------------------------------------------------- augment-dataset
+def _augment_dataset(sub) -> None:
+    from diffusets_jax.sediff import retrieval as rag
+    from diffusets_jax.sediff.summarisers import SUMMARISERS
+
+    p = sub.add_parser("augment-dataset", help=HELP["augment-dataset"], description=_description(rag))
+    p.add_argument("--dataset", action="append", required=True, metavar="DIR",
+                   help="processed set to augment (diffusets-jax prepare --out DIR); repeatable, merged into --out")
+    p.add_argument("--out", required=True, help="output processed set")
+    p.add_argument("--index", action="append", default=None, metavar="DIR",
+                   help="processed sets to retrieve from (default: the --dataset sets); repeatable")
+    p.add_argument("--k", type=int, default=rag.DEFAULT_K, help=f"neighbours per record (default {rag.DEFAULT_K})")
+    p.add_argument("--weights", default="", help="VIEW=W,... over " + ", ".join(rag.VIEWS) + " (updates the "
+                   "defaults " + ",".join(f"{v}={w:g}" for v, w in rag.DEFAULT_WEIGHTS.items()) + ")")
+    p.add_argument("--folds", default=",".join(map(str, rag.DEFAULT_TRAIN_FOLDS)),
+                   help="comma-separated training folds the index holds (default 1-8)")
+    p.add_argument("--summariser", choices=list(SUMMARISERS), default="keyword",
+                   help="keyword (offline, default) or llm (OpenAI-style chat; needs OPENAI_API_KEY)")
+    p.add_argument("--max-statements", type=int, default=6, help="statements per augmented report (the query's are kept)")
+    p.add_argument("--min-support", type=float, default=0.4, help="keyword: fraction of neighbours stating a finding")
+    p.add_argument("--min-lift", type=float, default=1.5,
+                   help="keyword: neighbour fraction needed relative to the index-wide prevalence (capped at all)")
+    p.add_argument("--llm-model", default="gpt-4o-mini")
+    p.add_argument("--llm-base-url", default=None, help="OpenAI-compatible server (default: api.openai.com)")
+    p.add_argument("--embedder", default=None, help="text embedder of the new reports (default: the set's)")
+    p.add_argument("--exclude-same-patient", action="store_true", help="never retrieve a record of the query's patient")
+    p.add_argument("--hosp", default=None, metavar="DIR",
+                   help="MIMIC-IV hosp directory: link the code sets of MIMIC-IV-ECG sets (writes hosp_codes.jsonl into them)")
+    p.add_argument("--save-index", default=None, metavar="FILE", help="also write the experience index (.npz) for generation")
+    p.add_argument("--examples", type=int, default=5, help="changed reports printed")
+    p.set_defaults(func=cmd_augment_dataset)
+
+
+def cmd_augment_dataset(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from data_pipelines.mimic_hosp import attach_hosp_codes
+    from diffusets_jax.sediff.augment import augment_dataset
+    from diffusets_jax.sediff.retrieval import ExperienceIndex, parse_weights
+    from diffusets_jax.sediff.summarisers import get_summariser
+    from diffusets_jax.text import get_embedder
+
+    folds = parse_folds(args.folds)
+    weights = parse_weights(args.weights)
+    if args.hosp:
+        for d in dict.fromkeys(args.dataset + (args.index or [])):
+            if json.loads((Path(d) / "info.json").read_text())["source"] == "mimic":
+                print(f"linked hospital codes: {attach_hosp_codes(d, args.hosp)}")
+    summariser = get_summariser(args.summariser, args.max_statements, args.min_support, args.min_lift, args.llm_model,
+                                args.llm_base_url)
+    embedder = get_embedder(args.embedder) if args.embedder else None
+    start = time.perf_counter()
+    out = augment_dataset(args.dataset, args.out, args.k, weights, summariser, embedder, folds=folds,
+                          index_dirs=args.index, exclude_same_patient=args.exclude_same_patient)
+    info = json.loads((out / "info.json").read_text())["augmentation"]
+    print(f"wrote {out}: {info['reports_changed']} of {len(np.load(out / 'dataset.npz')['reports'])} reports changed, "
+          f"statements per report {info['statements_before']:.2f} -> {info['statements_after']:.2f}; "
+          f"index {info['index_records']} records, views {', '.join(info['index_views'])}; "
+          f"{time.perf_counter() - start:.1f} s ({info['seconds']})")
+    shown = 0
+    for line in (out / "records.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row["report"] != row["original_report"] and shown < args.examples:
+            print(f"  {row['record_id']}: {row['original_report']}\n    -> {row['report']}")
+            shown += 1
+    if args.save_index:
+        index_dirs = args.index or args.dataset
+        print(f"wrote {ExperienceIndex.from_processed(index_dirs, folds).save(args.save_index)}")
+
+
+# ---------------------------------------------------------------------------- train-beat-decoder
+def _train_beat_decoder(sub) -> None:
+    from diffusets_jax.sediff import beat_decoder as bd
+
+    p = sub.add_parser("train-beat-decoder", help=HELP["train-beat-decoder"], description=_description(bd))
+    p.add_argument("--workdir", required=True, help="training workdir with a trained VAE (vae/ checkpoints)")
+    p.add_argument("--dataset", action="append", required=True, metavar="DIR",
+                   help="processed dataset directory (diffusets-jax prepare --out DIR); repeatable")
+    p.add_argument("--steps", type=int, default=bd.DEFAULT_STEPS, help="AdamW steps")
+    p.add_argument("--out", default=None, help=f"output directory (default: WORKDIR/{bd.DIRECTORY_NAME})")
+    p.add_argument("--batch-size", type=int, default=bd.DEFAULT_BATCH_SIZE)
+    p.add_argument("--learning-rate", type=float, default=bd.DEFAULT_LEARNING_RATE)
+    p.add_argument("--base", type=int, default=bd.DEFAULT_BASE, help="channel width (official 128)")
+    p.add_argument("--spectral-weight", type=float, default=bd.DEFAULT_SPECTRAL_WEIGHT,
+                   help="alpha_spec, weight of the spectral multi-beat loss")
+    p.add_argument("--shifts", type=int, default=bd.DEFAULT_SHIFTS,
+                   help="circularly shifted copies of each training ECG (augmentation; 0: none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_beat_decoder)
+
+
+def cmd_train_beat_decoder(args: argparse.Namespace) -> None:
+    from diffusets_jax.sediff.beat_decoder import DIRECTORY_NAME, train_beat_decoder
+
+    record = train_beat_decoder(args.workdir, args.dataset, steps=args.steps, out=args.out,
+                                batch_size=args.batch_size, learning_rate=args.learning_rate, base=args.base,
+                                num_groups=min(32, args.base), spectral_weight=args.spectral_weight, shifts=args.shifts,
+                                seed=args.seed)
+    t = record["training"]
+    print(f"trained on {t['train_records']} records ({t['val_records']} validation) in {t['train_s']:.0f} s "
+          f"(+ {t['prepare_s']:.0f} s beats and latents)")
+    for name in ("train_metrics", "val_metrics"):
+        m = record[name]
+        if m:
+            print(f"{name[:-8]:>5}: beat MSE {m['beat_mse']:.5f} mV^2 (mean-beat predictor {m['mean_beat_mse']:.5f}, "
+                  f"R^2 {m['r2']:.3f}), spectral {m['spectral']:.4f}")
+    print(f"wrote {Path(args.out) if args.out else Path(args.workdir) / DIRECTORY_NAME}")
+
+
+# ---------------------------------------------------------------------------------------- ablate
+def _ablate(sub) -> None:
+    from diffusets_jax.diffusion import SAMPLERS
+    from diffusets_jax.sediff import ablation
+
+    p = sub.add_parser(
+        "ablate", help=HELP["ablate"],
+        description="Fine-tune the base model and each SE-Diff addition from the same base checkpoint, for the "
+                    "same number of steps on the same batches, then generate ECGs for the same held-out "
+                    "conditions and score them with the shipped evaluator (HR MAE, FID / rFID, precision, recall, "
+                    "CLIP score, lead residuals). Writes OUT/<variant>/ (the fine-tuned workdir, model/, "
+                    "samples.npz, metrics.json), OUT/ablation.json and OUT/ablation.md, and prints the table. "
+                    "Variants already done in OUT are skipped; an interrupted fine-tune resumes. "
+                    "Variants: " + "; ".join(f"{v.name}: {v.description}" for v in ablation.VARIANTS.values()) + ".")
+    p.add_argument("--base-workdir", required=True, type=Path, metavar="DIR",
+                   help="trained workdir to start from (config.json, vae/, unet/, beat_decoder/), or a "
+                        "pretrained model directory (written out once as OUT/base_workdir, with fresh optimizer "
+                        "moments); only read")
+    p.add_argument("--dataset", dest="data", action="append", required=True, type=Path, metavar="DIR",
+                   help="processed set (diffusets-jax prepare); repeatable. Training uses the base config's "
+                        "train folds, the conditions come from --folds")
+    p.add_argument("--rag-dataset", dest="rag_data", action="append", default=[], type=Path, metavar="DIR",
+                   help="retrieval-augmented twin of each --dataset, same order (diffusets-jax augment-dataset); "
+                        "needed by the retrieval and full variants")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR",
+                   help="output directory (run again with the same one to resume)")
+    p.add_argument("--variants", default=",".join(ablation.VARIANTS), metavar="NAMES",
+                   help=f"comma-separated, from {', '.join(ablation.VARIANTS)} (default: all)")
+    p.add_argument("--steps", type=int, default=1000,
+                   help="U-Net steps each variant trains after the base checkpoint (default 1000)")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="constant fine-tune learning rate (default: the base run's final one, "
+                        "unet_train.learning_rate x final_lr_fraction)")
+    p.add_argument("--euler-weight", type=float, default=ablation.DEFAULT_EULER_WEIGHT,
+                   help="sediff.euler_weight of the euler, full and released variants "
+                        f"(default {ablation.DEFAULT_EULER_WEIGHT:g})")
+    p.add_argument("--interlead-weight", type=float, default=ablation.DEFAULT_INTERLEAD_WEIGHT,
+                   help="sediff.interlead_weight of the interlead, full and released variants "
+                        f"(default {ablation.DEFAULT_INTERLEAD_WEIGHT:g})")
+    p.add_argument("--beat-decoder", type=Path, default=None, metavar="DIR",
+                   help="beat decoder of the physics variants (default: the base config's "
+                        "sediff.beat_decoder_dir, else beat_decoder/ in --base-workdir)")
+    p.add_argument("--num-samples", type=int, default=256, help="ECGs generated and scored per variant (default 256)")
+    p.add_argument("--folds", default="9,10", help="held-out folds the conditions come from (default 9,10)")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default="ddim", help="sampler for the evaluation (default ddim)")
+    p.add_argument("--num-steps", type=int, default=50, help="sampler steps (default 50)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance scale (default: the model's config)")
+    p.add_argument("--batch-size", type=int, default=64, help="ECGs per sampler call (default 64)")
+    p.add_argument("--weights", choices=["ema", "raw"], default="ema",
+                   help="U-Net parameters to generate with: the EMA the base config keeps, or the raw ones "
+                        "(default ema)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="draws the conditions and seeds the ECGs (default 0); the training batches follow the "
+                        "base config's seed")
+    p.add_argument("--evaluator", type=Path, default=None, metavar="DIR", help="evaluator directory (default: the shipped one)")
+    p.set_defaults(func=cmd_ablate)
+
+
+def cmd_ablate(args: argparse.Namespace) -> None:
+    from diffusets_jax.sediff.ablation import run_ablation
+
+    run_ablation(args.base_workdir, args.data, args.out, variants=args.variants, rag_dirs=args.rag_data,
+                 steps=args.steps, learning_rate=args.learning_rate, euler_weight=args.euler_weight,
+                 interlead_weight=args.interlead_weight, beat_decoder_dir=args.beat_decoder,
+                 num_samples=args.num_samples, folds=parse_folds(args.folds), sampler=args.sampler,
+                 num_steps=args.num_steps, guidance_scale=args.guidance_scale, batch_size=args.batch_size,
+                 weights=args.weights, seed=args.seed, evaluator_dir=args.evaluator,
+                 command="diffusets-jax " + " ".join(args.argv))
