@@ -143,7 +143,6 @@ def test_bad_beam_arguments(roots, tmp_path):
 
 
 @needs_beam
-@pytest.mark.slow
 @pytest.mark.parametrize("source", SOURCES)
 def test_beam_build_one_worker_equals_in_memory_build(source, roots, reference, tmp_path):
     info = build_dataset(source, roots[source], tmp_path, beam_runner="DirectRunner", beam_workers=1)
