@@ -24,7 +24,7 @@ from data_pipelines.tfds import SKIPPED_FILE, build_dataset
 from data_pipelines.tfds.stream import reason_kind
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
-from make_mimic_corpus import make_corpus  # noqa: E402
+from make_mimic_corpus import make_corpus
 
 HAS_BEAM = importlib.util.find_spec("apache_beam") is not None
 needs_beam = pytest.mark.skipif(not HAS_BEAM, reason='needs Apache Beam: pip install -e ".[beam]"')

@@ -11,8 +11,8 @@ splits: :mod:`data_pipelines.tfds.base`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import shuffle as shuffle_buffer
@@ -20,11 +20,11 @@ from tensorflow_datasets.core import shuffle as shuffle_buffer
 from diffusets_jax.text import TextEmbedder
 
 from .base import SPLIT_FOLDS, ECGBuilder, ECGConfig, split_of_fold
-from .stream import SKIPPED_FILE
 from .cinc import Cinc
 from .ludb import Ludb
 from .mimic import Mimic
 from .ptbxl import Ptbxl
+from .stream import SKIPPED_FILE
 
 BUILDERS: dict[str, type[ECGBuilder]] = {cls.SOURCE: cls for cls in (Ptbxl, Ludb, Mimic, Cinc)}
 

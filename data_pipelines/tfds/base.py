@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -52,8 +52,18 @@ from data_pipelines.prepare import load_records
 from diffusets_jax.constants import NUM_LEADS, NUM_SAMPLES
 from diffusets_jax.text import EMBEDDERS, TextEmbedder
 
-from .stream import (SKIPPED_FILE, SPLIT_FOLDS, BatchEmbedder, SpoolWriter, process_locally, read_spool,
-                     reason_kind, skipped_counts, split_of_fold, spool_files)
+from .stream import (
+    SKIPPED_FILE,
+    SPLIT_FOLDS,
+    BatchEmbedder,
+    SpoolWriter,
+    process_locally,
+    read_spool,
+    reason_kind,
+    skipped_counts,
+    split_of_fold,
+    spool_files,
+)
 
 #: Sex class names, indexed by the stored integer (= official condition code: 1.0 male).
 SEX_NAMES = ("F", "M")

@@ -16,7 +16,7 @@ pipeline result. Stage 2 (TFDS writing the shards) is in :mod:`data_pipelines.tf
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics

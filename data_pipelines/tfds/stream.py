@@ -22,8 +22,8 @@ import multiprocessing
 import pickle
 import re
 from collections import Counter, OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
