@@ -30,6 +30,7 @@ def measure(config_name: str, steps: int) -> dict:
     import numpy as np
     from flax import nnx
 
+    from diffusets_jax import diffusion
     from diffusets_jax.config import load_config
     from diffusets_jax.models import build_unet, build_vae
     from diffusets_jax.training import common, diffusion as diffusion_training, vae as vae_training
@@ -71,7 +72,7 @@ def measure(config_name: str, steps: int) -> dict:
     tx = diffusion_training.unet_optimizer(config.unet_train, 100)
     ema = jax.tree.map(jnp.copy, params) if config.unet_train.ema_decay > 0 else None
     state = common.replicate(common.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), ema), mesh)
-    step = diffusion_training.make_train_step(graphdef, tx, diffusion_training.schedule_from_config(config),
+    step = diffusion_training.make_train_step(graphdef, tx, diffusion.schedule_from_config(config.diffusion),
                                               config, jax.random.key(1), mesh)
     latents = {"mean": rng.standard_normal((b, 128, 4)).astype(np.float32),
                "log_variance": np.full((b, 128, 4), -4.0, np.float32), **condition_fields(b)}

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import tiny_config  # noqa: E402
 from diffusets_jax.models import build_unet, build_vae  # noqa: E402
 from diffusets_jax.pretrained import flatten_params  # noqa: E402
+from diffusets_jax import diffusion  # noqa: E402
 from diffusets_jax.training import common, diffusion as diffusion_training, vae as vae_training  # noqa: E402
 
 
@@ -62,7 +63,7 @@ def main(batch_path: str, out_dir: str) -> None:
     tx = diffusion_training.unet_optimizer(config.unet_train, 10)
     state = common.replicate(common.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                                opt_state=tx.init(params), ema_params=jax.tree.map(jnp.copy, params)), mesh)
-    schedule = diffusion_training.schedule_from_config(config)
+    schedule = diffusion.schedule_from_config(config.diffusion)
     step = diffusion_training.make_train_step(graphdef, tx, schedule, config, jax.random.key(1), mesh)
     global_latents = common.global_batch(latent_batch(batch), mesh)
 

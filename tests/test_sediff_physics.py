@@ -147,10 +147,11 @@ def _gradients(config, table, decoder, x0, condition, batch, key, plain=None):
     """`(plain gradient, physics gradient, physics total, its parts)`; `plain` reused if given."""
     from diffusets_jax.models import build_unet
     from diffusets_jax.training.common import compute_dtype
-    from diffusets_jax.training.diffusion import _loss, schedule_from_config
+    from diffusets_jax.diffusion import schedule_from_config
+    from diffusets_jax.training.diffusion import _loss
 
     graphdef, params = nnx.split(build_unet(config), nnx.Param)
-    schedule, d, dtype = schedule_from_config(config), config.diffusion, compute_dtype(config.unet_train)
+    schedule, d, dtype = schedule_from_config(config.diffusion), config.diffusion, compute_dtype(config.unet_train)
     terms = physics.PhysicsLoss(decoder, table)
     if plain is None:
         plain = jax.jit(jax.value_and_grad(lambda p: _loss(graphdef, p, x0, condition, key, schedule, d, dtype)[0]))(params)

@@ -175,7 +175,7 @@ def official_steps(ref, config=None, noise=None) -> dict:
     mesh = common.make_mesh(config.mesh.data_axis)
     state = common.replicate(common.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                                opt_state=tx.init(params)), mesh)
-    schedule = diffusion_training.schedule_from_config(config)
+    schedule = diffusion.schedule_from_config(config.diffusion)
     root_key = jax.random.key(config.seed + 1)
     train_step = diffusion_training.make_train_step(graphdef, tx, schedule, config, root_key, mesh)
     params_seen, metrics, opt_states = [jax.device_get(state.params)], [], []
@@ -202,7 +202,7 @@ def run(ref):
 
 
 def test_add_noise(ref):
-    schedule = diffusion_training.schedule_from_config(paper_config())
+    schedule = diffusion.schedule_from_config(paper_config().diffusion)
     for k in range(NUM_STEPS):
         xt = diffusion.add_noise(schedule, jnp.asarray(channels_last(ref["train_x0"][k])),
                                  jnp.asarray(channels_last(ref["train_noise"][k])), jnp.asarray(ref["train_t"][k]))

@@ -154,7 +154,7 @@ def load_builder(name: str, data_dir=None) -> tfds.core.DatasetBuilder:
             version_dir = versions[-1] if versions else version_dir
     if not (version_dir / "dataset_info.json").is_file():
         raise FileNotFoundError(f"no TFDS dataset in {version_dir}: build it with "
-                                "data_pipelines.tfds.build_dataset (or python -m data_pipelines.tfds)")
+                                "data_pipelines.tfds.build_dataset (or diffusets-jax build-tfds)")
     return tfds.builder_from_directory(str(version_dir))
 
 

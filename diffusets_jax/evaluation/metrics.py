@@ -24,6 +24,7 @@ import scipy.signal
 import scipy.spatial.distance
 
 from diffusets_jax.constants import FS, LEADS
+from diffusets_jax.leads import LEAD_IDENTITIES, identity_residuals
 
 #: Rows of the query set compared at once in :func:`precision_recall` (bounds memory to
 #: ``chunk x N`` float64 distances: 1024 x 100k = 0.8 GB at worst, 8 MB for N = 1000).
@@ -347,27 +348,16 @@ def paired_errors(real, generated) -> dict[str, float]:
 
 
 #: Limb-lead identities, each as the residual that is 0 for a consistent ECG (mV).
-LEAD_IDENTITIES = ("III - (II - I)", "aVR + (I + II)/2", "aVL - (I - II/2)", "aVF - (II - I/2)")
-
-
 def lead_identity_residuals(signals) -> np.ndarray:
-    """Einthoven/Goldberger residuals of each ECG sample, ``(N, L, 4)`` in mV.
-
-    Columns follow :data:`LEAD_IDENTITIES`: ``III - (II - I)``, ``aVR + (I + II)/2``,
-    ``aVL - (I - II/2)``, ``aVF - (II - I/2)``. A recorded (or physically consistent) ECG has
-    residuals at the noise level; a generator that learnt the leads independently does not.
+    """Einthoven/Goldberger residuals of each ECG sample, `(N, L, 4)` in mV (`leads.identity_residuals`).
 
     Args:
-        signals: ``(N, L, 12)`` or ``(L, 12)`` ECGs in mV, ``LEADS`` order.
+        signals: `(N, L, 12)` or `(L, 12)` ECGs in mV, `LEADS` order.
 
     Raises:
         ValueError: wrong shape.
     """
-    x = _signals(signals, "signals")
-    lead = {name: x[..., i] for i, name in enumerate(LEADS)}
-    i, ii = lead["I"], lead["II"]
-    return np.stack([lead["III"] - (ii - i), lead["aVR"] + (i + ii) / 2,
-                     lead["aVL"] - (i - ii / 2), lead["aVF"] - (ii - i / 2)], axis=-1)
+    return identity_residuals(_signals(signals, "signals"))
 
 
 def lead_residuals(signals) -> dict[str, float]:

@@ -48,7 +48,7 @@ from flax import nnx
 
 from diffusets_jax.conditions import CLASS_PRIORITY, FALLBACK_CLASS
 from diffusets_jax.constants import FS
-from diffusets_jax.leads import AVF, AVL, AVR, I, II, III
+from diffusets_jax.leads import identity_residuals
 from diffusets_jax.sediff import ecgsyn
 from diffusets_jax.training.diffusion import AuxiliaryLosses
 
@@ -125,17 +125,9 @@ def euler_loss(beats: Array, class_index: Array, heart_rate: Array, table: Class
     return jnp.mean(euler_residual(beats, params, offset, heart_rate, fs) ** 2)
 
 
-def interlead_residual(beats: Array) -> Array:
-    """``(..., L, 4)`` mV: III - (II - I), aVR + (I + II)/2, aVL - (I - II/2), aVF - (II - I/2)."""
-    lead_i, lead_ii = beats[..., I], beats[..., II]
-    return jnp.stack([beats[..., III] - (lead_ii - lead_i), beats[..., AVR] + 0.5 * (lead_i + lead_ii),
-                      beats[..., AVL] - (lead_i - 0.5 * lead_ii), beats[..., AVF] - (lead_ii - 0.5 * lead_i)],
-                     axis=-1)
-
-
 def interlead_loss(beats: Array) -> Array:
     """Mean squared Einthoven/Goldberger residual (mV^2) of ``(..., L, 12)`` beats; 0 iff consistent."""
-    return jnp.mean(interlead_residual(beats) ** 2)
+    return jnp.mean(identity_residuals(beats) ** 2)
 
 
 class PhysicsLoss:

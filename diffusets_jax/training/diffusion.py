@@ -34,10 +34,6 @@ from diffusets_jax.training.data import latent_sources
 from diffusets_jax.training.vae import load_trained_vae, vae_optimizer
 
 
-def schedule_from_config(config) -> diffusion.Schedule:
-    return diffusion.schedule_from_config(config.diffusion)
-
-
 def unet_learning_rate(train_config, num_steps: int) -> optax.Schedule:
     return optax.cosine_decay_schedule(
         train_config.learning_rate, decay_steps=num_steps, alpha=train_config.final_lr_fraction
@@ -231,7 +227,7 @@ def train_diffusion(config, workdir: str | Path, data_dirs, stop_after: int | No
     state = common.replicate(state, mesh)
     checkpoints = common.Checkpoints(workdir / "unet", tc.keep_checkpoints)
     state = common.restore_or_init(checkpoints, state)
-    schedule = schedule_from_config(config)
+    schedule = diffusion.schedule_from_config(config.diffusion)
     common.run_training(
         name="unet", workdir=workdir, state=state,
         train_step=make_train_step(graphdef, tx, schedule, config, jax.random.key(config.seed + 1), mesh,
