@@ -1,8 +1,9 @@
 """Weights in the official PyTorch layout <-> this port's Flax NNX modules.
 
 The official checkpoints are `unet_all.pth` (a plain U-Net state dict) and `vae_model.pth`
-(`{'encoder': state_dict, 'decoder': state_dict}`); key list and shapes in reference section 3
-and `tests/data/parity/state_dict_keys.tsv`. Conversion is a rename plus a transpose:
+(`{'encoder': state_dict, 'decoder': state_dict}`); modules in the official
+`unet/unet_conditional.py` and `vae/vae_model.py`; key list and shapes in
+`tests/data/parity/state_dict_keys.tsv`. Conversion is a rename plus a transpose:
 
 * Conv1d `(out, in, k)` -> NNX Conv kernel `(k, in, out)`;
 * ConvTranspose1d `(in, out, k)` -> kernel `(k, in, out)`;

@@ -1,6 +1,8 @@
 """Latent diffusion: noise schedule, training loss, samplers (each one `jax.lax.scan`) and guidance.
 
-Faithful to the official setup (reference section 4): diffusers 0.27.2
+Faithful to the official setup (official `utils/train.py` and
+`utils/inference.py::generation_from_net`; the paper, arXiv:2501.05932, gives the linear beta
+range [0.00085, 0.0120]): diffusers 0.27.2
 `DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012)`, i.e. *linear*
 betas, epsilon prediction, `fixed_small` variance, predicted x0 clipped to [-1, 1] and 'leading'
 timestep spacing; training draws t uniformly from {1, ..., 998} and uses the sum-MSE over the

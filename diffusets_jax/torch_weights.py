@@ -1,6 +1,6 @@
 """Official PyTorch DiffuSETS weight files <-> pretrained model directories of this port.
 
-The official checkpoints (reference sections 2 and 3) are
+The official checkpoints (of the official `vae/vae_model.py` and `unet/unet_conditional.py`) are
 
 * `unet_all.pth`: a plain `ECGconditional` state dict (713 tensors), and
 * `vae_model.pth`: `{'encoder': VAE_Encoder state dict, 'decoder': VAE_Decoder state dict}`.
