@@ -2,14 +2,15 @@
 
 Input: noisy latent `(B, 128, 4)`, timesteps `(B,)` int in [0, 1000), and the condition vector
 `(B, D + 3)` = [text embedding (D), sex (1 = male), age (years), heart rate (bpm)], raw values as
-in the official code (reference section 5). Output: predicted noise, same shape as the latent.
+in the official code (`utils/train.py::train_epoch_channels`). Output: predicted noise, same
+shape as the latent.
 
 Attribute names mirror the official modules (`downsampling_blocks`, `bottelneck` -- the official
 misspelling is the real state-dict prefix --, `self_attention`, `cross_attention`,
 `value_combiner`, ...), so that `diffusets_jax.convert` is a table of renames and transposes.
 Widths come from `unet.channels` (official `(8, 16, 32, 64, 128, 256)`, i.e. `n_channels=4`
 doubled at each of `num_levels - 1 = 6` levels); every width rule of the official constructor is
-kept (reference section 3, "Channel bookkeeping").
+kept (official `ECGconditional.__init__`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def timestep_table(num_steps: int = TIME_TABLE_SIZE, dim: int = TIME_TABLE_DIM) 
     """The official frozen sinusoidal table `(num_steps, dim)` float32 (`TimeEmbedding.embeddings`).
 
     Row t is `[sin((t+1) f), cos((t+1) f)]` with `f_j = exp(-j * 10 / (dim/2 - 1))`: the constant is
-    10, not ln(10000), and row t uses t + 1 (reference section 3, "TimeEmbedding").
+    10, not ln(10000), and row t uses t + 1 (official `unet/unet_conditional.py::TimeEmbedding`).
     """
     half = dim // 2
     freqs = np.exp(-np.arange(half, dtype=np.float32) * (10.0 / (half - 1)))
@@ -161,8 +162,8 @@ class Block(nnx.Module):
     """Official `Block`: time embedding, conv stack, self- and cross-attention, residual conv.
 
     `(B, L, C_in)` -> `(B, L, C_out)`; the internal width is `(C_in + C_out) // 2` and the attention
-    width `2 * C_in` (reference section 3). The official `Block.down` is never called and is not
-    built here; the converter accepts and drops its weights.
+    width `2 * C_in` (official `ECGconditional.__init__`). The official `Block.down` is never
+    called and is not built here; the converter accepts and drops its weights.
     """
 
     def __init__(
@@ -364,7 +365,7 @@ def make_condition(text_embedding: Array, sex: Array, age: Array, heart_rate: Ar
     """The official condition vector `(B, D + 3)`: text `(B, D)`, then sex, age (years), HR (bpm).
 
     Sex is 1.0 for male and 0.0 for female; values enter unnormalised, in this order (the official
-    dict order `gender`, `age`, `heart rate`; reference section 5).
+    dict order `gender`, `age`, `heart rate` of `utils/train.py::train_epoch_channels`).
     """
     extras = [jnp.asarray(v, jnp.float32).reshape(-1, 1) for v in (sex, age, heart_rate)]
     return jnp.concatenate([jnp.asarray(text_embedding, jnp.float32), *extras], axis=-1)

@@ -1,7 +1,7 @@
 """The DiffuSETS 1-D VAE: 12-lead ECG `(B, 1024, 12)` mV <-> latent `(B, 128, 4)`.
 
-Port of `vae/vae_model.py` (`VAE_Encoder`, `VAE_Decoder`, `loss_function`) of the official code;
-layer by layer in reference section 2. The official modules are `nn.Sequential`s, so the layers
+Port of `vae/vae_model.py` (`VAE_Encoder`, `VAE_Decoder`, `loss_function`) of the official code,
+layer by layer. The official modules are `nn.Sequential`s, so the layers
 here are kept in one list each, `layers[i]` being the official index `i`: the state-dict key
 `encoder.4.conv_1.weight` is `encoder.layers[4].conv_1.kernel` here. The widths come from the
 config (`vae.channels`, official `(128, 256, 512)`); the sequence of layers is the official one.
@@ -191,7 +191,7 @@ def vae_loss(
 
     The reconstruction term is summed over the 1024 x 12 values and averaged over the batch; the
     KL of N(mean, exp(logvar)) from N(0, 1) is summed over the latent channels and averaged over
-    the batch *and* the 128 latent positions (reference section 2, "Loss").
+    the batch *and* the 128 latent positions (official `vae/vae_model.py::loss_function`).
     Returns `(loss, {"reconstruction", "kl"})`.
     """
     batch = x.shape[0]
