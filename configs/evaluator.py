@@ -1,4 +1,4 @@
-"""The ECG-text CLIP evaluator (reference section 7, official `clip/clip_model.py`, `clip_train.py`).
+"""The ECG-text CLIP evaluator (official `clip/clip_model.py`, `clip/clip_train.py`).
 
 `get_config()` is the `small` DiffuSETS config plus an `evaluator` group sized for a 2-core CPU:
 Net1D of 4 stages (16/32/64/128 channels, one block each, k 16, groups of 16 channels) on

@@ -1,5 +1,5 @@
-"""The CLIP evaluator (reference section 7): Net1D shapes and sizes, the contrastive loss, training,
-saving/loading, and the shipped evaluator on the real fixture records."""
+"""The CLIP evaluator (official `clip/clip_model.py`): Net1D shapes and sizes, the contrastive
+loss, training, saving/loading, and the shipped evaluator on the real fixture records."""
 
 import math
 

@@ -1,7 +1,7 @@
 """The ECG-text CLIP evaluator: Net1D signal encoder, 64-d projections, symmetric contrastive loss.
 
-Source: DiffuSETS `clip/clip_model.py` (class `CLIP`, "adapted from METS") and `clip/clip_train.py`,
-reference section 7. The official metrics (`test_scripts/evaluation.py`) take the 64-d projections
+Source: DiffuSETS `clip/clip_model.py` (class `CLIP`, "adapted from METS") and `clip/clip_train.py`.
+The official metrics (`test_scripts/evaluation.py`) take the 64-d projections
 unnormalised (`ecg_features`, `text_features`) for FID and precision/recall, and their cosine
 similarity for the CLIP score.
 """

@@ -1,12 +1,12 @@
 """The `diffusets-jax evaluate` job: generate ECGs for held-out conditions and score them.
 
 Protocol (official `test_scripts/evaluation.py`, `batch_hr_test.py`, `batch_disease_gen.py`;
-reference section 7; SE-Diff's paired and rFID/rCLIP metrics): `num_samples` conditions are drawn
-(seeded, with replacement when the split is smaller) from the held-out folds of processed sets;
-one ECG is generated per condition; the real ECG of that record is its pair. Differences from the
-official protocol, on purpose: sex is the record's (the official evaluation always used 0), the
-conditions come from held-out patients (the official ones from the training set), and the "real"
-features are of the real ECGs, not of their VAE reconstructions.
+SE-Diff's paired and rFID/rCLIP metrics, Wang et al., ICLR 2026, arXiv:2511.09895):
+`num_samples` conditions are drawn (seeded, with replacement when the split is smaller) from the
+held-out folds of processed sets; one ECG is generated per condition; the real ECG of that record
+is its pair. Differences from the official protocol, on purpose: sex is the record's (the official
+evaluation always used 0), the conditions come from held-out patients (the official ones from the
+training set), and the "real" features are of the real ECGs, not of their VAE reconstructions.
 
 Denoising: the U-Net's eps-MSE per timestep on the held-out records' latents, next to the
 Gaussian (Wiener) predictor's (`denoising_error`; skipped for `--samples`). Realism without the

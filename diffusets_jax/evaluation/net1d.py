@@ -1,7 +1,7 @@
 """Net1D, S. Hong's 1-D ResNeXt with squeeze-and-excitation: the ECG encoder of the official evaluator.
 
 Source: DiffuSETS `clip/clip_model.py` (classes `MyConv1dPadSame`, `MyMaxPool1dPadSame`,
-`BasicBlock`, `BasicStage`, `Net1D`; adapted from METS / hsd1503/resnet1d), reference section 7.
+`BasicBlock`, `BasicStage`, `Net1D`; adapted from METS / hsd1503/resnet1d).
 Channels-last here: signals `(B, L, C)` instead of PyTorch's `(B, C, L)`. Module names mirror
 the official ones (`first_conv`, `stage_list`, `block_list`, `bn1`, `conv2`, `se_fc1`, ...).
 

@@ -1,4 +1,4 @@
-"""Train, save and load the CLIP evaluator (official `clip/clip_train.py`, reference section 7).
+"""Train, save and load the CLIP evaluator (official `clip/clip_train.py`).
 
 AdamW(lr 1e-3, weight decay 1e-3) at a constant rate on the symmetric contrastive loss of each
 batch (the official code computes it within chunks of 256). Unlike the official evaluator, which
@@ -273,7 +273,7 @@ def _model_card(config, data_dirs, step, seconds, last, parameters, test, train,
 
     return f"""# DiffuSETS-JAX evaluator (`{config.name}`)
 
-The ECG-text CLIP evaluator of the official code (`clip/clip_model.py`; reference section 7):
+The ECG-text CLIP evaluator of the official code (`clip/clip_model.py`, `clip/clip_train.py`):
 Net1D filters {tuple(e.filter_list)}, blocks {tuple(e.m_blocks_list)}, stem {e.base_filters}, kernel
 {e.kernel_size}, groups of {e.groups_width} channels, dropout {e.dropout}; projections to {e.embed_dim}-d
 (text MLP {config.text.embed_dim} -> {e.text_hidden} -> {e.embed_dim}); {parameters:,} parameters.
