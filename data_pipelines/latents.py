@@ -1,7 +1,8 @@
 """Latent dataset: the VAE posterior of every ECG of a TFDS split, cached as TFRecord shards.
 
-The official code trains the diffusion model on cached VAE latents (reference section 5); this is
-that cache. A directory holds ``latents-<split>.tfrecord-SSSSS-of-NNNNN`` shards of
+The official code trains the diffusion model on cached VAE latents (built by official
+``vae/vae_encoding.py``, read by ``utils/train.py``); this is that cache. A directory holds
+``latents-<split>.tfrecord-SSSSS-of-NNNNN`` shards of
 ``tf.train.Example`` records:
 
     mean, log_variance  float lists of the (128, 4) posterior, row-major

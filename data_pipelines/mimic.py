@@ -8,8 +8,8 @@ Age/sex: optional ``patients.csv`` (MIMIC-IV ``hosp/patients``: ``subject_id, ge
 otherwise ``age``/``gender`` columns of ``record_list.csv``. ``anchor_age`` is the age at the
 patient's anchor year, not at the ECG, as in the official cache.
 
-Source: official ``dataset/mimic_iv_ecg_dataset.py`` and ``vae/vae_encoding.py`` (reference
-sections 5-6): text = non-empty ``report_*`` columns in order, joined with ``'|'``.
+Source: official ``dataset/mimic_iv_ecg_dataset.py`` and ``vae/vae_encoding.py``: text = non-empty
+``report_*`` columns in order, joined with ``'|'``.
 Heart rate: official code divides ``rr_interval`` (ms) by 1000 and then compares the seconds with
 300/1500, which is always out of range, so it always fell back to XQRS. Here the unit bug is fixed:
 ``HR = 60000 / rr_interval`` when ``300 <= rr_interval <= 1500`` ms (40-200 bpm), otherwise (NaN,

@@ -10,7 +10,8 @@ A directory holding:
     records.jsonl one line of metadata per kept record (original report, scp codes, ...)
 
 Text embeddings are computed here once, through a prompt cache, so training never runs the text
-model (reference section 5: the official code stores ada-002 embeddings in its latent cache).
+model (the official code stores ada-002 embeddings in its latent cache, read by official
+``utils/train.py``).
 """
 
 from __future__ import annotations

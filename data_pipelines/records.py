@@ -6,8 +6,8 @@ plus the patient variables the DiffuSETS condition uses (age, sex, heart rate) a
 statements. Anything unusable raises :class:`RecordError`, which names the record and the reason.
 
 Source: DiffuSETS official code, ``dataset/mimic_iv_ecg_dataset.py`` (``np.nan_to_num`` then
-``scipy.signal.resample(x, 1024)``; HR from WFDB XQRS as ``60 / mean(RR)``), summarised in
-docs/diffusets-reference.md sections 5-6. Departures from it are listed in each docstring.
+``scipy.signal.resample(x, 1024)``; HR from WFDB XQRS as ``60 / mean(RR)``) and
+``vae/vae_encoding.py``. Departures from it are listed in each docstring.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class ECGRecord:
 
     @property
     def report(self) -> str:
-        """Statements joined with ``'|'``, the official DiffuSETS report format (reference section 5)."""
+        """Statements joined with ``'|'``: the report format of official ``vae/vae_encoding.py``."""
         return "|".join(self.statements)
 
 
