@@ -7,9 +7,11 @@ Model sizes are the official ones: VAE 29.6 M parameters, U-Net 13.3 M trainable
   diffusets-jax train-vae --config paper --workdir workdirs/paper --data data/mimic
   diffusets-jax train-diffusion --config paper --workdir workdirs/paper --data data/mimic
 
-Expected cost (reference section 10): one U-Net epoch over 794 k ECGs is 1,552 steps at batch 512;
-200 epochs are 310 k steps, out of reach on a CPU (about a month), a few days on one GPU.
-The official VAE reached loss 46.4 (reconstruction 38.6, KL 7.8) after 10 epochs.
+Expected cost (official PyTorch timings of issue 19 in `benchmarks/README.md`): one U-Net epoch
+over 794 k ECGs is 1,552 steps at batch 512; 200 epochs are 310 k steps, out of reach on a CPU
+(about a month), a few days on one GPU.
+A third-party retrain of the official VAE recipe (nvelingker/DiffuSETS_Exp) reached loss 46.4
+(reconstruction 38.6, KL 7.8) after 10 epochs.
 """
 
 from configs import common
