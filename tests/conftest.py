@@ -1,10 +1,22 @@
 """Shared pytest fixtures: paths of the small real-data fixtures in tests/data (see ATTRIBUTION.md)."""
 
+import os
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """One persistent JAX compilation cache for the run: `$DIFFUSETS_JAX_CACHE_DIR` (CI shares one
+    between the two test tiers), else a temporary directory. A program compiled by one test (or
+    by a CLI subprocess, which inherits the variable) is loaded, not compiled again, by the next."""
+    from diffusets_jax import compile_cache
+
+    os.environ.setdefault(compile_cache.ENV_VAR, str(tmp_path_factory.mktemp("jax-cache")))
+    return compile_cache.enable(os.environ[compile_cache.ENV_VAR])
 
 
 @pytest.fixture(scope="session")

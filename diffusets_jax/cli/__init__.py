@@ -20,8 +20,10 @@ One file per command group (`data`, `train`, `generate`, `evaluate`, `weights`, 
 with `register(subparsers)` adding its parsers and `cmd_*` functions calling the library. Every
 expected failure (`diffusets_jax.errors.DiffusetsError`, and the built-in `ValueError`,
 `FileNotFoundError`, `ImportError` of older code paths) is printed as one line
-`diffusets-jax COMMAND: error: ...` with exit status 2; Ctrl-C prints one line and exits 130;
-`--debug` shows the traceback instead. JAX's persistent compilation cache is on unless
+`diffusets-jax COMMAND: error: ...` with exit status 2, as is an `OSError` (a full disk, a
+permission: its message names the file); Ctrl-C prints one line and exits 130; `--debug` shows
+the traceback instead. An output directory (`--out`, `--workdir`) that a failed or interrupted
+run created and left empty is removed again. JAX's persistent compilation cache is on unless
 `--no-compile-cache` is given.
 """
 
@@ -30,8 +32,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from diffusets_jax.errors import DiffusetsError  # noqa: E402
 
 from . import data, evaluate, generate, sediff, train, weights  # noqa: E402
 from ._common import UsageError  # noqa: E402
@@ -65,14 +70,49 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _enable_compile_cache(args: argparse.Namespace) -> None:
-    if args.no_compile_cache or args.command == "build-tfds":
-        return
-    try:
-        from diffusets_jax import compile_cache
-    except ImportError:  # not there yet: nothing to enable
-        return
-    compile_cache.enable()
+def _compile_cache(args: argparse.Namespace) -> None:
+    """JAX's persistent compilation cache on (default directory, unless one is set already) or off."""
+    from diffusets_jax import compile_cache
+
+    if args.no_compile_cache:
+        compile_cache.disable()
+    elif args.command != "build-tfds":  # TensorFlow and the readers only
+        compile_cache.ensure_enabled()
+
+
+#: Errors printed as one line (exit status 2): the typed ones, and the built-ins of older code paths.
+EXPECTED_ERRORS = (DiffusetsError, UsageError, ValueError, OSError, ImportError)
+#: Options naming a directory a command writes into (removed again if a failed run created it and left it empty).
+OUTPUT_OPTIONS = ("out", "workdir")
+
+
+def _new_directories(args: argparse.Namespace) -> list[Path]:
+    """The output directories of `args` that do not exist yet, each with the missing parents that
+    creating it would add, deepest first."""
+    created = []
+    for option in OUTPUT_OPTIONS:
+        path = getattr(args, option, None)
+        if not isinstance(path, Path):
+            continue
+        path = path.absolute()
+        while not path.exists() and path != path.parent:
+            created.append(path)
+            path = path.parent
+    return created
+
+
+def _remove_if_empty(directories: list[Path]) -> None:
+    for directory in directories:
+        try:
+            directory.rmdir()  # only an empty directory; anything written there is kept
+        except OSError:
+            pass
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line (a multi-line message from a library is joined with ' | ')."""
+    text = str(error).strip() or type(error).__name__
+    return " | ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def main(argv=None) -> int:
@@ -81,19 +121,25 @@ def main(argv=None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
     args.argv = argv
+    new_directories = _new_directories(args)
     try:
-        _enable_compile_cache(args)
+        _compile_cache(args)
         args.func(args)
     except KeyboardInterrupt:
+        _remove_if_empty(new_directories)
         if args.debug:
             raise
         print(f"diffusets-jax {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, FileNotFoundError, ImportError) as error:
+    except EXPECTED_ERRORS as error:
+        _remove_if_empty(new_directories)
         if args.debug:
             raise
-        print(f"diffusets-jax {args.command}: error: {error}", file=sys.stderr)
+        print(f"diffusets-jax {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except BaseException:
+        _remove_if_empty(new_directories)
+        raise
     return 0
 
 
