@@ -8,9 +8,11 @@ features ``(N, d)``; they do not run any network. Signal-level metrics take ECGs
 Sources:
     * DiffuSETS official ``test_scripts/evaluation.py`` (FID, rFID, k=3 precision/recall, CLIP
       score), ``test_scripts/batch_hr_test.py`` (HR MAE) and ``test_scripts/batch_disease_gen.py``
-      (condition keywords); summarised in docs/diffusets-reference.md section 7.
-    * SE-Diff (ICLR 2026) metrics (paired MAE/NRMSE, rCLIP, both rFID variants, beat-level
-      interval errors); docs/se-diff-reference.md section 1.4.
+      (condition keywords).
+    * SE-Diff metrics (paired MAE/NRMSE, rCLIP, both rFID variants, beat-level interval errors):
+      Wang et al., "Simulator and Experience Enhanced Diffusion Model for Comprehensive ECG
+      Generation", ICLR 2026, arXiv:2511.09895, experiments; rCLIP and rFID as computed by the
+      third-party scorer ``score_clip64.py`` of nvelingker/DiffuSETS_Exp.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def frechet_distance(real_features, generated_features) -> float:
     Raises:
         ValueError: wrong rank, different d, fewer than 2 rows, or non-finite values.
 
-    Source: official ``test_scripts/evaluation.py::FID_score`` (reference section 7).
+    Source: official ``test_scripts/evaluation.py::FID_score``.
     """
     real = _features(real_features, "real_features")
     generated = _features(generated_features, "generated_features")
@@ -124,7 +126,7 @@ def rfid(real_features, generated_features) -> dict[str, float]:
         ValueError: as :func:`frechet_distance`, or if ``fid_real_split`` is 0 (identical halves).
 
     Source: official ``evaluation.py`` (``r_FID = fid_score / scaler``); SE-Diff definitions via the
-    third-party scorer ``score_clip64.py`` (docs/se-diff-reference.md section 1.4).
+    third-party scorer ``score_clip64.py`` (nvelingker/DiffuSETS_Exp).
     """
     real = _features(real_features, "real_features")
     half = len(real) // 2
@@ -234,8 +236,9 @@ def rclip(generated_score: float, real_score: float) -> float:
     Raises:
         ValueError: if ``real_score`` is 0 or not finite.
 
-    Source: docs/se-diff-reference.md section 1.4 (``score_clip64.py``: ratio of means, not the
-    mean of per-sample ratios).
+    Source: SE-Diff (ICLR 2026, arXiv:2511.09895) rCLIP, as the third-party scorer
+    ``score_clip64.py`` of nvelingker/DiffuSETS_Exp computes it: ratio of means, not the mean of
+    per-sample ratios.
     """
     if not np.isfinite(real_score) or real_score == 0:
         raise ValueError(f"real CLIP score must be finite and non-zero, got {real_score!r}")
@@ -265,7 +268,7 @@ def heart_rates(signals, fs: float = FS) -> np.ndarray:
     Raises:
         ValueError: wrong shape.
 
-    Source: official ``test_scripts/batch_hr_test.py::detect_hr`` (reference section 7).
+    Source: official ``test_scripts/batch_hr_test.py::detect_hr``.
     """
     from data_pipelines.records import RecordError, detect_heart_rate  # data_pipelines imports wfdb
 
@@ -333,7 +336,8 @@ def paired_errors(real, generated) -> dict[str, float]:
     Raises:
         ValueError: shapes differ or are not ``(N, L, 12)``.
 
-    Source: docs/se-diff-reference.md section 1.4 ("MAE and NRMSE, paired with the ground truth").
+    Source: SE-Diff (ICLR 2026, arXiv:2511.09895) signal-level metrics ("MAE and NRMSE, paired
+    with the ground truth").
     """
     real = _signals(real, "real")
     generated = _signals(generated, "generated")
@@ -368,7 +372,7 @@ def lead_residuals(signals) -> dict[str, float]:
         ``'overall'``: RMS over all four identities together.
 
     Source: Einthoven's law and Goldberger's augmented-lead definitions; reported as the
-    "frontal-identity RMSE" in the SE-Diff re-evaluation (docs/se-diff-reference.md 1.4).
+    "frontal-identity RMSE" in the third-party SE-Diff re-evaluation of nvelingker/DiffuSETS_Exp.
     """
     residuals = lead_identity_residuals(signals)
     result = {name: float(np.sqrt(np.mean(residuals[..., j] ** 2))) for j, name in enumerate(LEAD_IDENTITIES)}
@@ -468,8 +472,9 @@ def interval_errors(real, generated, fs: float = FS, lead: str = "II") -> dict[s
         ImportError: NeuroKit2 missing (install ``NEUROKIT2_REQUIREMENT``).
         ValueError: shapes differ.
 
-    Source: docs/se-diff-reference.md section 1.4 (median errors of PR, QRSd, QT; SE-Diff's own
-    delineator is not released, so values are comparable within this project only).
+    Source: SE-Diff (ICLR 2026, arXiv:2511.09895) beat-level metrics (median errors of PR, QRSd,
+    QT; SE-Diff's own delineator is not released, so values are comparable within this project
+    only).
     """
     real_array, generated_array = _signals(real, "real"), _signals(generated, "generated")
     if real_array.shape != generated_array.shape:
