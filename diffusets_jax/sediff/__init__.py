@@ -8,5 +8,6 @@
 * :mod:`diffusets_jax.sediff.ablation`: ``diffusets-jax ablate``, the base model and each addition
   fine-tuned on one budget and scored by the evaluation suite.
 
-See docs/se-diff.md ("ECGSYN prior") and docs/se-diff-reference.md section 2.
+See docs/se-diff.md ("ECGSYN prior") and McSharry et al., "A dynamical model for generating
+synthetic electrocardiogram signals", IEEE TBME 50(3):289-294, 2003.
 """

@@ -1,13 +1,15 @@
 """SE-Diff's beat decoder: VAE latent ``(B, 128, 4)`` -> one R-aligned beat per lead ``(B, 61, 12)``.
 
-SE-Diff (Wang et al., ICLR 2026; docs/se-diff-reference.md sections 1.1-1.2) trains, next to the
+SE-Diff (Wang et al., "Simulator and Experience Enhanced Diffusion Model for Comprehensive ECG
+Generation", ICLR 2026, arXiv:2511.09895, Stage 1 of its method) trains, next to the
 VAE, a lightweight decoder ``D_psi^beat`` that maps the latent to ONE QRS-aligned cardiac cycle
 (61 samples at 102.4 Hz, R at index 20: ``[R - 20, R + 40]``). Stage 2 freezes it and applies the
 simulator losses (:mod:`diffusets_jax.sediff.physics`) to the beat it decodes from the U-Net's
 predicted clean latent.
 
 Architecture: the released ``MiniDecoderMSE(target_len=61, z_channels=4, base=128)`` layer for
-layer (reference section 1.2), channels-last:
+layer (official SE-Diff release, ignite-abd/SE-Diff, ``vae/vae_model.py::MiniDecoderMSE``),
+channels-last:
 
 1. ``conv_in`` Conv(4 -> base, k3), then ``blocks_in``: 3 residual blocks (GN, SiLU, conv3, GN,
    SiLU, conv3 + skip; the VAE's :class:`~diffusets_jax.models.vae.ResidualBlock`).
@@ -23,7 +25,7 @@ paper trains both at once, see docs/se-diff.md). Inputs are fresh posterior samp
 latents of real ECGs, scaled by ``LATENT_SCALE`` as the diffusion model sees them, plus those of
 ``shifts`` circularly shifted copies of each ECG (augmentation: the R-aligned target does not
 change; on the local 425 records it raised the validation R^2 from ~0 to 0.35); the loss is
-SE-Diff's ``L_beat + alpha_spec L_spec`` (reference section 1.1):
+SE-Diff's ``L_beat + alpha_spec L_spec`` (the paper's Stage-1 loss):
 
 * ``L_beat = mean((C(x) - D(z))^2)`` over the 61 x 12 samples, with ``C(x)`` the record's **mean**
   R-aligned beat (:func:`diffusets_jax.sediff.fit_params.record_beats`, R on lead II), not the
@@ -94,7 +96,7 @@ class BeatDecoder(nnx.Module):
         target_len: beat length (61 samples at 102.4 Hz, R at index 20).
         rngs: parameter initialisation.
 
-    Source: SE-Diff release ``MiniDecoderMSE`` (reference section 1.2); layer names follow its parts.
+    Source: SE-Diff release ``vae/vae_model.py::MiniDecoderMSE``; layer names follow its parts.
     """
 
     def __init__(self, base: int = OFFICIAL_BASE, num_groups: int = 32, *, latent_length: int = LATENT_LENGTH,
