@@ -1,6 +1,6 @@
 """Stage 1 of a TFDS build (read, process, embed) as an Apache Beam pipeline; needs ``pip install -e ".[beam]"``.
 
-    ids --Create--> Reshuffle --ParDo(LoadRecordFn)--> records --BatchElements--> ParDo(EmbedFn)
+    ids file --ReadFromText--> Reshuffle --ParDo(LoadRecordFn)--> records --BatchElements--> ParDo(EmbedFn)
         --Partition(split)--> WriteToTFRecord(<spool>/<split>-*.pkl)        (pickled examples)
     LoadRecordFn's side output 'skipped' --> WriteToText(<skipped file>)   (JSON lines)
 
@@ -8,9 +8,8 @@ The same pipeline runs on one machine (``DirectRunner``, ``direct_num_workers`` 
 or on a cluster (Dataflow, Spark, Flink: the runner and its options are the user's, see
 docs/training-at-scale.md). Each worker loads the text model once, in ``DoFn.setup``
 (https://beam.apache.org/documentation/transforms/python/elementwise/pardo/), and embeds a
-batch of records per call (``beam.BatchElements``). Counts of examples per split and of skipped
-records per reason kind are Beam counters (namespace ``ecg``) and are read back from the
-pipeline result. Stage 2 (TFDS writing the shards) is in :mod:`data_pipelines.tfds.base`.
+batch of records per call (``beam.BatchElements``). Examples per split and skipped records per
+reason kind are also Beam counters (namespace ``ecg``, shown by the runner's monitoring). Stage 2 (TFDS writing the shards) is in :mod:`data_pipelines.tfds.base`.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from data_pipelines.records import ECGRecord
@@ -85,15 +83,23 @@ class EmbedFn(beam.DoFn):
 
 def run(source: str, root, record_ids: Sequence[str], reader_options: dict, embedder: BatchEmbedder,
         spool_dir: str, skipped_path: str, options: PipelineOptions) -> dict[str, int]:
-    """Run stage 1; returns the number of examples per split (splits with none are absent).
+    """Run stage 1; returns ``{split: spool bytes}`` of the splits that got examples.
 
-    Writes ``spool_dir/<split>-SSSSS-of-NNNNN.pkl`` (TFRecord files of pickled examples) and
+    Writes ``spool_dir/record_ids.txt`` (``index<TAB>record_id`` lines: the ids are read as a file,
+    not embedded in the pipeline graph, whose size Dataflow limits), the spool
+    ``spool_dir/<split>-SSSSS-of-NNNNN.pkl`` (TFRecord files of pickled examples) and
     ``skipped_path`` (JSON lines of the skipped records, any order).
     """
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(spool_dir)
+    with tf.io.gfile.GFile(f"{spool_dir}/record_ids.txt", "w") as file:
+        file.write("".join(f"{index}\t{record_id}\n" for index, record_id in enumerate(record_ids)))
     splits = list(SPLIT_FOLDS)
     with beam.Pipeline(options=options) as pipeline:
         loaded = (pipeline
-                  | "RecordIds" >> beam.Create(list(enumerate(record_ids)))
+                  | "RecordIds" >> beam.io.ReadFromText(f"{spool_dir}/record_ids.txt")
+                  | "Parse" >> beam.Map(_parse_id_line)
                   | "Distribute" >> beam.Reshuffle()
                   | "Load" >> beam.ParDo(LoadRecordFn(source, root, reader_options)).with_outputs(
                       "skipped", main="records"))
@@ -109,18 +115,16 @@ def run(source: str, root, record_ids: Sequence[str], reader_options: dict, embe
         (loaded.skipped
          | "SkippedJson" >> beam.Map(json.dumps)
          | "WriteSkipped" >> beam.io.WriteToText(skipped_path, shard_name_template=""))
-    return _split_counts(pipeline.result)  # the with-block ran the pipeline and kept its result
+    # A split without examples leaves no spool file or only empty ones (any runner; Beam counters
+    # are not reported by every runner).
+    sizes = {split: sum(tf.io.gfile.stat(f).length for f in tf.io.gfile.glob(f"{spool_dir}/{split}-*.pkl"))
+             for split in splits}
+    return {split: size for split, size in sizes.items() if size > 0}
 
 
-def _split_counts(result) -> dict[str, int]:
-    counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
-    counts = {}
-    for counter in counters:
-        name = counter.key.metric.name
-        if name.startswith("examples: "):
-            value = counter.committed if counter.committed is not None else counter.attempted
-            counts[name.removeprefix("examples: ")] = counts.get(name.removeprefix("examples: "), 0) + value
-    return {split: counts[split] for split in SPLIT_FOLDS if counts.get(split)}
+def _parse_id_line(line: str) -> tuple[int, str]:
+    index, record_id = line.split("\t", 1)
+    return int(index), record_id
 
 
 class ReadSpool(beam.PTransform):
