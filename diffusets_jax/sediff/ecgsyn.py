@@ -1,7 +1,7 @@
 """ECGSYN, the McSharry et al. (2003) dynamical ECG model, in JAX: jit-able, vmap-able, differentiable.
 
 The model (McSharry, Clifford, Tarassenko, Smith, "A dynamical model for generating synthetic
-electrocardiogram signals", IEEE TBME 50(3):289-294, 2003; docs/se-diff-reference.md section 2)
+electrocardiogram signals", IEEE TBME 50(3):289-294, 2003)
 is a point ``(x, y, z)`` that circles the unit limit cycle of the ``(x, y)`` plane once per beat
 while ``z`` (the ECG) is pushed up or down by five Gaussians at the phase angles of the P, Q, R,
 S and T waves (McSharry eq. 3, [NK] ``_ecg_simulate_derivsecgsyn``)::
@@ -21,9 +21,10 @@ What is here:
   fixed-step RK4 at ``internal_factor * fs`` Hz in one ``jax.lax.scan``, sampled at ``fs`` Hz.
 * :func:`simulate_beat`: one R-aligned beat, 61 samples at 102.4 Hz (R at index 20, i.e. 0.195 s
   before to 0.391 s after R), the beat representation of SE-Diff's beat decoder and simulator
-  prior (reference section 1.2). It is the periodic steady state of the same ODE on the limit
-  cycle at a constant heart rate, computed without a sequential loop (see its docstring), so a
-  batch of beats and its gradient cost a few milliseconds. This is what the physics losses use.
+  prior (SE-Diff release: ``MiniDecoderMSE(target_len=61)`` in ``vae/vae_model.py``, 61-sample
+  class templates in ``utils/simulator_trainer.py``). It is the periodic steady state of the same
+  ODE on the limit cycle at a constant heart rate, computed without a sequential loop (see its
+  docstring), so a batch of beats and its gradient cost a few milliseconds. This is what the physics losses use.
 * :func:`scale_for_heart_rate`: ECGSYN's heart-rate adaptation of the wave parameters.
 * :func:`beat_vector_field`: ``f_z`` along the beat's phase, for the Euler-type losses.
 
@@ -59,7 +60,7 @@ Array = jax.Array
 
 #: Wave order of every ``(..., 5)`` parameter array.
 WAVES = ("P", "Q", "R", "S", "T")
-#: ECGSYN code / [NK] defaults (reference section 2.2): angles in degrees, a, b (rad).
+#: ECGSYN code (``ecgsyn.m``) / [NK] defaults: angles in degrees, a, b (rad).
 DEFAULT_THETA_DEG = (-70.0, -15.0, 0.0, 15.0, 100.0)
 DEFAULT_A = (1.2, -5.0, 30.0, -7.5, 0.75)
 DEFAULT_B = (0.25, 0.1, 0.1, 0.1, 0.4)
@@ -114,7 +115,7 @@ def default_params(theta_deg=DEFAULT_THETA_DEG, a=DEFAULT_A, b=DEFAULT_B, dtype=
         theta_deg: angles in degrees (default: the ECGSYN code's; :data:`PAPER_THETA_DEG` for the paper's).
         a: amplitudes (paper units). b: widths (rad).
 
-    Source: [NK] ``_ecg_simulate_ecgsyn`` defaults; reference section 2.2.
+    Source: [NK] ``_ecg_simulate_ecgsyn`` defaults, the same as ``ecgsyn.m``'s.
     """
     return WaveParams(theta=jnp.deg2rad(jnp.asarray(theta_deg, dtype)), a=jnp.asarray(a, dtype),
                       b=jnp.asarray(b, dtype))
@@ -135,7 +136,7 @@ def scale_for_heart_rate(params: WaveParams, heart_rate) -> WaveParams:
         The scaled :class:`WaveParams`, same shapes.
 
     Source: McSharry et al. 2003 section II ("the parameters ... are scaled by sqrt(hrmean/60)"),
-    ``ecgsyn.m`` and [NK] lines "Adjust extrema parameters for mean heart rate"; reference 2.2.
+    ``ecgsyn.m`` and [NK] lines "Adjust extrema parameters for mean heart rate".
     """
     hrfact = jnp.sqrt(jnp.asarray(heart_rate, params.b.dtype) / 60.0)[..., None]
     hrfact2 = jnp.sqrt(hrfact)
@@ -378,8 +379,9 @@ def simulate_beat(params: WaveParams, heart_rate, *, fs: float = FS, length: int
     Returns:
         ``(length,)`` beat in mV (``z * MV_PER_UNIT``), differentiable in ``params`` and ``heart_rate``.
 
-    Source: McSharry et al. 2003 eq. 3 restricted to the limit cycle (reference section 2.7: "on the
-    limit cycle r = 1 ... the z-ODE is linear given theta(t)"); SE-Diff beat window [R-20, R+40].
+    Source: McSharry et al. 2003 eq. 3 restricted to the limit cycle (on the limit cycle r = 1 the
+    phase is theta(t) = theta_0 + int omega dt, so the z-ODE is linear given theta(t)); SE-Diff beat
+    window [R-20, R+40].
     """
     heart_rate = jnp.asarray(heart_rate, jnp.float32)
     if scale_params:
@@ -402,7 +404,8 @@ def beat_vector_field(beat_mv: Array, params: WaveParams, heart_rate, *, fs: flo
     """``f_z`` of McSharry eq. 3 in mV/s along a beat: ``MV_PER_UNIT F(theta_k) - h_k``.
 
     For SE-Diff's simulator ("Euler") loss ``|(h_{k+1} - h_k)/dt - f_z(x_k, y_k, h_k; eta)|^2``
-    (reference section 1.1), with ``(x_k, y_k)`` on the limit cycle at the beat's phases.
+    (SE-Diff, ICLR 2026, arXiv:2511.09895, Stage 2), with ``(x_k, y_k)`` on the limit cycle at the
+    beat's phases.
 
     Args:
         beat_mv: ``(..., L)`` beats in mV, R at index ``r_index`` (20), ``fs`` Hz.
