@@ -24,7 +24,8 @@ What is here:
   prior (SE-Diff release: ``MiniDecoderMSE(target_len=61)`` in ``vae/vae_model.py``, 61-sample
   class templates in ``utils/simulator_trainer.py``). It is the periodic steady state of the same
   ODE on the limit cycle at a constant heart rate, computed without a sequential loop (see its
-  docstring), so a batch of beats and its gradient cost a few milliseconds. This is what the physics losses use.
+  docstring), so a batch of beats and its gradient cost a few milliseconds. This is what the
+  physics losses use.
 * :func:`scale_for_heart_rate`: ECGSYN's heart-rate adaptation of the wave parameters.
 * :func:`beat_vector_field`: ``f_z`` along the beat's phase, for the Euler-type losses.
 
