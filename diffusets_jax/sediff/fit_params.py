@@ -2,8 +2,9 @@
 
 SE-Diff conditions its simulator losses on per-class McSharry parameters
 ``eta_class = {theta, a, b}`` for the P, Q, R, S, T waves, "fitted offline to representative real
-beats" (docs/se-diff-reference.md sections 1.1 and 2.6); the official ``simulator_prior.pkl`` is not
-released. This module rebuilds such a prior from processed datasets:
+beats" (SE-Diff, Wang et al., ICLR 2026, arXiv:2511.09895, Stage 2; no per-class table is
+published); the official ``simulator_prior.pkl`` is not released. This module rebuilds such a
+prior from processed datasets:
 
 1. **Beats.** For each record of the training folds: baseline removal (0.5 Hz 2nd-order
    Butterworth high-pass, zero phase), upsampling of the 102.4 Hz signal by 5 to 512 Hz, R peaks by

@@ -1,7 +1,9 @@
 """SE-Diff's simulator-guided Euler loss and inter-lead loss on the beat of the predicted clean latent.
 
-Stage 2 of SE-Diff (docs/se-diff-reference.md sections 1.1, 1.2 and 2.8; MultiODE-GAN's "Euler
-loss" is their ancestor) adds two training-only regularisers to the DDPM loss::
+Stage 2 of SE-Diff (Wang et al., ICLR 2026, arXiv:2511.09895; official release
+``utils/simulator_trainer.py``: ``get_simulator_loss``, ``interlead_constraint_loss``; the "Euler
+loss" of MultiODE-GAN, Yehuda & Radinsky, arXiv:2409.17833, is their ancestor) adds two
+training-only regularisers to the DDPM loss::
 
     L_total = L_DDPM + lambda L_Euler + gamma L_inter-lead
 
@@ -20,7 +22,7 @@ computed and logged under ``stop_gradient``).
   ``eta_class`` the per-class, per-lead wave parameters of ``ecgsyn_params.json``
   (:func:`diffusets_jax.sediff.fit_params.load_class_params`). The fitted beats carry a
   per-lead baseline offset (mV); ``f_z`` relaxes ``h - offset``. The released code instead
-  matches the beat's difference quotient to that of a class template beat (reference 1.2).
+  matches the beat's difference quotient to that of a class template beat (``get_simulator_loss``).
 * :func:`interlead_loss`, Einthoven/Goldberger consistency of the decoded beat itself: the mean
   squared residual (mV^2) of ``III = II - I``, ``aVR = -(I + II)/2``, ``aVL = I - II/2``,
   ``aVF = II - I/2`` (:mod:`diffusets_jax.leads`). It is exactly 0 for a beat whose limb leads
