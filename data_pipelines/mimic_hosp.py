@@ -1,11 +1,12 @@
 """MIMIC-IV hospital code sets of MIMIC-IV-ECG records: link, write and read `hosp_codes.jsonl`.
 
-SE-Diff (Lai et al. 2025, section 3.3) describes each admission by three code sets, diagnoses
-(`diagnoses_icd`), medications (`prescriptions`) and procedures (`procedures_icd`) of MIMIC-IV's
-`hosp` module (Johnson et al. 2023, MIMIC-IV v2.2, PhysioNet). :func:`link_hosp_codes` joins each
-MIMIC-IV-ECG study to the hospital admission that was open when it was recorded (`record_list.csv`
-`subject_id` and `ecg_time` against `admissions` `admittime`..`dischtime`) and collects those sets;
-:func:`attach_hosp_codes` writes them beside a processed set, where retrieval reads them.
+SE-Diff (Wang et al., ICLR 2026, arXiv:2511.09895, experience retrieval) describes each admission
+by three code sets, diagnoses (`diagnoses_icd`), medications (`prescriptions`) and procedures
+(`procedures_icd`) of MIMIC-IV's `hosp` module (Johnson et al. 2023, MIMIC-IV v2.2, PhysioNet).
+:func:`link_hosp_codes` joins each MIMIC-IV-ECG study to the hospital admission that was open when
+it was recorded (`record_list.csv` `subject_id` and `ecg_time` against `admissions`
+`admittime`..`dischtime`) and collects those sets; :func:`attach_hosp_codes` writes them beside a
+processed set, where retrieval reads them.
 """
 
 from __future__ import annotations

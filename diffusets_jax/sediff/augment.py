@@ -1,10 +1,10 @@
 """Retrieval-augmented conditions: one report at generation time, or a whole processed set for training.
 
-SE-Diff (Lai et al. 2025, section 3.3) conditions the generator on a report augmented with the
-experience of similar training records. :func:`augment_report` does this for one condition with
-an :class:`~diffusets_jax.sediff.retrieval.ExperienceIndex` and a summariser;
-:func:`augment_dataset` writes a processed set whose reports are augmented and re-embedded, which
-the trainers read unchanged.
+SE-Diff (Wang et al., ICLR 2026, arXiv:2511.09895, experience retrieval) conditions the generator
+on a report augmented with the experience of similar training records. :func:`augment_report` does
+this for one condition with an :class:`~diffusets_jax.sediff.retrieval.ExperienceIndex` and a
+summariser; :func:`augment_dataset` writes a processed set whose reports are augmented and
+re-embedded, which the trainers read unchanged.
 """
 
 from __future__ import annotations

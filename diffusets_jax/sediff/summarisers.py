@@ -1,11 +1,11 @@
 """SE-Diff's summary step: a query and its retrieved neighbours -> one concise report.
 
-SE-Diff (Lai et al. 2025, section 3.3) asks an LLM to distil the retrieved profiles and the
-condition into "a concise, physiologically sound report". Neither the LLM nor its prompt is
-published, so both summarisers here are the port's design: :class:`KeywordSummariser`
-(deterministic, offline, the default) and :class:`LLMSummariser` (an OpenAI-style chat model,
-post-checked by the same rules). Both keep the query's own statements first and never add a
-statement that contradicts its rhythm, axis or heart rate.
+SE-Diff (Wang et al., ICLR 2026, arXiv:2511.09895, experience retrieval) asks an LLM to distil the
+retrieved profiles and the condition into "a concise, physiologically sound report". Neither the
+LLM nor its prompt is published, so both summarisers here are the port's design:
+:class:`KeywordSummariser` (deterministic, offline, the default) and :class:`LLMSummariser` (an
+OpenAI-style chat model, post-checked by the same rules). Both keep the query's own statements
+first and never add a statement that contradicts its rhythm, axis or heart rate.
 """
 
 from __future__ import annotations
