@@ -1,8 +1,9 @@
 """SE-Diff experience retrieval: similar training records -> one concise, augmented report.
 
-SE-Diff (docs/se-diff-reference.md section 1.3) retrieves, for every condition, the top-k most
-similar training admissions by a weighted sum of per-view Jaccard similarities over the
-diagnosis, medication and procedure code sets of MIMIC-IV hospital stays
+SE-Diff (Wang et al., ICLR 2026, arXiv:2511.09895, experience retrieval) retrieves, for every
+condition, the top-k most similar training admissions by a weighted sum of per-view Jaccard
+similarities over the diagnosis,
+medication and procedure code sets of MIMIC-IV hospital stays
 (``tau = l1 tau_Diag + l2 tau_Med + l3 tau_Proc``), and asks an LLM to distil the retrieved
 profiles and the condition into "a concise, physiologically sound report" r that enters through
 the text pathway. Neither the LLM, its prompt, k nor the weights are published, and the official
