@@ -1,12 +1,12 @@
 """Condition labels and classes from report text: one set of keyword rules for training, SE-Diff and evaluation.
 
-* :func:`condition_labels`: keyword-defined condition masks of reports (several per report), by
-  the curated rules :data:`CONDITION_KEYWORDS` or the official ones
-  :data:`OFFICIAL_CONDITION_KEYWORDS` (official ``test_scripts/batch_disease_gen.py``). Evaluation
+* `condition_labels()`: keyword-defined condition masks of reports (several per report), by
+  the curated rules `CONDITION_KEYWORDS` or the official ones
+  `OFFICIAL_CONDITION_KEYWORDS` (official `test_scripts/batch_disease_gen.py`). Evaluation
   scores each subset.
-* :func:`class_masks` / :func:`class_indices`: one class per report, the first of
-  :data:`CLASS_PRIORITY` whose rules match (the curated labels plus :data:`EXTRA_CLASS_KEYWORDS`),
-  else :data:`FALLBACK_CLASS`. SE-Diff's ECGSYN prior is fitted per class, and training looks up
+* `class_masks()` / `class_indices()`: one class per report, the first of
+  `CLASS_PRIORITY` whose rules match (the curated labels plus `EXTRA_CLASS_KEYWORDS`),
+  else `FALLBACK_CLASS`. SE-Diff's ECGSYN prior is fitted per class, and training looks up
   each record's class for the physics losses.
 """
 
@@ -22,17 +22,17 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class ConditionKeywords:
-    """One keyword-defined condition: the report (lower-cased) matches if any ``include`` regex is
-    found and no ``exclude`` regex is. ``official_key`` is the ``--exp_type`` of the official
-    ``batch_disease_gen.py`` (None for a label the official code does not have)."""
+    """One keyword-defined condition: the report (lower-cased) matches if any `include` regex is
+    found and no `exclude` regex is. `official_key` is the `--exp_type` of the official
+    `batch_disease_gen.py` (None for a label the official code does not have)."""
 
     include: tuple[str, ...]
     exclude: tuple[str, ...] = ()
     official_key: str | None = None
 
 
-#: The official ``batch_disease_gen.py`` rules, verbatim (substring tests on ``text.lower()``).
-#: Known flaws kept for comparability: ``avbi`` ('degree') also matches 2nd/3rd degree block,
+#: The official `batch_disease_gen.py` rules, verbatim (substring tests on `text.lower()`).
+#: Known flaws kept for comparability: `avbi` ('degree') also matches 2nd/3rd degree block,
 #: 'pace' and 'st-' are loose, 'atrial premature contraction' misses PTB-XL's "complex" wording.
 OFFICIAL_CONDITION_KEYWORDS: dict[str, ConditionKeywords] = {
     name: ConditionKeywords(tuple(map(re.escape, include)), tuple(map(re.escape, exclude)), key)
@@ -56,7 +56,7 @@ OFFICIAL_CONDITION_KEYWORDS: dict[str, ConditionKeywords] = {
 }
 
 #: Curated rules (default): the official ones with the flaws above fixed and LVH added. Regexes
-#: on the lower-cased report; ``\b`` = word boundary. Checked on PTB-XL SCP descriptions, LUDB
+#: on the lower-cased report; `\b` = word boundary. Checked on PTB-XL SCP descriptions, LUDB
 #: diagnoses and MIMIC-IV-ECG machine statements.
 #:
 #: | label | matches | differs from official |
@@ -98,18 +98,18 @@ def condition_labels(reports: Sequence[str],
     """Keyword-defined condition masks of report texts (a report can have several labels).
 
     Args:
-        reports: ``N`` report strings (statements joined with ``'|'`` or any separator; case is
+        reports: `N` report strings (statements joined with `'|'` or any separator; case is
             ignored).
-        keywords: rule table, default :data:`CONDITION_KEYWORDS`; pass
-            :data:`OFFICIAL_CONDITION_KEYWORDS` to reproduce the official subsets exactly.
+        keywords: rule table, default `CONDITION_KEYWORDS`; pass
+            `OFFICIAL_CONDITION_KEYWORDS` to reproduce the official subsets exactly.
 
     Returns:
-        ``{label: (N,) bool mask}`` in the table's order.
+        `{label: (N,) bool mask}` in the table's order.
 
     Raises:
         TypeError: a report is not a string.
 
-    Source: official ``test_scripts/batch_disease_gen.py`` (its 15 subsets).
+    Source: official `test_scripts/batch_disease_gen.py` (its 15 subsets).
     The official script also skips reports containing 'warning:' before labelling; filter those
     beforehand for an exact replication.
     """
@@ -126,8 +126,8 @@ def condition_labels(reports: Sequence[str],
             for name, (include, exclude) in compiled.items()}
 
 
-#: Classes beyond :data:`CONDITION_KEYWORDS`: SE-Diff's
-#: ``simplify_label`` classes that the curated table lacks (ischemia, ST elevation / depression,
+#: Classes beyond `CONDITION_KEYWORDS`: SE-Diff's
+#: `simplify_label` classes that the curated table lacks (ischemia, ST elevation / depression,
 #: T-wave inversion, RVH, WPW, prolonged QT) and frequent PTB-XL / LUDB statements (incomplete
 #: RBBB, left anterior fascicular block, left axis deviation, left atrial hypertrophy). Regexes on
 #: the lower-cased report.
@@ -145,7 +145,7 @@ EXTRA_CLASS_KEYWORDS: dict[str, ConditionKeywords] = {
     "left_atrial_hypertrophy": ConditionKeywords((r"\bleft atrial (?:hypertrophy|overload|enlargement)\b",)),
 }
 
-#: Order in which a report's classes are tried (most beat-specific first); ``all`` catches the rest.
+#: Order in which a report's classes are tried (most beat-specific first); `all` catches the rest.
 CLASS_PRIORITY = (
     "pacing", "lbbb", "rbbb", "wpw", "pvc", "atrial_fibrillation", "atrial_flutter", "pac", "av_block_1",
     "st_elevation", "st_depression", "mi", "lvh", "rvh", "prolonged_qt", "ischemia", "t_wave_abnormal",
@@ -157,7 +157,7 @@ FALLBACK_CLASS = "all"
 
 def class_masks(reports: Sequence[str], keywords: Mapping[str, ConditionKeywords] | None = None
                 ) -> dict[str, np.ndarray]:
-    """``{class: (N,) bool}``: ``all``, the curated condition labels and :data:`EXTRA_CLASS_KEYWORDS`."""
+    """`{class: (N,) bool}`: `all`, the curated condition labels and `EXTRA_CLASS_KEYWORDS`."""
     masks = {"all": np.ones(len(reports), bool)}
     masks.update(condition_labels(reports))
     masks.update(condition_labels(reports, EXTRA_CLASS_KEYWORDS if keywords is None else keywords))
@@ -165,8 +165,8 @@ def class_masks(reports: Sequence[str], keywords: Mapping[str, ConditionKeywords
 
 
 def class_indices(reports: Sequence[str], names: Sequence[str]) -> np.ndarray:
-    """``(N,)`` int32 index into ``names`` (e.g. the classes of SE-Diff's fitted ECGSYN table) of each report's class: the
-    first of ``names`` whose keywords match (:func:`class_masks`), else ``all``."""
+    """`(N,)` int32 index into `names` (e.g. the classes of SE-Diff's fitted ECGSYN table) of each report's class: the
+    first of `names` whose keywords match (`class_masks()`), else `all`."""
     masks = class_masks(list(reports))
     out = np.full(len(reports), list(names).index(FALLBACK_CLASS), np.int32)
     assigned = np.zeros(len(reports), bool)
