@@ -1,11 +1,11 @@
 """SE-Diff extensions (Wang et al., ICLR 2026): the ECGSYN simulator prior and its per-class fit.
 
-* :mod:`diffusets_jax.sediff.ecgsyn`: the McSharry et al. (2003) dynamical ECG model in JAX.
-* :mod:`diffusets_jax.sediff.fit_params`: per-class, per-lead ECGSYN wave parameters fitted to
-  class-mean real beats (``ecgsyn_params.json``).
-* :mod:`diffusets_jax.sediff.beat_decoder`: the beat decoder, VAE latent -> one R-aligned beat per lead.
-* :mod:`diffusets_jax.sediff.physics`: the Euler and inter-lead losses on the decoded beat of x0_hat.
-* :mod:`diffusets_jax.sediff.ablation`: ``diffusets-jax ablate``, the base model and each addition
+* `diffusets_jax.sediff.ecgsyn`: the McSharry et al. (2003) dynamical ECG model in JAX.
+* `diffusets_jax.sediff.fit_params`: per-class, per-lead ECGSYN wave parameters fitted to
+  class-mean real beats (`ecgsyn_params.json`).
+* `diffusets_jax.sediff.beat_decoder`: the beat decoder, VAE latent -> one R-aligned beat per lead.
+* `diffusets_jax.sediff.physics`: the Euler and inter-lead losses on the decoded beat of x0_hat.
+* `diffusets_jax.sediff.ablation`: `diffusets-jax ablate`, the base model and each addition
   fine-tuned on one budget and scored by the evaluation suite.
 
 See docs/se-diff.md ("ECGSYN prior") and McSharry et al., "A dynamical model for generating
