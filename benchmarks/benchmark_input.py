@@ -3,13 +3,13 @@
     python benchmarks/benchmark_input.py                         # fixture PTB-XL records (tests/data)
     python benchmarks/benchmark_input.py --ptbxl /data/ptb-xl    # real PTB-XL (any number of records)
 
-Builds the PTB-XL TFDS dataset from ``--ptbxl`` and its latent dataset (a deterministic stand-in
-encoder: ``mean = signal[:, ::8, :4]``), then makes benchmark-sized shards by concatenating copies
+Builds the PTB-XL TFDS dataset from `--ptbxl` and its latent dataset (a deterministic stand-in
+encoder: `mean = signal[:, ::8, :4]`), then makes benchmark-sized shards by concatenating copies
 of those TFRecord files (TFRecord records are self-delimiting, so the copies parse as real data):
-``--signals`` signal and ``--latents`` latent examples in 8 shards each. Prints a Markdown table of
-examples/s for ``TFRecordSource`` (deterministic and not) and ``ArraySource`` (random arrays of the
+`--signals` signal and `--latents` latent examples in 8 shards each. Prints a Markdown table of
+examples/s for `TFRecordSource` (deterministic and not) and `ArraySource` (random arrays of the
 same shapes), the time to the first batch when resuming mid-epoch, and a short loop feeding a
-jitted dummy training step (``to_global`` included) to show whether the step waits for input.
+jitted dummy training step (`to_global` included) to show whether the step waits for input.
 Targets on a 2-core CPU: >= 5,000 latent and >= 1,000 signal examples/s.
 """
 
@@ -42,7 +42,7 @@ def stand_in_encoder(signals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def replicate(source_file: Path, count: int, target: int, out_dir: Path, prefix: str) -> tuple[list[Path], list[int]]:
-    """``NUM_SHARDS`` files holding ``target`` examples or more: copies of a ``count``-example shard."""
+    """`NUM_SHARDS` files holding `target` examples or more: copies of a `count`-example shard."""
     out_dir.mkdir(parents=True, exist_ok=True)
     copies = max(1, -(-target // (count * NUM_SHARDS)))
     data = source_file.read_bytes()
