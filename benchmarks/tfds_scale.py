@@ -3,14 +3,14 @@
     python benchmarks/tfds_scale.py --sizes 1000 5000 --runs stream:1 stream:2 beam:1 beam:2 \\
         --corpus /tmp/mimic-corpus --out benchmarks/results/tfds_scale.json
 
-Writes (once, reused) a synthetic MIMIC-IV-ECG-layout corpus of ``max(sizes)`` studies with
+Writes (once, reused) a synthetic MIMIC-IV-ECG-layout corpus of `max(sizes)` studies with
 tests/data/make_mimic_corpus.py, then builds its first N studies, for each N and each run, in a
-fresh process: ``stream:W`` builds with W local worker processes, ``beam:W`` with the Apache Beam
-DirectRunner and W workers (needs ``pip install -e ".[beam]"``); a ``:bufM`` suffix sets the TFDS
-writer's in-memory buffer to M MiB (``shuffle_buffer_mib``; default TFDS's 1000 MiB). Reports the
+fresh process: `stream:W` builds with W local worker processes, `beam:W` with the Apache Beam
+DirectRunner and W workers (needs `pip install -e ".[beam]"`); a `:bufM` suffix sets the TFDS
+writer's in-memory buffer to M MiB (`shuffle_buffer_mib`; default TFDS's 1000 MiB). Reports the
 peak resident memory (RSS) of the build process and of it plus all its descendant processes
 (psutil, sampled every 0.1 s, so a shorter spike can be missed), the build time (in the build
-process, around ``build_dataset``: it includes loading the text model, not Python's imports) and
+process, around `build_dataset`: it includes loading the text model, not Python's imports) and
 records/s = N / build time.
 """
 
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_once(run: str, corpus: str, data_dir: str, n: int) -> None:
-    """(In the child process) build the first ``n`` studies and print one JSON line."""
+    """(In the child process) build the first `n` studies and print one JSON line."""
     sys.path.insert(0, str(ROOT))
     import pandas as pd
 
