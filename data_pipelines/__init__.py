@@ -1,8 +1,8 @@
-"""Dataset readers producing :class:`~data_pipelines.records.ECGRecord` objects.
+"""Dataset readers producing `data_pipelines.records.ECGRecord` objects.
 
-Each reader module (``ptbxl``, ``ludb``, ``mimic``, ``cinc``) exposes ``NAME``, ``list_records(root)``
-and ``load_record(root, record_id, ...)``; :func:`data_pipelines.prepare.load_records` runs one over a
-dataset and collects the records that fail with :class:`~data_pipelines.records.RecordError`.
+Each reader module (`ptbxl`, `ludb`, `mimic`, `cinc`) exposes `NAME`, `list_records(root)`
+and `load_record(root, record_id, ...)`; `data_pipelines.prepare.load_records()` runs one over a
+dataset and collects the records that fail with `data_pipelines.records.RecordError`.
 """
 
 from types import ModuleType
@@ -14,7 +14,7 @@ READERS: dict[str, ModuleType] = {ptbxl.NAME: ptbxl, ludb.NAME: ludb, mimic.NAME
 
 
 def get_reader(name: str) -> ModuleType:
-    """Reader module for ``name`` (``'ptbxl'``, ``'ludb'``, ``'mimic'``, ``'cinc'``); ValueError listing valid names."""
+    """Reader module for `name` (`'ptbxl'`, `'ludb'`, `'mimic'`, `'cinc'`); ValueError listing valid names."""
     try:
         return READERS[name]
     except KeyError:
