@@ -1,25 +1,25 @@
 """Training input: deterministic, resumable, per-process batches from memory or TFRecord shards.
 
-Trainers see one interface, :class:`BatchSource`: ``batches(global_batch_size, start_step, seed=,
-shuffle=)`` yields, forever, this process's rows of each global batch as NumPy arrays:
+Trainers see one interface, `BatchSource`: `batches(global_batch_size, start_step, seed=,
+shuffle=)` yields, forever, this process's rows of each global batch as NumPy arrays:
 
     signal datasets  signal (b, 1024, 12) float32 mV
     latent datasets  mean, log_variance (b, 128, 4) float32 (VAE posterior, see data_pipelines.latents)
     both             text_embedding (b, D) float32, sex (b,) float32 1.0 male / 0.0 female,
                      age (b,) float32 years, heart_rate (b,) float32 bpm
 
-with ``b = global_batch_size // process_count``. The batch at step ``s`` depends only on
-``(seed, s)`` (and the process count), so a run restarted at ``start_step`` sees exactly the
+with `b = global_batch_size // process_count`. The batch at step `s` depends only on
+`(seed, s)` (and the process count), so a run restarted at `start_step` sees exactly the
 batches an uninterrupted run would. Each epoch is a fresh seeded shuffle; its last partial batch is
-dropped. :func:`to_global` assembles the per-process parts into one array sharded on the mesh.
+dropped. `to_global()` assembles the per-process parts into one array sharded on the mesh.
 
-* :class:`ArraySource`: arrays in memory (the processed set of ``diffusets-jax prepare``), the
-  per-epoch permutation of :func:`batch_indices`; process ``p`` takes rows ``p*b:(p+1)*b`` of each
+* `ArraySource`: arrays in memory (the processed set of `diffusets-jax prepare`), the
+  per-epoch permutation of `batch_indices()`; process `p` takes rows `p*b:(p+1)*b` of each
   global batch. Resuming is free.
-* :class:`TFRecordSource`: tf.data over TFDS shards (:mod:`data_pipelines.tfds`) or latent shards.
-  Each process reads only its own shard files (``files[process_index::process_count]``), so its
+* `TFRecordSource`: tf.data over TFDS shards (`data_pipelines.tfds`) or latent shards.
+  Each process reads only its own shard files (`files[process_index::process_count]`), so its
   rows come from its files; every process runs the same number of steps per epoch (set by the
-  process with the fewest examples). Resuming mid-epoch skips the first ``offset * b`` serialized
+  process with the fewest examples). Resuming mid-epoch skips the first `offset * b` serialized
   records of that epoch before parsing: a read of at most one epoch of this process's shards.
 """
 
@@ -37,14 +37,14 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from diffusets_jax.constants import LATENT_CHANNELS, LATENT_LENGTH, NUM_LEADS, NUM_SAMPLES
 
-#: Condition keys every batch holds, with the shape of one row (``None``: the embedding size D).
+#: Condition keys every batch holds, with the shape of one row (`None`: the embedding size D).
 CONDITION_SHAPES = {"text_embedding": (None,), "sex": (), "age": (), "heart_rate": ()}
 SIGNAL_SHAPES = {"signal": (NUM_SAMPLES, NUM_LEADS), **CONDITION_SHAPES}
 LATENT_SHAPES = {"mean": (LATENT_LENGTH, LATENT_CHANNELS), "log_variance": (LATENT_LENGTH, LATENT_CHANNELS),
                  **CONDITION_SHAPES}
 #: Optional in memory: one scaled latent sampled per record, the official latent cache.
 CACHED_LATENT_SHAPE = {"latents": (LATENT_LENGTH, LATENT_CHANNELS)}
-#: Name of the latent dataset description written by :func:`data_pipelines.latents.write_latents`.
+#: Name of the latent dataset description written by `data_pipelines.latents.write_latents()`.
 LATENT_INFO = "latents_info.json"
 #: Shuffle buffer memory of a TFRecordSource (serialized examples), in bytes.
 SHUFFLE_BUFFER_BYTES = 256 * 2**20
@@ -60,7 +60,7 @@ class BatchSource(Protocol):
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
-    """Rows per process, ``global_batch_size // process_count``; ValueError unless it divides evenly."""
+    """Rows per process, `global_batch_size // process_count`; ValueError unless it divides evenly."""
     if global_batch_size <= 0 or global_batch_size % process_count:
         raise ValueError(f"global batch size {global_batch_size} must be a positive multiple of the "
                          f"process count {process_count}")
@@ -68,10 +68,10 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
 
 
 def batch_indices(num_examples: int, batch_size: int, step: int, seed: int, shuffle: bool) -> np.ndarray:
-    """Indices (batch_size,) of the global batch at ``step``: a fresh seeded permutation per epoch.
+    """Indices (batch_size,) of the global batch at `step`: a fresh seeded permutation per epoch.
 
-    Epoch ``e = step // (num_examples // batch_size)`` is ordered by
-    ``default_rng([seed, e]).permutation(num_examples)`` (or ``arange`` unshuffled) and cut into
+    Epoch `e = step // (num_examples // batch_size)` is ordered by
+    `default_rng([seed, e]).permutation(num_examples)` (or `arange` unshuffled) and cut into
     batches, the last partial one dropped; restarting at any step replays the same batches.
     """
     steps_per_epoch = num_examples // batch_size
@@ -82,10 +82,10 @@ def batch_indices(num_examples: int, batch_size: int, step: int, seed: int, shuf
 
 def to_global(local_batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh, axis: str = "data"
               ) -> dict[str, jax.Array]:
-    """One global ``jax.Array`` per numeric key, sharded on ``axis`` along the batch dimension.
+    """One global `jax.Array` per numeric key, sharded on `axis` along the batch dimension.
 
-    Every process passes its own rows (``batches`` output); the result has
-    ``global_batch_size`` rows. Text keys (``record_id``) stay on the host and are left out.
+    Every process passes its own rows (`batches` output); the result has
+    `global_batch_size` rows. Text keys (`record_id`) stay on the host and are left out.
     """
     sharding = NamedSharding(mesh, P(axis))
     return {key: jax.make_array_from_process_local_data(sharding, value)
@@ -110,7 +110,7 @@ def _check_finite(batch: Mapping[str, np.ndarray], record_ids: np.ndarray, where
 
 
 def _check_shapes(shapes: Mapping[str, Sequence[int]], expected: Mapping[str, tuple], where: str) -> None:
-    """ValueError naming the field whose per-row shape differs from ``expected`` (None = any size)."""
+    """ValueError naming the field whose per-row shape differs from `expected` (None = any size)."""
     for key, want in expected.items():
         if key not in shapes:
             raise ValueError(f"{where} has no field {key!r} (fields: {', '.join(sorted(shapes))})")
@@ -121,15 +121,15 @@ def _check_shapes(shapes: Mapping[str, Sequence[int]], expected: Mapping[str, tu
 
 
 class ArraySource:
-    """Batches from arrays in memory, by :func:`batch_indices`.
+    """Batches from arrays in memory, by `batch_indices()`.
 
     Args:
-        arrays: ``signal`` (N, 1024, 12) or ``mean`` and ``log_variance`` (N, 128, 4), plus
-            ``text_embedding`` (N, D), ``sex``, ``age``, ``heart_rate`` (N,); all float32-castable.
-            Latent arrays may add ``latents`` (N, 128, 4), one scaled sample per record.
-        record_ids: (N,) names for error messages and the optional ``record_id`` key.
-        with_ids: also yield ``record_id`` (b,) str.
-        process_index, process_count: default ``jax.process_index()``, ``jax.process_count()``.
+        arrays: `signal` (N, 1024, 12) or `mean` and `log_variance` (N, 128, 4), plus
+            `text_embedding` (N, D), `sex`, `age`, `heart_rate` (N,); all float32-castable.
+            Latent arrays may add `latents` (N, 128, 4), one scaled sample per record.
+        record_ids: (N,) names for error messages and the optional `record_id` key.
+        with_ids: also yield `record_id` (b,) str.
+        process_index, process_count: default `jax.process_index()`, `jax.process_count()`.
 
     Raises:
         ValueError: missing field, wrong shape (e.g. not 12 leads), unequal lengths, or NaN/inf
@@ -155,7 +155,7 @@ class ArraySource:
 
     @classmethod
     def from_processed(cls, dirs, folds: Sequence[int] | None = None, **kwargs) -> "ArraySource":
-        """Signal source over processed sets (``data_pipelines.processed.load_processed(dirs, folds)``)."""
+        """Signal source over processed sets (`data_pipelines.processed.load_processed(dirs, folds)`)."""
         from data_pipelines.processed import load_processed
 
         data = load_processed(dirs, folds)
@@ -194,30 +194,30 @@ def cpu_tensorflow():
 
 
 class TFRecordSource:
-    """Batches read by tf.data from TFRecord shards of ``tf.train.Example`` (float lists, int64 sex).
+    """Batches read by tf.data from TFRecord shards of `tf.train.Example` (float lists, int64 sex).
 
-    Use :meth:`from_tfds` or :meth:`from_latents`; the constructor takes the parts directly.
+    Use `from_tfds()` or `from_latents()`; the constructor takes the parts directly.
 
-    Epoch ``e`` of a process: its files in the order ``stateless_shuffle(files, [seed, e])``, read
-    4 at a time (blocks of 16 records), through a shuffle buffer seeded by ``(seed, e)``, cut to
-    ``steps_per_epoch`` batches. The buffer (default ``SHUFFLE_BUFFER_BYTES`` of serialized
+    Epoch `e` of a process: its files in the order `stateless_shuffle(files, [seed, e])`, read
+    4 at a time (blocks of 16 records), through a shuffle buffer seeded by `(seed, e)`, cut to
+    `steps_per_epoch` batches. The buffer (default `SHUFFLE_BUFFER_BYTES` of serialized
     examples: about 48k latents or 5k signals, i.e. a full shuffle of small sets) is filled anew
     at the start of each epoch, the first batch's wait (about 0.7 s for either kind on 2 cores).
-    Batches are parsed in parallel (``tf.io.parse_example`` per batch) and prefetched. Raises
+    Batches are parsed in parallel (`tf.io.parse_example` per batch) and prefetched. Raises
     ValueError naming the dataset, files and field for a record that does not parse, and naming
     the record and field for NaN/inf values.
 
     Args:
         files: all shard files of the split, in a fixed order; lengths: examples in each.
-        shapes: per-row shape of each field read (e.g. ``SIGNAL_SHAPES`` with D filled in); every
+        shapes: per-row shape of each field read (e.g. `SIGNAL_SHAPES` with D filled in); every
             field is yielded as float32.
-        int64_fields: fields stored as int64 lists (TFDS ClassLabel ``sex``); the others are float lists.
+        int64_fields: fields stored as int64 lists (TFDS ClassLabel `sex`); the others are float lists.
         where: description for error messages (dataset directory and split).
         deterministic: False lets tf.data reorder reads and parsing for speed; batches are then not
-            reproducible from ``(seed, step)``.
-        with_ids: also yield ``record_id`` (b,) bytes.
-        shuffle_buffer: examples in the shuffle buffer (default: ``SHUFFLE_BUFFER_BYTES`` worth).
-        process_index, process_count: default ``jax.process_index()``, ``jax.process_count()``.
+            reproducible from `(seed, step)`.
+        with_ids: also yield `record_id` (b,) bytes.
+        shuffle_buffer: examples in the shuffle buffer (default: `SHUFFLE_BUFFER_BYTES` worth).
+        process_index, process_count: default `jax.process_index()`, `jax.process_count()`.
 
     Raises:
         FileNotFoundError: a shard file is missing. ValueError: fewer shard files than processes.
@@ -248,9 +248,9 @@ class TFRecordSource:
 
     @classmethod
     def from_tfds(cls, name: str, split: str, data_dir=None, **kwargs) -> "TFRecordSource":
-        """Signal source over a split built by :func:`data_pipelines.tfds.build_dataset`.
+        """Signal source over a split built by `data_pipelines.tfds.build_dataset()`.
 
-        ``name`` is ``'ptbxl'``, ``'ptbxl/minilm-100hz'`` (default config when omitted) or the
+        `name` is `'ptbxl'`, `'ptbxl/minilm-100hz'` (default config when omitted) or the
         dataset's version directory. Raises FileNotFoundError if the dataset was not built,
         ValueError for an unknown split or a feature of the wrong shape.
         """
@@ -268,9 +268,9 @@ class TFRecordSource:
 
     @classmethod
     def from_latents(cls, directory, **kwargs) -> "TFRecordSource":
-        """Latent source over a directory written by :func:`data_pipelines.latents.write_latents`.
+        """Latent source over a directory written by `data_pipelines.latents.write_latents()`.
 
-        Raises FileNotFoundError if the directory or its ``latents_info.json`` is missing,
+        Raises FileNotFoundError if the directory or its `latents_info.json` is missing,
         ValueError if a field has the wrong shape.
         """
         info_path = Path(directory) / LATENT_INFO
@@ -308,7 +308,7 @@ class TFRecordSource:
         return batch
 
     def dataset(self, global_batch_size: int, start_step: int, *, seed: int, shuffle: bool):
-        """The endless ``tf.data.Dataset`` of this process's batches from ``start_step`` on."""
+        """The endless `tf.data.Dataset` of this process's batches from `start_step` on."""
         tf = cpu_tensorflow()
         local = local_batch_size(global_batch_size, self.process_count)
         steps = self.steps_per_epoch(global_batch_size)
