@@ -1,9 +1,9 @@
 """Latent dataset: the VAE posterior of every ECG of a TFDS split, cached as TFRecord shards.
 
 The official code trains the diffusion model on cached VAE latents (built by official
-``vae/vae_encoding.py``, read by ``utils/train.py``); this is that cache. A directory holds
-``latents-<split>.tfrecord-SSSSS-of-NNNNN`` shards of
-``tf.train.Example`` records:
+`vae/vae_encoding.py`, read by `utils/train.py`); this is that cache. A directory holds
+`latents-<split>.tfrecord-SSSSS-of-NNNNN` shards of
+`tf.train.Example` records:
 
     mean, log_variance  float lists of the (128, 4) posterior, row-major
     text_embedding      float list (D,)
@@ -11,9 +11,9 @@ The official code trains the diffusion model on cached VAE latents (built by off
     age, heart_rate     float, years and bpm
     record_id, patient_id   bytes
 
-and ``latents_info.json``: ``count``, ``shapes`` (per record), ``shards`` (``file``, ``count``),
-``source`` (dataset directory, split, builder config), ``embedder``, ``embed_dim``, ``created``.
-Read it with :meth:`data_pipelines.input_pipeline.TFRecordSource.from_latents`.
+and `latents_info.json`: `count`, `shapes` (per record), `shards` (`file`, `count`),
+`source` (dataset directory, split, builder config), `embedder`, `embed_dim`, `created`.
+Read it with `data_pipelines.input_pipeline.TFRecordSource.from_latents()`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from diffusets_jax.constants import LATENT_CHANNELS, LATENT_LENGTH
 
 from .input_pipeline import LATENT_INFO, cpu_tensorflow
 
-#: ``encode_fn(signals (B, 1024, 12) float32 mV) -> (mean, log_variance)``, each (B, 128, 4).
+#: `encode_fn(signals (B, 1024, 12) float32 mV) -> (mean, log_variance)`, each (B, 128, 4).
 EncodeFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 #: Default number of records per latent shard file.
 EXAMPLES_PER_SHARD = 16384
@@ -38,23 +38,23 @@ EXAMPLES_PER_SHARD = 16384
 
 def write_latents(encode_fn: EncodeFn, name: str, split: str, out_dir, *, data_dir=None, batch_size: int = 256,
                   num_shards: int | None = None) -> dict:
-    """Encode every record of a TFDS split and write the latent shards and info to ``out_dir``.
+    """Encode every record of a TFDS split and write the latent shards and info to `out_dir`.
 
     Args:
         encode_fn: the trained VAE encoder (e.g. a jitted function); always called with
-            ``batch_size`` rows (the last batch is zero-padded), so it compiles once.
-        name, data_dir: the TFDS dataset, as :func:`data_pipelines.tfds.load_builder` takes them.
-        split: ``'train'``, ``'validation'`` or ``'test'``.
+            `batch_size` rows (the last batch is zero-padded), so it compiles once.
+        name, data_dir: the TFDS dataset, as `data_pipelines.tfds.load_builder()` takes them.
+        split: `'train'`, `'validation'` or `'test'`.
         out_dir: created if needed; existing shards of the same split are overwritten.
-        batch_size: rows per ``encode_fn`` call.
-        num_shards: shard files (default ``ceil(count / EXAMPLES_PER_SHARD)``; use at least the
+        batch_size: rows per `encode_fn` call.
+        num_shards: shard files (default `ceil(count / EXAMPLES_PER_SHARD)`; use at least the
             number of training processes).
 
     Returns:
-        The info dictionary also written to ``out_dir/latents_info.json``.
+        The info dictionary also written to `out_dir/latents_info.json`.
 
     Raises:
-        FileNotFoundError: dataset not built. ValueError: unknown split, or ``encode_fn`` returning
+        FileNotFoundError: dataset not built. ValueError: unknown split, or `encode_fn` returning
         a wrong shape or NaN/inf (naming the records).
     """
     from data_pipelines.tfds import load_builder
@@ -105,7 +105,7 @@ def write_latents(encode_fn: EncodeFn, name: str, split: str, out_dir, *, data_d
 
 def _encode(encode_fn: EncodeFn, signals: np.ndarray, batch_size: int, record_ids: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray]:
-    """``encode_fn`` on ``signals`` zero-padded to ``batch_size`` rows, checked and cut back."""
+    """`encode_fn` on `signals` zero-padded to `batch_size` rows, checked and cut back."""
     rows = len(signals)
     padded = np.zeros((batch_size, *signals.shape[1:]), np.float32)
     padded[:rows] = signals
@@ -122,7 +122,7 @@ def _encode(encode_fn: EncodeFn, signals: np.ndarray, batch_size: int, record_id
 
 
 def _example(tf, mean: np.ndarray, log_variance: np.ndarray, batch: dict, row: int) -> bytes:
-    """One serialized latent ``tf.train.Example``."""
+    """One serialized latent `tf.train.Example`."""
     def floats(x):
         return tf.train.Feature(float_list=tf.train.FloatList(value=np.ravel(x)))
 
