@@ -1,14 +1,14 @@
 """LUDB 1.0.1 reader (Kalyakulina et al., 2020; PhysioNet, ODC-By 1.0).
 
-Layout: WFDB records ``data/N`` (500 Hz, 5000 samples, leads ``i, ii, iii, avr, avl, avf, v1..v6``)
-whose header comments hold ``<age>: 51``, ``<sex>: F``, ``<diagnoses>:`` and then one diagnosis per
-line (``Rhythm: Sinus bradycardia.``); ``ludb.csv`` repeats age/sex/diagnoses (cells with embedded
-newlines, age ``>89``); ``data/N.ii`` etc. are the cardiologists' P/QRS/T annotations per lead.
+Layout: WFDB records `data/N` (500 Hz, 5000 samples, leads `i, ii, iii, avr, avl, avf, v1..v6`)
+whose header comments hold `<age>: 51`, `<sex>: F`, `<diagnoses>:` and then one diagnosis per
+line (`Rhythm: Sinus bradycardia.`); `ludb.csv` repeats age/sex/diagnoses (cells with embedded
+newlines, age `>89`); `data/N.ii` etc. are the cardiologists' P/QRS/T annotations per lead.
 
 Amplitude caveat (measured on all 100 shared records): every lead of every LUDB record spans
 exactly 1.0 mV peak-to-peak, i.e. the stored leads are individually rescaled, so absolute
-amplitudes and inter-lead relations (Einthoven's law) do not hold. ``metadata['notes']`` says so.
-One subject per record, so ``patient_id = record_id`` and the fold is ``patient_fold(record_id)``.
+amplitudes and inter-lead relations (Einthoven's law) do not hold. `metadata['notes']` says so.
+One subject per record, so `patient_id = record_id` and the fold is `patient_fold(record_id)`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ _CSV_DIAGNOSIS_COLUMNS = ("Rhythms", "Electric axis of the heart", "Conduction a
 
 
 def list_records(root) -> list[str]:
-    """Record ids (``"1"``, ``"2"``, ...) from ``root/RECORDS`` (lines ``data/N``), else ``data/*.hea``."""
+    """Record ids (`"1"`, `"2"`, ...) from `root/RECORDS` (lines `data/N`), else `data/*.hea`."""
     listing = Path(root) / "RECORDS"
     if listing.exists():
         names = [Path(line.strip()).name for line in listing.read_text().splitlines() if line.strip()]
@@ -40,13 +40,13 @@ def list_records(root) -> list[str]:
 
 
 def clean_diagnosis(line: str) -> str:
-    """``'Rhythm: Sinus bradycardia. '`` -> ``'Sinus bradycardia'`` (strip, drop trailing '.', 'Rhythm: ')."""
+    """`'Rhythm: Sinus bradycardia. '` -> `'Sinus bradycardia'` (strip, drop trailing '.', 'Rhythm: ')."""
     text = line.strip().rstrip(".").strip()
     return text[len("Rhythm:"):].strip() if text.startswith("Rhythm:") else text
 
 
 def parse_comments(comments: list[str]) -> dict:
-    """Header comments -> ``{'age': str|None, 'sex': str|None, 'diagnoses': [str]}`` (diagnoses cleaned)."""
+    """Header comments -> `{'age': str|None, 'sex': str|None, 'diagnoses': [str]}` (diagnoses cleaned)."""
     info: dict = {"age": None, "sex": None, "diagnoses": []}
     in_diagnoses = False
     for line in comments:
@@ -64,7 +64,7 @@ def parse_comments(comments: list[str]) -> dict:
 
 @functools.lru_cache(maxsize=4)
 def _csv(root: str) -> pd.DataFrame | None:
-    """``ludb.csv`` indexed by str ID, or None when absent."""
+    """`ludb.csv` indexed by str ID, or None when absent."""
     path = Path(root) / "ludb.csv"
     if not path.exists():
         return None
@@ -72,7 +72,7 @@ def _csv(root: str) -> pd.DataFrame | None:
 
 
 def _csv_info(root, record_id: str) -> dict:
-    """Age/sex/diagnoses from ``ludb.csv`` (column order; cells split on newlines); {} if absent."""
+    """Age/sex/diagnoses from `ludb.csv` (column order; cells split on newlines); {} if absent."""
     table = _csv(str(root))
     if table is None or record_id not in table.index:
         return {}
@@ -84,12 +84,12 @@ def _csv_info(root, record_id: str) -> dict:
 
 
 def load_record(root, record_id: str) -> ECGRecord:
-    """Load LUDB record ``record_id`` (``"1"`` .. ``"200"``) as an :class:`ECGRecord` (source ``'ludb'``).
+    """Load LUDB record `record_id` (`"1"` .. `"200"`) as an `ECGRecord` (source `'ludb'`).
 
     Age, sex and diagnoses come from the header comments; a missing one is taken from
-    ``ludb.csv`` (age ``'>89'`` -> 90). Statements are the diagnosis lines in header order,
-    cleaned by :func:`clean_diagnosis`. HR comes from XQRS (:func:`records.detect_heart_rate`);
-    :func:`annotated_heart_rate` gives the cardiologists' value for checking it.
+    `ludb.csv` (age `'>89'` -> 90). Statements are the diagnosis lines in header order,
+    cleaned by `clean_diagnosis()`. HR comes from XQRS (`records.detect_heart_rate()`);
+    `annotated_heart_rate()` gives the cardiologists' value for checking it.
 
     Raises:
         RecordError: unreadable record, missing/invalid age or sex, no diagnosis, bad signal, no HR.
@@ -108,11 +108,11 @@ def load_record(root, record_id: str) -> ECGRecord:
 
 
 def annotated_heart_rate(root, record_id: str, lead: str = "ii") -> float:
-    """Reference heart rate (bpm) from the cardiologists' QRS annotations of ``lead``.
+    """Reference heart rate (bpm) from the cardiologists' QRS annotations of `lead`.
 
-    ``60 / mean(RR)`` over the annotated QRS peaks (symbol ``'N'``; the annotations cover most of
-    the 10 s but not its edges). All ``'N'`` marks are used, including the few without a marked
-    onset ``'('`` (e.g. record 95), so no annotated beat is dropped.
+    `60 / mean(RR)` over the annotated QRS peaks (symbol `'N'`; the annotations cover most of
+    the 10 s but not its edges). All `'N'` marks are used, including the few without a marked
+    onset `'('` (e.g. record 95), so no annotated beat is dropped.
 
     Raises:
         RecordError: unreadable annotation file or fewer than 2 annotated QRS complexes.
