@@ -1,18 +1,18 @@
 """MIMIC-IV-ECG 1.0 reader (Gow et al., PhysioNet), the DiffuSETS training set.
 
-Layout under ``root``: ``record_list.csv`` (``subject_id, study_id, file_name, ecg_time, path``),
-``machine_measurements.csv`` (``subject_id, study_id, ..., report_0..report_17, ..., rr_interval``
-in ms, ...) and WFDB records ``root/<path>`` (500 Hz, 5000 samples, mV, leads
-``I, II, III, aVR, aVF, aVL, V1..V6``: aVF before aVL; :func:`records.reorder_leads` fixes it).
-Age/sex: optional ``patients.csv`` (MIMIC-IV ``hosp/patients``: ``subject_id, gender, anchor_age``),
-otherwise ``age``/``gender`` columns of ``record_list.csv``. ``anchor_age`` is the age at the
+Layout under `root`: `record_list.csv` (`subject_id, study_id, file_name, ecg_time, path`),
+`machine_measurements.csv` (`subject_id, study_id, ..., report_0..report_17, ..., rr_interval`
+in ms, ...) and WFDB records `root/<path>` (500 Hz, 5000 samples, mV, leads
+`I, II, III, aVR, aVF, aVL, V1..V6`: aVF before aVL; `records.reorder_leads()` fixes it).
+Age/sex: optional `patients.csv` (MIMIC-IV `hosp/patients`: `subject_id, gender, anchor_age`),
+otherwise `age`/`gender` columns of `record_list.csv`. `anchor_age` is the age at the
 patient's anchor year, not at the ECG, as in the official cache.
 
-Source: official ``dataset/mimic_iv_ecg_dataset.py`` and ``vae/vae_encoding.py``: text = non-empty
-``report_*`` columns in order, joined with ``'|'``.
-Heart rate: official code divides ``rr_interval`` (ms) by 1000 and then compares the seconds with
+Source: official `dataset/mimic_iv_ecg_dataset.py` and `vae/vae_encoding.py`: text = non-empty
+`report_*` columns in order, joined with `'|'`.
+Heart rate: official code divides `rr_interval` (ms) by 1000 and then compares the seconds with
 300/1500, which is always out of range, so it always fell back to XQRS. Here the unit bug is fixed:
-``HR = 60000 / rr_interval`` when ``300 <= rr_interval <= 1500`` ms (40-200 bpm), otherwise (NaN,
+`HR = 60000 / rr_interval` when `300 <= rr_interval <= 1500` ms (40-200 bpm), otherwise (NaN,
 the 29999 "missing" code, or out of range) HR comes from XQRS on the signal.
 """
 
@@ -47,12 +47,12 @@ def _tables(root: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]
 
 
 def list_records(root) -> list[str]:
-    """All ``study_id`` values (as strings) in ``root/record_list.csv``, in file order."""
+    """All `study_id` values (as strings) in `root/record_list.csv`, in file order."""
     return list(_tables(str(root))[0].index)
 
 
 def _number(value) -> float | None:
-    """``float(value)``, or None for missing/NaN/non-numeric values."""
+    """`float(value)`, or None for missing/NaN/non-numeric values."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -61,13 +61,13 @@ def _number(value) -> float | None:
 
 
 def rr_heart_rate(rr_interval_ms) -> float | None:
-    """``60000 / rr`` (bpm) if ``rr`` (ms) is a number within ``RR_RANGE_MS``, else None."""
+    """`60000 / rr` (bpm) if `rr` (ms) is a number within `RR_RANGE_MS`, else None."""
     rr = _number(rr_interval_ms)
     return 60000.0 / rr if rr is not None and RR_RANGE_MS[0] <= rr <= RR_RANGE_MS[1] else None
 
 
 def _patient(root: str, subject_id: int, record_row: pd.Series, record_id: str) -> tuple[object, object]:
-    """(age, sex) from patients.csv, else record_list ``age``/``gender``; RecordError if neither."""
+    """(age, sex) from patients.csv, else record_list `age`/`gender`; RecordError if neither."""
     patients = _tables(root)[2]
     if patients is not None:
         if subject_id not in patients.index:
@@ -80,10 +80,10 @@ def _patient(root: str, subject_id: int, record_row: pd.Series, record_id: str) 
 
 
 def load_record(root, record_id: str) -> ECGRecord:
-    """Load MIMIC-IV-ECG study ``record_id`` (``study_id``) as an :class:`ECGRecord` (source ``'mimic'``).
+    """Load MIMIC-IV-ECG study `record_id` (`study_id`) as an `ECGRecord` (source `'mimic'`).
 
-    ``patient_id`` is ``subject_id``; ``fold = patient_fold(subject_id)``. ``metadata`` holds
-    ``subject_id``, ``rr_interval`` (ms or None) and ``hr_source`` (``'rr_interval'`` or ``'xqrs'``).
+    `patient_id` is `subject_id`; `fold = patient_fold(subject_id)`. `metadata` holds
+    `subject_id`, `rr_interval` (ms or None) and `hr_source` (`'rr_interval'` or `'xqrs'`).
 
     Raises:
         RecordError: study not in both CSVs, no patient age/sex, empty report, unreadable or bad
