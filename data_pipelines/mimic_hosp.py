@@ -3,9 +3,9 @@
 SE-Diff (Wang et al., ICLR 2026, arXiv:2511.09895, experience retrieval) describes each admission
 by three code sets, diagnoses (`diagnoses_icd`), medications (`prescriptions`) and procedures
 (`procedures_icd`) of MIMIC-IV's `hosp` module (Johnson et al. 2023, MIMIC-IV v2.2, PhysioNet).
-:func:`link_hosp_codes` joins each MIMIC-IV-ECG study to the hospital admission that was open when
+`link_hosp_codes()` joins each MIMIC-IV-ECG study to the hospital admission that was open when
 it was recorded (`record_list.csv` `subject_id` and `ecg_time` against `admissions`
-`admittime`..`dischtime`) and collects those sets; :func:`attach_hosp_codes` writes them beside a
+`admittime`..`dischtime`) and collects those sets; `attach_hosp_codes()` writes them beside a
 processed set, where retrieval reads them.
 """
 
@@ -24,7 +24,7 @@ HOSP_CODES_FILE = "hosp_codes.jsonl"
 
 
 def read_hosp_codes(processed_dir: str | Path) -> dict[str, dict[str, frozenset[str]]]:
-    """``{record_id: {view: frozenset(codes)}}`` from ``processed_dir/hosp_codes.jsonl`` ({} if absent)."""
+    """`{record_id: {view: frozenset(codes)}}` from `processed_dir/hosp_codes.jsonl` ({} if absent)."""
     path = Path(processed_dir) / HOSP_CODES_FILE
     if not path.is_file():
         return {}
@@ -37,7 +37,7 @@ def read_hosp_codes(processed_dir: str | Path) -> dict[str, dict[str, frozenset[
 
 
 def write_hosp_codes(processed_dir: str | Path, codes: Mapping[str, Mapping[str, Sequence[str]]]) -> Path:
-    """Write ``{record_id: {view: codes}}`` as ``processed_dir/hosp_codes.jsonl`` (sorted codes)."""
+    """Write `{record_id: {view: codes}}` as `processed_dir/hosp_codes.jsonl` (sorted codes)."""
     path = Path(processed_dir) / HOSP_CODES_FILE
     with open(path, "w") as f:
         for record_id, views in codes.items():
@@ -61,17 +61,17 @@ def link_hosp_codes(ecg_root: str | Path, hosp_root: str | Path, record_ids: Seq
                     ) -> dict[str, dict[str, list[str]]]:
     """SE-Diff's tri-view profiles: the MIMIC-IV hospital code sets of each MIMIC-IV-ECG study.
 
-    An ECG (``ecg_root/record_list.csv``: ``subject_id, study_id, ecg_time``) is linked to the
-    admission of the same subject (``admissions``: ``subject_id, hadm_id, admittime, dischtime``)
-    with ``admittime - hours_before_admission <= ecg_time <= dischtime`` (emergency ECGs precede
+    An ECG (`ecg_root/record_list.csv`: `subject_id, study_id, ecg_time`) is linked to the
+    admission of the same subject (`admissions`: `subject_id, hadm_id, admittime, dischtime`)
+    with `admittime - hours_before_admission <= ecg_time <= dischtime` (emergency ECGs precede
     the admission); of several, the latest admission starting before the ECG (else the earliest).
-    Its code sets are the admission's ``diagnoses_icd`` and ``procedures_icd`` codes as
-    ``"ICD<version>:<code>"`` (``icd_chars``: keep only the first characters, e.g. 3 for ICD
-    categories) and the lower-cased ``drug`` names of ``prescriptions``. Tables are read from
-    ``hosp_root`` or ``hosp_root/hosp`` as ``.csv`` or ``.csv.gz``; a missing table gives no view.
+    Its code sets are the admission's `diagnoses_icd` and `procedures_icd` codes as
+    `"ICD<version>:<code>"` (`icd_chars`: keep only the first characters, e.g. 3 for ICD
+    categories) and the lower-cased `drug` names of `prescriptions`. Tables are read from
+    `hosp_root` or `hosp_root/hosp` as `.csv` or `.csv.gz`; a missing table gives no view.
 
-    Returns ``{study_id: {view: sorted codes}}`` for linked studies (of ``record_ids`` if given).
-    Raises FileNotFoundError if ``record_list.csv`` or ``admissions`` is missing.
+    Returns `{study_id: {view: sorted codes}}` for linked studies (of `record_ids` if given).
+    Raises FileNotFoundError if `record_list.csv` or `admissions` is missing.
     """
     import pandas as pd
 
@@ -119,8 +119,8 @@ def link_hosp_codes(ecg_root: str | Path, hosp_root: str | Path, record_ids: Seq
 
 def attach_hosp_codes(processed_dir: str | Path, hosp_root: str | Path, ecg_root: str | Path | None = None,
                       **options) -> Path:
-    """Link a processed MIMIC-IV-ECG set to MIMIC-IV hosp (:func:`link_hosp_codes`) and write
-    ``processed_dir/hosp_codes.jsonl``; ``ecg_root`` defaults to ``info.json``'s ``root``."""
+    """Link a processed MIMIC-IV-ECG set to MIMIC-IV hosp (`link_hosp_codes()`) and write
+    `processed_dir/hosp_codes.jsonl`; `ecg_root` defaults to `info.json`'s `root`."""
     info = json.loads((Path(processed_dir) / "info.json").read_text())
     with np.load(Path(processed_dir) / "dataset.npz", allow_pickle=False) as data:
         record_ids = data["record_ids"].tolist()
