@@ -1,4 +1,4 @@
-"""Load a whole dataset into :class:`ECGRecord` objects, skipping (and reporting) bad records."""
+"""Load a whole dataset into `ECGRecord` objects, skipping (and reporting) bad records."""
 
 from __future__ import annotations
 
@@ -16,24 +16,24 @@ from .records import ECGRecord, RecordError
 
 def load_records(source: str, root, record_ids: Iterable[str] | None = None, progress: bool = True,
                  num_workers: int = 1, **reader_options) -> tuple[list[ECGRecord], list[tuple[str, str]]]:
-    """Load records of ``source`` (``'ptbxl'``, ``'ludb'``, ``'mimic'``, ``'cinc'``) from ``root``.
+    """Load records of `source` (`'ptbxl'`, `'ludb'`, `'mimic'`, `'cinc'`) from `root`.
 
     Args:
-        source: reader name (see ``data_pipelines.READERS``).
+        source: reader name (see `data_pipelines.READERS`).
         root: dataset directory.
-        record_ids: ids to load (default: the reader's ``list_records(root)``).
+        record_ids: ids to load (default: the reader's `list_records(root)`).
         progress: show a tqdm progress bar.
         num_workers: worker processes reading, resampling and detecting QRS in parallel (1: this
             process). Workers are spawned, so a script calling this needs an
-            ``if __name__ == "__main__":`` guard; results are identical for any count.
-        **reader_options: passed to ``load_record`` (e.g. ``sampling_rate=100`` for PTB-XL).
+            `if __name__ == "__main__":` guard; results are identical for any count.
+        **reader_options: passed to `load_record` (e.g. `sampling_rate=100` for PTB-XL).
 
     Returns:
-        ``(records, skipped)``: loaded records in input order, and ``(record_id, reason)`` for each
-        record that raised :class:`RecordError`. Other exceptions propagate (they are bugs).
+        `(records, skipped)`: loaded records in input order, and `(record_id, reason)` for each
+        record that raised `RecordError`. Other exceptions propagate (they are bugs).
 
     Raises:
-        ValueError: unknown ``source`` or ``num_workers < 1``; RecordError if the dataset tables
+        ValueError: unknown `source` or `num_workers < 1`; RecordError if the dataset tables
         themselves are unreadable.
     """
     reader = get_reader(source)
@@ -64,7 +64,7 @@ def _record_or_reason(source: str, root: str, reader_options: dict, record_id: s
 
 
 def format_skipped(skipped: list[tuple[str, str]], max_lines: int = 20) -> str:
-    """Human-readable summary of skipped records: count, one line per record (up to ``max_lines``)
+    """Human-readable summary of skipped records: count, one line per record (up to `max_lines`)
     and the number of records per reason."""
     if not skipped:
         return "skipped 0 records"
