@@ -11,7 +11,7 @@ A directory holding:
 
 Text embeddings are computed here once, through a prompt cache, so training never runs the text
 model (the official code stores ada-002 embeddings in its latent cache, read by official
-``utils/train.py``).
+`utils/train.py`).
 """
 
 from __future__ import annotations
