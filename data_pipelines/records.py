@@ -1,13 +1,13 @@
 """Common record type and signal checks shared by every dataset reader.
 
-Every reader turns one raw recording into an :class:`ECGRecord`: 12 leads in
-``LEADS`` order, 10 s resampled to ``NUM_SAMPLES`` = 1024 points (``FS`` = 102.4 Hz), in mV,
+Every reader turns one raw recording into an `ECGRecord`: 12 leads in
+`LEADS` order, 10 s resampled to `NUM_SAMPLES` = 1024 points (`FS` = 102.4 Hz), in mV,
 plus the patient variables the DiffuSETS condition uses (age, sex, heart rate) and the report
-statements. Anything unusable raises :class:`RecordError`, which names the record and the reason.
+statements. Anything unusable raises `RecordError`, which names the record and the reason.
 
-Source: DiffuSETS official code, ``dataset/mimic_iv_ecg_dataset.py`` (``np.nan_to_num`` then
-``scipy.signal.resample(x, 1024)``; HR from WFDB XQRS as ``60 / mean(RR)``) and
-``vae/vae_encoding.py``. Departures from it are listed in each docstring.
+Source: DiffuSETS official code, `dataset/mimic_iv_ecg_dataset.py` (`np.nan_to_num` then
+`scipy.signal.resample(x, 1024)`; HR from WFDB XQRS as `60 / mean(RR)`) and
+`vae/vae_encoding.py`. Departures from it are listed in each docstring.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ FLAT_PTP_MV = 0.01
 HR_RANGE_BPM = (20.0, 300.0)
 #: Leads tried, in order, for R-peak detection (official: lead order; we start with lead II).
 HR_LEAD_ORDER = ("II", "I", "V5", "V2", "V1", "V3", "V4", "V6", "III", "aVR", "aVL", "aVF")
-#: Number of plausible leads compared (the one with most beats wins) in :func:`detect_heart_rate`.
+#: Number of plausible leads compared (the one with most beats wins) in `detect_heart_rate()`.
 HR_CANDIDATE_LEADS = 3
 #: Signals sampled below this rate (Hz) are upsampled to it before R-peak detection.
 HR_DETECTION_FS = 500.0
@@ -55,7 +55,7 @@ class RecordError(ValueError):
 
     Attributes:
         record_id: record identifier or file path.
-        reason: human-readable cause, e.g. ``"lead aVF is flat (peak-to-peak 0 mV)"``.
+        reason: human-readable cause, e.g. `"lead aVF is flat (peak-to-peak 0 mV)"`.
     """
 
     def __init__(self, record_id: str, reason: str):
@@ -72,17 +72,17 @@ class ECGRecord:
     """One processed 10 s, 12-lead ECG with its conditioning information.
 
     Attributes:
-        record_id: dataset record identifier (PTB-XL ``ecg_id``, LUDB number, MIMIC ``study_id``).
-        patient_id: patient identifier within ``source``.
-        signal: ``(NUM_SAMPLES, 12)`` = (1024, 12) float32, mV, leads in ``LEADS`` order, 102.4 Hz.
+        record_id: dataset record identifier (PTB-XL `ecg_id`, LUDB number, MIMIC `study_id`).
+        patient_id: patient identifier within `source`.
+        signal: `(NUM_SAMPLES, 12)` = (1024, 12) float32, mV, leads in `LEADS` order, 102.4 Hz.
         age: years.
-        sex: ``'M'`` or ``'F'``.
+        sex: `'M'` or `'F'`.
         heart_rate: beats per minute.
-        statements: report statements, most important first (joined with ``'|'`` in ``report``).
-        fold: 1..10, patient-wise (PTB-XL ``strat_fold``; otherwise :func:`patient_fold`).
-        source: ``'ptbxl'``, ``'ludb'`` or ``'mimic'``.
-        metadata: extras: ``file`` (WFDB path), ``fs`` (native Hz), ``notes`` (list of changes made,
-            e.g. NaNs zeroed), ``hr_lead`` (lead XQRS used, when it was used), plus source-specific keys.
+        statements: report statements, most important first (joined with `'|'` in `report`).
+        fold: 1..10, patient-wise (PTB-XL `strat_fold`; otherwise `patient_fold()`).
+        source: `'ptbxl'`, `'ludb'` or `'mimic'`.
+        metadata: extras: `file` (WFDB path), `fs` (native Hz), `notes` (list of changes made,
+            e.g. NaNs zeroed), `hr_lead` (lead XQRS used, when it was used), plus source-specific keys.
 
     Raises:
         RecordError: if the fields break these invariants.
@@ -109,12 +109,12 @@ class ECGRecord:
 
     @property
     def report(self) -> str:
-        """Statements joined with ``'|'``: the report format of official ``vae/vae_encoding.py``."""
+        """Statements joined with `'|'`: the report format of official `vae/vae_encoding.py`."""
         return "|".join(self.statements)
 
 
 def patient_fold(patient_id: str) -> int:
-    """Deterministic patient-wise fold in 1..10: ``1 + crc32(patient_id) % 10``."""
+    """Deterministic patient-wise fold in 1..10: `1 + crc32(patient_id) % 10`."""
     return 1 + zlib.crc32(str(patient_id).encode()) % 10
 
 
@@ -122,17 +122,17 @@ def clean_signal(signal: np.ndarray, fs: float, record_id: str = "<unknown>") ->
     """Check a native-rate 12-lead signal and cut it to exactly 10 s.
 
     Args:
-        signal: ``(n, 12)`` mV at ``fs`` Hz, leads in ``LEADS`` order, ``n >= round(10 * fs) - 1``.
+        signal: `(n, 12)` mV at `fs` Hz, leads in `LEADS` order, `n >= round(10 * fs) - 1`.
         fs: sampling frequency in Hz.
         record_id: used in error messages.
 
     Returns:
-        ``(x, notes)``: ``x`` is ``(min(n, round(10 fs)), 12)`` float64 with isolated non-finite
-        samples set to 0 (official ``np.nan_to_num``); ``notes`` lists what was changed.
+        `(x, notes)`: `x` is `(min(n, round(10 fs)), 12)` float64 with isolated non-finite
+        samples set to 0 (official `np.nan_to_num`); `notes` lists what was changed.
 
     Raises:
         RecordError: not 2-D / not 12 leads; shorter than 10 s minus one sample; a lead that is
-        entirely NaN or flat (peak-to-peak < ``FLAT_PTP_MV``); more than ``MAX_NAN_FRACTION``
+        entirely NaN or flat (peak-to-peak < `FLAT_PTP_MV`); more than `MAX_NAN_FRACTION`
         non-finite samples. (The official code keeps all of these; we drop them.)
     """
     x = np.asarray(signal, dtype=np.float64)
@@ -165,7 +165,7 @@ def clean_signal(signal: np.ndarray, fs: float, record_id: str = "<unknown>") ->
 
 
 def _lead_list(mask: np.ndarray) -> str:
-    """``'lead V3'`` or ``'leads V3, V4'`` for the True entries of a (12,) mask."""
+    """`'lead V3'` or `'leads V3, V4'` for the True entries of a (12,) mask."""
     names = [LEADS[i] for i in np.flatnonzero(mask)]
     return ("lead " if len(names) == 1 else "leads ") + ", ".join(names)
 
@@ -176,27 +176,27 @@ def _to_model_rate(x: np.ndarray) -> np.ndarray:
 
 
 def resample_signal(signal: np.ndarray, fs: float, record_id: str = "<unknown>") -> np.ndarray:
-    """Resample a 10 s, 12-lead signal to ``(NUM_SAMPLES, 12)`` = (1024, 12) float32 at 102.4 Hz.
+    """Resample a 10 s, 12-lead signal to `(NUM_SAMPLES, 12)` = (1024, 12) float32 at 102.4 Hz.
 
-    Runs :func:`clean_signal` (so the same errors apply, and a longer signal keeps its first 10 s),
-    then FFT resampling ``scipy.signal.resample(x, 1024, axis=0)`` as the official MIMIC loader.
-    Units are unchanged (mV). Use :func:`clean_signal` directly to also get the notes.
+    Runs `clean_signal()` (so the same errors apply, and a longer signal keeps its first 10 s),
+    then FFT resampling `scipy.signal.resample(x, 1024, axis=0)` as the official MIMIC loader.
+    Units are unchanged (mV). Use `clean_signal()` directly to also get the notes.
     """
     return _to_model_rate(clean_signal(signal, fs, record_id)[0])
 
 
 def reorder_leads(signal: np.ndarray, names: Sequence[str], record_id: str = "<unknown>") -> np.ndarray:
-    """Reorder columns named ``names`` (case-insensitive: ``'AVR'``, ``'avr'``, ``'aVR'``) into ``LEADS`` order.
+    """Reorder columns named `names` (case-insensitive: `'AVR'`, `'avr'`, `'aVR'`) into `LEADS` order.
 
     Args:
-        signal: ``(n, len(names))``.
-        names: lead name of each column, e.g. MIMIC's ``I, II, III, aVR, aVF, aVL, V1..V6``.
+        signal: `(n, len(names))`.
+        names: lead name of each column, e.g. MIMIC's `I, II, III, aVR, aVF, aVL, V1..V6`.
 
     Returns:
-        ``(n, 12)`` new array with column ``k`` = lead ``LEADS[k]``.
+        `(n, 12)` new array with column `k` = lead `LEADS[k]`.
 
     Raises:
-        RecordError: column count differs from ``len(names)``, or a lead is unknown, repeated or missing.
+        RecordError: column count differs from `len(names)`, or a lead is unknown, repeated or missing.
     """
     signal = np.asarray(signal)
     if signal.ndim != 2 or signal.shape[1] != len(names):
@@ -216,7 +216,7 @@ def reorder_leads(signal: np.ndarray, names: Sequence[str], record_id: str = "<u
 
 
 def _lead_heart_rate(x: np.ndarray, fs: float) -> tuple[float, int] | None:
-    """``(60 / mean(RR), beats)`` of one lead from XQRS R peaks, or None if < 2 beats or implausible."""
+    """`(60 / mean(RR), beats)` of one lead from XQRS R peaks, or None if < 2 beats or implausible."""
     xqrs = XQRS(sig=x, fs=fs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -229,13 +229,13 @@ def _lead_heart_rate(x: np.ndarray, fs: float) -> tuple[float, int] | None:
 
 
 def _rescaled(x: np.ndarray) -> np.ndarray:
-    """Lead scaled to a robust peak-to-peak (0.5th..99.5th percentile) of ``RESCALED_PTP_MV``."""
+    """Lead scaled to a robust peak-to-peak (0.5th..99.5th percentile) of `RESCALED_PTP_MV`."""
     low, high = np.percentile(x, [0.5, 99.5])
     return x * (RESCALED_PTP_MV / (high - low)) if high > low else x
 
 
 def heart_rate_and_lead(signal: np.ndarray, fs: float, record_id: str = "<unknown>") -> tuple[float, str]:
-    """Like :func:`detect_heart_rate` but also returns the lead used (``'II'``, or ``'II rescaled'``)."""
+    """Like `detect_heart_rate()` but also returns the lead used (`'II'`, or `'II rescaled'`)."""
     x = np.asarray(signal, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != len(LEADS):
         raise RecordError(record_id, f"expected a (samples, {len(LEADS)}) signal, got shape {x.shape}")
@@ -261,9 +261,9 @@ def heart_rate_and_lead(signal: np.ndarray, fs: float, record_id: str = "<unknow
 def detect_heart_rate(signal: np.ndarray, fs: float, record_id: str = "<unknown>") -> float:
     """Heart rate in bpm from WFDB XQRS R-peak detection on the native-rate signal.
 
-    Leads are tried in ``HR_LEAD_ORDER`` (II, I, V5, V2, ...). A lead is plausible if XQRS finds
-    at least 2 beats and ``60 / mean(RR in s)`` lies in ``HR_RANGE_BPM``. Of the first
-    ``HR_CANDIDATE_LEADS`` = 3 plausible leads, the one with the most detected beats gives the rate
+    Leads are tried in `HR_LEAD_ORDER` (II, I, V5, V2, ...). A lead is plausible if XQRS finds
+    at least 2 beats and `60 / mean(RR in s)` lies in `HR_RANGE_BPM`. Of the first
+    `HR_CANDIDATE_LEADS` = 3 plausible leads, the one with the most detected beats gives the rate
     (ties: earlier lead). The official code takes the first lead with > 1 beat; we compare three
     because XQRS's usual failure is missed beats, which lowers the rate: e.g. PTB-XL ecg_id 282
     (atrial fibrillation, noisy lead II) has 3 beats / 24 bpm in lead II but 14 beats / 82 bpm in
@@ -272,22 +272,22 @@ def detect_heart_rate(signal: np.ndarray, fs: float, record_id: str = "<unknown>
     for irregular rhythms such as atrial fibrillation.
 
     If no lead is plausible, all leads are tried again rescaled to a robust peak-to-peak of
-    ``RESCALED_PTP_MV``: XQRS learns its thresholds from the first 8 beats it finds, and when that
+    `RESCALED_PTP_MV`: XQRS learns its thresholds from the first 8 beats it finds, and when that
     fails (slow rhythm, wide QRS) it falls back to fixed thresholds in mV that miss low-amplitude
     QRS complexes (e.g. LUDB records 34 and 90, whose leads are stored normalised to 1 mV
-    peak-to-peak). Signals below ``HR_DETECTION_FS`` = 500 Hz are first upsampled to it with
-    ``scipy.signal.resample_poly``: XQRS is unreliable at 100 Hz (on 80 PTB-XL records its lead-II
+    peak-to-peak). Signals below `HR_DETECTION_FS` = 500 Hz are first upsampled to it with
+    `scipy.signal.resample_poly`: XQRS is unreliable at 100 Hz (on 80 PTB-XL records its lead-II
     rate at 100 Hz was off by 25 bpm on average from the 500 Hz rate; after upsampling, 0.13 bpm).
 
     Args:
-        signal: ``(n, 12)`` mV in ``LEADS`` order at its native ``fs`` Hz (official: 500 Hz), not
+        signal: `(n, 12)` mV in `LEADS` order at its native `fs` Hz (official: 500 Hz), not
             the 102.4 Hz model signal.
         fs: sampling frequency in Hz.
 
     Raises:
         RecordError: no lead yields a plausible rate (official: assertion error / HR 99999).
 
-    Source: official ``dataset/mimic_iv_ecg_dataset.py`` (XQRS, ``60 / mean(diff(qrs_inds) / fs)``);
+    Source: official `dataset/mimic_iv_ecg_dataset.py` (XQRS, `60 / mean(diff(qrs_inds) / fs)`);
     lead choice, plausibility range, rescaling and upsampling are ours (see above).
     """
     return heart_rate_and_lead(signal, fs, record_id)[0]
@@ -295,7 +295,7 @@ def detect_heart_rate(signal: np.ndarray, fs: float, record_id: str = "<unknown>
 
 @dataclass
 class RawSignal:
-    """A WFDB record as read from disk: ``signal`` ``(n, n_leads)`` float64 in mV, file lead order."""
+    """A WFDB record as read from disk: `signal` `(n, n_leads)` float64 in mV, file lead order."""
 
     signal: np.ndarray
     fs: float
@@ -305,10 +305,10 @@ class RawSignal:
 
 
 def read_wfdb(path: str | os.PathLike, record_id: str | None = None) -> RawSignal:
-    """Read a WFDB record (``path`` without extension) with ``wfdb.rdrecord``, converted to mV.
+    """Read a WFDB record (`path` without extension) with `wfdb.rdrecord`, converted to mV.
 
     Raises:
-        RecordError: naming ``path`` for any read failure (missing/corrupt ``.hea``/``.dat``),
+        RecordError: naming `path` for any read failure (missing/corrupt `.hea`/`.dat`),
         for a record without a physical signal or for units other than mV/uV/V.
     """
     path = os.fspath(path)
@@ -329,7 +329,7 @@ def read_wfdb(path: str | os.PathLike, record_id: str | None = None) -> RawSigna
 
 
 def parse_age(value) -> float | None:
-    """Age in years from a number or string (``'51'``, ``'>89'`` -> 90); None if missing/unparsable."""
+    """Age in years from a number or string (`'51'`, `'>89'` -> 90); None if missing/unparsable."""
     text = "" if value is None else str(value).strip()
     try:
         age = float(text.lstrip(">"))
@@ -345,15 +345,15 @@ def validate_patient(age, sex, record_id: str, numeric_sex: Mapping[int, str] | 
     """Check and normalise patient age and sex.
 
     Args:
-        age: years (number or string; ``None``/NaN means missing). PTB-XL codes ages > 89 as 300;
-            300 is mapped to ``ANONYMISED_AGE`` = 90 (with a note).
-        sex: ``'M'``/``'F'``/``'male'``/``'female'`` (any case), or an integer code looked up in
-            ``numeric_sex`` (PTB-XL: ``{0: 'M', 1: 'F'}``).
+        age: years (number or string; `None`/NaN means missing). PTB-XL codes ages > 89 as 300;
+            300 is mapped to `ANONYMISED_AGE` = 90 (with a note).
+        sex: `'M'`/`'F'`/`'male'`/`'female'` (any case), or an integer code looked up in
+            `numeric_sex` (PTB-XL: `{0: 'M', 1: 'F'}`).
         record_id: used in error messages.
         numeric_sex: mapping for integer sex codes; integers are rejected without it.
 
     Returns:
-        ``(age, sex, notes)`` with age a float in [0, 120] and sex ``'M'`` or ``'F'``.
+        `(age, sex, notes)` with age a float in [0, 120] and sex `'M'` or `'F'`.
 
     Raises:
         RecordError: missing or out-of-range age; missing or unknown sex (message names the field).
@@ -395,7 +395,7 @@ def build_record(*, record_id: str, patient_id: str, raw: RawSignal, age, sex, s
                  numeric_sex: Mapping[int, str] | None = None, metadata: dict | None = None) -> ECGRecord:
     """Shared final step of every reader: validate, reorder, clean, get HR, resample.
 
-    ``heart_rate`` given (e.g. MIMIC machine RR) is used as is; otherwise :func:`detect_heart_rate`
+    `heart_rate` given (e.g. MIMIC machine RR) is used as is; otherwise `detect_heart_rate()`
     runs on the cleaned native-rate signal. Raises RecordError for any invalid part.
     """
     age, sex, notes = validate_patient(age, sex, record_id, numeric_sex)
