@@ -6,7 +6,7 @@
 
 The builders live in this package, not in a top-level module, because TFDS derives the builder's
 code path from its package. Nothing is fetched from GCS or the network. Example features and
-splits: :mod:`data_pipelines.tfds.base`.
+splits: `data_pipelines.tfds.base`.
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ BUILDERS: dict[str, type[ECGBuilder]] = {cls.SOURCE: cls for cls in (Ptbxl, Ludb
 
 def make_builder(name: str, data_dir, *, embedder: str | TextEmbedder = "minilm", num_workers: int = 1,
                  sampling_rate: int | None = None, record_ids=None, **builder_options) -> ECGBuilder:
-    """The builder of source ``name`` (``'ptbxl'``, ``'ludb'``, ``'mimic'``) for ``embedder``.
+    """The builder of source `name` (`'ptbxl'`, `'ludb'`, `'mimic'`) for `embedder`.
 
-    ``embedder`` is a registry name (``'minilm'``, ``'openai-ada-002'``) or an embedder object; an
-    object whose name is not registered gets a custom config of that name. ``sampling_rate``
-    (PTB-XL only: 500 default, or 100) picks the native files read. ``builder_options``:
-    ``beam_options``, ``beam_write``, ``in_memory`` of :class:`ECGBuilder`.
+    `embedder` is a registry name (`'minilm'`, `'openai-ada-002'`) or an embedder object; an
+    object whose name is not registered gets a custom config of that name. `sampling_rate`
+    (PTB-XL only: 500 default, or 100) picks the native files read. `builder_options`:
+    `beam_options`, `beam_write`, `in_memory` of `ECGBuilder`.
 
     Raises:
-        ValueError: unknown source or embedder name, or ``sampling_rate`` given for LUDB/MIMIC.
+        ValueError: unknown source or embedder name, or `sampling_rate` given for LUDB/MIMIC.
     """
     if name not in BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}")
@@ -66,42 +66,42 @@ def build_dataset(name: str, manual_dir, data_dir, *, embedder: str | TextEmbedd
                   record_ids=None, beam_runner: str | None = None, beam_workers: int = 1,
                   beam_options: Sequence[str] = (), beam_write: bool | None = None,
                   shuffle_buffer_mib: int | None = None, in_memory: bool = False) -> tfds.core.DatasetInfo:
-    """Build source ``name`` from the raw files in ``manual_dir`` into ``data_dir`` as TFRecord shards.
+    """Build source `name` from the raw files in `manual_dir` into `data_dir` as TFRecord shards.
 
-    Streams: memory does not grow with the number of records (see :mod:`data_pipelines.tfds.base`).
+    Streams: memory does not grow with the number of records (see `data_pipelines.tfds.base`).
 
     Args:
-        name: ``'ptbxl'``, ``'ludb'``, ``'mimic'`` or ``'cinc'``.
-        manual_dir: the downloaded dataset directory (see the builder's ``MANUAL_DOWNLOAD_INSTRUCTIONS``).
-        data_dir: TFDS data directory (local or ``gs://``); the dataset goes to
-            ``data_dir/<name>/<config>/1.0.0``.
-        embedder, sampling_rate, record_ids: see :func:`make_builder`.
+        name: `'ptbxl'`, `'ludb'`, `'mimic'` or `'cinc'`.
+        manual_dir: the downloaded dataset directory (see the builder's `MANUAL_DOWNLOAD_INSTRUCTIONS`).
+        data_dir: TFDS data directory (local or `gs://`); the dataset goes to
+            `data_dir/<name>/<config>/1.0.0`.
+        embedder, sampling_rate, record_ids: see `make_builder()`.
         num_workers: local processes loading records (read, clean, resample, QRS detection) when
-            ``beam_runner`` is None.
+            `beam_runner` is None.
         num_shards: shard files of every split (default: TFDS's choice by size, one for small sets);
             each split needs at least this many examples. Multi-process training reads one share
             of the files per process, so use at least as many shards as processes.
         beam_runner: run the processing as an Apache Beam pipeline on this runner
-            (``'DirectRunner'``, ``'DataflowRunner'``, ``'SparkRunner'``, ``'FlinkRunner'``, ...);
-            needs ``pip install -e ".[beam]"``. None: local processes.
-        beam_workers: DirectRunner worker processes (``direct_num_workers``); ignored by other runners,
-            whose workers are set in ``beam_options`` (e.g. ``'--max_num_workers=50'``).
-        beam_options: further Beam pipeline flags, e.g. ``['--project=P', '--region=R',
-            '--temp_location=gs://B/tmp']`` (https://cloud.google.com/dataflow/docs/reference/pipeline-options).
+            (`'DirectRunner'`, `'DataflowRunner'`, `'SparkRunner'`, `'FlinkRunner'`, ...);
+            needs `pip install -e ".[beam]"`. None: local processes.
+        beam_workers: DirectRunner worker processes (`direct_num_workers`); ignored by other runners,
+            whose workers are set in `beam_options` (e.g. `'--max_num_workers=50'`).
+        beam_options: further Beam pipeline flags, e.g. `['--project=P', '--region=R',
+            '--temp_location=gs://B/tmp']` (https://cloud.google.com/dataflow/docs/reference/pipeline-options).
         beam_write: also write the shards with TFDS's Beam writer. Default: for runners other than
             the DirectRunner, whose in-memory shuffle would hold every example.
         shuffle_buffer_mib: when this process writes the shards, bytes of examples TFDS's writer keeps
-            in memory before spilling to disk (``tfds.core.shuffle.MAX_MEM_BUFFER_SIZE``; default
+            in memory before spilling to disk (`tfds.core.shuffle.MAX_MEM_BUFFER_SIZE`; default
             TFDS's 1000 MiB).
         in_memory: the first release's build, every record in memory before writing (reference).
 
     Returns:
-        The dataset info (``info.data_dir``, ``info.splits[...]``, ``info.metadata['skipped']``,
-        ``['skipped_counts']``). An existing complete build is reused as is.
+        The dataset info (`info.data_dir`, `info.splits[...]`, `info.metadata['skipped']`,
+        `['skipped_counts']`). An existing complete build is reused as is.
 
     Raises:
-        FileNotFoundError: ``manual_dir`` does not exist. ValueError: see :func:`make_builder`;
-        ``beam_workers < 1``. ImportError: ``beam_runner`` without apache-beam installed.
+        FileNotFoundError: `manual_dir` does not exist. ValueError: see `make_builder()`;
+        `beam_workers < 1`. ImportError: `beam_runner` without apache-beam installed.
     """
     if not Path(manual_dir).is_dir():
         raise FileNotFoundError(f"manual_dir {manual_dir} is not a directory: download the {name} dataset first")
@@ -135,8 +135,8 @@ def load_builder(name: str, data_dir=None) -> tfds.core.DatasetBuilder:
     """Reader of a built dataset, without the builder code.
 
     Args:
-        name: ``'ptbxl'`` (default config), ``'ptbxl/minilm-100hz'``, ``'ptbxl/minilm-100hz/1.0.0'``
-            under ``data_dir``; or, with ``data_dir=None``, a dataset version directory.
+        name: `'ptbxl'` (default config), `'ptbxl/minilm-100hz'`, `'ptbxl/minilm-100hz/1.0.0'`
+            under `data_dir`; or, with `data_dir=None`, a dataset version directory.
 
     Raises:
         FileNotFoundError: naming the directory, if the dataset was not built there.
