@@ -1,37 +1,37 @@
 """Shared TFDS builder for the ECG sources: records from `load_records`, written as sharded TFRecords.
 
-Every example holds the processed record exactly as :func:`data_pipelines.prepare.load_records`
+Every example holds the processed record exactly as `data_pipelines.prepare.load_records()`
 returns it, plus the text embedding of its prompt:
 
-    signal          (1024, 12) float32, mV, 102.4 Hz, leads I..V6 (``LEADS``)
+    signal          (1024, 12) float32, mV, 102.4 Hz, leads I..V6 (`LEADS`)
     age             float32, years
-    sex             ClassLabel ``('F', 'M')``: stored as int64 0 = female, 1 = male, which is the
-                    official condition code (``SEX_CODES``); ``features['sex'].int2str`` gives the letter
+    sex             ClassLabel `('F', 'M')`: stored as int64 0 = female, 1 = male, which is the
+                    official condition code (`SEX_CODES`); `features['sex'].int2str` gives the letter
     heart_rate      float32, bpm
     statements      sequence of text, most important first
-    report          text, the statements joined with ``'|'``
-    prompt          text, :func:`diffusets_jax.text.build_prompt` of the statements
-    text_embedding  (D,) float32, the builder config's embedder applied to ``prompt``
+    report          text, the statements joined with `'|'`
+    prompt          text, `diffusets_jax.text.build_prompt()` of the statements
+    text_embedding  (D,) float32, the builder config's embedder applied to `prompt`
     record_id, patient_id   text
     fold            int32, 1..10, patient-wise
 
-Splits are patient-wise by fold: ``train`` = folds 1-8, ``validation`` = 9, ``test`` = 10 (PTB-XL
-``strat_fold``; elsewhere :func:`data_pipelines.records.patient_fold`), so no patient is in two
-splits. A split without any usable record is left out (listed in ``metadata['empty_splits']``).
-Records that fail to load are skipped, never stopping the build: ``metadata['skipped']`` lists
-``[record_id, reason]`` pairs in input order, ``metadata['skipped_counts']`` counts them per reason
-kind (:func:`data_pipelines.tfds.stream.reason_kind`), and ``skipped_records.jsonl`` next to the
-shards holds one JSON line per skipped record (``metadata.json`` is next to the shards too).
+Splits are patient-wise by fold: `train` = folds 1-8, `validation` = 9, `test` = 10 (PTB-XL
+`strat_fold`; elsewhere `data_pipelines.records.patient_fold()`), so no patient is in two
+splits. A split without any usable record is left out (listed in `metadata['empty_splits']`).
+Records that fail to load are skipped, never stopping the build: `metadata['skipped']` lists
+`[record_id, reason]` pairs in input order, `metadata['skipped_counts']` counts them per reason
+kind (`data_pipelines.tfds.stream.reason_kind()`), and `skipped_records.jsonl` next to the
+shards holds one JSON line per skipped record (`metadata.json` is next to the shards too).
 
-Building streams (:mod:`data_pipelines.tfds.stream`): stage 1 reads, processes and embeds the
-records, a block at a time in ``num_workers`` local processes or as an Apache Beam pipeline
-(``beam_runner``, :mod:`data_pipelines.tfds.beam_pipeline`), and appends each example to a
+Building streams (`data_pipelines.tfds.stream`): stage 1 reads, processes and embeds the
+records, a block at a time in `num_workers` local processes or as an Apache Beam pipeline
+(`beam_runner`, `data_pipelines.tfds.beam_pipeline`), and appends each example to a
 per-split spool file; stage 2 has TFDS write the non-empty splits from the spools, either from this
-process (TFDS's writer holds up to ``shuffle_buffer_mib``, 1000 MiB by default, of examples in
-memory and spills the rest to disk) or with TFDS's Beam writer (``beam_write``). Memory therefore
+process (TFDS's writer holds up to `shuffle_buffer_mib`, 1000 MiB by default, of examples in
+memory and spills the rest to disk) or with TFDS's Beam writer (`beam_write`). Memory therefore
 does not grow with the number of records; the spool takes as much temporary disk space as the
-shards (about 50 kB per record) and is deleted when the build completes. ``in_memory=True`` is the
-first release's build (every record loaded by ``load_records`` before writing), kept as the
+shards (about 50 kB per record) and is deleted when the build completes. `in_memory=True` is the
+first release's build (every record loaded by `load_records` before writing), kept as the
 reference the streaming builds are tested against. Tutorial on Beam datasets in TFDS:
 https://www.tensorflow.org/datasets/beam_datasets
 """
@@ -74,9 +74,9 @@ class ECGConfig(tfds.core.BuilderConfig):
     """Builder config: which text embedder, and (PTB-XL) which native sampling rate to read.
 
     Attributes:
-        embedder: registry name of the text embedder (``diffusets_jax.text.EMBEDDERS``).
+        embedder: registry name of the text embedder (`diffusets_jax.text.EMBEDDERS`).
         embed_dim: its output size D.
-        reader_options: passed to the reader's ``load_record`` (e.g. ``{'sampling_rate': 100}``).
+        reader_options: passed to the reader's `load_record` (e.g. `{'sampling_rate': 100}`).
     """
 
     embedder: str = "minilm"
@@ -85,7 +85,7 @@ class ECGConfig(tfds.core.BuilderConfig):
 
 
 def embedder_configs(rates: Sequence[int] | None = None) -> list[ECGConfig]:
-    """One config per registered embedder (and per rate: name ``'<embedder>-<rate>hz'``), MiniLM first."""
+    """One config per registered embedder (and per rate: name `'<embedder>-<rate>hz'`), MiniLM first."""
     configs = []
     for name, cls in EMBEDDERS.items():
         if rates is None:
@@ -100,19 +100,19 @@ def embedder_configs(rates: Sequence[int] | None = None) -> list[ECGConfig]:
 
 
 class ECGBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Manual-download builder of one ECG source; subclasses set ``SOURCE`` and the configs.
+    """Manual-download builder of one ECG source; subclasses set `SOURCE` and the configs.
 
     Args:
-        text_embedder: an embedder object to use instead of ``get_embedder(config.embedder)``;
-            its ``name`` and ``dim`` must match the config.
+        text_embedder: an embedder object to use instead of `get_embedder(config.embedder)`;
+            its `name` and `dim` must match the config.
         num_workers: local processes that read, resample and detect QRS (without Beam).
         record_ids: only these records (default: the reader's full list).
-        beam_options: Apache Beam ``PipelineOptions`` (runner included) to run stage 1 as a Beam
-            pipeline (see :func:`data_pipelines.tfds.beam_pipeline.pipeline_options`); None: locally.
-        beam_write: stage 2 with TFDS's Beam writer (pass the same options to ``DownloadConfig``)
+        beam_options: Apache Beam `PipelineOptions` (runner included) to run stage 1 as a Beam
+            pipeline (see `data_pipelines.tfds.beam_pipeline.pipeline_options()`); None: locally.
+        beam_write: stage 2 with TFDS's Beam writer (pass the same options to `DownloadConfig`)
             instead of from this process.
         in_memory: the first release's build, all records in memory (reference for tests).
-        **kwargs: ``tfds.core.GeneratorBasedBuilder`` arguments (``config``, ``data_dir``, ...).
+        **kwargs: `tfds.core.GeneratorBasedBuilder` arguments (`config`, `data_dir`, ...).
 
     Raises:
         ValueError: an embedder that does not match the config.
@@ -190,7 +190,7 @@ class ECGBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return {split: read_spool(spool_files(spool_dir, split)) for split in counts}
 
     def _record_skipped(self, skipped: list[tuple[str, str]], counts: dict[str, int]) -> None:
-        """Write ``SKIPPED_FILE`` (input order, with the reason kind) and the build's metadata."""
+        """Write `SKIPPED_FILE` (input order, with the reason kind) and the build's metadata."""
         lines = [json.dumps({"record_id": i, "reason": reason, "kind": reason_kind(reason)}) + "\n"
                  for i, reason in skipped]
         epath.Path(self.data_dir, SKIPPED_FILE).write_text("".join(lines))  # empty file if none
@@ -224,7 +224,7 @@ class ECGBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 def _read_skipped(path: str) -> list[tuple[str, str]]:
-    """``(record_id, reason)`` from the Beam side output's JSON lines, in input order."""
+    """`(record_id, reason)` from the Beam side output's JSON lines, in input order."""
     if not tf.io.gfile.exists(path):
         return []
     with tf.io.gfile.GFile(path) as file:
