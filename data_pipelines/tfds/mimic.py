@@ -12,7 +12,8 @@ class Mimic(ECGBuilder):
 
     One config per text embedder (default ``'minilm'``). Splits by
     ``patient_fold(subject_id)``: train = folds 1-8, validation = 9, test = 10. The whole set
-    (about 800k studies) does not fit the in-memory build (see :mod:`.base`): pass ``record_ids``.
+    (about 800k studies) is built streaming, locally or with Apache Beam (see :mod:`.base` and
+    docs/training-at-scale.md); ``record_ids`` builds a subset.
     """
 
     SOURCE = mimic.NAME
