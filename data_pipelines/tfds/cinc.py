@@ -8,12 +8,12 @@ from .base import ECGBuilder, embedder_configs
 
 
 class Cinc(ECGBuilder):
-    """CinC Challenge 2020/2021 examples processed by :func:`data_pipelines.cinc.load_record`.
+    """CinC Challenge 2020/2021 examples processed by `data_pipelines.cinc.load_record()`.
 
-    One config per text embedder (default ``'minilm'``). Every complete 10 s window of a longer
-    record is its own example (``<record>_w<k>``); the ``ptb-xl/`` folder (PTB-XL's own records)
-    is left out, as by :func:`data_pipelines.cinc.list_records`. Splits by
-    ``patient_fold(patient_id)`` (patient = record; PTB: its patient), so all windows of a record
+    One config per text embedder (default `'minilm'`). Every complete 10 s window of a longer
+    record is its own example (`<record>_w<k>`); the `ptb-xl/` folder (PTB-XL's own records)
+    is left out, as by `data_pipelines.cinc.list_records()`. Splits by
+    `patient_fold(patient_id)` (patient = record; PTB: its patient), so all windows of a record
     are in one split: train = folds 1-8, validation = 9, test = 10.
     """
 
