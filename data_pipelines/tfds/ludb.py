@@ -8,10 +8,10 @@ from .base import ECGBuilder, embedder_configs
 
 
 class Ludb(ECGBuilder):
-    """LUDB records processed by :func:`data_pipelines.ludb.load_record`.
+    """LUDB records processed by `data_pipelines.ludb.load_record()`.
 
-    One config per text embedder (default ``'minilm'``). Splits by
-    ``patient_fold(record_id)``: train = folds 1-8, validation = 9, test = 10. LUDB stores every
+    One config per text embedder (default `'minilm'`). Splits by
+    `patient_fold(record_id)`: train = folds 1-8, validation = 9, test = 10. LUDB stores every
     lead rescaled to 1 mV peak-to-peak, so amplitudes are not physical (see the reader).
     """
 
