@@ -8,12 +8,12 @@ from .base import ECGBuilder, embedder_configs
 
 
 class Mimic(ECGBuilder):
-    """MIMIC-IV-ECG studies processed by :func:`data_pipelines.mimic.load_record`.
+    """MIMIC-IV-ECG studies processed by `data_pipelines.mimic.load_record()`.
 
-    One config per text embedder (default ``'minilm'``). Splits by
-    ``patient_fold(subject_id)``: train = folds 1-8, validation = 9, test = 10. The whole set
-    (about 800k studies) is built streaming, locally or with Apache Beam (see :mod:`.base` and
-    docs/training-at-scale.md); ``record_ids`` builds a subset.
+    One config per text embedder (default `'minilm'`). Splits by
+    `patient_fold(subject_id)`: train = folds 1-8, validation = 9, test = 10. The whole set
+    (about 800k studies) is built streaming, locally or with Apache Beam (see `.base` and
+    docs/training-at-scale.md); `record_ids` builds a subset.
     """
 
     SOURCE = mimic.NAME
