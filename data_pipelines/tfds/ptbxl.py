@@ -1,4 +1,4 @@
-"""TFDS builder of PTB-XL 1.0.3 (PhysioNet, CC BY 4.0); splits by ``strat_fold``."""
+"""TFDS builder of PTB-XL 1.0.3 (PhysioNet, CC BY 4.0); splits by `strat_fold`."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from .base import ECGBuilder, embedder_configs
 
 
 class Ptbxl(ECGBuilder):
-    """PTB-XL records processed by :func:`data_pipelines.ptbxl.load_record`.
+    """PTB-XL records processed by `data_pipelines.ptbxl.load_record()`.
 
-    Configs ``'<embedder>-500hz'`` (default ``'minilm-500hz'``, the official rate) and
-    ``'<embedder>-100hz'`` choose the text embedder and the WFDB files read (``records500`` or
-    ``records100``). Splits: train = ``strat_fold`` 1-8, validation = 9, test = 10 (patient-wise,
+    Configs `'<embedder>-500hz'` (default `'minilm-500hz'`, the official rate) and
+    `'<embedder>-100hz'` choose the text embedder and the WFDB files read (`records500` or
+    `records100`). Splits: train = `strat_fold` 1-8, validation = 9, test = 10 (patient-wise,
     as recommended by the PTB-XL authors).
     """
 
