@@ -1,14 +1,14 @@
 """Per-record processing of a TFDS build, streamed: one record in memory at a time (per worker).
 
-The build has two stages (see :mod:`data_pipelines.tfds.base`):
+The build has two stages (see `data_pipelines.tfds.base`):
 
 1. **Process**: every record id is read, cleaned, resampled, heart-rate checked and turned into
-   a prompt (:func:`load_one`); the prompts are embedded in batches (:class:`BatchEmbedder`) and
-   each finished example is appended to a per-split *spool* file (:class:`SpoolWriter`), while a
-   failing record becomes a ``(record_id, reason)`` pair. This stage runs either here, over blocks
-   of ids in ``num_workers`` processes (:func:`process_locally`), or as an Apache Beam pipeline
-   (:mod:`data_pipelines.tfds.beam_pipeline`).
-2. **Write**: TFDS writes the non-empty splits from the spools (:func:`read_spool`) into sharded
+   a prompt (`load_one()`); the prompts are embedded in batches (`BatchEmbedder`) and
+   each finished example is appended to a per-split *spool* file (`SpoolWriter`), while a
+   failing record becomes a `(record_id, reason)` pair. This stage runs either here, over blocks
+   of ids in `num_workers` processes (`process_locally()`), or as an Apache Beam pipeline
+   (`data_pipelines.tfds.beam_pipeline`).
+2. **Write**: TFDS writes the non-empty splits from the spools (`read_spool()`) into sharded
    TFRecords.
 
 The spool is what lets a split that ends up empty (every record of it skipped) be left out, as
@@ -31,19 +31,19 @@ from data_pipelines import get_reader
 from data_pipelines.records import ECGRecord, RecordError
 from diffusets_jax.text import EmbeddingCache, TextEmbedder, build_prompt, get_embedder
 
-#: File (JSON lines ``{"record_id", "reason", "kind"}``) of the skipped records, next to the shards.
+#: File (JSON lines `{"record_id", "reason", "kind"}`) of the skipped records, next to the shards.
 SKIPPED_FILE = "skipped_records.jsonl"
-#: Records read per block by :func:`process_locally` (memory: about 50 kB per record in a block).
+#: Records read per block by `process_locally()` (memory: about 50 kB per record in a block).
 BLOCK_SIZE = 256
 #: Distinct prompts an embedding worker remembers (MIMIC machine reports repeat a lot).
 PROMPT_CACHE_SIZE = 20_000
 
 
 def load_one(source: str, root: str, reader_options: dict, record_id: str) -> ECGRecord | str:
-    """The reader's record ``record_id``, or the reason it cannot be used (a one-line string).
+    """The reader's record `record_id`, or the reason it cannot be used (a one-line string).
 
-    A :class:`RecordError` gives its reason; any other exception (a reader bug or a file format
-    the reader does not expect) gives ``'unexpected <type>: <message>'``, so that one odd record
+    A `RecordError` gives its reason; any other exception (a reader bug or a file format
+    the reader does not expect) gives `'unexpected <type>: <message>'`, so that one odd record
     out of 800,000 does not stop a build. Picklable (module-level), for worker processes.
     """
     try:
@@ -55,10 +55,10 @@ def load_one(source: str, root: str, reader_options: dict, record_id: str) -> EC
 
 
 def reason_kind(reason: str) -> str:
-    """The reason with paths and numbers replaced and details after the first ``': '`` cut, to count by.
+    """The reason with paths and numbers replaced and details after the first `': '` cut, to count by.
 
-    ``'subject_id 90000004 has no row in /d/patients.csv'`` -> ``'subject_id N has no row in <path>'``;
-    ``'cannot read WFDB record /d/x: FileNotFoundError: ...'`` -> ``'cannot read WFDB record <path>'``.
+    `'subject_id 90000004 has no row in /d/patients.csv'` -> `'subject_id N has no row in <path>'`;
+    `'cannot read WFDB record /d/x: FileNotFoundError: ...'` -> `'cannot read WFDB record <path>'`.
     """
     kind = re.sub(r"\S*[/\\]\S*?(?=:?(?:\s|$))", "<path>", reason)
     kind = re.sub(r"(?<![A-Za-z])\d+(\.\d+)?", "N", kind)
@@ -66,7 +66,7 @@ def reason_kind(reason: str) -> str:
 
 
 def skipped_counts(skipped: Iterable[tuple[str, str]]) -> dict[str, int]:
-    """``{reason kind: count}`` of ``(record_id, reason)`` pairs, most frequent first."""
+    """`{reason kind: count}` of `(record_id, reason)` pairs, most frequent first."""
     return dict(Counter(reason_kind(reason) for _, reason in skipped).most_common())
 
 
@@ -75,7 +75,7 @@ SPLIT_FOLDS = {"train": tuple(range(1, 9)), "validation": (9,), "test": (10,)}
 
 
 def split_of_fold(fold: int) -> str:
-    """``'train'`` (1-8), ``'validation'`` (9) or ``'test'`` (10); ValueError for another fold."""
+    """`'train'` (1-8), `'validation'` (9) or `'test'` (10); ValueError for another fold."""
     for split, folds in SPLIT_FOLDS.items():
         if fold in folds:
             return split
@@ -83,7 +83,7 @@ def split_of_fold(fold: int) -> str:
 
 
 def make_example(record: ECGRecord, prompt: str, embedding: np.ndarray) -> dict:
-    """The TFDS example of a record (the features of :class:`data_pipelines.tfds.base.ECGBuilder`)."""
+    """The TFDS example of a record (the features of `data_pipelines.tfds.base.ECGBuilder`)."""
     return {
         "signal": record.signal, "age": record.age, "sex": record.sex,
         "heart_rate": record.heart_rate, "statements": record.statements, "report": record.report,
@@ -96,11 +96,11 @@ class BatchEmbedder:
     """Embeds the prompts of a batch of records, running the text model once per batch.
 
     Args:
-        embedder: a registry name (``'minilm'``), loaded lazily on first use, once per process
-            (a Beam worker calls :meth:`load` from ``DoFn.setup``), or an embedder object.
-        expected: ``(name, dim)`` the embedder must have.
+        embedder: a registry name (`'minilm'`), loaded lazily on first use, once per process
+            (a Beam worker calls `load()` from `DoFn.setup`), or an embedder object.
+        expected: `(name, dim)` the embedder must have.
 
-    Raises (on load): ValueError if the embedder's name or dimension differs from ``expected``.
+    Raises (on load): ValueError if the embedder's name or dimension differs from `expected`.
     """
 
     def __init__(self, embedder: str | TextEmbedder, expected: tuple[str, int]):
@@ -124,7 +124,7 @@ class BatchEmbedder:
         return state
 
     def examples(self, records: Sequence[ECGRecord]) -> list[dict]:
-        """``make_example`` of each record, prompts embedded in one call on the distinct new ones."""
+        """`make_example` of each record, prompts embedded in one call on the distinct new ones."""
         embedder = self.load()
         prompts = [build_prompt(r.statements) for r in records]
         new = [p for p in dict.fromkeys(prompts) if p not in self._cache]
@@ -142,8 +142,8 @@ class BatchEmbedder:
 
 
 class SpoolWriter:
-    """Appends examples to ``<dir>/<split>-00000-of-00001.pkl``: TFRecord files of pickled examples
-    (the format Beam's ``WriteToTFRecord`` writes with a ``PickleCoder``); any ``tf.io.gfile`` path.
+    """Appends examples to `<dir>/<split>-00000-of-00001.pkl`: TFRecord files of pickled examples
+    (the format Beam's `WriteToTFRecord` writes with a `PickleCoder`); any `tf.io.gfile` path.
 
     Attributes:
         counts: examples written per split.
@@ -171,14 +171,14 @@ class SpoolWriter:
 
 
 def spool_files(directory, split: str) -> list[str]:
-    """The spool files of ``split`` in ``directory``, sorted."""
+    """The spool files of `split` in `directory`, sorted."""
     import tensorflow as tf
 
     return sorted(tf.io.gfile.glob(f"{directory}/{split}-*.pkl"))
 
 
 def read_spool(paths: Sequence[str]) -> Iterator[tuple[str, dict]]:
-    """``(record_id, example)`` of every example in the spool files ``paths``, one at a time."""
+    """`(record_id, example)` of every example in the spool files `paths`, one at a time."""
     import tensorflow as tf
 
     for serialized in tf.data.TFRecordDataset(list(paths)).as_numpy_iterator():
@@ -194,18 +194,18 @@ def _blocks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
 def process_locally(source: str, root, record_ids: Sequence[str], reader_options: dict,
                     embedder: BatchEmbedder, spool: SpoolWriter, num_workers: int = 1,
                     block_size: int | None = None, progress: bool = True) -> list[tuple[str, str]]:
-    """Stage 1 in this machine: load ``record_ids`` in blocks, embed, append to ``spool``.
+    """Stage 1 in this machine: load `record_ids` in blocks, embed, append to `spool`.
 
-    Memory holds one block (``block_size``, default ``BLOCK_SIZE``, records of about 50 kB) plus the text model,
-    whatever the number of records. ``num_workers > 1`` loads each block in that many spawned
-    processes (results identical to 1; a calling script needs an ``if __name__ == "__main__":``
+    Memory holds one block (`block_size`, default `BLOCK_SIZE`, records of about 50 kB) plus the text model,
+    whatever the number of records. `num_workers > 1` loads each block in that many spawned
+    processes (results identical to 1; a calling script needs an `if __name__ == "__main__":`
     guard).
 
     Returns:
-        ``(record_id, reason)`` of each skipped record, in input order.
+        `(record_id, reason)` of each skipped record, in input order.
 
     Raises:
-        ValueError: ``num_workers < 1``.
+        ValueError: `num_workers < 1`.
     """
     from tqdm import tqdm
 
