@@ -1,7 +1,7 @@
-"""Saving and loading ECGs: WFDB records (one per ECG) and NumPy ``.npz`` batches.
+"""Saving and loading ECGs: WFDB records (one per ECG) and NumPy `.npz` batches.
 
-Signals are ``(num_samples, 12)`` float arrays in mV, leads in :data:`constants.LEADS` order,
-``(1024, 12)`` at 102.4 Hz for everything this project generates.
+Signals are `(num_samples, 12)` float arrays in mV, leads in `constants.LEADS` order,
+`(1024, 12)` at 102.4 Hz for everything this project generates.
 """
 
 from __future__ import annotations
@@ -39,27 +39,27 @@ def write_wfdb(
     fs: float = FS,
     comments: Sequence[str] | Mapping[str, object] = (),
 ) -> Path:
-    """Write one ECG as a WFDB record: ``<directory>/<record_name>.hea`` and ``.dat``.
+    """Write one ECG as a WFDB record: `<directory>/<record_name>.hea` and `.dat`.
 
-    Format 16 (int16) with baseline 0 and, per lead, gain ``ADC_GAIN`` = 1000 units/mV
+    Format 16 (int16) with baseline 0 and, per lead, gain `ADC_GAIN` = 1000 units/mV
     (1 uV resolution); a lead whose peak exceeds 32 mV gets the largest whole gain that fits
-    int16 instead. Leads are named as in ``LEADS``, units 'mV', fs stored as given (102.4).
+    int16 instead. Leads are named as in `LEADS`, units 'mV', fs stored as given (102.4).
 
     Args:
-        signal: ``(num_samples, 12)`` array in mV, leads in ``LEADS`` order (``(1024, 12)``).
+        signal: `(num_samples, 12)` array in mV, leads in `LEADS` order (`(1024, 12)`).
         directory: output folder, created if missing.
         record_name: letters, digits, '-' and '_' only (WFDB's rule).
         fs: sampling frequency in Hz.
-        comments: header comment lines, or a mapping written as ``"key: value"`` lines, e.g.
-            ``{"report": ..., "age": 63, "sex": "M", "hr": 72.0, "seed": 0}``. WFDB headers are
-            ASCII (``wfdb.rdrecord`` drops other characters), so a line ``key: value`` with
-            non-ASCII text is written with ``?`` for those characters and followed by
-            ``key_escaped: value`` escaped as the body of a JSON string (``\\uXXXX``, a UTF-16
-            pair above U+FFFF); another non-ASCII line is followed by ``escaped: <line>`` so.
-            :func:`comment_values` reads the original text back.
+        comments: header comment lines, or a mapping written as `"key: value"` lines, e.g.
+            `{"report": ..., "age": 63, "sex": "M", "hr": 72.0, "seed": 0}`. WFDB headers are
+            ASCII (`wfdb.rdrecord` drops other characters), so a line `key: value` with
+            non-ASCII text is written with `?` for those characters and followed by
+            `key_escaped: value` escaped as the body of a JSON string (`\\uXXXX`, a UTF-16
+            pair above U+FFFF); another non-ASCII line is followed by `escaped: <line>` so.
+            `comment_values()` reads the original text back.
 
     Returns:
-        The record path without extension (what ``wfdb.rdrecord`` and :func:`read_wfdb` take).
+        The record path without extension (what `wfdb.rdrecord` and `read_wfdb()` take).
 
     Raises:
         ValueError: for a bad record name, signal shape, non-finite values, an amplitude over
@@ -104,7 +104,7 @@ _KEY_LINE = re.compile(r"(\w+): (.*)", re.ASCII)
 
 
 def _ascii_comment(line: str) -> list[str]:
-    """A header comment line as ASCII lines (see :func:`write_wfdb`)."""
+    """A header comment line as ASCII lines (see `write_wfdb()`)."""
     if line.isascii():
         return [line]
     key, value = match.groups() if (match := _KEY_LINE.fullmatch(line)) else ("", line)
@@ -113,9 +113,9 @@ def _ascii_comment(line: str) -> list[str]:
 
 
 def comment_values(comments: Sequence[str]) -> dict[str, str]:
-    """The ``key: value`` header comment lines (``read_wfdb``'s or ``wfdb.rdrecord(...).comments``)
-    as a dict, with the text of ``key_escaped`` lines (non-ASCII, see :func:`write_wfdb`) decoded
-    into ``key``."""
+    """The `key: value` header comment lines (`read_wfdb`'s or `wfdb.rdrecord(...).comments`)
+    as a dict, with the text of `key_escaped` lines (non-ASCII, see `write_wfdb()`) decoded
+    into `key`."""
     values = {}
     for line in comments:
         if match := _KEY_LINE.fullmatch(line):
@@ -129,11 +129,11 @@ def read_wfdb(path: str | Path) -> tuple[np.ndarray, float, list[str]]:
     """Read a 12-lead WFDB record (ours, or e.g. PTB-XL / MIMIC-IV-ECG).
 
     Args:
-        path: record path, with or without the ``.hea`` / ``.dat`` extension.
+        path: record path, with or without the `.hea` / `.dat` extension.
 
     Returns:
-        ``(signal, fs, comments)``: float32 ``(num_samples, 12)`` in mV with leads reordered to
-        ``LEADS`` by name (case-insensitive, so PTB-XL's 'AVR' and MIMIC's aVF-before-aVL order
+        `(signal, fs, comments)`: float32 `(num_samples, 12)` in mV with leads reordered to
+        `LEADS` by name (case-insensitive, so PTB-XL's 'AVR' and MIMIC's aVF-before-aVL order
         both work; NaN kept), fs in Hz, and the header comment lines.
 
     Raises:
@@ -155,9 +155,9 @@ def read_wfdb(path: str | Path) -> tuple[np.ndarray, float, list[str]]:
 
 
 def wfdb_record_is_complete(path: str | Path, num_samples: int = NUM_SAMPLES) -> bool:
-    """Whether a record written by :func:`write_wfdb` reads back whole: its header and data parse,
-    it has 12 signals of ``num_samples`` samples, and the data match the header's checksums (so a
-    truncated, emptied or altered ``.hea`` / ``.dat`` is not complete)."""
+    """Whether a record written by `write_wfdb()` reads back whole: its header and data parse,
+    it has 12 signals of `num_samples` samples, and the data match the header's checksums (so a
+    truncated, emptied or altered `.hea` / `.dat` is not complete)."""
     import wfdb
 
     try:
@@ -170,20 +170,20 @@ def wfdb_record_is_complete(path: str | Path, num_samples: int = NUM_SAMPLES) ->
 
 
 def write_npz(path: str | Path, signals, **metadata) -> Path:
-    """Save a batch of ECGs and per-batch metadata to a compressed ``.npz``.
+    """Save a batch of ECGs and per-batch metadata to a compressed `.npz`.
 
     Args:
         path: output file (folder created if missing).
-        signals: ``(B, 1024, 12)`` array in mV, leads in ``LEADS`` order; stored as float32
-            under the key ``signals``.
-        **metadata: extra arrays, e.g. ``reports=[...]``, ``age=[...]``, ``seed=0``; each is
-            stored with ``np.asarray`` and must not need pickle (no object arrays).
+        signals: `(B, 1024, 12)` array in mV, leads in `LEADS` order; stored as float32
+            under the key `signals`.
+        **metadata: extra arrays, e.g. `reports=[...]`, `age=[...]`, `seed=0`; each is
+            stored with `np.asarray` and must not need pickle (no object arrays).
 
     Returns:
-        The path written; read it back with ``np.load(path)``.
+        The path written; read it back with `np.load(path)`.
 
     Raises:
-        ValueError: for a wrong signal shape, a metadata key ``signals`` or object metadata.
+        ValueError: for a wrong signal shape, a metadata key `signals` or object metadata.
     """
     signals = np.asarray(signals, dtype=np.float32)
     if signals.ndim != 3 or signals.shape[1:] != (NUM_SAMPLES, NUM_LEADS):
