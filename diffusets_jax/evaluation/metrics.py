@@ -1,18 +1,18 @@
 """Evaluation metrics of DiffuSETS and SE-Diff, in NumPy/SciPy on precomputed arrays.
 
 Feature-level metrics (FID, rFID, precision/recall, CLIP score) take the evaluator's 64-d
-features ``(N, d)``; they do not run any network. Signal-level metrics take ECGs
-``(N, L, 12)`` in mV, leads in :data:`diffusets_jax.constants.LEADS` order, at ``fs`` Hz
-(``(N, 1024, 12)`` at 102.4 Hz for the model's signals).
+features `(N, d)`; they do not run any network. Signal-level metrics take ECGs
+`(N, L, 12)` in mV, leads in `diffusets_jax.constants.LEADS` order, at `fs` Hz
+(`(N, 1024, 12)` at 102.4 Hz for the model's signals).
 
 Sources:
-    * DiffuSETS official ``test_scripts/evaluation.py`` (FID, rFID, k=3 precision/recall, CLIP
-      score), ``test_scripts/batch_hr_test.py`` (HR MAE) and ``test_scripts/batch_disease_gen.py``
+    * DiffuSETS official `test_scripts/evaluation.py` (FID, rFID, k=3 precision/recall, CLIP
+      score), `test_scripts/batch_hr_test.py` (HR MAE) and `test_scripts/batch_disease_gen.py`
       (condition keywords).
     * SE-Diff metrics (paired MAE/NRMSE, rCLIP, both rFID variants, beat-level interval errors):
       Wang et al., "Simulator and Experience Enhanced Diffusion Model for Comprehensive ECG
       Generation", ICLR 2026, arXiv:2511.09895, experiments; rCLIP and rFID as computed by the
-      third-party scorer ``score_clip64.py`` of nvelingker/DiffuSETS_Exp.
+      third-party scorer `score_clip64.py` of nvelingker/DiffuSETS_Exp.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import scipy.spatial.distance
 from diffusets_jax.constants import FS, LEADS
 from diffusets_jax.leads import LEAD_IDENTITIES, identity_residuals
 
-#: Rows of the query set compared at once in :func:`precision_recall` (bounds memory to
-#: ``chunk x N`` float64 distances: 1024 x 100k = 0.8 GB at worst, 8 MB for N = 1000).
+#: Rows of the query set compared at once in `precision_recall()` (bounds memory to
+#: `chunk x N` float64 distances: 1024 x 100k = 0.8 GB at worst, 8 MB for N = 1000).
 DISTANCE_CHUNK_ROWS = 1024
 
-#: Pin (and extra dependency) :func:`interval_errors` needs. 0.2.13 requires pandas < 3, which
+#: Pin (and extra dependency) `interval_errors()` needs. 0.2.13 requires pandas < 3, which
 #: conflicts with this project's pandas 3 pin; 0.2.12 has no pandas upper bound.
 NEUROKIT2_REQUIREMENT = "neurokit2==0.2.12 PyWavelets>=1.4.0"
 #: Rate (Hz) signals are upsampled to before delineation (NeuroKit's delineators and XQRS are
@@ -45,7 +45,7 @@ DELINEATION_METHOD = "prominence"
 
 
 def _features(array, name: str) -> np.ndarray:
-    """``array`` as float64 ``(N, d)``; raises ValueError for another rank or non-finite values."""
+    """`array` as float64 `(N, d)`; raises ValueError for another rank or non-finite values."""
     array = np.asarray(array, dtype=np.float64)
     if array.ndim != 2:
         raise ValueError(f"{name} must be a (N, d) feature array, got shape {array.shape}")
@@ -55,7 +55,7 @@ def _features(array, name: str) -> np.ndarray:
 
 
 def _signals(array, name: str) -> np.ndarray:
-    """``array`` as float64 ``(N, L, 12)``; a single ``(L, 12)`` ECG becomes ``(1, L, 12)``."""
+    """`array` as float64 `(N, L, 12)`; a single `(L, 12)` ECG becomes `(1, L, 12)`."""
     array = np.asarray(array, dtype=np.float64)
     array = array[None] if array.ndim == 2 else array
     if array.ndim != 3 or array.shape[-1] != len(LEADS):
@@ -71,14 +71,14 @@ def _signals(array, name: str) -> np.ndarray:
 def frechet_distance(real_features, generated_features) -> float:
     """Fréchet (inception-style) distance between two feature sets, official DiffuSETS definition.
 
-    ``FID = ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 sqrtm(S_r S_g))`` with ``mu`` the feature means,
-    ``S`` = ``np.cov(features, rowvar=False)`` (unbiased, N - 1) and ``scipy.linalg.sqrtm`` of the
+    `FID = ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 sqrtm(S_r S_g))` with `mu` the feature means,
+    `S` = `np.cov(features, rowvar=False)` (unbiased, N - 1) and `scipy.linalg.sqrtm` of the
     product, whose imaginary part (numerical noise, or a genuinely complex root when the
-    covariances are singular) is discarded, exactly as the official ``FID_score``.
+    covariances are singular) is discarded, exactly as the official `FID_score`.
 
     Args:
-        real_features: ``(N, d)`` evaluator features of real ECGs (unitless), N >= 2.
-        generated_features: ``(M, d)`` features of generated ECGs, M >= 2, same d.
+        real_features: `(N, d)` evaluator features of real ECGs (unitless), N >= 2.
+        generated_features: `(M, d)` features of generated ECGs, M >= 2, same d.
 
     Returns:
         The distance (squared feature units); 0 for identical sets up to float rounding.
@@ -86,7 +86,7 @@ def frechet_distance(real_features, generated_features) -> float:
     Raises:
         ValueError: wrong rank, different d, fewer than 2 rows, or non-finite values.
 
-    Source: official ``test_scripts/evaluation.py::FID_score``.
+    Source: official `test_scripts/evaluation.py::FID_score`.
     """
     real = _features(real_features, "real_features")
     generated = _features(generated_features, "generated_features")
@@ -107,26 +107,26 @@ def frechet_distance(real_features, generated_features) -> float:
 def rfid(real_features, generated_features) -> dict[str, float]:
     """FID relative to the FID between the two contiguous halves of the real set.
 
-    ``fid_real_split = FID(real[:N//2], real[N//2:])`` (contiguous halves, as the official code and
+    `fid_real_split = FID(real[:N//2], real[N//2:])` (contiguous halves, as the official code and
     the SE-Diff re-scorer; shuffle the real set beforehand if its order is not random).
 
     Returns:
-        ``{'fid', 'fid_real_split', 'rfid_iclr2026', 'rfid_arxiv_v1'}`` where
-        * ``rfid_iclr2026 = fid_real_split / (fid_real_split + fid)`` = ``1 / (1 + fid / fid_real_split)``:
+        `{'fid', 'fid_real_split', 'rfid_iclr2026', 'rfid_arxiv_v1'}` where
+        * `rfid_iclr2026 = fid_real_split / (fid_real_split + fid)` = `1 / (1 + fid / fid_real_split)`:
           SE-Diff ICLR 2026 table (higher is better, in (0, 1], 0.5 when generated ECGs are as far
           from the real set as one real half is from the other);
-        * ``rfid_arxiv_v1 = fid / fid_real_split``: SE-Diff arXiv v1 and the official DiffuSETS
-          ``rFID`` (lower is better, about 1 for a perfect generator).
+        * `rfid_arxiv_v1 = fid / fid_real_split`: SE-Diff arXiv v1 and the official DiffuSETS
+          `rFID` (lower is better, about 1 for a perfect generator).
 
     Args:
-        real_features: ``(N, d)``, N >= 4 (each half needs 2 rows).
-        generated_features: ``(M, d)``.
+        real_features: `(N, d)`, N >= 4 (each half needs 2 rows).
+        generated_features: `(M, d)`.
 
     Raises:
-        ValueError: as :func:`frechet_distance`, or if ``fid_real_split`` is 0 (identical halves).
+        ValueError: as `frechet_distance()`, or if `fid_real_split` is 0 (identical halves).
 
-    Source: official ``evaluation.py`` (``r_FID = fid_score / scaler``); SE-Diff definitions via the
-    third-party scorer ``score_clip64.py`` (nvelingker/DiffuSETS_Exp).
+    Source: official `evaluation.py` (`r_FID = fid_score / scaler`); SE-Diff definitions via the
+    third-party scorer `score_clip64.py` (nvelingker/DiffuSETS_Exp).
     """
     real = _features(real_features, "real_features")
     half = len(real) // 2
@@ -140,7 +140,7 @@ def rfid(real_features, generated_features) -> dict[str, float]:
 
 
 def _kth_neighbour_radii(reference: np.ndarray, k: int) -> np.ndarray:
-    """``(N,)`` distance of each reference point to its k-th nearest other point."""
+    """`(N,)` distance of each reference point to its k-th nearest other point."""
     radii = np.empty(len(reference))
     for start in range(0, len(reference), DISTANCE_CHUNK_ROWS):
         distances = scipy.spatial.distance.cdist(reference[start:start + DISTANCE_CHUNK_ROWS], reference)
@@ -151,7 +151,7 @@ def _kth_neighbour_radii(reference: np.ndarray, k: int) -> np.ndarray:
 
 
 def _fraction_inside(queries: np.ndarray, reference: np.ndarray, radii: np.ndarray) -> float:
-    """Share of queries within ``radii[j]`` (inclusive) of at least one reference point j."""
+    """Share of queries within `radii[j]` (inclusive) of at least one reference point j."""
     inside = 0
     for start in range(0, len(queries), DISTANCE_CHUNK_ROWS):
         distances = scipy.spatial.distance.cdist(queries[start:start + DISTANCE_CHUNK_ROWS], reference)
@@ -164,25 +164,25 @@ def precision_recall(real_features, generated_features, k: int = 3) -> dict[str,
 
     The manifold of a set is the union of balls around its points, each with radius = Euclidean
     distance to the point's k-th nearest neighbour in the same set (the point itself excluded). A
-    query is inside if it lies within the radius (``<=``) of any reference point.
-    ``precision`` = share of generated points inside the real manifold, ``recall`` = share of real
-    points inside the generated manifold, ``f1`` = their harmonic mean (0 if either is 0).
+    query is inside if it lies within the radius (`<=`) of any reference point.
+    `precision` = share of generated points inside the real manifold, `recall` = share of real
+    points inside the generated manifold, `f1` = their harmonic mean (0 if either is 0).
 
-    Distances are computed in chunks of ``DISTANCE_CHUNK_ROWS`` rows with
-    ``scipy.spatial.distance.cdist`` in float64, so N = M = 10^4 needs ~80 MB, not N x M at once.
+    Distances are computed in chunks of `DISTANCE_CHUNK_ROWS` rows with
+    `scipy.spatial.distance.cdist` in float64, so N = M = 10^4 needs ~80 MB, not N x M at once.
 
     Args:
-        real_features: ``(N, d)``, N > k.
-        generated_features: ``(M, d)``, M > k.
+        real_features: `(N, d)`, N > k.
+        generated_features: `(M, d)`, M > k.
         k: neighbour rank (official: 3).
 
     Returns:
-        ``{'precision', 'recall', 'f1'}``, each in [0, 1].
+        `{'precision', 'recall', 'f1'}`, each in [0, 1].
 
     Raises:
         ValueError: wrong shapes, non-finite values, or a set with <= k points.
 
-    Source: official ``test_scripts/evaluation.py`` (``ManifoldDetector``, ``precision_recall``,
+    Source: official `test_scripts/evaluation.py` (`ManifoldDetector`, `precision_recall`,
     lines 146-192).
     """
     real = _features(real_features, "real_features")
@@ -201,12 +201,12 @@ def precision_recall(real_features, generated_features, k: int = 3) -> dict[str,
 def clip_score(ecg_features, text_features) -> float:
     """Mean cosine similarity between matching rows of ECG and text features.
 
-    ``mean_i cos(ecg_i, text_i)`` = official ``trace(S_n T_n^T) / N`` with L2-normalised rows (a
+    `mean_i cos(ecg_i, text_i)` = official `trace(S_n T_n^T) / N` with L2-normalised rows (a
     zero row gets norm 1e-12 instead of a division by zero).
 
     Args:
-        ecg_features: ``(N, d)`` evaluator ECG features (``ecg_projector(encode_signal(x))``).
-        text_features: ``(N, d)`` evaluator text features of the report each ECG was conditioned
+        ecg_features: `(N, d)` evaluator ECG features (`ecg_projector(encode_signal(x))`).
+        text_features: `(N, d)` evaluator text features of the report each ECG was conditioned
             on / belongs to (repeat a row for several ECGs of one report).
 
     Returns:
@@ -215,7 +215,7 @@ def clip_score(ecg_features, text_features) -> float:
     Raises:
         ValueError: different shapes or non-finite values.
 
-    Source: official ``evaluation.py::CLIP_Score_saved_samples``.
+    Source: official `evaluation.py::CLIP_Score_saved_samples`.
     """
     ecg = _features(ecg_features, "ecg_features")
     text = _features(text_features, "text_features")
@@ -227,17 +227,17 @@ def clip_score(ecg_features, text_features) -> float:
 
 
 def rclip(generated_score: float, real_score: float) -> float:
-    """SE-Diff rCLIP: ratio of means, ``clip_score(generated) / clip_score(real)`` (higher is better).
+    """SE-Diff rCLIP: ratio of means, `clip_score(generated) / clip_score(real)` (higher is better).
 
     Args:
-        generated_score: :func:`clip_score` of generated ECGs against their conditioning texts.
-        real_score: :func:`clip_score` of the real ECGs against their own texts.
+        generated_score: `clip_score()` of generated ECGs against their conditioning texts.
+        real_score: `clip_score()` of the real ECGs against their own texts.
 
     Raises:
-        ValueError: if ``real_score`` is 0 or not finite.
+        ValueError: if `real_score` is 0 or not finite.
 
     Source: SE-Diff (ICLR 2026, arXiv:2511.09895) rCLIP, as the third-party scorer
-    ``score_clip64.py`` of nvelingker/DiffuSETS_Exp computes it: ratio of means, not the mean of
+    `score_clip64.py` of nvelingker/DiffuSETS_Exp computes it: ratio of means, not the mean of
     per-sample ratios.
     """
     if not np.isfinite(real_score) or real_score == 0:
@@ -253,22 +253,22 @@ def rclip(generated_score: float, real_score: float) -> float:
 def heart_rates(signals, fs: float = FS) -> np.ndarray:
     """Heart rate of each ECG with the project's WFDB XQRS detector, NaN where none is found.
 
-    Runs :func:`data_pipelines.records.detect_heart_rate` (upsampling to 500 Hz, XQRS on the first
-    plausible leads of II, I, V5, ..., ``60 / mean(RR)``, plausible range 20-300 bpm) on each ECG.
-    The official ``detect_hr`` runs XQRS at 102.4 Hz and crashes when no lead has a beat; here
-    that case, and ECGs with non-finite samples, give NaN (counted by :func:`heart_rate_mae`).
+    Runs `data_pipelines.records.detect_heart_rate()` (upsampling to 500 Hz, XQRS on the first
+    plausible leads of II, I, V5, ..., `60 / mean(RR)`, plausible range 20-300 bpm) on each ECG.
+    The official `detect_hr` runs XQRS at 102.4 Hz and crashes when no lead has a beat; here
+    that case, and ECGs with non-finite samples, give NaN (counted by `heart_rate_mae()`).
 
     Args:
-        signals: ``(N, L, 12)`` or ``(L, 12)`` ECGs in mV, ``LEADS`` order, at ``fs`` Hz.
+        signals: `(N, L, 12)` or `(L, 12)` ECGs in mV, `LEADS` order, at `fs` Hz.
         fs: sampling frequency in Hz (102.4 for model outputs).
 
     Returns:
-        ``(N,)`` float64 heart rates in bpm, NaN for undetectable rhythms (flat or noise-only).
+        `(N,)` float64 heart rates in bpm, NaN for undetectable rhythms (flat or noise-only).
 
     Raises:
         ValueError: wrong shape.
 
-    Source: official ``test_scripts/batch_hr_test.py::detect_hr``.
+    Source: official `test_scripts/batch_hr_test.py::detect_hr`.
     """
     from data_pipelines.records import RecordError, detect_heart_rate  # data_pipelines imports wfdb
 
@@ -287,22 +287,22 @@ def heart_rates(signals, fs: float = FS) -> np.ndarray:
 def heart_rate_mae(requested, measured) -> dict[str, float | int]:
     """Mean absolute error (bpm) between requested (conditioning) and measured heart rates.
 
-    ECGs whose measured rate is NaN (no rhythm detected, see :func:`heart_rates`) are left out
-    of the mean and counted in ``n_undetected``; report both, since a generator producing flat
+    ECGs whose measured rate is NaN (no rhythm detected, see `heart_rates()`) are left out
+    of the mean and counted in `n_undetected`; report both, since a generator producing flat
     lines would otherwise look perfect. The official protocol averages per condition first
     (many samples per condition); pass per-condition subsets to get those means.
 
     Args:
-        requested: ``(N,)`` conditioning heart rates in bpm (finite).
-        measured: ``(N,)`` measured heart rates in bpm, NaN where undetected.
+        requested: `(N,)` conditioning heart rates in bpm (finite).
+        measured: `(N,)` measured heart rates in bpm, NaN where undetected.
 
     Returns:
-        ``{'mae': bpm (NaN if nothing was detected), 'n_detected': int, 'n_undetected': int}``.
+        `{'mae': bpm (NaN if nothing was detected), 'n_detected': int, 'n_undetected': int}`.
 
     Raises:
         ValueError: different shapes or non-finite requested rates.
 
-    Source: official ``batch_hr_test.py`` (``mean(|HR_gen - HR_cond|)``); SE-Diff MAE_HR.
+    Source: official `batch_hr_test.py` (`mean(|HR_gen - HR_cond|)`); SE-Diff MAE_HR.
     """
     requested = np.asarray(requested, dtype=np.float64).reshape(-1)
     measured = np.asarray(measured, dtype=np.float64).reshape(-1)
@@ -318,8 +318,8 @@ def heart_rate_mae(requested, measured) -> dict[str, float | int]:
 def paired_errors(real, generated) -> dict[str, float]:
     """SE-Diff paired signal errors between each generated ECG and the real ECG of its condition.
 
-    * ``mae`` = mean over records, samples and leads of ``|generated - real|``, in mV.
-    * ``nrmse`` = mean over (record, lead) of ``RMSE_t(generated - real) / (max_t real - min_t real)``,
+    * `mae` = mean over records, samples and leads of `|generated - real|`, in mV.
+    * `nrmse` = mean over (record, lead) of `RMSE_t(generated - real) / (max_t real - min_t real)`,
       i.e. the RMSE of each lead normalised by the peak-to-peak range of the real lead
       (unitless). Leads whose real range is 0 (flat) are left out; NaN if all are.
 
@@ -327,14 +327,14 @@ def paired_errors(real, generated) -> dict[str, float]:
     NRMSE definition and is the one used here.
 
     Args:
-        real: ``(N, L, 12)`` ground-truth ECGs in mV (the records the conditions came from).
-        generated: same shape, generated ECG ``i`` paired with ``real[i]``.
+        real: `(N, L, 12)` ground-truth ECGs in mV (the records the conditions came from).
+        generated: same shape, generated ECG `i` paired with `real[i]`.
 
     Returns:
-        ``{'mae': mV, 'nrmse': unitless}``.
+        `{'mae': mV, 'nrmse': unitless}`.
 
     Raises:
-        ValueError: shapes differ or are not ``(N, L, 12)``.
+        ValueError: shapes differ or are not `(N, L, 12)`.
 
     Source: SE-Diff (ICLR 2026, arXiv:2511.09895) signal-level metrics ("MAE and NRMSE, paired
     with the ground truth").
@@ -368,8 +368,8 @@ def lead_residuals(signals) -> dict[str, float]:
     """Root-mean-square limb-lead identity residuals in mV, per identity and overall.
 
     Returns:
-        ``{identity: rms}`` for each of :data:`LEAD_IDENTITIES` (RMS over all ECGs and samples) and
-        ``'overall'``: RMS over all four identities together.
+        `{identity: rms}` for each of `LEAD_IDENTITIES` (RMS over all ECGs and samples) and
+        `'overall'`: RMS over all four identities together.
 
     Source: Einthoven's law and Goldberger's augmented-lead definitions; reported as the
     "frontal-identity RMSE" in the third-party SE-Diff re-evaluation of nvelingker/DiffuSETS_Exp.
@@ -400,22 +400,22 @@ INTERVALS = ("pr", "qrs", "qt")
 def measure_intervals(signals, fs: float = FS, lead: str = "II") -> dict[str, np.ndarray]:
     """Median PR, QRS and QT intervals (ms) of each ECG from NeuroKit2's delineation.
 
-    The lead is upsampled to ``DELINEATION_FS`` = 500 Hz (``scipy.signal.resample_poly``), cleaned
-    with ``nk.ecg_clean``, R peaks found with ``nk.ecg_peaks`` and waves delineated with
-    ``nk.ecg_delineate(method='prominence')`` (Emrich et al. 2023). Per beat: PR = QRS onset - P onset, QRS = QRS offset -
+    The lead is upsampled to `DELINEATION_FS` = 500 Hz (`scipy.signal.resample_poly`), cleaned
+    with `nk.ecg_clean`, R peaks found with `nk.ecg_peaks` and waves delineated with
+    `nk.ecg_delineate(method='prominence')` (Emrich et al. 2023). Per beat: PR = QRS onset - P onset, QRS = QRS offset -
     QRS onset, QT = T offset - QRS onset; the per-ECG value is the median over beats where both
     points were found.
 
     Args:
-        signals: ``(N, L, 12)`` or ``(L, 12)`` ECGs in mV at ``fs`` Hz.
+        signals: `(N, L, 12)` or `(L, 12)` ECGs in mV at `fs` Hz.
         fs: sampling frequency in Hz.
-        lead: lead name in ``LEADS`` (default II, the usual rhythm lead).
+        lead: lead name in `LEADS` (default II, the usual rhythm lead).
 
     Returns:
-        ``{'pr', 'qrs', 'qt'}`` -> ``(N,)`` float64 ms, NaN where the interval could not be measured.
+        `{'pr', 'qrs', 'qt'}` -> `(N,)` float64 ms, NaN where the interval could not be measured.
 
     Raises:
-        ImportError: NeuroKit2 is not installed (message names ``NEUROKIT2_REQUIREMENT``).
+        ImportError: NeuroKit2 is not installed (message names `NEUROKIT2_REQUIREMENT`).
         ValueError: wrong shape or unknown lead.
     """
     nk = _import_neurokit2()
@@ -455,21 +455,21 @@ def measure_intervals(signals, fs: float = FS, lead: str = "II") -> dict[str, np
 def interval_errors(real, generated, fs: float = FS, lead: str = "II") -> dict[str, dict[str, float]]:
     """SE-Diff beat-level errors: median |interval(generated) - interval(real)| over pairs, in ms.
 
-    Intervals come from :func:`measure_intervals` (NeuroKit2 delineation of ``lead``); a pair
+    Intervals come from `measure_intervals()` (NeuroKit2 delineation of `lead`); a pair
     counts for an interval only if it was measured in both ECGs.
 
     Args:
-        real: ``(N, L, 12)`` ground-truth ECGs in mV at ``fs`` Hz.
-        generated: same shape, paired row by row with ``real``.
+        real: `(N, L, 12)` ground-truth ECGs in mV at `fs` Hz.
+        generated: same shape, paired row by row with `real`.
         fs: sampling frequency in Hz.
         lead: delineated lead.
 
     Returns:
-        ``{'pr'|'qrs'|'qt': {'median_abs_error_ms', 'n_pairs'}}``; the error is NaN if no pair
+        `{'pr'|'qrs'|'qt': {'median_abs_error_ms', 'n_pairs'}}`; the error is NaN if no pair
         was measured in both.
 
     Raises:
-        ImportError: NeuroKit2 missing (install ``NEUROKIT2_REQUIREMENT``).
+        ImportError: NeuroKit2 missing (install `NEUROKIT2_REQUIREMENT`).
         ValueError: shapes differ.
 
     Source: SE-Diff (ICLR 2026, arXiv:2511.09895) beat-level metrics (median errors of PR, QRSd,
