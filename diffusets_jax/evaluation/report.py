@@ -1,9 +1,9 @@
-"""Evaluation report: ``metrics.json`` plus a readable ``report.md`` with PNG figures beside it.
+"""Evaluation report: `metrics.json` plus a readable `report.md` with PNG figures beside it.
 
-Generic on purpose: it takes numbers computed elsewhere (:mod:`diffusets_jax.evaluation.metrics`
+Generic on purpose: it takes numbers computed elsewhere (`diffusets_jax.evaluation.metrics`
 on evaluator features) and the signal arrays, computes only the cheap signal checks itself
 (heart-rate error, limb-lead residuals, per-condition heart-rate error) and draws the figures
-with matplotlib's object API (no pyplot state), like :mod:`diffusets_jax.plotting`.
+with matplotlib's object API (no pyplot state), like `diffusets_jax.plotting`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from diffusets_jax.plotting import plot_ecg_comparison
 
 from .metrics import LEAD_IDENTITIES, heart_rate_mae, lead_identity_residuals, lead_residuals
 
-#: File names written into ``out_dir``.
+#: File names written into `out_dir`.
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 HEART_RATE_FIGURE = "heart_rate.png"
@@ -51,7 +51,7 @@ def _plain(value: Any) -> Any:
 
 
 def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{'rfid': {'fid': 1}}`` -> ``{'rfid.fid': 1}``; only scalar leaves are kept."""
+    """`{'rfid': {'fid': 1}}` -> `{'rfid.fid': 1}`; only scalar leaves are kept."""
     flat = {}
     for key, value in metrics.items():
         name = f"{prefix}{key}"
@@ -152,37 +152,37 @@ def write_report(out_dir, metrics: Mapping[str, Any], *, real_signals, generated
                  measured_hr, labels: Mapping[str, Any] | None = None, titles: Sequence[str] | None = None,
                  fs: float = FS, num_examples: int = 4, title: str = "DiffuSETS evaluation",
                  denoising: Mapping[str, Mapping[str, float]] | None = None) -> Path:
-    """Write ``metrics.json``, ``report.md`` and its PNG figures into ``out_dir``.
+    """Write `metrics.json`, `report.md` and its PNG figures into `out_dir`.
 
     Args:
         out_dir: directory (created if missing); existing files of the same names are overwritten.
-        metrics: feature-level numbers, either flat (``{'fid': 3.1, ...}``, taken as the generated
+        metrics: feature-level numbers, either flat (`{'fid': 3.1, ...}`, taken as the generated
             set's) or structured:
-            ``{'generated': {...}, 'real_reference': {...}, 'per_condition': {label: {...}}, ...}``.
-            ``real_reference`` holds the real-vs-real value of each metric (e.g. FID between the
-            real halves, CLIP score of the real ECGs) and is shown next to ``generated``; nested
-            dicts (e.g. the output of ``rfid``) are flattened to ``'rfid.fid'``. Other keys are
-            copied to ``metrics.json`` untouched.
-        real_signals: ``(N, L, 12)`` real ECGs in mV at ``fs``; row ``i`` is the record whose
-            condition generated ECG ``i`` used (for the side-by-side examples).
-        generated_signals: ``(M, L, 12)`` generated ECGs in mV at ``fs``.
-        requested_hr: ``(M,)`` conditioning heart rates (bpm) of the generated ECGs.
-        measured_hr: ``(M,)`` measured rates (bpm, NaN = undetected), e.g. ``metrics.heart_rates``.
-        labels: optional ``{condition: (M,) bool mask}`` over the generated ECGs (e.g.
-            ``conditions.condition_labels(reports)``); adds sample counts and per-condition HR MAE.
+            `{'generated': {...}, 'real_reference': {...}, 'per_condition': {label: {...}}, ...}`.
+            `real_reference` holds the real-vs-real value of each metric (e.g. FID between the
+            real halves, CLIP score of the real ECGs) and is shown next to `generated`; nested
+            dicts (e.g. the output of `rfid`) are flattened to `'rfid.fid'`. Other keys are
+            copied to `metrics.json` untouched.
+        real_signals: `(N, L, 12)` real ECGs in mV at `fs`; row `i` is the record whose
+            condition generated ECG `i` used (for the side-by-side examples).
+        generated_signals: `(M, L, 12)` generated ECGs in mV at `fs`.
+        requested_hr: `(M,)` conditioning heart rates (bpm) of the generated ECGs.
+        measured_hr: `(M,)` measured rates (bpm, NaN = undetected), e.g. `metrics.heart_rates`.
+        labels: optional `{condition: (M,) bool mask}` over the generated ECGs (e.g.
+            `conditions.condition_labels(reports)`); adds sample counts and per-condition HR MAE.
         titles: optional caption per generated ECG (report text / age / sex / HR) for the examples.
         fs: sampling frequency in Hz.
         num_examples: number of real/generated pairs drawn.
-        title: heading of ``report.md``.
-        denoising: optional ``{t: {'eps_mse', 'wiener'}}`` (``evaluate.denoising_error``); adds a
+        title: heading of `report.md`.
+        denoising: optional `{t: {'eps_mse', 'wiener'}}` (`evaluate.denoising_error`); adds a
             section with its table and plot.
 
     Returns:
-        Path of ``report.md``.
+        Path of `report.md`.
 
     Raises:
-        ValueError: inconsistent lengths of ``requested_hr``, ``measured_hr``, label masks or
-            ``titles`` with ``generated_signals``.
+        ValueError: inconsistent lengths of `requested_hr`, `measured_hr`, label masks or
+            `titles` with `generated_signals`.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
