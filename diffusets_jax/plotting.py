@@ -1,8 +1,8 @@
 """12-lead ECG figures on ECG paper (matplotlib, Agg, no pyplot state).
 
-Signals are ``(num_samples, 12)`` arrays in mV, leads in :data:`constants.LEADS` order, 10 s long
-(``(1024, 12)`` at the project's 102.4 Hz). The figures are built on
-:class:`matplotlib.figure.Figure` directly, so nothing is registered with pyplot and nothing leaks
+Signals are `(num_samples, 12)` arrays in mV, leads in `constants.LEADS` order, 10 s long
+(`(1024, 12)` at the project's 102.4 Hz). The figures are built on
+`matplotlib.figure.Figure` directly, so nothing is registered with pyplot and nothing leaks
 between calls; PNGs are rendered by Agg.
 """
 
@@ -64,7 +64,7 @@ def _paper_axes(fig: Figure, left_mm: float, bottom_mm: float, width_mm: float, 
 
 
 def _trace(ax, values: np.ndarray, x0_mm: float, baseline_mm: float, fs: float) -> None:
-    """Draw ``values`` (mV) from ``x0_mm``, centred on ``baseline_mm`` by its median."""
+    """Draw `values` (mV) from `x0_mm`, centred on `baseline_mm` by its median."""
     x = x0_mm + np.arange(len(values)) / fs * SPEED_MM_PER_S
     y = baseline_mm + (values - np.median(values)) * GAIN_MM_PER_MV
     ax.plot(x, y, color=_TRACE, linewidth=0.6, solid_joinstyle="round")
@@ -77,22 +77,22 @@ def plot_ecg(signal, fs: float = FS, title: str | None = None, path=None) -> Fig
     III/aVF/V3/V6; column k shows seconds 2.5k to 2.5(k+1) of its leads, as printouts do),
     then a full 10 s lead II rhythm strip. ECG paper: 1 mm minor / 5 mm major grid at
     25 mm/s and 10 mm/mV, drawn to true scale (the figure size is set in mm), a 1 mV
-    calibration pulse at the start of each row, lead labels, the ``title`` (e.g. report /
+    calibration pulse at the start of each row, lead labels, the `title` (e.g. report /
     age / sex / HR) on top and the speed/gain caption at the bottom. Each trace is shifted
     vertically to its row baseline by its median (display only; amplitudes are unchanged).
 
     Args:
-        signal: ``(round(10 * fs), 12)`` array in mV, leads in ``LEADS`` order;
-            ``(1024, 12)`` at the default 102.4 Hz.
+        signal: `(round(10 * fs), 12)` array in mV, leads in `LEADS` order;
+            `(1024, 12)` at the default 102.4 Hz.
         fs: sampling frequency in Hz.
         title: caption text; long lines are wrapped.
-        path: if given, the figure is saved there as PNG at ``DPI`` (150) dots per inch.
+        path: if given, the figure is saved there as PNG at `DPI` (150) dots per inch.
 
     Returns:
         The figure, 270 mm wide (260 mm of paper: 10 mm calibration + 250 mm for 10 s).
 
     Raises:
-        ValueError: if ``signal`` does not have the expected shape.
+        ValueError: if `signal` does not have the expected shape.
     """
     signal = _check_signal(signal, fs)
     lead = {name: signal[:, i] for i, name in enumerate(LEADS)}
@@ -133,8 +133,8 @@ def plot_ecg_comparison(
     """Compact side-by-side view: real ECGs (left) next to generated ones (right).
 
     Args:
-        real, generated: ``(N, round(10 * fs), 12)`` or ``(round(10 * fs), 12)`` arrays in mV,
-            leads in ``LEADS`` order; the 12 leads are stacked top to bottom, 3 mV apart.
+        real, generated: `(N, round(10 * fs), 12)` or `(round(10 * fs), 12)` arrays in mV,
+            leads in `LEADS` order; the 12 leads are stacked top to bottom, 3 mV apart.
         titles: one caption per pair (a single string when N is 1), e.g. the report.
         fs: sampling frequency in Hz.
         path: if given, the figure is saved there as PNG.
