@@ -1,9 +1,9 @@
 """Retrieval-augmented conditions: one report at generation time, or a whole processed set for training.
 
 SE-Diff (Wang et al., ICLR 2026, arXiv:2511.09895, experience retrieval) conditions the generator
-on a report augmented with the experience of similar training records. :func:`augment_report` does
-this for one condition with an :class:`~diffusets_jax.sediff.retrieval.ExperienceIndex` and a
-summariser; :func:`augment_dataset` writes a processed set whose reports are augmented and
+on a report augmented with the experience of similar training records. `augment_report()` does
+this for one condition with an `diffusets_jax.sediff.retrieval.ExperienceIndex` and a
+summariser; `augment_dataset()` writes a processed set whose reports are augmented and
 re-embedded, which the trainers read unchanged.
 """
 
@@ -27,22 +27,22 @@ def augment_report(index: ExperienceIndex, report: str | Sequence[str], age: flo
                    heart_rate: float | None, k: int = DEFAULT_K, *, weights: Mapping[str, float] | None = None,
                    summariser: Summariser | None = None, embedder=None,
                    codes: Mapping[str, Sequence[str]] | None = None) -> str:
-    """Generation time: the retrieval-augmented report of one condition (statements joined by ``'|'``).
+    """Generation time: the retrieval-augmented report of one condition (statements joined by `'|'`).
 
     Args:
-        index: training records (:meth:`ExperienceIndex.from_processed` or :meth:`ExperienceIndex.load`).
-        report: the requested statements (``'|'``-joined or a list; may be empty: then the report
-            comes from the neighbours alone). age: years; sex: ``'M'``/``'F'``; heart_rate: bpm
+        index: training records (`ExperienceIndex.from_processed()` or `ExperienceIndex.load()`).
+        report: the requested statements (`'|'`-joined or a list; may be empty: then the report
+            comes from the neighbours alone). age: years; sex: `'M'`/`'F'`; heart_rate: bpm
             (None: unknown, that view is dropped).
-        k: neighbours; weights: updates :data:`DEFAULT_WEIGHTS`; summariser: default
-            :class:`KeywordSummariser`; embedder: the index's text embedder, to use the ``text``
+        k: neighbours; weights: updates `DEFAULT_WEIGHTS`; summariser: default
+            `KeywordSummariser`; embedder: the index's text embedder, to use the `text`
             view (None: dropped); codes: hospital code sets of the patient, if any.
 
     Returns:
-        The augmented report. Embed it with ``build_prompt`` like any report (``Pipeline`` does).
+        The augmented report. Embed it with `build_prompt` like any report (`Pipeline` does).
 
     Raises:
-        ValueError: as :meth:`ExperienceIndex.effective_weights` / the summariser.
+        ValueError: as `ExperienceIndex.effective_weights()` / the summariser.
     """
     query = index.query(report, age, sex, heart_rate, embedder=embedder, codes=codes)
     summariser = summariser or KeywordSummariser()
@@ -55,20 +55,20 @@ def augment_dataset(src_dirs: str | Path | Sequence[str | Path], out_dir: str | 
                     exclude_same_patient: bool = False, progress: bool = True) -> Path:
     """Write a processed set whose reports are retrieval-augmented and whose text is re-embedded.
 
-    Every record of ``src_dirs`` (all folds, so validation and test conditions are augmented too)
-    is a query; its neighbours come from an :class:`ExperienceIndex` of ``index_dirs`` (default
-    ``src_dirs``) restricted to the training ``folds``: held-out records are never retrieved. A
-    training record never retrieves itself (nor, with ``exclude_same_patient``, another record of
+    Every record of `src_dirs` (all folds, so validation and test conditions are augmented too)
+    is a query; its neighbours come from an `ExperienceIndex` of `index_dirs` (default
+    `src_dirs`) restricted to the training `folds`: held-out records are never retrieved. A
+    training record never retrieves itself (nor, with `exclude_same_patient`, another record of
     its patient). The query uses the record's statements, age, sex, heart rate, stored text
-    embedding and hospital code sets. The augmented report goes through ``summariser`` (default
-    :class:`KeywordSummariser`) and is embedded by ``embedder`` (default: the set's own, by name)
-    via the ordered prompt, through ``out_dir/embedding_cache.npz`` (seeded with the source
-    prompts), so the trainers read ``out_dir`` unchanged. Signals, demographics, folds and ids are
-    copied. ``records.jsonl`` gains ``original_report`` and ``retrieved`` (keys and scores);
-    ``info.json`` gains ``augmentation`` (settings, counts, runtimes); ``hosp_codes.jsonl`` is copied.
+    embedding and hospital code sets. The augmented report goes through `summariser` (default
+    `KeywordSummariser`) and is embedded by `embedder` (default: the set's own, by name)
+    via the ordered prompt, through `out_dir/embedding_cache.npz` (seeded with the source
+    prompts), so the trainers read `out_dir` unchanged. Signals, demographics, folds and ids are
+    copied. `records.jsonl` gains `original_report` and `retrieved` (keys and scores);
+    `info.json` gains `augmentation` (settings, counts, runtimes); `hosp_codes.jsonl` is copied.
 
-    Returns ``out_dir``. Raises ValueError for ``k < 1``, bad weights, or sets of different
-    embedders; FileNotFoundError for a directory without ``dataset.npz``.
+    Returns `out_dir`. Raises ValueError for `k < 1`, bad weights, or sets of different
+    embedders; FileNotFoundError for a directory without `dataset.npz`.
     """
     from data_pipelines.processed import load_processed
     from diffusets_jax.text import EmbeddingCache, build_prompt, get_embedder
