@@ -1,46 +1,46 @@
-"""SE-Diff's beat decoder: VAE latent ``(B, 128, 4)`` -> one R-aligned beat per lead ``(B, 61, 12)``.
+"""SE-Diff's beat decoder: VAE latent `(B, 128, 4)` -> one R-aligned beat per lead `(B, 61, 12)`.
 
 SE-Diff (Wang et al., "Simulator and Experience Enhanced Diffusion Model for Comprehensive ECG
 Generation", ICLR 2026, arXiv:2511.09895, Stage 1 of its method) trains, next to the
-VAE, a lightweight decoder ``D_psi^beat`` that maps the latent to ONE QRS-aligned cardiac cycle
-(61 samples at 102.4 Hz, R at index 20: ``[R - 20, R + 40]``). Stage 2 freezes it and applies the
-simulator losses (:mod:`diffusets_jax.sediff.physics`) to the beat it decodes from the U-Net's
+VAE, a lightweight decoder `D_psi^beat` that maps the latent to ONE QRS-aligned cardiac cycle
+(61 samples at 102.4 Hz, R at index 20: `[R - 20, R + 40]`). Stage 2 freezes it and applies the
+simulator losses (`diffusets_jax.sediff.physics`) to the beat it decodes from the U-Net's
 predicted clean latent.
 
-Architecture: the released ``MiniDecoderMSE(target_len=61, z_channels=4, base=128)`` layer for
-layer (official SE-Diff release, ignite-abd/SE-Diff, ``vae/vae_model.py::MiniDecoderMSE``),
+Architecture: the released `MiniDecoderMSE(target_len=61, z_channels=4, base=128)` layer for
+layer (official SE-Diff release, ignite-abd/SE-Diff, `vae/vae_model.py::MiniDecoderMSE`),
 channels-last:
 
-1. ``conv_in`` Conv(4 -> base, k3), then ``blocks_in``: 3 residual blocks (GN, SiLU, conv3, GN,
-   SiLU, conv3 + skip; the VAE's :class:`~diffusets_jax.models.vae.ResidualBlock`).
-2. ``time_proj``: a Linear over the time axis, 128 -> 61 (per channel; hard-wires latent length 128).
-3. ``norm_out`` GN, SiLU, ``conv_mid`` Conv(k3), ``block_out`` residual block.
-4. ``conv_out`` Conv1x1 (base -> 12).
-5. ``amplitude``: per-lead amplitude head on the time-averaged latent, Linear(4 -> 32), SiLU,
-   Linear(32 -> 24) giving a scale ``s = softplus(.) + 1e-3`` and a bias ``b`` per lead;
-   output ``x s + b``.
+1. `conv_in` Conv(4 -> base, k3), then `blocks_in`: 3 residual blocks (GN, SiLU, conv3, GN,
+   SiLU, conv3 + skip; the VAE's `diffusets_jax.models.vae.ResidualBlock`).
+2. `time_proj`: a Linear over the time axis, 128 -> 61 (per channel; hard-wires latent length 128).
+3. `norm_out` GN, SiLU, `conv_mid` Conv(k3), `block_out` residual block.
+4. `conv_out` Conv1x1 (base -> 12).
+5. `amplitude`: per-lead amplitude head on the time-averaged latent, Linear(4 -> 32), SiLU,
+   Linear(32 -> 24) giving a scale `s = softplus(.) + 1e-3` and a bias `b` per lead;
+   output `x s + b`.
 
-Training (Stage 1, :func:`train_beat_decoder`). The VAE stays frozen (it is already trained; the
+Training (Stage 1, `train_beat_decoder()`). The VAE stays frozen (it is already trained; the
 paper trains both at once, see docs/se-diff.md). Inputs are fresh posterior samples of the VAE's
-latents of real ECGs, scaled by ``LATENT_SCALE`` as the diffusion model sees them, plus those of
-``shifts`` circularly shifted copies of each ECG (augmentation: the R-aligned target does not
+latents of real ECGs, scaled by `LATENT_SCALE` as the diffusion model sees them, plus those of
+`shifts` circularly shifted copies of each ECG (augmentation: the R-aligned target does not
 change; on the local 425 records it raised the validation R^2 from ~0 to 0.35); the loss is
-SE-Diff's ``L_beat + alpha_spec L_spec`` (the paper's Stage-1 loss):
+SE-Diff's `L_beat + alpha_spec L_spec` (the paper's Stage-1 loss):
 
-* ``L_beat = mean((C(x) - D(z))^2)`` over the 61 x 12 samples, with ``C(x)`` the record's **mean**
-  R-aligned beat (:func:`diffusets_jax.sediff.fit_params.record_beats`, R on lead II), not the
+* `L_beat = mean((C(x) - D(z))^2)` over the 61 x 12 samples, with `C(x)` the record's **mean**
+  R-aligned beat (`diffusets_jax.sediff.fit_params.record_beats()`, R on lead II), not the
   paper's first cycle: the mean of the record's ~10 beats is the less noisy target for a decoder
   that sees the whole 10 s latent.
-* ``L_spec = 1/(12 J K) sum_{l,j,k} w(f_k) (S_hat_l[k] - S_l^(j)[k])^2`` with
-  ``S = log(eps + |rfft(h - mean(h))|)`` over the record's ``J`` beats (:func:`log_spectrum`,
-  :func:`spectral_weights`: ``w = 2`` for 0.5-3 Hz, 1 above, 0 at DC; ``eps = 0.1`` mV).
+* `L_spec = 1/(12 J K) sum_{l,j,k} w(f_k) (S_hat_l[k] - S_l^(j)[k])^2` with
+  `S = log(eps + |rfft(h - mean(h))|)` over the record's `J` beats (`log_spectrum()`,
+  `spectral_weights()`: `w = 2` for 0.5-3 Hz, 1 above, 0 at DC; `eps = 0.1` mV).
 
-Files: :func:`save_beat_decoder` writes ``beat_decoder.npz`` (parameters by flattened path) and
-``beat_decoder.json`` (architecture, training record) into a directory, by default
-``<workdir>/beat_decoder``; :func:`load_beat_decoder` reads them back.
+Files: `save_beat_decoder()` writes `beat_decoder.npz` (parameters by flattened path) and
+`beat_decoder.json` (architecture, training record) into a directory, by default
+`<workdir>/beat_decoder`; `load_beat_decoder()` reads them back.
 
-Run: ``diffusets-jax train-beat-decoder --workdir workdirs/small_cfg --dataset data/ptbxl
---dataset data/ludb``.
+Run: `diffusets-jax train-beat-decoder --workdir workdirs/small_cfg --dataset data/ptbxl
+--dataset data/ludb`.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ FORMAT = "diffusets-jax/beat-decoder/1"
 #: Default output directory inside a training workdir.
 DIRECTORY_NAME = "beat_decoder"
 #: The released width is 128 (a batch-32 step takes ~0.2 s on a 2-core CPU); the default here is
-#: 32 (~0.03 s, 38 k parameters), which trains in ~1.5 min (docs/se-diff.md). ``--base 128``: official.
+#: 32 (~0.03 s, 38 k parameters), which trains in ~1.5 min (docs/se-diff.md). `--base 128`: official.
 OFFICIAL_BASE = 128
 DEFAULT_BASE = 32
 DEFAULT_STEPS = 2000
@@ -87,16 +87,16 @@ LOW_BAND_HZ, LOW_BAND_WEIGHT = (0.5, 3.0), 2.0
 
 
 class BeatDecoder(nnx.Module):
-    """``MiniDecoderMSE`` of the SE-Diff release: latent ``(B, 128, 4)`` -> beat ``(B, 61, 12)`` mV.
+    """`MiniDecoderMSE` of the SE-Diff release: latent `(B, 128, 4)` -> beat `(B, 61, 12)` mV.
 
     Args:
         base: channel width (official 128).
-        num_groups: GroupNorm groups (official 32; must divide ``base``).
+        num_groups: GroupNorm groups (official 32; must divide `base`).
         latent_length, latent_channels: the VAE latent layout (128, 4).
         target_len: beat length (61 samples at 102.4 Hz, R at index 20).
         rngs: parameter initialisation.
 
-    Source: SE-Diff release ``vae/vae_model.py::MiniDecoderMSE``; layer names follow its parts.
+    Source: SE-Diff release `vae/vae_model.py::MiniDecoderMSE`; layer names follow its parts.
     """
 
     def __init__(self, base: int = OFFICIAL_BASE, num_groups: int = 32, *, latent_length: int = LATENT_LENGTH,
@@ -115,7 +115,7 @@ class BeatDecoder(nnx.Module):
         self.amplitude_out = linear(32, 2 * NUM_LEADS, rngs=rngs)
 
     def __call__(self, z: Array) -> Array:
-        """``z`` ``(B, 128, 4)`` scaled latents (as the U-Net's x0) -> ``(B, 61, 12)`` beats in mV."""
+        """`z` `(B, 128, 4)` scaled latents (as the U-Net's x0) -> `(B, 61, 12)` beats in mV."""
         h = self.conv_in(z)  # (B, 128, base)
         for block in self.blocks_in:
             h = block(h)
@@ -135,7 +135,7 @@ class BeatDecoder(nnx.Module):
 
 
 def beat_loss(predicted: Array, target: Array, mask: Array | None = None) -> Array:
-    """SE-Diff's ``L_beat``: the mean squared error (mV^2) over ``(B, 61, 12)``, rows with ``mask``."""
+    """SE-Diff's `L_beat`: the mean squared error (mV^2) over `(B, 61, 12)`, rows with `mask`."""
     per_row = jnp.mean((predicted - target) ** 2, axis=(1, 2))
     if mask is None:
         return jnp.mean(per_row)
@@ -143,13 +143,13 @@ def beat_loss(predicted: Array, target: Array, mask: Array | None = None) -> Arr
 
 
 def log_spectrum(beats: Array, eps: float = SPECTRUM_EPS) -> Array:
-    """``log(eps + |rfft(h - mean(h))|)`` per lead: ``(..., 61, 12)`` mV -> ``(..., 31, 12)``."""
+    """`log(eps + |rfft(h - mean(h))|)` per lead: `(..., 61, 12)` mV -> `(..., 31, 12)`."""
     centred = beats - jnp.mean(beats, axis=-2, keepdims=True)
     return jnp.log(eps + jnp.abs(jnp.fft.rfft(centred, axis=-2)))
 
 
 def spectral_weights(length: int = ecgsyn.BEAT_LENGTH, fs: float = FS) -> np.ndarray:
-    """``w(f_k)`` ``(length // 2 + 1,)``: 0 at DC (removed by centring), :data:`LOW_BAND_WEIGHT` in
+    """`w(f_k)` `(length // 2 + 1,)`: 0 at DC (removed by centring), `LOW_BAND_WEIGHT` in
     0.5-3 Hz, 1 elsewhere."""
     f = np.fft.rfftfreq(length, 1.0 / fs)
     w = np.where((f >= LOW_BAND_HZ[0]) & (f <= LOW_BAND_HZ[1]), LOW_BAND_WEIGHT, 1.0)
@@ -158,16 +158,16 @@ def spectral_weights(length: int = ecgsyn.BEAT_LENGTH, fs: float = FS) -> np.nda
 
 
 def spectral_loss(predicted: Array, beat_spectra: Array, beat_mask: Array, weights: Array) -> Array:
-    """SE-Diff's spectral multi-beat loss ``L_spec``.
+    """SE-Diff's spectral multi-beat loss `L_spec`.
 
     Args:
-        predicted: ``(B, 61, 12)`` decoded beats (mV).
-        beat_spectra: ``(B, J, K, 12)`` :func:`log_spectrum` of each record's observed beats.
-        beat_mask: ``(B, J)`` 1 for real beats, 0 for padding.
-        weights: ``(K,)`` :func:`spectral_weights`.
+        predicted: `(B, 61, 12)` decoded beats (mV).
+        beat_spectra: `(B, J, K, 12)` `log_spectrum()` of each record's observed beats.
+        beat_mask: `(B, J)` 1 for real beats, 0 for padding.
+        weights: `(K,)` `spectral_weights()`.
 
     Returns:
-        ``1/(12 J K) sum w(f_k) (S_hat - S^(j))^2`` averaged over the beats of each record, then
+        `1/(12 J K) sum w(f_k) (S_hat - S^(j))^2` averaged over the beats of each record, then
         over the records with beats.
     """
     s_hat = log_spectrum(predicted)[:, None]  # (B, 1, K, 12)
@@ -194,10 +194,10 @@ class BeatTargets:
 
 
 def beat_targets(signals: np.ndarray, fs: float = FS, progress: bool = False) -> BeatTargets:
-    """Mean beat and per-beat log spectra of each ECG ``(N, 1024, 12)`` mV (R on lead II, XQRS).
+    """Mean beat and per-beat log spectra of each ECG `(N, 1024, 12)` mV (R on lead II, XQRS).
 
-    Beats come from :func:`diffusets_jax.sediff.fit_params.record_beats` (baseline removed,
-    windows ``[R - 20, R + 40]`` cut at 2 ms alignment).
+    Beats come from `diffusets_jax.sediff.fit_params.record_beats()` (baseline removed,
+    windows `[R - 20, R + 40]` cut at 2 ms alignment).
     """
     from tqdm import tqdm
 
@@ -223,12 +223,12 @@ def beat_targets(signals: np.ndarray, fs: float = FS, progress: bool = False) ->
 
 
 def build_beat_decoder(architecture: dict, seed: int = 0) -> BeatDecoder:
-    """A :class:`BeatDecoder` from ``{"base", "num_groups"}`` (the JSON's ``architecture``)."""
+    """A `BeatDecoder` from `{"base", "num_groups"}` (the JSON's `architecture`)."""
     return BeatDecoder(int(architecture["base"]), int(architecture["num_groups"]), rngs=nnx.Rngs(seed))
 
 
 def save_beat_decoder(directory: str | Path, decoder: BeatDecoder, record: dict) -> Path:
-    """Write ``beat_decoder.npz`` and ``beat_decoder.json`` (``record`` must hold ``architecture``)."""
+    """Write `beat_decoder.npz` and `beat_decoder.json` (`record` must hold `architecture`)."""
     from diffusets_jax.pretrained import flatten_params
 
     directory = Path(directory)
@@ -239,7 +239,7 @@ def save_beat_decoder(directory: str | Path, decoder: BeatDecoder, record: dict)
 
 
 def load_beat_decoder(directory: str | Path) -> tuple[BeatDecoder, dict]:
-    """The decoder saved in ``directory`` and its JSON record.
+    """The decoder saved in `directory` and its JSON record.
 
     Raises FileNotFoundError naming the missing file (and the command that writes it), ValueError
     for another format or parameters that do not fit the recorded architecture.
@@ -265,8 +265,8 @@ def load_beat_decoder(directory: str | Path) -> tuple[BeatDecoder, dict]:
 
 
 def _arrays(vae, signals: np.ndarray, progress: bool, shifts: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
-    """Latent moments and beat targets of the records with beats; with ``shifts`` > 0, also the
-    latents of that many circularly shifted copies of each ECG (``record`` (M,) maps latent rows to
+    """Latent moments and beat targets of the records with beats; with `shifts` > 0, also the
+    latents of that many circularly shifted copies of each ECG (`record` (M,) maps latent rows to
     target rows; the R-aligned mean beat does not depend on where the beats fall in the window)."""
     from diffusets_jax.training.data import encode_moments
 
@@ -295,7 +295,7 @@ def _unshifted(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _losses(decoder, batch, key, weights, spectral_weight, sample: bool):
-    """``(total, beat, spectral)`` of one batch; ``sample``: a fresh posterior latent, else the mean."""
+    """`(total, beat, spectral)` of one batch; `sample`: a fresh posterior latent, else the mean."""
     z = batch["mean"]
     if sample:
         z = z + jnp.exp(0.5 * batch["log_variance"]) * jax.random.normal(key, z.shape)
@@ -307,8 +307,8 @@ def _losses(decoder, batch, key, weights, spectral_weight, sample: bool):
 
 def evaluate_beat_decoder(decoder: BeatDecoder, arrays: dict[str, np.ndarray], batch_size: int = 64,
                           spectral_weight: float = DEFAULT_SPECTRAL_WEIGHT) -> dict[str, float]:
-    """Losses on the posterior means of the unshifted ECGs of ``arrays`` (:func:`_arrays`), plus the
-    beat MSE of the best constant predictor (the set's mean beat) and ``r2 = 1 - beat / that``."""
+    """Losses on the posterior means of the unshifted ECGs of `arrays` (`_arrays()`), plus the
+    beat MSE of the best constant predictor (the set's mean beat) and `r2 = 1 - beat / that`."""
     arrays = _unshifted(arrays)
     weights = jnp.asarray(spectral_weights())
     graphdef, params = nnx.split(decoder)
@@ -335,27 +335,27 @@ def train_beat_decoder(workdir: str | Path, dataset_dirs: Sequence[str | Path], 
                        num_groups: int = 32, spectral_weight: float = DEFAULT_SPECTRAL_WEIGHT,
                        shifts: int = DEFAULT_SHIFTS, seed: int = 0, log_every: int = 50,
                        progress: bool = True) -> dict:
-    """Train the beat decoder on the latents of ``workdir``'s trained VAE and save it.
+    """Train the beat decoder on the latents of `workdir`'s trained VAE and save it.
 
-    Data: the processed sets ``dataset_dirs``, training folds ``config.data.train_folds`` of the
-    workdir's config, validation folds ``config.data.val_folds`` (if any record is there); records
+    Data: the processed sets `dataset_dirs`, training folds `config.data.train_folds` of the
+    workdir's config, validation folds `config.data.val_folds` (if any record is there); records
     without a detected beat are left out. AdamW (weight decay 0.01), cosine decay to 0.1 lr;
-    each step draws a fresh posterior latent per row. Augmentation: ``shifts`` circularly shifted
+    each step draws a fresh posterior latent per row. Augmentation: `shifts` circularly shifted
     copies of each training ECG are encoded too (same targets).
 
     Args:
-        workdir: a training workdir with ``config.json`` and a VAE checkpoint (``vae/``).
-        dataset_dirs: processed sets (``diffusets-jax prepare``).
+        workdir: a training workdir with `config.json` and a VAE checkpoint (`vae/`).
+        dataset_dirs: processed sets (`diffusets-jax prepare`).
         steps, batch_size, learning_rate, base, num_groups, spectral_weight, shifts, seed: training.
-        out: output directory (default ``workdir/beat_decoder``).
+        out: output directory (default `workdir/beat_decoder`).
         log_every: steps between logged training losses.
 
     Returns:
         The JSON record written next to the parameters (losses, timings, data, architecture).
 
     Raises:
-        FileNotFoundError: no config or VAE checkpoint in ``workdir``, or a dataset is missing.
-        ValueError: fewer training records with beats than ``batch_size``.
+        FileNotFoundError: no config or VAE checkpoint in `workdir`, or a dataset is missing.
+        ValueError: fewer training records with beats than `batch_size`.
     """
     from tqdm.auto import tqdm
 
