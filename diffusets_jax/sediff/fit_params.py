@@ -1,32 +1,32 @@
 """Per-class ECGSYN wave parameters fitted to class-mean real beats: SE-Diff's simulator prior.
 
 SE-Diff conditions its simulator losses on per-class McSharry parameters
-``eta_class = {theta, a, b}`` for the P, Q, R, S, T waves, "fitted offline to representative real
+`eta_class = {theta, a, b}` for the P, Q, R, S, T waves, "fitted offline to representative real
 beats" (SE-Diff, Wang et al., ICLR 2026, arXiv:2511.09895, Stage 2; no per-class table is
-published); the official ``simulator_prior.pkl`` is not released. This module rebuilds such a
+published); the official `simulator_prior.pkl` is not released. This module rebuilds such a
 prior from processed datasets:
 
 1. **Beats.** For each record of the training folds: baseline removal (0.5 Hz 2nd-order
    Butterworth high-pass, zero phase), upsampling of the 102.4 Hz signal by 5 to 512 Hz, R peaks by
-   WFDB's XQRS (``wfdb.processing.xqrs_detect``) on lead II (retried on lead II rescaled to 2 mV
-   peak-to-peak, as :func:`data_pipelines.records.detect_heart_rate`), each peak moved to the
+   WFDB's XQRS (`wfdb.processing.xqrs_detect`) on lead II (retried on lead II rescaled to 2 mV
+   peak-to-peak, as `data_pipelines.records.detect_heart_rate()`), each peak moved to the
    largest positive deflection of lead II within +-40 ms (the negative one for records whose QRS
-   is almost all negative there, :data:`R_POLARITY_RATIO`), and windows
-   ``[R - 20, R + 40]`` samples at 102.4 Hz (61 samples, SE-Diff's beat) cut from the 512 Hz signal
+   is almost all negative there, `R_POLARITY_RATIO`), and windows
+   `[R - 20, R + 40]` samples at 102.4 Hz (61 samples, SE-Diff's beat) cut from the 512 Hz signal
    (sub-sample R alignment). A record's mean beat is the mean of its beats.
-2. **Classes.** :func:`diffusets_jax.conditions.condition_labels` (curated keyword
-   classes) plus :data:`diffusets_jax.conditions.EXTRA_CLASS_KEYWORDS` (SE-Diff classes and common statements the local
-   data holds) plus ``all``; a class is kept if it has at least ``min_records`` records with beats.
+2. **Classes.** `diffusets_jax.conditions.condition_labels()` (curated keyword
+   classes) plus `diffusets_jax.conditions.EXTRA_CLASS_KEYWORDS` (SE-Diff classes and common statements the local
+   data holds) plus `all`; a class is kept if it has at least `min_records` records with beats.
    The class-mean beat is the mean of its records' mean beats (each record counts once).
-3. **Fit.** Per class and lead, ``theta``, ``a``, ``b`` (and a baseline offset in mV) minimise the
-   MSE between :func:`diffusets_jax.sediff.ecgsyn.simulate_beat` at the class's median heart rate
+3. **Fit.** Per class and lead, `theta`, `a`, `b` (and a baseline offset in mV) minimise the
+   MSE between `diffusets_jax.sediff.ecgsyn.simulate_beat()` at the class's median heart rate
    and the class-mean beat, by Adam (optax) on all classes and leads at once (vmap), starting from
-   ECGSYN's default angles and widths with least-squares amplitudes (the beat is linear in ``a``).
+   ECGSYN's default angles and widths with least-squares amplitudes (the beat is linear in `a`).
 
-The result is ``ecgsyn_params.json`` next to this file; :func:`load_class_params` reads it.
+The result is `ecgsyn_params.json` next to this file; `load_class_params()` reads it.
 
-Run: ``diffusets-jax fit-ecgsyn --dataset data/ptbxl --dataset data/ludb``
-(later ``diffusets-jax fit-ecgsyn``).
+Run: `diffusets-jax fit-ecgsyn --dataset data/ptbxl --dataset data/ludb`
+(later `diffusets-jax fit-ecgsyn`).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _xqrs(x: np.ndarray, fs: float) -> np.ndarray:
 
 
 def _prepared(signal: np.ndarray, fs: float) -> tuple[np.ndarray, float]:
-    """High-passed (0.5 Hz, zero phase) signal upsampled by :data:`UPSAMPLE`: ``(L * 5, 12)``, its rate."""
+    """High-passed (0.5 Hz, zero phase) signal upsampled by `UPSAMPLE`: `(L * 5, 12)`, its rate."""
     x = np.asarray(signal, np.float64)
     if x.ndim != 2 or x.shape[1] != len(LEADS):
         raise ValueError(f"signal must be (L, {len(LEADS)}) mV, got shape {x.shape}")
@@ -95,7 +95,7 @@ def _prepared(signal: np.ndarray, fs: float) -> tuple[np.ndarray, float]:
 
 
 def _peaks_upsampled(up: np.ndarray, fs_up: float, lead: str) -> np.ndarray:
-    """R peaks (indices into the upsampled signal) by XQRS, refined as described in :func:`r_peaks`."""
+    """R peaks (indices into the upsampled signal) by XQRS, refined as described in `r_peaks()`."""
     ref = up[:, LEADS.index(lead)]
     peaks = _xqrs(ref, fs_up)
     if peaks.size < 2:
@@ -114,17 +114,17 @@ def _peaks_upsampled(up: np.ndarray, fs_up: float, lead: str) -> np.ndarray:
 
 
 def r_peaks(signal: np.ndarray, fs: float = FS, lead: str = "II") -> np.ndarray:
-    """R-peak times of one 12-lead ECG, in samples at ``fs`` (fractional: located at ``5 fs``).
+    """R-peak times of one 12-lead ECG, in samples at `fs` (fractional: located at `5 fs`).
 
     Args:
-        signal: ``(L, 12)`` mV at ``fs`` Hz, ``LEADS`` order. lead: detection lead.
+        signal: `(L, 12)` mV at `fs` Hz, `LEADS` order. lead: detection lead.
 
     Returns:
-        ``(n,)`` float64 sample positions, ascending (empty if XQRS finds nothing).
+        `(n,)` float64 sample positions, ascending (empty if XQRS finds nothing).
 
-    Method: module docstring, step 1 (XQRS via ``wfdb.processing.xqrs_detect`` on the high-passed
+    Method: module docstring, step 1 (XQRS via `wfdb.processing.xqrs_detect` on the high-passed
     lead upsampled 5x, retried rescaled; each peak moved to the largest positive deflection within
-    +-40 ms, or the negative one for a record with QS complexes in ``lead``).
+    +-40 ms, or the negative one for a record with QS complexes in `lead`).
     """
     up, fs_up = _prepared(signal, fs)
     return _peaks_upsampled(up, fs_up, lead) / UPSAMPLE
@@ -135,16 +135,16 @@ def record_beats(signal: np.ndarray, fs: float = FS, lead: str = "II",
     """R-aligned beats of one 12-lead ECG.
 
     Args:
-        signal: ``(L, 12)`` mV at ``fs`` Hz (102.4 for processed sets), ``LEADS`` order.
+        signal: `(L, 12)` mV at `fs` Hz (102.4 for processed sets), `LEADS` order.
         fs: sampling rate in Hz. lead: lead for R detection (II).
-        length, r_index: beat window (61 samples, R at 20: SE-Diff's ``[R - 20, R + 40]``).
+        length, r_index: beat window (61 samples, R at 20: SE-Diff's `[R - 20, R + 40]`).
 
     Returns:
-        ``(n_beats, length, 12)`` float32 mV, baseline removed; ``n_beats`` may be 0 (no beat
+        `(n_beats, length, 12)` float32 mV, baseline removed; `n_beats` may be 0 (no beat
         detected, or none with its whole window inside the record).
 
-    Method: :func:`r_peaks`; the windows are cut from the 5x upsampled signal, so beats are aligned
-    to 1/(5 fs) s, not 1/fs (every 5th sample from ``R - 5 r_index``).
+    Method: `r_peaks()`; the windows are cut from the 5x upsampled signal, so beats are aligned
+    to 1/(5 fs) s, not 1/fs (every 5th sample from `R - 5 r_index`).
     """
     up, fs_up = _prepared(signal, fs)
     peaks = _peaks_upsampled(up, fs_up, lead)
@@ -171,12 +171,12 @@ def class_mean_beats(signals: np.ndarray, reports: Sequence[str], heart_rates: n
     """Class-mean R-aligned beats of a set of ECGs.
 
     Args:
-        signals: ``(N, L, 12)`` mV at ``fs`` Hz. reports: ``N`` report strings.
-        heart_rates: ``(N,)`` bpm (the processed set's measured rates).
+        signals: `(N, L, 12)` mV at `fs` Hz. reports: `N` report strings.
+        heart_rates: `(N,)` bpm (the processed set's measured rates).
         min_records: keep classes with at least this many records with beats.
 
     Returns:
-        ``({class: ClassBeat}, records_without_beats)``.
+        `({class: ClassBeat}, records_without_beats)`.
     """
     from tqdm import tqdm
 
@@ -232,15 +232,15 @@ def fit_beats(targets, heart_rates, steps: int = DEFAULT_STEPS, learning_rate: f
     """Fit ECGSYN wave parameters to beats by Adam on the MSE, all beats at once.
 
     Args:
-        targets: ``(K, 61)`` beats in mV (R at index 20, 102.4 Hz).
-        heart_rates: ``(K,)`` bpm at which each beat is simulated (the parameters are stored at the
-            60 bpm reference and scaled by :func:`ecgsyn.scale_for_heart_rate`).
+        targets: `(K, 61)` beats in mV (R at index 20, 102.4 Hz).
+        heart_rates: `(K,)` bpm at which each beat is simulated (the parameters are stored at the
+            60 bpm reference and scaled by `ecgsyn.scale_for_heart_rate()`).
         steps: Adam steps (cosine-decayed learning rate).
 
     Returns:
-        dict of NumPy arrays: ``theta, a, b (K, 5)``, ``offset (K,)`` mV, ``mse (K,)`` and
-        ``mse_default (K,)`` mV^2 (default ECGSYN parameters with their best offset), ``r (K,)``
-        Pearson correlation of the fitted and target beats, ``fitted (K, 61)`` mV.
+        dict of NumPy arrays: `theta, a, b (K, 5)`, `offset (K,)` mV, `mse (K,)` and
+        `mse_default (K,)` mV^2 (default ECGSYN parameters with their best offset), `r (K,)`
+        Pearson correlation of the fitted and target beats, `fitted (K, 61)` mV.
     """
     targets = jnp.asarray(targets, jnp.float32)
     heart_rates = jnp.asarray(heart_rates, jnp.float32)
@@ -279,7 +279,7 @@ def fit_beats(targets, heart_rates, steps: int = DEFAULT_STEPS, learning_rate: f
 
 def fit_classes(class_beats: Mapping[str, ClassBeat], steps: int = DEFAULT_STEPS,
                 learning_rate: float = LEARNING_RATE) -> dict[str, dict]:
-    """Fit every (class, lead) of ``class_beats`` at once; returns the JSON ``classes`` entries."""
+    """Fit every (class, lead) of `class_beats` at once; returns the JSON `classes` entries."""
     names = list(class_beats)
     targets = np.concatenate([class_beats[n].beat.T for n in names])  # (C * 12, 61)
     rates = np.repeat([class_beats[n].heart_rate for n in names], len(LEADS))
@@ -317,7 +317,7 @@ def _round(x, digits: int = 6):
 
 @dataclass
 class ClassParams:
-    """Fitted simulator prior of one class, ready for :func:`ecgsyn.simulate_beat` (vmap over leads)."""
+    """Fitted simulator prior of one class, ready for `ecgsyn.simulate_beat()` (vmap over leads)."""
 
     params: ecgsyn.WaveParams  # leaves (12, 5): theta rad, a paper units, b rad, at 60 bpm
     offset: np.ndarray  # (12,) mV
@@ -328,10 +328,10 @@ class ClassParams:
 
 
 def load_class_params(path: str | Path | None = None) -> dict[str, ClassParams]:
-    """Read ``ecgsyn_params.json`` (default: the shipped :data:`DEFAULT_PARAMS_PATH`).
+    """Read `ecgsyn_params.json` (default: the shipped `DEFAULT_PARAMS_PATH`).
 
     Raises:
-        ValueError: the file is not of format :data:`FORMAT`.
+        ValueError: the file is not of format `FORMAT`.
     """
     data = json.loads(Path(path or DEFAULT_PARAMS_PATH).read_text())
     if data.get("format") != FORMAT:
@@ -358,10 +358,10 @@ def _sha256(path: Path) -> str:
 
 def fit_datasets(dirs: Sequence[str | Path], folds: Sequence[int] = tuple(range(1, 9)), min_records: int = 5,
                  steps: int = DEFAULT_STEPS, progress: bool = True) -> dict:
-    """Class-mean beats of the processed sets ``dirs`` (folds ``folds``) and their ECGSYN fit.
+    """Class-mean beats of the processed sets `dirs` (folds `folds`) and their ECGSYN fit.
 
-    Returns the JSON document (see :func:`main`). Raises as
-    :func:`data_pipelines.processed.load_processed`, and ValueError if no class has ``min_records``.
+    Returns the JSON document (see `main()`). Raises as
+    `data_pipelines.processed.load_processed()`, and ValueError if no class has `min_records`.
     """
     from data_pipelines.processed import load_processed
 
