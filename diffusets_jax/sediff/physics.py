@@ -1,39 +1,39 @@
 """SE-Diff's simulator-guided Euler loss and inter-lead loss on the beat of the predicted clean latent.
 
 Stage 2 of SE-Diff (Wang et al., ICLR 2026, arXiv:2511.09895; official release
-``utils/simulator_trainer.py``: ``get_simulator_loss``, ``interlead_constraint_loss``; the "Euler
+`utils/simulator_trainer.py`: `get_simulator_loss`, `interlead_constraint_loss`; the "Euler
 loss" of MultiODE-GAN, Yehuda & Radinsky, arXiv:2409.17833, is their ancestor) adds two
 training-only regularisers to the DDPM loss::
 
     L_total = L_DDPM + lambda L_Euler + gamma L_inter-lead
 
-both computed on ``h = D_beat(x0_hat)``, the beat that the frozen beat decoder
-(:mod:`diffusets_jax.sediff.beat_decoder`) decodes from the U-Net's predicted clean latent
-``x0_hat = predict_x0(x_t, eps_hat)``. Here they are differentiable through the frozen decoder into
-the U-Net (the paper's formulation); the released code computes them under ``torch.no_grad()`` so
-that they carry no gradient, which ``sediff.physics_gradient = False`` reproduces (the losses are
-computed and logged under ``stop_gradient``).
+both computed on `h = D_beat(x0_hat)`, the beat that the frozen beat decoder
+(`diffusets_jax.sediff.beat_decoder`) decodes from the U-Net's predicted clean latent
+`x0_hat = predict_x0(x_t, eps_hat)`. Here they are differentiable through the frozen decoder into
+the U-Net (the paper's formulation); the released code computes them under `torch.no_grad()` so
+that they carry no gradient, which `sediff.physics_gradient = False` reproduces (the losses are
+computed and logged under `stop_gradient`).
 
-* :func:`euler_loss`, the paper's ``L_Euler = 1/(12 (L_c - 1)) sum_lead sum_l
-  ((h_{l+1} - h_l)/dt - f_z(x_l, y_l, h_l; eta_class))^2`` (mV/s)^2, averaged over the batch:
-  the forward-Euler residual of the decoded beat under the ECGSYN vector field ``f_z``
-  (:func:`diffusets_jax.sediff.ecgsyn.beat_vector_field`), with ``(x_l, y_l)`` the reference
+* `euler_loss()`, the paper's `L_Euler = 1/(12 (L_c - 1)) sum_lead sum_l
+  ((h_{l+1} - h_l)/dt - f_z(x_l, y_l, h_l; eta_class))^2` (mV/s)^2, averaged over the batch:
+  the forward-Euler residual of the decoded beat under the ECGSYN vector field `f_z`
+  (`diffusets_jax.sediff.ecgsyn.beat_vector_field()`), with `(x_l, y_l)` the reference
   trajectory on the limit cycle at the record's heart rate (R at phase 0, index 20) and
-  ``eta_class`` the per-class, per-lead wave parameters of ``ecgsyn_params.json``
-  (:func:`diffusets_jax.sediff.fit_params.load_class_params`). The fitted beats carry a
-  per-lead baseline offset (mV); ``f_z`` relaxes ``h - offset``. The released code instead
-  matches the beat's difference quotient to that of a class template beat (``get_simulator_loss``).
-* :func:`interlead_loss`, Einthoven/Goldberger consistency of the decoded beat itself: the mean
-  squared residual (mV^2) of ``III = II - I``, ``aVR = -(I + II)/2``, ``aVL = I - II/2``,
-  ``aVF = II - I/2`` (:mod:`diffusets_jax.leads`). It is exactly 0 for a beat whose limb leads
-  obey the identities. The paper's tuple form replaces the derivatives of the leads ``p``, ``q``
-  by simulator fields ``f_z(.; eta_p)`` and the released code by template derivatives; both mix a
+  `eta_class` the per-class, per-lead wave parameters of `ecgsyn_params.json`
+  (`diffusets_jax.sediff.fit_params.load_class_params()`). The fitted beats carry a
+  per-lead baseline offset (mV); `f_z` relaxes `h - offset`. The released code instead
+  matches the beat's difference quotient to that of a class template beat (`get_simulator_loss`).
+* `interlead_loss()`, Einthoven/Goldberger consistency of the decoded beat itself: the mean
+  squared residual (mV^2) of `III = II - I`, `aVR = -(I + II)/2`, `aVL = I - II/2`,
+  `aVF = II - I/2` (`diffusets_jax.leads`). It is exactly 0 for a beat whose limb leads
+  obey the identities. The paper's tuple form replaces the derivatives of the leads `p`, `q`
+  by simulator fields `f_z(.; eta_p)` and the released code by template derivatives; both mix a
   second simulator loss into the identity and are not 0 for consistent beats, so they are not used.
 
-The class of a record: the first class of :data:`CLASS_PRIORITY` (conduction and rhythm
+The class of a record: the first class of `CLASS_PRIORITY` (conduction and rhythm
 disorders that change the beat's shape before the broad classes) that its report matches by
-:func:`diffusets_jax.conditions.class_masks` and that the parameter file holds, else
-``all``. SE-Diff's released ``simplify_label`` takes the first match in its own list, which starts
+`diffusets_jax.conditions.class_masks()` and that the parameter file holds, else
+`all`. SE-Diff's released `simplify_label` takes the first match in its own list, which starts
 with "sinus rhythm" and so puts most records into that class; it has no fallback ('other' records
 get no loss).
 """
@@ -63,9 +63,9 @@ HEART_RATE_RANGE = (30.0, 200.0)
 class ClassTable(NamedTuple):
     """Per-class simulator parameters stacked for gathering by class index (a pytree of arrays).
 
-    ``names[c]`` is class ``c`` (a tuple, not a leaf: keep it out of jitted arguments or close
-    over the table). ``theta``, ``a``, ``b``: ``(C, 12, 5)`` at 60 bpm; ``offset`` ``(C, 12)`` mV;
-    ``mean_beat`` ``(C, 61, 12)`` mV (the class-mean real beat, the released code's template).
+    `names[c]` is class `c` (a tuple, not a leaf: keep it out of jitted arguments or close
+    over the table). `theta`, `a`, `b`: `(C, 12, 5)` at 60 bpm; `offset` `(C, 12)` mV;
+    `mean_beat` `(C, 61, 12)` mV (the class-mean real beat, the released code's template).
     """
 
     theta: Array
@@ -77,10 +77,10 @@ class ClassTable(NamedTuple):
 
 
 def load_class_table(path: str | Path | None = None) -> ClassTable:
-    """The classes of ``ecgsyn_params.json`` (default: the shipped fit) in matching order:
-    :data:`CLASS_PRIORITY` order first, then any other class of the file, ``all`` last.
+    """The classes of `ecgsyn_params.json` (default: the shipped fit) in matching order:
+    `CLASS_PRIORITY` order first, then any other class of the file, `all` last.
 
-    Raises ValueError if the file has no ``all`` class (the fallback).
+    Raises ValueError if the file has no `all` class (the fallback).
     """
     from diffusets_jax.sediff.fit_params import load_class_params
 
@@ -102,16 +102,16 @@ def _row_params(table: ClassTable, class_index: Array) -> tuple[ecgsyn.WaveParam
 
 def euler_residual(beats: Array, params: ecgsyn.WaveParams, offset: Array, heart_rate: Array,
                    fs: float = FS) -> Array:
-    """``(h_{l+1} - h_l) / dt - f_z(x_l, y_l, h_l - offset; eta)`` in mV/s.
+    """`(h_{l+1} - h_l) / dt - f_z(x_l, y_l, h_l - offset; eta)` in mV/s.
 
     Args:
-        beats: ``(B, 61, 12)`` mV, R at index 20, ``fs`` Hz.
-        params: :class:`ecgsyn.WaveParams` with ``(B, 12, 5)`` leaves at 60 bpm.
-        offset: ``(B, 12)`` mV baseline of the fitted beats.
-        heart_rate: ``(B,)`` bpm (clipped to :data:`HEART_RATE_RANGE`).
+        beats: `(B, 61, 12)` mV, R at index 20, `fs` Hz.
+        params: `ecgsyn.WaveParams` with `(B, 12, 5)` leaves at 60 bpm.
+        offset: `(B, 12)` mV baseline of the fitted beats.
+        heart_rate: `(B,)` bpm (clipped to `HEART_RATE_RANGE`).
 
     Returns:
-        ``(B, 60, 12)`` residuals of the forward-Euler step.
+        `(B, 60, 12)` residuals of the forward-Euler step.
     """
     heart_rate = jnp.clip(heart_rate.astype(jnp.float32), *HEART_RATE_RANGE)
     per_lead = jax.vmap(lambda h, p, hr: ecgsyn.beat_vector_field(h, p, hr, fs=fs), in_axes=(0, 0, None))
@@ -121,19 +121,19 @@ def euler_residual(beats: Array, params: ecgsyn.WaveParams, offset: Array, heart
 
 
 def euler_loss(beats: Array, class_index: Array, heart_rate: Array, table: ClassTable, fs: float = FS) -> Array:
-    """SE-Diff's simulator-guided Euler loss, mean over ``(B, 60, 12)`` of the squared
-    :func:`euler_residual`, (mV/s)^2, with each row's class parameters (``class_index`` ``(B,)``)."""
+    """SE-Diff's simulator-guided Euler loss, mean over `(B, 60, 12)` of the squared
+    `euler_residual()`, (mV/s)^2, with each row's class parameters (`class_index` `(B,)`)."""
     params, offset = _row_params(table, class_index)
     return jnp.mean(euler_residual(beats, params, offset, heart_rate, fs) ** 2)
 
 
 def interlead_loss(beats: Array) -> Array:
-    """Mean squared Einthoven/Goldberger residual (mV^2) of ``(..., L, 12)`` beats; 0 iff consistent."""
+    """Mean squared Einthoven/Goldberger residual (mV^2) of `(..., L, 12)` beats; 0 iff consistent."""
     return jnp.mean(identity_residuals(beats) ** 2)
 
 
 class PhysicsLoss:
-    """The frozen beat decoder plus the class table: x0_hat -> ``{"euler_loss", "interlead_loss"}``.
+    """The frozen beat decoder plus the class table: x0_hat -> `{"euler_loss", "interlead_loss"}`.
 
     The decoder's parameters are closed over as constants (never trained here).
     """
@@ -152,13 +152,13 @@ class PhysicsLoss:
         return cls(decoder, load_class_table(params_path or None), record)
 
     def decode(self, x0: Array) -> Array:
-        """``(B, 128, 4)`` scaled latents -> ``(B, 61, 12)`` mV beats (decoder frozen)."""
+        """`(B, 128, 4)` scaled latents -> `(B, 61, 12)` mV beats (decoder frozen)."""
         decoder = nnx.merge(self.graphdef, jax.lax.stop_gradient(self.params))
         return decoder(x0.astype(jnp.float32))
 
     def __call__(self, x0: Array, class_index: Array | None, heart_rate: Array) -> dict[str, Array]:
-        """Both losses of the beats decoded from ``x0`` ``(B, 128, 4)``; ``class_index`` ``(B,)``
-        int (None: ``all``), ``heart_rate`` ``(B,)`` bpm."""
+        """Both losses of the beats decoded from `x0` `(B, 128, 4)`; `class_index` `(B,)`
+        int (None: `all`), `heart_rate` `(B,)` bpm."""
         beats = self.decode(x0)
         if class_index is None:
             class_index = jnp.full(x0.shape[:1], self.fallback_index, jnp.int32)
@@ -167,7 +167,7 @@ class PhysicsLoss:
 
 
 def physics_weights(config) -> tuple[float, float]:
-    """``(euler_weight, interlead_weight)`` of ``config.sediff`` (0, 0 for configs without it)."""
+    """`(euler_weight, interlead_weight)` of `config.sediff` (0, 0 for configs without it)."""
     sediff = config.get("sediff")
     if sediff is None:
         return 0.0, 0.0
@@ -179,11 +179,11 @@ def physics_enabled(config) -> bool:
 
 
 def physics_from_config(config, workdir: str | Path, vae_step: int | None = None) -> PhysicsLoss:
-    """The :class:`PhysicsLoss` of ``config.sediff``: decoder from ``sediff.beat_decoder_dir``
-    (default ``workdir/beat_decoder``), parameters from ``sediff.ecgsyn_params`` (default the
+    """The `PhysicsLoss` of `config.sediff`: decoder from `sediff.beat_decoder_dir`
+    (default `workdir/beat_decoder`), parameters from `sediff.ecgsyn_params` (default the
     shipped fit). Prints a warning if the decoder was trained on another VAE checkpoint.
 
-    Raises FileNotFoundError (naming ``train-beat-decoder``) if there is no decoder.
+    Raises FileNotFoundError (naming `train-beat-decoder`) if there is no decoder.
     """
     from diffusets_jax.sediff.beat_decoder import DIRECTORY_NAME
 
@@ -218,7 +218,7 @@ def physics_aux_loss(physics: PhysicsLoss, config):
 
 def physics_auxiliary(config, workdir: str | Path):
     """`train_diffusion`'s `auxiliary` for `config.sediff`: `vae_step -> AuxiliaryLosses` with the
-    physics loss of :func:`physics_from_config` and its class table's names (None if the weights are 0)."""
+    physics loss of `physics_from_config()` and its class table's names (None if the weights are 0)."""
     if not physics_enabled(config):
         return None
 
