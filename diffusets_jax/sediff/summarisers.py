@@ -3,7 +3,7 @@
 SE-Diff (Wang et al., ICLR 2026, arXiv:2511.09895, experience retrieval) asks an LLM to distil the
 retrieved profiles and the condition into "a concise, physiologically sound report". Neither the
 LLM nor its prompt is published, so both summarisers here are the port's design:
-:class:`KeywordSummariser` (deterministic, offline, the default) and :class:`LLMSummariser` (an
+`KeywordSummariser` (deterministic, offline, the default) and `LLMSummariser` (an
 OpenAI-style chat model, post-checked by the same rules). Both keep the query's own statements
 first and never add a statement that contradicts its rhythm, axis or heart rate.
 """
@@ -21,7 +21,7 @@ from diffusets_jax.sediff.retrieval import Query, Retrieval, normalise_statement
 
 @runtime_checkable
 class Summariser(Protocol):
-    """Distils a query and its retrieved neighbours into one report (statements joined by ``'|'``).
+    """Distils a query and its retrieved neighbours into one report (statements joined by `'|'`).
 
     Implementations should keep the query's own statements first and unchanged (they are the
     condition asked for), and must return at least one statement.
@@ -50,7 +50,7 @@ _CONFLICTS = ((re.compile(r"low (qrs )?voltage"),
 
 
 def statement_group(statement: str) -> str | None:
-    """``'verdict'``, ``'rhythm'``, ``'axis'``, ``'bundle_branch_block'``, ``'fascicular_block'`` or
+    """`'verdict'`, `'rhythm'`, `'axis'`, `'bundle_branch_block'`, `'fascicular_block'` or
     None: statements of one group exclude each other (a report holds at most one of each)."""
     key = normalise_statement(statement)
     if _VERDICT.search(key):
@@ -66,7 +66,7 @@ def statement_group(statement: str) -> str | None:
 
 
 def contradicts(statement: str, others: Sequence[str]) -> bool:
-    """True if ``statement`` and one of ``others`` form a pair of :data:`_CONFLICTS`."""
+    """True if `statement` and one of `others` form a pair of `_CONFLICTS`."""
     key, other_keys = normalise_statement(statement), [normalise_statement(o) for o in others]
     for a, b in _CONFLICTS:
         for first, second in ((a, b), (b, a)):
@@ -113,9 +113,9 @@ def _finalise(query_statements: Sequence[str], candidates: Sequence[str], max_st
 class KeywordSummariser:
     """Deterministic, offline summary: the query's statements, then the neighbours' common ones.
 
-    Candidates are the neighbours' statements found in at least ``min_support`` of the neighbours
+    Candidates are the neighbours' statements found in at least `min_support` of the neighbours
     (fraction; default 0.4, i.e. 2 of 5) and over-represented there: in at least
-    ``min(1, min_lift x prevalence)`` of them, where prevalence is the statement's fraction in the
+    `min(1, min_lift x prevalence)` of them, where prevalence is the statement's fraction in the
     whole index (default lift 1.5; so a statement half the index holds needs 4 of 5 neighbours, and
     one that every neighbour states always qualifies). They are ranked by summed similarity score of the neighbours that
     state them, then by count, then by first appearance (neighbour rank, statement position).
@@ -123,7 +123,7 @@ class KeywordSummariser:
     rhythm, one axis, one bundle-branch block, one fascicular block; overall verdicts such as "normal ECG" are never copied from other patients)
     or if it contradicts the query's heart rate (bradycardia needs < 60 bpm, tachycardia > 100)
     or a chosen statement (low QRS voltage against ventricular hypertrophy).
-    The report holds at most ``max_statements`` statements, unless the query alone has more (its
+    The report holds at most `max_statements` statements, unless the query alone has more (its
     statements are never dropped). The first spelling seen of a statement is kept.
     """
 
@@ -158,7 +158,7 @@ class KeywordSummariser:
         return [v[3] for v in sorted(kept, key=lambda v: (-round(v[0], 9), -v[1], v[2]))]
 
     def summarise(self, query: Query, retrieval: Retrieval) -> str:
-        """``'|'``-joined report; ValueError if neither the query nor the neighbours give a statement."""
+        """`'|'`-joined report; ValueError if neither the query nor the neighbours give a statement."""
         report = _finalise(query.statements, self.candidates(retrieval), max(self.max_statements, 1),
                            query.heart_rate)
         if not report:
@@ -175,14 +175,14 @@ class LLMClient(Protocol):
 
 
 class OpenAIChatClient:
-    """OpenAI-style chat completions (``POST /chat/completions``), temperature 0.
+    """OpenAI-style chat completions (`POST /chat/completions`), temperature 0.
 
-    Needs the optional ``openai`` package and an API key (``api_key`` or ``OPENAI_API_KEY``);
-    ``base_url`` points it at any OpenAI-compatible server. The key is handed to the client only,
-    never printed or shown in ``repr``. Not used by the tests (no network there).
+    Needs the optional `openai` package and an API key (`api_key` or `OPENAI_API_KEY`);
+    `base_url` points it at any OpenAI-compatible server. The key is handed to the client only,
+    never printed or shown in `repr`. Not used by the tests (no network there).
 
     Raises:
-        RuntimeError: no API key. ImportError: ``openai`` not installed.
+        RuntimeError: no API key. ImportError: `openai` not installed.
     """
 
     def __init__(self, model: str = "gpt-4o-mini", api_key: str | None = None, base_url: str | None = None,
@@ -219,12 +219,12 @@ LLM_SYSTEM_PROMPT = (
 
 
 class LLMSummariser:
-    """Summary by a chat model (SE-Diff's LLM step), post-checked like :class:`KeywordSummariser`.
+    """Summary by a chat model (SE-Diff's LLM step), post-checked like `KeywordSummariser`.
 
-    The reply is split on ``'|'`` or new lines (bullets and numbering stripped); the query's
+    The reply is split on `'|'` or new lines (bullets and numbering stripped); the query's
     statements are put first, duplicates and contradicted brady-/tachycardia dropped, and the
-    result capped at ``max_statements``. If the client fails or the reply holds nothing usable,
-    ``fallback`` (default :class:`KeywordSummariser`) is used and a warning is issued. Identical
+    result capped at `max_statements`. If the client fails or the reply holds nothing usable,
+    `fallback` (default `KeywordSummariser`) is used and a warning is issued. Identical
     prompts are answered from an in-memory cache.
     """
 
@@ -240,7 +240,7 @@ class LLMSummariser:
         return f"LLMSummariser(client={self.client!r}, max_statements={self.max_statements})"
 
     def prompt(self, query: Query, retrieval: Retrieval) -> tuple[str, str]:
-        """(system, user) messages for ``query`` and its neighbours."""
+        """(system, user) messages for `query` and its neighbours."""
         def person(age, sex, hr):
             parts = [f"age {age:.0f} years" if math.isfinite(age) else "age unknown",
                      {"M": "male", "F": "female"}.get(sex, "sex unknown"),
@@ -261,7 +261,7 @@ class LLMSummariser:
 
     @staticmethod
     def parse(reply: str) -> list[str]:
-        """Statements of a model reply: split on ``'|'``/new lines, bullets, numbers, quotes stripped."""
+        """Statements of a model reply: split on `'|'`/new lines, bullets, numbers, quotes stripped."""
         reply = re.sub(r"```\w*", "", reply)
         parts = re.split(r"[|\n]", reply)
         cleaned = [re.sub(r"^\s*(?:[-*\u2022]|\d+[.)])\s*", "", p).strip().strip("\"'").strip() for p in parts]
@@ -284,7 +284,7 @@ class LLMSummariser:
 
 def get_summariser(name: str = "keyword", max_statements: int = 6, min_support: float = 0.4, min_lift: float = 1.5,
                    llm_model: str = "gpt-4o-mini", llm_base_url: str | None = None) -> Summariser:
-    """``'keyword'`` (default, offline) or ``'llm'`` (:class:`OpenAIChatClient`; needs ``OPENAI_API_KEY``)."""
+    """`'keyword'` (default, offline) or `'llm'` (`OpenAIChatClient`; needs `OPENAI_API_KEY`)."""
     if name == "keyword":
         return KeywordSummariser(max_statements, min_support, min_lift)
     if name == "llm":
@@ -293,5 +293,5 @@ def get_summariser(name: str = "keyword", max_statements: int = 6, min_support: 
     raise ValueError(f"unknown summariser {name!r}; choose 'keyword' or 'llm'")
 
 
-#: Summariser names accepted by :func:`get_summariser` (and `augment-dataset --summariser`).
+#: Summariser names accepted by `get_summariser()` (and `augment-dataset --summariser`).
 SUMMARISERS = ("keyword", "llm")
