@@ -22,7 +22,7 @@ LUDB_IDS = [1, 8, 34, 35, 70]
 
 
 def trim_csv(src: Path, dst: Path, id_column: str, keep: set[str]) -> None:
-    """Write the header and the rows whose ``id_column`` is in ``keep``, as their original bytes
+    """Write the header and the rows whose `id_column` is in `keep`, as their original bytes
     (rows may span several lines: cells with embedded newlines)."""
     with open(src, newline="", encoding="utf-8") as f:
         consumed: list[str] = []
