@@ -2,16 +2,16 @@
 
     python tests/data/make_mimic_corpus.py OUT_DIR N
 
-Study ``k`` (ids ``60000000 + k``, subject ``91000000 + k``, so the patient-wise folds spread the
-studies over the three splits) copies fixture study ``50000001 + k % 4`` (tests/data/mimic_fixture,
-real PTB-XL and LUDB ECGs; see make_mimic_fixture.py) with its report and machine ``rr_interval``,
-and a small deterministic perturbation of the signal: amplitude scaled by ``1 + 0.02 u``, Gaussian
-noise of 0.01 mV and a circular shift of ``7 k mod 200`` samples (``u`` and the noise from
-``numpy.random.default_rng(k)``). Bad records, each with its own reason, as in a real download:
+Study `k` (ids `60000000 + k`, subject `91000000 + k`, so the patient-wise folds spread the
+studies over the three splits) copies fixture study `50000001 + k % 4` (tests/data/mimic_fixture,
+real PTB-XL and LUDB ECGs; see make_mimic_fixture.py) with its report and machine `rr_interval`,
+and a small deterministic perturbation of the signal: amplitude scaled by `1 + 0.02 u`, Gaussian
+noise of 0.01 mV and a circular shift of `7 k mod 200` samples (`u` and the noise from
+`numpy.random.default_rng(k)`). Bad records, each with its own reason, as in a real download:
 
-- ``k % 50 == 3``: the subject has no row in patients.csv (as fixture study 50000004);
-- ``k % 101 == 100``: the ``.dat`` file is missing (unreadable record);
-- ``k % 101 == 50``: a 0.2 Hz, 0.5 mV sine instead of an ECG and no machine RR (no rhythm found).
+- `k % 50 == 3`: the subject has no row in patients.csv (as fixture study 50000004);
+- `k % 101 == 100`: the `.dat` file is missing (unreadable record);
+- `k % 101 == 50`: a 0.2 Hz, 0.5 mV sine instead of an ECG and no machine RR (no rhythm found).
 
 Copies of 50000004 that do have a patients.csv row get age 70, sex M. Nothing is committed: tests
 and benchmarks/tfds_scale.py write the corpus into a temporary directory.
@@ -45,8 +45,8 @@ def _fixture():
 
 
 def make_corpus(out, n: int) -> Path:
-    """Write ``n`` studies under ``out`` (record_list.csv, machine_measurements.csv, patients.csv,
-    files/); returns ``out``. Deterministic: the same ``n`` gives the same files."""
+    """Write `n` studies under `out` (record_list.csv, machine_measurements.csv, patients.csv,
+    files/); returns `out`. Deterministic: the same `n` gives the same files."""
     out = Path(out)
     sources = _fixture()
     records, measurements, patients = [], [], []
