@@ -3,8 +3,8 @@
     python tests/data/make_mimic_fixture.py [/work/shared/data]
 
 MIMIC-IV-ECG itself is credentialed and not available here, so the signals are real 500 Hz PTB-XL
-1.0.3 and LUDB 1.0.1 records re-written with ``wfdb.wrsamp`` in MIMIC's format (16-bit, 200 adu/mV,
-leads named and ordered ``I, II, III, aVR, aVF, aVL, V1..V6``: aVF before aVL). Identifiers,
+1.0.3 and LUDB 1.0.1 records re-written with `wfdb.wrsamp` in MIMIC's format (16-bit, 200 adu/mV,
+leads named and ordered `I, II, III, aVR, aVF, aVL, V1..V6`: aVF before aVL). Identifiers,
 dates and cart fields are invented (subject ids 9000000x do not exist in MIMIC). Report statements
 come from the source record (PTB-XL English report or SCP descriptions; LUDB diagnoses); age/sex
 are the source patient's. Each study exercises one case of the reader:
