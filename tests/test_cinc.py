@@ -1,9 +1,9 @@
 """The PhysioNet/CinC Challenge 2020/2021 reader (data_pipelines.cinc) on real records in tests/data/cinc.
 
-Fixture (unmodified files, see tests/data/ATTRIBUTION.md): PTB ``S0001`` (1000 Hz, 38.4 s, 3
-windows), CPSC ``A0005`` (25 s, 2 windows), Georgia ``E00004`` (10 s, 4 codes) and ``E00001``
-(``#Age: NaN``, skipped), Ningbo ``JS20006`` (10 s, a code in neither mapping file) and PTB-XL
-``HR06002`` (in ``ptb-xl/``, left out by default). Expected values are written out here from the
+Fixture (unmodified files, see tests/data/ATTRIBUTION.md): PTB `S0001` (1000 Hz, 38.4 s, 3
+windows), CPSC `A0005` (25 s, 2 windows), Georgia `E00004` (10 s, 4 codes) and `E00001`
+(`#Age: NaN`, skipped), Ningbo `JS20006` (10 s, a code in neither mapping file) and PTB-XL
+`HR06002` (in `ptb-xl/`, left out by default). Expected values are written out here from the
 headers and the mapping CSVs; signals are checked against scipy run here on the raw wfdb signal.
 """
 
@@ -35,7 +35,7 @@ def loaded(cinc_root):
 
 
 def copy_records(src_root, dst_root, *records):
-    """Copy the mapping CSVs and ``records`` (``folder/NAME``, .hea + .mat) into ``dst_root``, writable."""
+    """Copy the mapping CSVs and `records` (`folder/NAME`, .hea + .mat) into `dst_root`, writable."""
     dst_root.mkdir(parents=True, exist_ok=True)
     for name in cinc.MAPPING_FILES:
         shutil.copyfile(src_root / name, dst_root / name)
