@@ -1,7 +1,7 @@
 """Tests of data_pipelines on real PTB-XL / LUDB records and a MIMIC-layout fixture (tests/data).
 
 Lead order is checked physically (Einthoven/Goldberger relations between limb leads), PTB-XL
-statements against ``scp_codes`` parsed here independently, and heart rates against the LUDB
+statements against `scp_codes` parsed here independently, and heart rates against the LUDB
 cardiologists' QRS annotations.
 """
 
@@ -45,7 +45,7 @@ def limb_lead_residuals(signal: np.ndarray) -> dict[str, float]:
 
 
 def limb_lead_signs(signal: np.ndarray) -> dict[str, tuple[int, int]]:
-    """Signs of (a, b) in the least-squares fit ``target ~ a*x + b*y + c``: scale-free lead-order check
+    """Signs of (a, b) in the least-squares fit `target ~ a*x + b*y + c`: scale-free lead-order check
     (LUDB stores each lead rescaled, so only the signs of the Einthoven/Goldberger weights survive)."""
     fits = {"III": ("II", "I"), "aVF": ("II", "III"), "aVL": ("I", "III"), "aVR": ("I", "II")}
     signs = {}
