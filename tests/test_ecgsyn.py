@@ -1,7 +1,7 @@
 """Tests of diffusets_jax.sediff.ecgsyn (McSharry et al. 2003 ECGSYN in JAX).
 
 Expected values come from neurokit2's independent NumPy/SciPy implementation
-(``nk.ecg_simulate(method="ecgsyn")``, solve_ivp RK45), from the requested heart rate itself, from
+(`nk.ecg_simulate(method="ecgsyn")`, solve_ivp RK45), from the requested heart rate itself, from
 the paper's formulas written out here (heart-rate scaling, LF/HF power ratio, peak frequencies),
 from central finite differences, and from the RK4 simulation for the loop-free beat.
 """
