@@ -2,7 +2,7 @@
 
 Real records: the PTB-XL and LUDB fixtures in tests/data (see ATTRIBUTION.md), prepared with the
 project's readers. Expected values come from the cardiologists' QRS annotations of LUDB (lead II
-``.ii`` files), the records' heart rates, the default ECGSYN parameters' error (the fit must beat
+`.ii` files), the records' heart rates, the default ECGSYN parameters' error (the fit must beat
 it by far) and correlations computed here.
 """
 
