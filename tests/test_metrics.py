@@ -31,7 +31,7 @@ PTBXL_IDS = ["1", "2", "103", "108", "321"]
 
 
 def exact_moments_set(mean, cov, n, seed):
-    """``(n, d)`` points whose sample mean is ``mean`` and ``np.cov(rowvar=False)`` is ``cov`` exactly."""
+    """`(n, d)` points whose sample mean is `mean` and `np.cov(rowvar=False)` is `cov` exactly."""
     d = len(mean)
     noise = np.random.default_rng(seed).normal(size=(n, d))
     q, _ = np.linalg.qr(noise - noise.mean(axis=0))  # orthonormal, zero-mean columns
@@ -233,7 +233,7 @@ def test_heart_rate_of_real_ecgs_at_model_rate(ludb_root, record_id):
 def tiled_beats(ludb_root, rate_bpm, stretch=1.0):
     """10 s, 12-lead ECG at 102.4 Hz made of one real LUDB beat repeated every 60 / rate_bpm s.
 
-    ``stretch`` > 1 slows the beat itself down in time (all its intervals scale by ``stretch``).
+    `stretch` > 1 slows the beat itself down in time (all its intervals scale by `stretch`).
     """
     raw = read_wfdb(ludb_root / "data" / "1", "1")  # sinus bradycardia (45 bpm): a full beat fits in 1 s
     signal = reorder_leads(raw.signal, raw.lead_names)
