@@ -1,6 +1,6 @@
 """TFDS builders (data_pipelines.tfds) on the real fixture records in tests/data.
 
-Every built example is compared field by field with what ``load_records`` returns for the same
+Every built example is compared field by field with what `load_records` returns for the same
 record, and its text embedding with the embedder run here on the prompt built here.
 """
 
@@ -26,8 +26,8 @@ def roots(ptbxl_root, ludb_root, mimic_root):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, roots):
-    """``{source: DatasetInfo}``: each fixture set built with MiniLM; PTB-XL (train only) in 2 worker
-    processes and 2 shards (every split gets ``num_shards`` files, so the 1-record splits get 1)."""
+    """`{source: DatasetInfo}`: each fixture set built with MiniLM; PTB-XL (train only) in 2 worker
+    processes and 2 shards (every split gets `num_shards` files, so the 1-record splits get 1)."""
     data_dir = tmp_path_factory.mktemp("tfds")
     return {source: build_dataset(source, roots[source], data_dir, num_workers=2 if source == "ptbxl" else 1,
                                   num_shards=2 if source == "ptbxl" else None)
@@ -36,7 +36,7 @@ def built(tmp_path_factory, roots):
 
 @pytest.fixture(scope="module")
 def examples(built):
-    """``{source: {record_id: (split, example)}}`` read back with TFDS from the built directories."""
+    """`{source: {record_id: (split, example)}}` read back with TFDS from the built directories."""
     out = {}
     for source, info in built.items():
         builder = tfds.builder_from_directory(info.data_dir)
