@@ -2,13 +2,13 @@
 
 For the same input, the streaming build (local processes), the Beam build with 1 and with 2
 DirectRunner workers, and the Beam build that also writes the shards with TFDS's Beam writer must
-give the same examples as ``build_dataset(..., in_memory=True)`` (every record loaded before
+give the same examples as `build_dataset(..., in_memory=True)` (every record loaded before
 writing, the builder of the first release): every field of every example is compared, matched by
 record id (the order of examples in the shards is not compared), and the splits, the skipped
 records, their counts per reason and the skipped-records file. Inputs: the real fixture records in
 tests/data and a 300-study MIMIC-layout corpus made from them (tests/data/make_mimic_corpus.py).
 
-The Beam tests need ``pip install -e ".[beam]"`` and skip without it.
+The Beam tests need `pip install -e ".[beam]"` and skip without it.
 """
 
 import importlib.util
@@ -46,13 +46,13 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, roots):
-    """``{source: DatasetInfo}`` of the in-memory build of each fixture set."""
+    """`{source: DatasetInfo}` of the in-memory build of each fixture set."""
     data_dir = tmp_path_factory.mktemp("reference")
     return {source: build_dataset(source, root, data_dir, in_memory=True) for source, root in roots.items()}
 
 
 def read_build(info) -> dict:
-    """``{record_id: (split, example)}`` of a built dataset, read back with TFDS."""
+    """`{record_id: (split, example)}` of a built dataset, read back with TFDS."""
     builder = tfds.builder_from_directory(info.data_dir)
     out = {}
     for split in builder.info.splits:
