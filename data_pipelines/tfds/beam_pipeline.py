@@ -1,15 +1,15 @@
-"""Stage 1 of a TFDS build (read, process, embed) as an Apache Beam pipeline; needs ``pip install -e ".[beam]"``.
+"""Stage 1 of a TFDS build (read, process, embed) as an Apache Beam pipeline; needs `pip install -e ".[beam]"`.
 
     ids file --ReadFromText--> Reshuffle --ParDo(LoadRecordFn)--> records --BatchElements--> ParDo(EmbedFn)
         --Partition(split)--> WriteToTFRecord(<spool>/<split>-*.pkl)        (pickled examples)
     LoadRecordFn's side output 'skipped' --> WriteToText(<skipped file>)   (JSON lines)
 
-The same pipeline runs on one machine (``DirectRunner``, ``direct_num_workers`` worker processes)
+The same pipeline runs on one machine (`DirectRunner`, `direct_num_workers` worker processes)
 or on a cluster (Dataflow, Spark, Flink: the runner and its options are the user's, see
-docs/training-at-scale.md). Each worker loads the text model once, in ``DoFn.setup``
+docs/training-at-scale.md). Each worker loads the text model once, in `DoFn.setup`
 (https://beam.apache.org/documentation/transforms/python/elementwise/pardo/), and embeds a
-batch of records per call (``beam.BatchElements``). Examples per split and skipped records per
-reason kind are also Beam counters (namespace ``ecg``, shown by the runner's monitoring). Stage 2 (TFDS writing the shards) is in :mod:`data_pipelines.tfds.base`.
+batch of records per call (`beam.BatchElements`). Examples per split and skipped records per
+reason kind are also Beam counters (namespace `ecg`, shown by the runner's monitoring). Stage 2 (TFDS writing the shards) is in `data_pipelines.tfds.base`.
 """
 
 from __future__ import annotations
@@ -26,16 +26,16 @@ from data_pipelines.records import ECGRecord
 from .stream import SPLIT_FOLDS, BatchEmbedder, load_one, reason_kind, split_of_fold
 
 NAMESPACE = "ecg"
-#: Records per embedding call (``beam.BatchElements`` bounds).
+#: Records per embedding call (`beam.BatchElements` bounds).
 MIN_BATCH, MAX_BATCH = 8, 256
 
 
 def pipeline_options(runner: str, workers: int = 1, options: Sequence[str] = ()) -> PipelineOptions:
-    """Beam options for ``runner``: ``--runner``, the user's ``options`` (``['--project=p', ...]``) and,
-    for the DirectRunner, ``workers`` processes (``multi_processing`` mode; 1: in this process).
+    """Beam options for `runner`: `--runner`, the user's `options` (`['--project=p', ...]`) and,
+    for the DirectRunner, `workers` processes (`multi_processing` mode; 1: in this process).
 
     Raises:
-        ValueError: ``workers < 1``.
+        ValueError: `workers < 1`.
     """
     if workers < 1:
         raise ValueError(f"beam_workers must be >= 1, got {workers}")
@@ -47,8 +47,8 @@ def pipeline_options(runner: str, workers: int = 1, options: Sequence[str] = ())
 
 
 class LoadRecordFn(beam.DoFn):
-    """``(index, record_id)`` -> ``ECGRecord``; a bad record goes to the ``'skipped'`` output as
-    ``{'index', 'record_id', 'reason', 'kind'}`` and increments counter ``skipped: <kind>``."""
+    """`(index, record_id)` -> `ECGRecord`; a bad record goes to the `'skipped'` output as
+    `{'index', 'record_id', 'reason', 'kind'}` and increments counter `skipped: <kind>`."""
 
     def __init__(self, source: str, root: str, reader_options: dict):
         self._args = (source, str(root), dict(reader_options))
@@ -66,7 +66,7 @@ class LoadRecordFn(beam.DoFn):
 
 
 class EmbedFn(beam.DoFn):
-    """A batch of ``ECGRecord`` -> ``(split, example)`` pairs; the text model is loaded once per worker."""
+    """A batch of `ECGRecord` -> `(split, example)` pairs; the text model is loaded once per worker."""
 
     def __init__(self, embedder: BatchEmbedder):
         self._embedder = embedder
@@ -83,12 +83,12 @@ class EmbedFn(beam.DoFn):
 
 def run(source: str, root, record_ids: Sequence[str], reader_options: dict, embedder: BatchEmbedder,
         spool_dir: str, skipped_path: str, options: PipelineOptions) -> dict[str, int]:
-    """Run stage 1; returns ``{split: spool bytes}`` of the splits that got examples.
+    """Run stage 1; returns `{split: spool bytes}` of the splits that got examples.
 
-    Writes ``spool_dir/record_ids.txt`` (``index<TAB>record_id`` lines: the ids are read as a file,
+    Writes `spool_dir/record_ids.txt` (`index<TAB>record_id` lines: the ids are read as a file,
     not embedded in the pipeline graph, whose size Dataflow limits), the spool
-    ``spool_dir/<split>-SSSSS-of-NNNNN.pkl`` (TFRecord files of pickled examples) and
-    ``skipped_path`` (JSON lines of the skipped records, any order).
+    `spool_dir/<split>-SSSSS-of-NNNNN.pkl` (TFRecord files of pickled examples) and
+    `skipped_path` (JSON lines of the skipped records, any order).
     """
     import tensorflow as tf
 
@@ -128,7 +128,7 @@ def _parse_id_line(line: str) -> tuple[int, str]:
 
 
 class ReadSpool(beam.PTransform):
-    """Stage 2 input for TFDS's Beam writer: ``(record_id, example)`` from spool files ``pattern``."""
+    """Stage 2 input for TFDS's Beam writer: `(record_id, example)` from spool files `pattern`."""
 
     def __init__(self, pattern: str):
         super().__init__()
