@@ -34,6 +34,12 @@ def _tables(root: str) -> tuple[pd.DataFrame, dict[str, str]]:
         scp = pd.read_csv(Path(root) / "scp_statements.csv", index_col=0)
     except (OSError, ValueError, KeyError) as err:
         raise RecordError(root, f"cannot read PTB-XL tables in {root}: {err}") from err
+    needed = ("patient_id", "age", "sex", "scp_codes", "report", "strat_fold")
+    if missing := [c for c in needed if c not in db.columns]:
+        raise RecordError(root, f"{Path(root) / 'ptbxl_database.csv'} lacks the column(s) {', '.join(missing)} "
+                                "of PTB-XL 1.0.3")
+    if "description" not in scp.columns:
+        raise RecordError(root, f"{Path(root) / 'scp_statements.csv'} lacks the column description")
     return db, scp["description"].to_dict()
 
 

@@ -26,7 +26,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from diffusets_jax.constants import SEX_CODES
-from diffusets_jax.pipeline import Pipeline, Sampling, check_seed, prepare_output_dir, row_keys, validate_conditions
+from diffusets_jax.errors import DataError, InputError, MissingFileError
+from diffusets_jax.pipeline import (Pipeline, Sampling, check_batch_size, check_seed, prepare_output_dir, row_keys,
+                                    short_repr, validate_conditions)
 
 REQUIRED_COLUMNS = ("report", "age", "sex", "hr")
 INDEX_COLUMNS = ("row", "record", "status", "message", "report", "age", "sex", "hr", "seed",
@@ -63,30 +65,33 @@ class BatchReport:
 
 
 def read_conditions(path: str | Path, base_seed: int = 0) -> list[Row]:
-    """Parse the conditions CSV; a bad row gets `error` (naming the column) instead of raising.
+    """Parse the conditions CSV (UTF-8, with or without a byte-order mark); a bad row gets `error`
+    (naming the column) instead of raising. Bytes that are not UTF-8 (a Latin-1 or binary file)
+    fail only their own rows, each named.
 
-    Raises ValueError if the file lacks a required column, FileNotFoundError if it is missing.
+    Raises DataError (a ValueError) naming the file if it lacks a required column, has no data
+    row or cannot be parsed as CSV (naming the line), MissingFileError if it is missing.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"conditions CSV {path} not found")
+        raise MissingFileError(f"conditions CSV {path} not found")
     # Bytes that are not UTF-8 are kept as surrogates, so that only their row is refused (`_parse_row`).
     with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as file:
         reader = csv.DictReader(file)
-        columns = [c.strip().lower() for c in reader.fieldnames or []]
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; need {', '.join(REQUIRED_COLUMNS)} "
-                             f"(and optionally seed), found {', '.join(columns) or 'none'}")
         rows = []
         try:
+            columns = [_printable(c).strip().lower() for c in reader.fieldnames or []]
+            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+            if missing:
+                raise DataError(f"{path}: missing column(s) {', '.join(missing)}; need {', '.join(REQUIRED_COLUMNS)} "
+                                f"(and optionally seed), found {short_repr(', '.join(columns) or 'none')}")
             for i, raw in enumerate(reader):
-                values = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
+                values = {_printable(k).strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
                 rows.append(_parse_row(i, values, base_seed))
-        except csv.Error as error:  # e.g. an over-long field: the file cannot be read past it
-            raise ValueError(f"{path}: not a readable CSV after line {reader.line_num} ({error})") from None
+        except csv.Error as error:  # e.g. an over-long field or a NUL byte: the file cannot be read past it
+            raise DataError(f"{path}: not a readable CSV after line {reader.line_num} ({error})") from None
     if not rows:
-        raise ValueError(f"{path} has no data rows")
+        raise DataError(f"{path} has no data rows")
     return rows
 
 
@@ -96,7 +101,7 @@ def _parse_row(i: int, values: dict, base_seed: int) -> Row:
     row = Row(row=i, report=values.get("report", ""))
     try:
         if not_utf8:
-            raise ValueError(f"{', '.join(not_utf8)} is not UTF-8 text (save the CSV as UTF-8)")
+            raise InputError(f"{', '.join(not_utf8)} is not UTF-8 text (save the CSV as UTF-8)")
         row.age, row.hr = (_number(values, name) for name in ("age", "hr"))
         seed = values.get("seed", "")
         row.seed = check_seed(seed) if seed else None
@@ -116,9 +121,9 @@ def _number(values: dict, name: str) -> float:
     try:
         value = float(values.get(name, ""))
     except ValueError:
-        raise ValueError(f"{name} must be a number, got {values.get(name, '')!r}") from None
+        raise InputError(f"{name} must be a number, got {short_repr(values.get(name, ''))}") from None
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {values.get(name)!r}")
+        raise InputError(f"{name} must be a finite number, got {short_repr(values.get(name))}")
     return value
 
 
@@ -131,10 +136,27 @@ def _index_entry(row: Row, options: Sampling, status: str, message: str = "") ->
 
 
 def _read_index(path: Path) -> dict[int, dict]:
+    """An earlier run's `index.csv`, by row; DataError naming the file (and line) if it is not one."""
     if not path.is_file():
         return {}
-    with path.open(newline="", encoding="utf-8") as file:
-        return {int(entry["row"]): entry for entry in csv.DictReader(file)}
+    advice = "use --overwrite to start over, or another --out"
+    try:
+        with path.open(newline="", encoding="utf-8") as file:
+            reader = csv.DictReader(file)
+            missing = [c for c in ("row", "status") if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{path} is not the index of a `generate --from-csv` run (no column "
+                                f"{', '.join(missing)}): {advice}")
+            entries = {}
+            for entry in reader:
+                try:
+                    entries[int(entry["row"])] = entry
+                except (TypeError, ValueError):
+                    raise DataError(f"{path}, line {reader.line_num}: row {short_repr(entry['row'])} is not a row "
+                                    f"number: {advice}") from None
+            return entries
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path} is not a readable index ({type(error).__name__}): {advice}") from None
 
 
 def _done(entry: dict | None, row: Row, options: Sampling) -> bool:
@@ -158,13 +180,15 @@ def generate_from_csv(
         the index is updated after each batch.
     Raises:
       FileNotFoundError / ValueError for a missing file or column (bad rows are reported instead), or
-      an output directory that cannot be written or holds another kind of run (`prepare_output_dir`).
+      an output directory that cannot be written or holds another kind of run (`prepare_output_dir`)
+      or an unreadable `index.csv` (DataError); InputError for a bad seed or batch size.
     """
     from diffusets_jax.ecg_io import wfdb_record_is_complete, write_wfdb
     from diffusets_jax.plotting import plot_ecg
     from diffusets_jax.text import build_prompt, truncation_warning
 
     seed = check_seed(seed)
+    batch_size = check_batch_size(batch_size)
     out_dir = prepare_output_dir(out_dir, resume=True)
     rows = read_conditions(csv_path, seed)
     index_path = out_dir / "index.csv"

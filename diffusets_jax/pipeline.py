@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from diffusets_jax import diffusion
 from diffusets_jax.constants import FS, LATENT_LENGTH, LEADS, SEX_CODES
+from diffusets_jax.errors import InputError
 from diffusets_jax.leads import derive_limb_leads
 from diffusets_jax.models import make_condition, null_condition
 from diffusets_jax.pretrained import DEFAULT_MODEL_DIR, config_errors, load_pretrained
@@ -34,14 +35,35 @@ MAX_REPORT_CHARS = 5_000
 
 
 def check_seed(seed, name: str = "seed") -> int:
-    """`seed` (an int, or its text, e.g. a CSV cell) as an int in [0, MAX_SEED]; ValueError naming `name`."""
+    """`seed` (an int, or its text, e.g. a CSV cell) as an int in [0, MAX_SEED]; InputError (a
+    ValueError) naming `name` otherwise (negative, > 2**32 - 1, a float, a bool, not a number)."""
     try:
         value = int(seed.strip()) if isinstance(seed, str) else seed
     except ValueError:
         value = None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= MAX_SEED:
-        raise ValueError(f"{name} must be an integer in [0, {MAX_SEED}], got {seed!r}")
+        raise InputError(f"{name} must be an integer in [0, {MAX_SEED}], got {short_repr(seed)}")
     return int(value)
+
+
+def check_batch_size(batch_size, name: str = "batch_size") -> int | None:
+    """`batch_size` as an int >= 1, or None (the model's `config.sampling.batch_size`); InputError naming `name`."""
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError(f"{name} must be an integer of at least 1, got {short_repr(batch_size)}")
+    return int(batch_size)
+
+
+def short_repr(value, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters: one line for any value in an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _is_real(value) -> bool:
+    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+            and math.isfinite(value))
 
 
 @dataclass
@@ -65,27 +87,40 @@ class GenerationResult:
 
 
 def validate_conditions(report, age, sex, heart_rate, num_samples: int, num_steps: int, max_steps: int):
-    """Normalise and check generation arguments; ValueError naming the argument at fault."""
-    from diffusets_jax.text import split_report
+    """Normalise and check generation arguments: `(statements, sex_code)`, the report's non-empty
+    statements (split at '|' and line breaks, stripped) and 'M' or 'F'.
 
-    length = len(report if isinstance(report, str) else "|".join(map(str, report)))
-    if length > MAX_REPORT_CHARS:
-        raise ValueError(f"report is too long: {length} characters, at most {MAX_REPORT_CHARS}")
+    `report`: text or a list of statements, at most `MAX_REPORT_CHARS` characters, any language
+    (kept as given); `age` years in `AGE_RANGE`, `heart_rate` bpm in `HEART_RATE_RANGE` (finite
+    numbers, not bools); `sex` 'M'/'F'/male/female; `num_samples` in [1, MAX_SAMPLES] and
+    `num_steps` in [1, max_steps] (ints). Raises InputError (a ValueError) naming the argument at fault.
+    """
+    if isinstance(report, (list, tuple)) and all(isinstance(s, str) for s in report):
+        text = "|".join(report)
+    elif isinstance(report, str):
+        text = report
+    else:
+        raise InputError(f"report must be text or a list of statements (text), got {short_repr(report)}")
+    if len(text) > MAX_REPORT_CHARS:
+        raise InputError(f"report is too long: {len(text)} characters, at most {MAX_REPORT_CHARS}")
+    if bad := next((c for c in text if "\ud800" <= c <= "\udfff"), None):  # undecodable bytes (surrogateescape)
+        byte = f" (byte 0x{ord(bad) - 0xDC00:02x})" if "\udc80" <= bad <= "\udcff" else ""
+        raise InputError(f"report is not UTF-8 text{byte}: {short_repr(text)}")
     # A line break inside a report separates statements, like '|' (WFDB header comments are single lines).
-    statements = (split_report("|".join(report.splitlines())) if isinstance(report, str)
-                  else [p.strip() for s in report for p in str(s).splitlines() if p.strip()])
+    parts = "|".join(text.splitlines()).split("|") if isinstance(report, str) else \
+        [p for s in report for p in s.splitlines()]
+    statements = [p.strip() for p in parts if p.strip()]
     if not statements:
-        raise ValueError("report is empty: give at least one statement, e.g. 'Sinus rhythm'")
+        raise InputError("report is empty: give at least one statement, e.g. 'Sinus rhythm'")
     sex_code = str(sex).strip().upper()[:1] if str(sex).strip().lower() in ("m", "f", "male", "female") else None
     if sex_code not in SEX_CODES:
-        raise ValueError(f"sex must be 'M' or 'F' (or male/female), got {sex!r}")
+        raise InputError(f"sex must be 'M' or 'F' (or male/female), got {short_repr(sex)}")
     for name, value, (low, high) in (("age", age, AGE_RANGE), ("heart_rate", heart_rate, HEART_RATE_RANGE)):
-        if not isinstance(value, (int, float, np.number)) or not math.isfinite(value) or not low <= value <= high:
-            raise ValueError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
-    if not isinstance(num_samples, (int, np.integer)) or not 1 <= num_samples <= MAX_SAMPLES:
-        raise ValueError(f"num_samples must be an integer in [1, {MAX_SAMPLES}], got {num_samples!r}")
-    if not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= max_steps:
-        raise ValueError(f"num_steps must be an integer in [1, {max_steps}], got {num_steps!r}")
+        if not _is_real(value) or not low <= value <= high:
+            raise InputError(f"{name} must be a number in [{low:g}, {high:g}], got {short_repr(value)}")
+    for name, value, high in (("num_samples", num_samples, MAX_SAMPLES), ("num_steps", num_steps, max_steps)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= high:
+            raise InputError(f"{name} must be an integer in [1, {high}], got {short_repr(value)}")
     return statements, sex_code
 
 
@@ -126,8 +161,16 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, embedder=None) -> "Pipeline":
-        """Load a model directory (see `diffusets_jax.pretrained`); None means the shipped default model."""
+        """Load a model directory (see `diffusets_jax.pretrained`); None means the shipped default model.
+
+        Raises FileNotFoundError naming a missing file, ConfigError naming `config.json` and the key
+        if it lacks a section or has a field of the wrong type, ValueError for unusable weights.
+        """
+        from diffusets_jax.config import MODEL_SECTIONS, load_config, read_config_json
+
         path = Path(DEFAULT_MODEL_DIR if path is None else path)
+        if (path / "config.json").is_file():  # checked first: a wrong field would fail deep in the model code
+            read_config_json(path / "config.json", load_config("small"), MODEL_SECTIONS)
         config, vae, unet = load_pretrained(path)
         with config_errors(path / "config.json"):
             return cls(config, vae, unet, embedder)
@@ -139,7 +182,9 @@ class Pipeline:
         return any(tc.get(name, 0.0) > 0 for name in ("condition_dropout", "text_dropout", "patient_dropout"))
 
     def sampling(self, sampler=None, num_steps=None, eta=None, guidance_scale=None, exact_limb_leads=None) -> Sampling:
-        """The sampling options, None meaning the model's `config.sampling`; ValueError naming a bad one."""
+        """The sampling options, None meaning the model's `config.sampling`: `sampler` one of
+        `diffusion.SAMPLERS`, `num_steps` an int in [1, num_train_timesteps], `eta` in [0, 1],
+        `guidance_scale` in [0, 50]. Raises InputError (a ValueError) naming a bad one."""
         defaults = self.config.get("sampling", {})
         options = Sampling(
             sampler=sampler or defaults.get("sampler", "ddpm"),
@@ -149,13 +194,15 @@ class Pipeline:
             exact_limb_leads=defaults.get("exact_limb_leads", False) if exact_limb_leads is None else bool(exact_limb_leads),
         )
         max_steps = self.config.diffusion.num_train_timesteps
-        if options.sampler not in diffusion.SAMPLERS:
-            raise ValueError(f"sampler must be one of {', '.join(diffusion.SAMPLERS)}, got {options.sampler!r}")
-        if not isinstance(options.num_steps, (int, np.integer)) or not 1 <= options.num_steps <= max_steps:
-            raise ValueError(f"num_steps must be an integer in [1, {max_steps}], got {options.num_steps!r}")
+        if not isinstance(options.sampler, str) or options.sampler not in diffusion.SAMPLERS:
+            raise InputError(f"sampler must be one of {', '.join(diffusion.SAMPLERS)}, "
+                             f"got {short_repr(options.sampler)}")
+        if (isinstance(options.num_steps, bool) or not isinstance(options.num_steps, (int, np.integer))
+                or not 1 <= options.num_steps <= max_steps):
+            raise InputError(f"num_steps must be an integer in [1, {max_steps}], got {short_repr(options.num_steps)}")
         for name, value, high in (("eta", options.eta, 1.0), ("guidance_scale", options.guidance_scale, 50.0)):
-            if not isinstance(value, (int, float, np.number)) or not 0.0 <= value <= high:
-                raise ValueError(f"{name} must be a number in [0, {high:g}], got {value!r}")
+            if not _is_real(value) or not 0.0 <= value <= high:
+                raise InputError(f"{name} must be a number in [0, {high:g}], got {short_repr(value)}")
         if options.guidance_scale != 1.0 and not self.trained_for_guidance:
             warnings.warn("guidance_scale != 1 but this model was trained without condition dropout: its null "
                           "condition is untrained and guidance may not help", stacklevel=3)
@@ -208,11 +255,12 @@ class Pipeline:
           num_steps: model calls in [1, 1000]; sampler: 'ddpm' (official), 'ddim', 'dpm-solver++';
           guidance_scale: classifier-free guidance (1: none); eta: DDIM noise (0: deterministic);
           exact_limb_leads: derive III, aVR, aVL, aVF from I and II. None: `config.sampling`.
-          batch_size: ECGs per compiled call (default `config.sampling.batch_size`).
+          batch_size: ECGs per compiled call, >= 1 (default `config.sampling.batch_size`).
         Raises:
-          ValueError naming the argument at fault.
+          InputError (a ValueError) naming the argument at fault.
         """
         options = self.sampling(sampler, num_steps, eta, guidance_scale, exact_limb_leads)
+        batch_size = check_batch_size(batch_size)
         statements, sex_code = validate_conditions(
             report, age, sex, heart_rate, num_samples, options.num_steps, self.config.diffusion.num_train_timesteps
         )
@@ -247,8 +295,9 @@ class Pipeline:
         Sampling arguments as `__call__` (or `options`, a `Sampling`).
 
         Raises ValueError for rows of different lengths, a text width the model does not take or a
-        bad sampling argument.
+        bad sampling argument, seed or batch size (InputError).
         """
+        batch_size = check_batch_size(batch_size)
         text_embeddings = np.asarray(text_embeddings, np.float32)
         n = len(text_embeddings)
         lengths = {len(sex), len(age), len(heart_rate)} | ({len(keys)} if keys is not None else set())

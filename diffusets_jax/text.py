@@ -17,6 +17,8 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from diffusets_jax.errors import DiffusetsError
+
 _ORDINALS = ("1st", "2nd", "3rd")
 
 
@@ -162,6 +164,10 @@ class MiniLMEmbedder:
         return np.asarray(vectors, dtype=np.float32)
 
 
+class EmbedderError(DiffusetsError, RuntimeError):
+    """A text embedder that cannot be used here: no API key, or its service did not answer."""
+
+
 class OpenAIEmbedder:
     """OpenAI ``text-embedding-ada-002`` (1536-d, unit norm): the official text encoder.
 
@@ -171,7 +177,8 @@ class OpenAIEmbedder:
     handed to the client; it is never printed, logged or shown in ``repr``.
 
     Raises:
-        RuntimeError: if no API key is given or set.
+        EmbedderError (a RuntimeError): if no API key is given or set; from ``embed``, if a
+            request fails (no connection, a refused key, a rate limit), in one line.
         ImportError: if the ``openai`` package is not installed.
     """
 
@@ -182,7 +189,7 @@ class OpenAIEmbedder:
     def __init__(self, api_key: str | None = None, batch_size: int = 256):
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         if not api_key:
-            raise RuntimeError(
+            raise EmbedderError(
                 "OpenAIEmbedder needs an API key: set the OPENAI_API_KEY environment variable"
             )
         try:
@@ -193,18 +200,33 @@ class OpenAIEmbedder:
             ) from err
         self.batch_size = batch_size
         self._client = openai.OpenAI(api_key=api_key)
+        # The client's own errors (connection, authentication, rate limit, server) and the network's.
+        self._request_errors = tuple(
+            e for e in (getattr(openai, "OpenAIError", None), OSError) if isinstance(e, type)
+        )
 
     def __repr__(self) -> str:
         return f"OpenAIEmbedder(model={self.model!r}, batch_size={self.batch_size})"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed ``texts`` in batched API requests; returns float32 ``(len(texts), 1536)``."""
+        """Embed ``texts`` in batched API requests; returns float32 ``(len(texts), 1536)``.
+
+        Raises:
+            EmbedderError: a request failed; the message names the error and what to check.
+        """
         texts = list(texts)
         rows = []
         for start in range(0, len(texts), self.batch_size):
-            response = self._client.embeddings.create(
-                model=self.model, input=texts[start : start + self.batch_size]
-            )
+            try:
+                response = self._client.embeddings.create(
+                    model=self.model, input=texts[start : start + self.batch_size]
+                )
+            except getattr(self, "_request_errors", (OSError,)) as error:
+                detail = " ".join(str(error).split())[:200] or "no message"
+                raise EmbedderError(
+                    f"the OpenAI embedding request ({self.model}) failed: {type(error).__name__}: {detail}; "
+                    "check the network connection and OPENAI_API_KEY"
+                ) from None
             rows.extend(item.embedding for item in sorted(response.data, key=lambda d: d.index))
         return np.asarray(rows, dtype=np.float32).reshape(len(texts), self.dim)
 

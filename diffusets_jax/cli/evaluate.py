@@ -32,10 +32,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from diffusets_jax.evaluation.evaluate import evaluate
+    from diffusets_jax.pipeline import check_batch_size, check_seed
 
     folds = parse_folds(args.folds)
     if args.num_samples < 4:
         raise UsageError(f"--num-samples must be at least 4 (k = 3 nearest neighbours), got {args.num_samples}")
+    check_seed(args.seed, "--seed")
+    check_batch_size(args.batch_size, "--batch-size")
+    if args.samples is not None:  # nothing is generated: the options of generation do not apply
+        given = [f"--{name.replace('_', '-')}" for name, value in sampling_options(args).items() if value is not None]
+        given += ["--batch-size"] if args.batch_size is not None else []
+        if given:
+            raise UsageError(f"--samples scores ECGs already generated; drop {', '.join(given)}")
     evaluate(args.checkpoint, args.data, args.out, num_samples=args.num_samples, folds=folds,
              batch_size=args.batch_size, seed=args.seed, evaluator_dir=args.evaluator,
              samples=args.samples, intervals=not args.no_intervals, sampling=sampling_options(args))

@@ -53,10 +53,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from diffusets_jax.pipeline import Pipeline, check_seed, prepare_output_dir, validate_conditions, write_outputs
+    from diffusets_jax.pipeline import (Pipeline, check_batch_size, check_seed, prepare_output_dir, validate_conditions,
+                                        write_outputs)
 
     print_warnings("generate")
     check_seed(args.seed, "--seed")
+    check_batch_size(args.batch_size, "--batch-size")
     single = {"--report": args.report, "--age": args.age, "--sex": args.sex, "--hr": args.hr}
     per_run = {"--num-samples": args.num_samples, "--experience-index": args.experience_index,
                "--retrieval-k": args.retrieval_k}

@@ -119,6 +119,49 @@ def score(real: np.ndarray, generated: np.ndarray, real_text: np.ndarray, reques
             "measured_hr": measured_generated, "labels": labels}
 
 
+def load_samples(path: str | Path, num_samples: int) -> np.ndarray:
+    """The `signals` `(num_samples, 1024, 12)` float32 mV of a `samples.npz` (of `generate` or an
+    earlier `evaluate`), checked before anything else is loaded.
+
+    Raises MissingFileError for a missing file, DataError naming the file for one that is not an
+    .npz, has no `signals`, has another shape (leads, length), non-finite values or another count.
+    """
+    import zipfile
+
+    from diffusets_jax.constants import NUM_LEADS, NUM_SAMPLES
+    from diffusets_jax.errors import DataError, MissingFileError
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"--samples {path} not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "signals" not in data:
+                raise DataError(f"{path} has no 'signals' array (it holds {', '.join(data.files) or 'nothing'}); "
+                                "give the samples.npz of `generate` or `evaluate`")
+            signals = data["signals"]
+    except AttributeError:  # np.load returned a plain array: a .npy file
+        raise DataError(f"{path} is a .npy array, not an .npz with 'signals'") from None
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+        if isinstance(error, DataError):
+            raise
+        raise DataError(f"{path} is not a readable .npz (truncated, or another kind of file): "
+                        f"{type(error).__name__}") from None
+    expected = (NUM_SAMPLES, NUM_LEADS)
+    if signals.ndim != 3 or signals.shape[1:] != expected:
+        raise DataError(f"{path}: signals have shape {signals.shape}; need (N, {expected[0]}, {expected[1]}) "
+                        f"(N ECGs of {expected[0]} samples at 102.4 Hz, {expected[1]} leads)")
+    if not np.issubdtype(signals.dtype, np.number) or np.issubdtype(signals.dtype, np.complexfloating):
+        raise DataError(f"{path}: signals are of type {signals.dtype}, not real numbers (mV)")
+    bad = ~np.isfinite(signals).all(axis=(1, 2))
+    if bad.any():
+        raise DataError(f"{path}: {int(bad.sum())} of the {len(signals)} ECGs hold NaN or infinite values "
+                        f"(the first is ECG {int(np.argmax(bad))})")
+    if len(signals) != num_samples:
+        raise DataError(f"{path} holds {len(signals)} ECGs, not --num-samples {num_samples}")
+    return signals.astype(np.float32)
+
+
 def evaluate(checkpoint: str | Path | None, data_dirs: Sequence[str | Path], out_dir: str | Path, *,
              num_samples: int = 100, folds: Sequence[int] = DEFAULT_FOLDS, num_steps: int | None = None,
              batch_size: int | None = None, seed: int = 0, evaluator_dir: str | Path | None = None,
@@ -131,7 +174,8 @@ def evaluate(checkpoint: str | Path | None, data_dirs: Sequence[str | Path], out
     exact_limb_leads; None entries take the model's config); `num_steps` alone may be given directly.
 
     Raises FileNotFoundError for a missing model, evaluator or dataset, ValueError if the model,
-    the evaluator and the datasets do not share the text embedder, or no record is in `folds`.
+    the evaluator and the datasets do not share the text embedder, or no record is in `folds`,
+    DataError for unusable `samples` (`load_samples`, checked first).
     """
     from diffusets_jax import compile_cache
     from diffusets_jax.evaluation.report import write_report
@@ -140,6 +184,7 @@ def evaluate(checkpoint: str | Path | None, data_dirs: Sequence[str | Path], out
 
     compile_cache.ensure_enabled()  # the sampler and the evaluator compile once, not per run
 
+    generated = None if samples is None else load_samples(samples, num_samples)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     evaluator_config, evaluator = load_evaluator(evaluator_dir or DEFAULT_EVALUATOR_DIR)
@@ -152,12 +197,7 @@ def evaluate(checkpoint: str | Path | None, data_dirs: Sequence[str | Path], out
     sampling = {**(sampling or {}), **({"num_steps": num_steps} if num_steps is not None else {})}
     options = None
     start = time.perf_counter()
-    if samples is not None:
-        with np.load(samples, allow_pickle=False) as data:
-            generated = data["signals"]
-        if len(generated) != num_samples:
-            raise ValueError(f"{samples} holds {len(generated)} ECGs, not num_samples={num_samples}")
-    else:
+    if samples is None:
         pipeline = Pipeline.from_pretrained(checkpoint)
         options = pipeline.sampling(**sampling)
         generated = pipeline.generate_for_conditions(text, dataset.sex_codes[rows], dataset.age[rows], requested_hr,

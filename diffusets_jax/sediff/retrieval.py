@@ -324,12 +324,38 @@ class ExperienceIndex:
 
     @classmethod
     def load(cls, path: str | Path) -> "ExperienceIndex":
-        """Read an index written by :meth:`save`."""
-        with np.load(path, allow_pickle=False) as d:
-            embeddings = d["text_embeddings"]
-            return cls(d["reports"], embeddings if embeddings.shape[1] else None, d["age"], d["sex"], d["heart_rate"],
-                       d["record_ids"], keys=d["keys"], patient_keys=d["patient_keys"], fold=d["fold"],
-                       codes=[json.loads(c) for c in d["codes"]], embedder_name=str(d["embedder_name"]))
+        """Read an index written by :meth:`save`.
+
+        Raises:
+            MissingFileError: ``path`` does not exist.
+            DataError: ``path`` is not such an index (another file, truncated, an array missing or
+                malformed); the message names the file.
+        """
+        import zipfile
+
+        from diffusets_jax.errors import DataError, MissingFileError
+
+        path = Path(path)
+        if not path.is_file():
+            raise MissingFileError(f"experience index {path} not found")
+        what = f"{path} is not an experience index saved by `augment-dataset --save-index`"
+        try:
+            with np.load(path, allow_pickle=False) as d:
+                if not hasattr(d, "files"):
+                    raise DataError(f"{what} (a .npy array, not an .npz)")
+                if missing := [k for k in ("reports", "text_embeddings", "age", "sex", "heart_rate", "record_ids",
+                                           "keys", "patient_keys", "fold", "codes", "embedder_name")
+                               if k not in d.files]:
+                    raise DataError(f"{what} (no {', '.join(missing)})")
+                embeddings = d["text_embeddings"]
+                return cls(d["reports"], embeddings if embeddings.shape[1] else None, d["age"], d["sex"],
+                           d["heart_rate"], d["record_ids"], keys=d["keys"], patient_keys=d["patient_keys"],
+                           fold=d["fold"], codes=[json.loads(c) for c in d["codes"]],
+                           embedder_name=str(d["embedder_name"]))
+        except DataError:
+            raise
+        except (OSError, EOFError, ValueError, IndexError, TypeError, zipfile.BadZipFile) as error:
+            raise DataError(f"{what} (unreadable or malformed: {type(error).__name__})") from None
 
     # ---------------------------------------------------------------------------------- querying
     def query(self, report: str | Sequence[str], age: float | None = None, sex: str | None = None,
