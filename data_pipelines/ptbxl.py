@@ -1,12 +1,12 @@
 """PTB-XL 1.0.3 reader (Wagner et al., 2020; PhysioNet, CC BY 4.0).
 
-Layout (PhysioNet distribution): ``ptbxl_database.csv`` (one row per ``ecg_id``; ``scp_codes`` is a
-dict literal ``{code: likelihood}``; ``sex`` 0 = male, 1 = female; ``strat_fold`` 1..10),
-``scp_statements.csv`` (code -> English ``description``) and WFDB records ``records500/...`_hr``
-(500 Hz, 5000 samples) and ``records100/..._lr`` (100 Hz), leads ``I, II, III, AVR, AVL, AVF, V1..V6``.
+Layout (PhysioNet distribution): `ptbxl_database.csv` (one row per `ecg_id`; `scp_codes` is a
+dict literal `{code: likelihood}`; `sex` 0 = male, 1 = female; `strat_fold` 1..10),
+`scp_statements.csv` (code -> English `description`) and WFDB records ``records500/...`_hr`
+(500 Hz, 5000 samples) and `records100/..._lr` (100 Hz), leads `I, II, III, AVR, AVL, AVF, V1..V6`.
 
-Differences from the official ``dataset/ptbxl_dataset.py`` (``PtbxlDataset``): the signal is
-resampled to 102.4 Hz like MIMIC (not 125 Hz + centre crop), leads are put in ``LEADS`` order
+Differences from the official `dataset/ptbxl_dataset.py` (`PtbxlDataset`): the signal is
+resampled to 102.4 Hz like MIMIC (not 125 Hz + centre crop), leads are put in `LEADS`` order
 (official keeps the file order), the 100 Hz files work, and the text is the English SCP
 statement descriptions instead of the raw (mostly German) report, which is kept in metadata.
 """
@@ -44,31 +44,31 @@ def _tables(root: str) -> tuple[pd.DataFrame, dict[str, str]]:
 
 
 def list_records(root) -> list[str]:
-    """All ``ecg_id`` values (as strings) in ``root/ptbxl_database.csv``, in file order."""
+    """All `ecg_id` values (as strings) in `root/ptbxl_database.csv`, in file order."""
     return list(_tables(str(root))[0].index)
 
 
 def statements_from_scp(scp_codes: dict[str, float], descriptions: dict[str, str]) -> tuple[list[str], list[str]]:
-    """English descriptions of ``scp_codes`` by likelihood, highest first (ties keep dict order).
+    """English descriptions of `scp_codes` by likelihood, highest first (ties keep dict order).
 
-    Returns ``(statements, unknown_codes)``; codes absent from ``descriptions`` are skipped.
+    Returns `(statements, unknown_codes)`; codes absent from `descriptions` are skipped.
     """
     ordered = sorted(scp_codes, key=lambda code: -float(scp_codes[code]))  # sorted() is stable
     return [descriptions[c] for c in ordered if c in descriptions], [c for c in ordered if c not in descriptions]
 
 
 def load_record(root, record_id: str, sampling_rate: int = 500) -> ECGRecord:
-    """Load PTB-XL ``ecg_id`` ``record_id`` as an :class:`ECGRecord` (source ``'ptbxl'``).
+    """Load PTB-XL `ecg_id` `record_id` as an `ECGRecord` (source `'ptbxl'`).
 
     Args:
-        root: PTB-XL directory (holding ``ptbxl_database.csv``).
-        record_id: ``ecg_id``, e.g. ``"1"``.
-        sampling_rate: 500 (``records500``, default, as official) or 100 (``records100``).
+        root: PTB-XL directory (holding `ptbxl_database.csv`).
+        record_id: `ecg_id`, e.g. `"1"`.
+        sampling_rate: 500 (`records500`, default, as official) or 100 (`records100`).
 
     Returns:
         Record with statements = SCP descriptions by likelihood, HR from XQRS on the native-rate
-        signal, ``fold = strat_fold``; ``metadata`` has ``report``, ``scp_codes`` and, if any,
-        ``unknown_scp_codes``.
+        signal, `fold = strat_fold`; `metadata` has `report`, `scp_codes` and, if any,
+        `unknown_scp_codes`.
 
     Raises:
         RecordError: unknown id or rate, unreadable files, missing/invalid age or sex, no known
