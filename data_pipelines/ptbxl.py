@@ -2,11 +2,11 @@
 
 Layout (PhysioNet distribution): `ptbxl_database.csv` (one row per `ecg_id`; `scp_codes` is a
 dict literal `{code: likelihood}`; `sex` 0 = male, 1 = female; `strat_fold` 1..10),
-`scp_statements.csv` (code -> English `description`) and WFDB records ``records500/...`_hr`
+`scp_statements.csv` (code -> English `description`) and WFDB records `records500/..._hr`
 (500 Hz, 5000 samples) and `records100/..._lr` (100 Hz), leads `I, II, III, AVR, AVL, AVF, V1..V6`.
 
 Differences from the official `dataset/ptbxl_dataset.py` (`PtbxlDataset`): the signal is
-resampled to 102.4 Hz like MIMIC (not 125 Hz + centre crop), leads are put in `LEADS`` order
+resampled to 102.4 Hz like MIMIC (not 125 Hz + centre crop), leads are put in `LEADS` order
 (official keeps the file order), the 100 Hz files work, and the text is the English SCP
 statement descriptions instead of the raw (mostly German) report, which is kept in metadata.
 """
