@@ -6,7 +6,8 @@ PyTorch defaults (eps 1e-5, two-pass variance, PyTorch initialisation), so that 
 load by renaming and transposing alone (see `diffusets_jax.convert`).
 
 Some compute it in another order than the obvious port, because XLA's CPU kernels for the
-obvious one are slow at the U-Net's sizes: the im2col convolution, the tap-wise transposed
+obvious one are slow at the models' sizes: the im2col convolution (U-Net), the Winograd
+convolution (VAE), GroupNorm statistics reduced over L first, the tap-wise transposed
 convolution, Mish with one exponential, and heads-first attention with a written-out backward.
 `tests/test_models.py` checks each against the reference computation.
 """
@@ -87,14 +88,20 @@ def conv1d(
     stride: int = 1,
     padding: str | tuple[int, int] = "SAME",
     im2col: bool = False,
+    winograd: bool = False,
 ) -> nnx.Conv:
     """A 1-D convolution on `(B, L, C_in)` -> `(B, L', C_out)` with PyTorch's initialisation.
 
     `padding` is "SAME", "VALID" or an explicit `(left, right)` pair; kernel layout `(k, C_in, C_out)`.
-    `im2col=True` builds an `Im2colConv1d` (same parameters, computed as one matmul).
+    `im2col=True` builds an `Im2colConv1d` (same parameters, computed as one matmul);
+    `winograd=True` a `WinogradConv1d` (k = 3, stride 1, "SAME" only; same parameters).
     """
+    if winograd and (kernel_size, stride, padding) != (3, 1, "SAME"):
+        raise ValueError(f"the Winograd convolution is for k=3, stride 1, SAME; got k={kernel_size}, "
+                         f"stride {stride}, padding {padding!r}")
     pad = padding if isinstance(padding, str) else [padding]
-    return (Im2colConv1d if im2col else nnx.Conv)(
+    cls = Im2colConv1d if im2col else WinogradConv1d if winograd else nnx.Conv
+    return cls(
         in_channels,
         out_channels,
         kernel_size=(kernel_size,),
@@ -113,8 +120,8 @@ class Im2colConv1d(nnx.Conv):
     multiplied by the kernel reshaped to `(k * C_in, C_out)`. XLA's CPU convolution is slow at the
     U-Net's small widths (4 to 512 channels, k = 7): im2col took the paper U-Net's batch-32 forward
     from 88 to 46 ms and its batch-32 training step from 326 to 237 ms (2-core CPU). For the VAE's
-    512-channel k = 3 convolutions it is slower (encode + decode 5.4 -> 7.0 s), so the VAE keeps
-    `nnx.Conv` (benchmarks/README.md).
+    128- to 512-channel k = 3 convolutions it is slower (encode + decode 5.4 -> 7.0 s): the VAE
+    uses `nnx.Conv` and `WinogradConv1d` (benchmarks/README.md).
     """
 
     def __call__(self, x: Array) -> Array:
@@ -130,6 +137,50 @@ class Im2colConv1d(nnx.Conv):
         return columns @ self.kernel[...].reshape(-1, self.out_features) + self.bias[...]
 
 
+# Winograd F(4, 3) (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks", with
+# the interpolation points 0, 1, -1, 2, -2 and infinity): 4 outputs of a 3-tap correlation
+# y[i] = sum_k d[i + k] g[k] from 6 inputs d as y = A^T [(G g) * (B^T d)].
+_WINOGRAD_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64)
+_WINOGRAD_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                        [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64)
+_WINOGRAD_BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                         [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64)
+
+
+def winograd_conv3(x: Array, kernel: Array, bias: Array) -> Array:
+    """The k = 3, stride 1, "SAME" convolution of `x` `(B, L, C_in)` with `kernel` `(3, C_in, C_out)`,
+    `bias` `(C_out,)`, by Winograd F(4, 3): `(B, L, C_out)`.
+
+    The padded input is cut into tiles of 6 positions overlapping by 2 (one tile per 4 outputs),
+    each transformed by B^T (adds and small multiples, fused by XLA), then 6 matmuls
+    `(B * L/4, C_in) @ (C_in, C_out)` with the transformed kernel G g replace the 12 of the direct
+    convolution (half the multiplications), and A^T turns their products back into 4 outputs.
+    Rounding differs from the direct sum at the 1e-6 relative level in float32 (the transforms'
+    constants are at most 8). For the VAE's 512-channel convolutions it is faster on a 2-core CPU
+    (see `diffusets_jax.models.vae`); for narrow ones the transforms' memory traffic costs more
+    than the multiplications saved.
+    """
+    b, length, _ = x.shape
+    m, n = 4, 6
+    tiles = -(-length // m)
+    padded = jnp.pad(x, ((0, 0), (1, 1 + tiles * m - length), (0, 0)))
+    taps = [padded[:, i : i + m * (tiles - 1) + 1 : m] for i in range(n)]  # each (B, T, C_in)
+    combine = lambda matrix, terms: [  # noqa: E731
+        sum(float(c) * term for c, term in zip(row, terms) if c != 0) for row in matrix]
+    v = jnp.stack(combine(_WINOGRAD_BT, taps))                              # (6, B, T, C_in)
+    u = jnp.einsum("jk,kio->jio", jnp.asarray(_WINOGRAD_G, kernel.dtype), kernel)  # (6, C_in, C_out)
+    products = jnp.einsum("jbti,jio->jbto", v, u)                           # (6, B, T, C_out)
+    y = jnp.stack(combine(_WINOGRAD_AT, list(products)), axis=2)            # (B, T, 4, C_out)
+    return y.reshape(b, tiles * m, -1)[:, :length] + bias
+
+
+class WinogradConv1d(nnx.Conv):
+    """`nnx.Conv` for k = 3, stride 1, "SAME" computed by `winograd_conv3`; same parameters."""
+
+    def __call__(self, x: Array) -> Array:
+        return winograd_conv3(x, self.kernel[...], self.bias[...])
+
+
 def linear(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:
     """A dense layer `(..., in)` -> `(..., out)`, PyTorch initialisation, kernel `(in, out)`."""
     return nnx.Linear(
@@ -141,9 +192,35 @@ def linear(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear
     )
 
 
+class GroupNorm(nnx.GroupNorm):
+    """`nnx.GroupNorm` whose statistics on `(B, L, C)` are reduced over L first; same parameters.
+
+    Per channel, the mean over L `(B, C)`; per group, the mean of its channels' means (equal
+    counts, so the group mean); the same two passes for the variance of `x - mean` (two-pass, as
+    PyTorch); then one fused `x * a + c` with `a = scale / sqrt(var + eps)`, `c = bias - mean * a`.
+    XLA's CPU reduction of flax's `(B, L, G, C/G)` view over (L, C/G) is slow: GroupNorm + SiLU on
+    the VAE's `(32, 1024, 128)` took 15-22 ms that way, 6 ms this way. Other ranks use flax's.
+    """
+
+    def __call__(self, x: Array, *, mask=None) -> Array:
+        if x.ndim != 3 or mask is not None or self.reduction_axes is not None:
+            return super().__call__(x, mask=mask)
+        b, _, c = x.shape
+        g, size = self.num_groups, c // self.num_groups
+
+        def group_mean(per_channel):  # (B, C) -> (B, 1, C), each channel its group's mean
+            return jnp.repeat(per_channel.reshape(b, g, size).mean(-1), size, axis=-1)[:, None]
+
+        mean = group_mean(jnp.mean(x, axis=1))
+        centred = x - mean
+        var = group_mean(jnp.mean(centred * centred, axis=1))
+        a = jax.lax.rsqrt(var + self.epsilon) * self.scale[...]
+        return x * a + (self.bias[...] - mean * a)
+
+
 def group_norm(num_channels: int, num_groups: int, *, rngs: nnx.Rngs) -> nnx.GroupNorm:
     """`torch.nn.GroupNorm(num_groups, num_channels)` on `(B, L, C)`: statistics per sample and group."""
-    return nnx.GroupNorm(
+    return GroupNorm(
         num_channels, num_groups=num_groups, epsilon=1e-5, use_fast_variance=False,
         scale_init=ones_init, bias_init=zeros_init, rngs=rngs,
     )

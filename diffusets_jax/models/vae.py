@@ -5,6 +5,13 @@ layer by layer. The official modules are `nn.Sequential`s, so the layers
 here are kept in one list each, `layers[i]` being the official index `i`: the state-dict key
 `encoder.4.conv_1.weight` is `encoder.layers[4].conv_1.kernel` here. The widths come from the
 config (`vae.channels`, official `(128, 256, 512)`); the sequence of layers is the official one.
+
+Speed (issue 19; paper size, encode + decode of 32 ECGs = 435 GFLOP, 2-core CPU): nearly all of
+the time is the k = 3 convolutions, which XLA's CPU convolution already runs near the machine's
+float32 peak; the 512-channel ones (at L = 128 to 512) are ~60 % of the FLOPs. Those are
+computed by Winograd F(4, 3) (`layers.winograd_conv3`: half the multiplications), and GroupNorm
+reduces over L first (`layers.GroupNorm`); together ~0.7-0.8x the time of plain `nnx.Conv` and
+flax's GroupNorm, within 1.3e-6 relative error of them (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -21,15 +28,24 @@ from diffusets_jax.models.layers import conv1d, group_norm, linear
 
 Array = jax.Array
 
+#: k = 3 convolutions at least this wide on both sides use Winograd F(4, 3) (`layers.winograd_conv3`);
+#: narrower ones (128, 256 channels) are faster as XLA convolutions on a CPU.
+WINOGRAD_MIN_CHANNELS = 512
+
+
+def conv3(cin: int, cout: int, rngs: nnx.Rngs) -> nnx.Conv:
+    """The VAE's k = 3, padding 1 convolution `(B, L, cin)` -> `(B, L, cout)` (`nn.Conv1d(cin, cout, 3, padding=1)`)."""
+    return conv1d(cin, cout, 3, rngs=rngs, winograd=min(cin, cout) >= WINOGRAD_MIN_CHANNELS)
+
 
 class ResidualBlock(nnx.Module):
     """`VAE_ResidualBlock`: GN -> SiLU -> conv3 -> GN -> SiLU -> conv3, plus a (1x1 conv) shortcut."""
 
     def __init__(self, cin: int, cout: int, num_groups: int, *, rngs: nnx.Rngs):
         self.groupnorm_1 = group_norm(cin, num_groups, rngs=rngs)
-        self.conv_1 = conv1d(cin, cout, 3, rngs=rngs)
+        self.conv_1 = conv3(cin, cout, rngs)
         self.groupnorm_2 = group_norm(cout, num_groups, rngs=rngs)
-        self.conv_2 = conv1d(cout, cout, 3, rngs=rngs)
+        self.conv_2 = conv3(cout, cout, rngs)
         self.residual_layer = conv1d(cin, cout, 1, rngs=rngs) if cin != cout else None
 
     def __call__(self, x: Array) -> Array:
@@ -98,7 +114,7 @@ class Encoder(nnx.Module):
         res = lambda cin, cout: ResidualBlock(cin, cout, num_groups, rngs=rngs)  # noqa: E731
         self.latent_channels = latent_channels
         self.layers = nnx.List([
-            conv1d(NUM_LEADS, c1, 3, rngs=rngs),                    # 0
+            conv3(NUM_LEADS, c1, rngs),                             # 0
             res(c1, c1), res(c1, c1),                               # 1, 2
             _downsample(c1, rngs),                                  # 3: 1024 -> 512
             res(c1, c2), res(c2, c2),                               # 4, 5
@@ -110,7 +126,7 @@ class Encoder(nnx.Module):
             res(c3, c3),                                            # 14
             group_norm(c3, num_groups, rngs=rngs),                  # 15
             SiLU(),                                                 # 16
-            conv1d(c3, 2 * latent_channels, 3, rngs=rngs),          # 17
+            conv3(c3, 2 * latent_channels, rngs),                   # 17
             conv1d(2 * latent_channels, 2 * latent_channels, 1, rngs=rngs),  # 18
         ])
 
@@ -143,22 +159,22 @@ class Decoder(nnx.Module):
         res = lambda cin, cout: ResidualBlock(cin, cout, num_groups, rngs=rngs)  # noqa: E731
         self.layers = nnx.List([
             conv1d(latent_channels, latent_channels, 1, rngs=rngs),  # 0
-            conv1d(latent_channels, c3, 3, rngs=rngs),               # 1
+            conv3(latent_channels, c3, rngs),                        # 1
             res(c3, c3),                                             # 2
             AttentionBlock(c3, num_groups, rngs=rngs),               # 3
             res(c3, c3), res(c3, c3), res(c3, c3), res(c3, c3),      # 4-7
             Upsample(),                                              # 8: 128 -> 256
-            conv1d(c3, c3, 3, rngs=rngs),                            # 9
+            conv3(c3, c3, rngs),                                     # 9
             res(c3, c3), res(c3, c3), res(c3, c3),                   # 10-12
             Upsample(),                                              # 13: 256 -> 512
-            conv1d(c3, c3, 3, rngs=rngs),                            # 14
+            conv3(c3, c3, rngs),                                     # 14
             res(c3, c2), res(c2, c2), res(c2, c2),                   # 15-17
             Upsample(),                                              # 18: 512 -> 1024
-            conv1d(c2, c2, 3, rngs=rngs),                            # 19
+            conv3(c2, c2, rngs),                                     # 19
             res(c2, c1), res(c1, c1), res(c1, c1),                   # 20-22
             group_norm(c1, num_groups, rngs=rngs),                   # 23
             SiLU(),                                                  # 24
-            conv1d(c1, NUM_LEADS, 3, rngs=rngs),                     # 25
+            conv3(c1, NUM_LEADS, rngs),                              # 25
         ])
 
     def __call__(self, z: Array) -> Array:
