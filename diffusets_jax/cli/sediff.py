@@ -2,6 +2,8 @@
 
 Their modules load JAX and the evaluation stack, so their parsers are built only when one of
 these commands runs (`register(..., full=False)` lists them by name and help for `--help`).
+Their hyperparameters come from a config (`--config`, default `configs/sediff.py`) with
+`--set section.key=value` overrides; an explicit option (e.g. `--steps`) wins over both.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from ._common import parse_folds
+from ._common import UsageError, parse_folds
 
 HELP = {
     "fit-ecgsyn": "fit the per-class ECGSYN wave parameters (SE-Diff prior)",
@@ -36,6 +38,32 @@ def _description(module) -> str:
     return module.__doc__.split("\n\n")[0]
 
 
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="sediff",
+                   help="config with the SE-Diff hyperparameters: a name in configs/ or a .py path (default: sediff)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set beat_decoder.steps=4000 (repeatable)")
+
+
+def _settings(args: argparse.Namespace, section: str, **flags) -> dict:
+    """`config[section]` as a dict, each of `flags` (name -> the option's value) replacing its entry
+    unless None (the option was not given)."""
+    from diffusets_jax.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    if section not in config:
+        raise UsageError(f"--config {args.config} has no {section!r} section (use configs/sediff.py as a template)")
+    values = config[section].to_dict()
+    values.update({name: value for name, value in flags.items() if value is not None})
+    return values
+
+
+def _default(section: str, name: str):
+    from diffusets_jax.config import load_config
+
+    return load_config("sediff")[section][name]
+
+
 # ------------------------------------------------------------------------------------ fit-ecgsyn
 def _fit_ecgsyn(sub) -> None:
     from diffusets_jax.sediff import fit_params
@@ -44,16 +72,20 @@ def _fit_ecgsyn(sub) -> None:
     p.add_argument("--dataset", action="append", required=True, metavar="DIR",
                    help="processed dataset directory (diffusets-jax prepare --out DIR); repeatable")
     p.add_argument("--out", default=str(fit_params.DEFAULT_PARAMS_PATH), help="output JSON (default: the shipped file)")
-    p.add_argument("--steps", type=int, default=fit_params.DEFAULT_STEPS, help="Adam steps")
-    p.add_argument("--min-records", type=int, default=5, help="smallest class kept (records with beats)")
-    p.add_argument("--folds", default="1,2,3,4,5,6,7,8", help="comma-separated training folds")
+    p.add_argument("--steps", type=int, default=None, help=f"Adam steps (default {_default('ecgsyn_fit', 'steps')})")
+    p.add_argument("--min-records", type=int, default=None,
+                   help=f"smallest class kept, records with beats (default {_default('ecgsyn_fit', 'min_records')})")
+    p.add_argument("--folds", default=None, help="comma-separated training folds (default 1-8)")
+    _add_config_args(p)
     p.set_defaults(func=cmd_fit_ecgsyn)
 
 
 def cmd_fit_ecgsyn(args: argparse.Namespace) -> None:
     from diffusets_jax.sediff.fit_params import dumps, fit_datasets, format_table
 
-    document = fit_datasets(args.dataset, parse_folds(args.folds), args.min_records, args.steps)
+    s = _settings(args, "ecgsyn_fit", steps=args.steps, min_records=args.min_records,
+                  folds=None if args.folds is None else parse_folds(args.folds))
+    document = fit_datasets(args.dataset, tuple(s["folds"]), s["min_records"], s["steps"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(dumps(document))
@@ -72,18 +104,20 @@ def _augment_dataset(sub) -> None:
     p.add_argument("--out", required=True, help="output processed set")
     p.add_argument("--index", action="append", default=None, metavar="DIR",
                    help="processed sets to retrieve from (default: the --dataset sets); repeatable")
-    p.add_argument("--k", type=int, default=rag.DEFAULT_K, help=f"neighbours per record (default {rag.DEFAULT_K})")
+    p.add_argument("--k", type=int, default=None, help=f"neighbours per record (default {rag.DEFAULT_K})")
     p.add_argument("--weights", default="", help="VIEW=W,... over " + ", ".join(rag.VIEWS) + " (updates the "
                    "defaults " + ",".join(f"{v}={w:g}" for v, w in rag.DEFAULT_WEIGHTS.items()) + ")")
-    p.add_argument("--folds", default=",".join(map(str, rag.DEFAULT_TRAIN_FOLDS)),
-                   help="comma-separated training folds the index holds (default 1-8)")
-    p.add_argument("--summariser", choices=list(SUMMARISERS), default="keyword",
+    p.add_argument("--folds", default=None, help="comma-separated training folds the index holds (default 1-8)")
+    p.add_argument("--summariser", choices=list(SUMMARISERS), default=None,
                    help="keyword (offline, default) or llm (OpenAI-style chat; needs OPENAI_API_KEY)")
-    p.add_argument("--max-statements", type=int, default=6, help="statements per augmented report (the query's are kept)")
-    p.add_argument("--min-support", type=float, default=0.4, help="keyword: fraction of neighbours stating a finding")
-    p.add_argument("--min-lift", type=float, default=1.5,
-                   help="keyword: neighbour fraction needed relative to the index-wide prevalence (capped at all)")
-    p.add_argument("--llm-model", default="gpt-4o-mini")
+    p.add_argument("--max-statements", type=int, default=None,
+                   help="statements per augmented report, the query's are kept (default 6)")
+    p.add_argument("--min-support", type=float, default=None,
+                   help="keyword: fraction of neighbours stating a finding (default 0.4)")
+    p.add_argument("--min-lift", type=float, default=None,
+                   help="keyword: neighbour fraction needed relative to the index-wide prevalence, capped at all "
+                        "(default 1.5)")
+    p.add_argument("--llm-model", default=None, help="chat model of the llm summariser (default gpt-4o-mini)")
     p.add_argument("--llm-base-url", default=None, help="OpenAI-compatible server (default: api.openai.com)")
     p.add_argument("--embedder", default=None, help="text embedder of the new reports (default: the set's)")
     p.add_argument("--exclude-same-patient", action="store_true", help="never retrieve a record of the query's patient")
@@ -91,6 +125,7 @@ def _augment_dataset(sub) -> None:
                    help="MIMIC-IV hosp directory: link the code sets of MIMIC-IV-ECG sets (writes hosp_codes.jsonl into them)")
     p.add_argument("--save-index", default=None, metavar="FILE", help="also write the experience index (.npz) for generation")
     p.add_argument("--examples", type=int, default=5, help="changed reports printed")
+    _add_config_args(p)
     p.set_defaults(func=cmd_augment_dataset)
 
 
@@ -103,17 +138,20 @@ def cmd_augment_dataset(args: argparse.Namespace) -> None:
     from diffusets_jax.sediff.summarisers import get_summariser
     from diffusets_jax.text import get_embedder
 
-    folds = parse_folds(args.folds)
-    weights = parse_weights(args.weights)
+    s = _settings(args, "retrieval", k=args.k, summariser=args.summariser, max_statements=args.max_statements,
+                  min_support=args.min_support, min_lift=args.min_lift, llm_model=args.llm_model,
+                  folds=None if args.folds is None else parse_folds(args.folds))
+    folds = tuple(s["folds"])
+    weights = {**s["weights"], **parse_weights(args.weights)}
     if args.hosp:
         for d in dict.fromkeys(args.dataset + (args.index or [])):
             if json.loads((Path(d) / "info.json").read_text())["source"] == "mimic":
                 print(f"linked hospital codes: {attach_hosp_codes(d, args.hosp)}")
-    summariser = get_summariser(args.summariser, args.max_statements, args.min_support, args.min_lift, args.llm_model,
+    summariser = get_summariser(s["summariser"], s["max_statements"], s["min_support"], s["min_lift"], s["llm_model"],
                                 args.llm_base_url)
     embedder = get_embedder(args.embedder) if args.embedder else None
     start = time.perf_counter()
-    out = augment_dataset(args.dataset, args.out, args.k, weights, summariser, embedder, folds=folds,
+    out = augment_dataset(args.dataset, args.out, s["k"], weights, summariser, embedder, folds=folds,
                           index_dirs=args.index, exclude_same_patient=args.exclude_same_patient)
     info = json.loads((out / "info.json").read_text())["augmentation"]
     print(f"wrote {out}: {info['reports_changed']} of {len(np.load(out / 'dataset.npz')['reports'])} reports changed, "
@@ -139,26 +177,30 @@ def _train_beat_decoder(sub) -> None:
     p.add_argument("--workdir", required=True, help="training workdir with a trained VAE (vae/ checkpoints)")
     p.add_argument("--dataset", action="append", required=True, metavar="DIR",
                    help="processed dataset directory (diffusets-jax prepare --out DIR); repeatable")
-    p.add_argument("--steps", type=int, default=bd.DEFAULT_STEPS, help="AdamW steps")
+    p.add_argument("--steps", type=int, default=None, help=f"AdamW steps (default {bd.DEFAULT_STEPS})")
     p.add_argument("--out", default=None, help=f"output directory (default: WORKDIR/{bd.DIRECTORY_NAME})")
-    p.add_argument("--batch-size", type=int, default=bd.DEFAULT_BATCH_SIZE)
-    p.add_argument("--learning-rate", type=float, default=bd.DEFAULT_LEARNING_RATE)
-    p.add_argument("--base", type=int, default=bd.DEFAULT_BASE, help="channel width (official 128)")
-    p.add_argument("--spectral-weight", type=float, default=bd.DEFAULT_SPECTRAL_WEIGHT,
-                   help="alpha_spec, weight of the spectral multi-beat loss")
-    p.add_argument("--shifts", type=int, default=bd.DEFAULT_SHIFTS,
-                   help="circularly shifted copies of each training ECG (augmentation; 0: none)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None, help=f"default {bd.DEFAULT_BATCH_SIZE}")
+    p.add_argument("--learning-rate", type=float, default=None, help=f"default {bd.DEFAULT_LEARNING_RATE:g}")
+    p.add_argument("--base", type=int, default=None,
+                   help=f"channel width (default {bd.DEFAULT_BASE}; official {bd.OFFICIAL_BASE})")
+    p.add_argument("--spectral-weight", type=float, default=None,
+                   help=f"alpha_spec, weight of the spectral multi-beat loss (default {bd.DEFAULT_SPECTRAL_WEIGHT:g})")
+    p.add_argument("--shifts", type=int, default=None,
+                   help=f"circularly shifted copies of each training ECG, 0: none (default {bd.DEFAULT_SHIFTS})")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
+    _add_config_args(p)
     p.set_defaults(func=cmd_train_beat_decoder)
 
 
 def cmd_train_beat_decoder(args: argparse.Namespace) -> None:
     from diffusets_jax.sediff.beat_decoder import DIRECTORY_NAME, train_beat_decoder
 
-    record = train_beat_decoder(args.workdir, args.dataset, steps=args.steps, out=args.out,
-                                batch_size=args.batch_size, learning_rate=args.learning_rate, base=args.base,
-                                num_groups=min(32, args.base), spectral_weight=args.spectral_weight, shifts=args.shifts,
-                                seed=args.seed)
+    s = _settings(args, "beat_decoder", steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                  base=args.base, spectral_weight=args.spectral_weight, shifts=args.shifts, seed=args.seed)
+    record = train_beat_decoder(args.workdir, args.dataset, steps=s["steps"], out=args.out,
+                                batch_size=s["batch_size"], learning_rate=s["learning_rate"], base=s["base"],
+                                num_groups=min(32, s["base"]), spectral_weight=s["spectral_weight"],
+                                shifts=s["shifts"], seed=s["seed"])
     t = record["training"]
     print(f"trained on {t['train_records']} records ({t['val_records']} validation) in {t['train_s']:.0f} s "
           f"(+ {t['prepare_s']:.0f} s beats and latents)")
@@ -198,44 +240,48 @@ def _ablate(sub) -> None:
                    help="output directory (run again with the same one to resume)")
     p.add_argument("--variants", default=",".join(ablation.VARIANTS), metavar="NAMES",
                    help=f"comma-separated, from {', '.join(ablation.VARIANTS)} (default: all)")
-    p.add_argument("--steps", type=int, default=1000,
+    p.add_argument("--steps", type=int, default=None,
                    help="U-Net steps each variant trains after the base checkpoint (default 1000)")
     p.add_argument("--learning-rate", type=float, default=None,
                    help="constant fine-tune learning rate (default: the base run's final one, "
                         "unet_train.learning_rate x final_lr_fraction)")
-    p.add_argument("--euler-weight", type=float, default=ablation.DEFAULT_EULER_WEIGHT,
+    p.add_argument("--euler-weight", type=float, default=None,
                    help="sediff.euler_weight of the euler, full and released variants "
                         f"(default {ablation.DEFAULT_EULER_WEIGHT:g})")
-    p.add_argument("--interlead-weight", type=float, default=ablation.DEFAULT_INTERLEAD_WEIGHT,
+    p.add_argument("--interlead-weight", type=float, default=None,
                    help="sediff.interlead_weight of the interlead, full and released variants "
                         f"(default {ablation.DEFAULT_INTERLEAD_WEIGHT:g})")
     p.add_argument("--beat-decoder", type=Path, default=None, metavar="DIR",
                    help="beat decoder of the physics variants (default: the base config's "
                         "sediff.beat_decoder_dir, else beat_decoder/ in --base-workdir)")
-    p.add_argument("--num-samples", type=int, default=256, help="ECGs generated and scored per variant (default 256)")
+    p.add_argument("--num-samples", type=int, default=None, help="ECGs generated and scored per variant (default 256)")
     p.add_argument("--folds", default="9,10", help="held-out folds the conditions come from (default 9,10)")
-    p.add_argument("--sampler", choices=list(SAMPLERS), default="ddim", help="sampler for the evaluation (default ddim)")
-    p.add_argument("--num-steps", type=int, default=50, help="sampler steps (default 50)")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="sampler for the evaluation (default ddim)")
+    p.add_argument("--num-steps", type=int, default=None, help="sampler steps (default 50)")
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="classifier-free guidance scale (default: the model's config)")
-    p.add_argument("--batch-size", type=int, default=64, help="ECGs per sampler call (default 64)")
-    p.add_argument("--weights", choices=["ema", "raw"], default="ema",
+    p.add_argument("--batch-size", type=int, default=None, help="ECGs per sampler call (default 64)")
+    p.add_argument("--weights", choices=["ema", "raw"], default=None,
                    help="U-Net parameters to generate with: the EMA the base config keeps, or the raw ones "
                         "(default ema)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=int, default=None,
                    help="draws the conditions and seeds the ECGs (default 0); the training batches follow the "
                         "base config's seed")
     p.add_argument("--evaluator", type=Path, default=None, metavar="DIR", help="evaluator directory (default: the shipped one)")
+    _add_config_args(p)
     p.set_defaults(func=cmd_ablate)
 
 
 def cmd_ablate(args: argparse.Namespace) -> None:
     from diffusets_jax.sediff.ablation import run_ablation
 
+    s = _settings(args, "ablation", steps=args.steps, euler_weight=args.euler_weight,
+                  interlead_weight=args.interlead_weight, num_samples=args.num_samples, sampler=args.sampler,
+                  num_steps=args.num_steps, batch_size=args.batch_size, weights=args.weights, seed=args.seed)
     run_ablation(args.base_workdir, args.data, args.out, variants=args.variants, rag_dirs=args.rag_data,
-                 steps=args.steps, learning_rate=args.learning_rate, euler_weight=args.euler_weight,
-                 interlead_weight=args.interlead_weight, beat_decoder_dir=args.beat_decoder,
-                 num_samples=args.num_samples, folds=parse_folds(args.folds), sampler=args.sampler,
-                 num_steps=args.num_steps, guidance_scale=args.guidance_scale, batch_size=args.batch_size,
-                 weights=args.weights, seed=args.seed, evaluator_dir=args.evaluator,
+                 steps=s["steps"], learning_rate=args.learning_rate, euler_weight=s["euler_weight"],
+                 interlead_weight=s["interlead_weight"], beat_decoder_dir=args.beat_decoder,
+                 num_samples=s["num_samples"], folds=parse_folds(args.folds), sampler=s["sampler"],
+                 num_steps=s["num_steps"], guidance_scale=args.guidance_scale, batch_size=s["batch_size"],
+                 weights=s["weights"], seed=s["seed"], evaluator_dir=args.evaluator,
                  command="diffusets-jax " + " ".join(args.argv))

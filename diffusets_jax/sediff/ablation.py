@@ -38,6 +38,8 @@ from typing import Sequence
 
 import numpy as np
 
+from diffusets_jax.config import load_config
+
 #: Written into each variant directory: the settings its fine-tune was made with.
 SPEC_FILE = "variant.json"
 #: Written when a variant's fine-tune has reached its last step: wall time of that run.
@@ -48,8 +50,9 @@ METRICS_FILE = "metrics.json"
 FINAL_WINDOW = 0.1
 #: Where a base given as a pretrained model directory is written out as a training workdir.
 BASE_FROM_MODEL = "base_workdir"
-DEFAULT_EULER_WEIGHT = 0.05
-DEFAULT_INTERLEAD_WEIGHT = 100.0
+#: Physics-loss weights of the euler, interlead, full and released variants (`configs/sediff.py` `ablation`).
+DEFAULT_EULER_WEIGHT = load_config("sediff").ablation.euler_weight
+DEFAULT_INTERLEAD_WEIGHT = load_config("sediff").ablation.interlead_weight
 
 
 @dataclass(frozen=True)

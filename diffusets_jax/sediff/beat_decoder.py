@@ -58,6 +58,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from diffusets_jax.config import load_config
 from diffusets_jax.constants import FS, LATENT_CHANNELS, LATENT_LENGTH, LATENT_SCALE, NUM_LEADS
 from diffusets_jax.models.layers import conv1d, group_norm, linear
 from diffusets_jax.models.vae import ResidualBlock
@@ -68,17 +69,17 @@ Array = jax.Array
 FORMAT = "diffusets-jax/beat-decoder/1"
 #: Default output directory inside a training workdir.
 DIRECTORY_NAME = "beat_decoder"
-#: The released width is 128 (a batch-32 step takes ~0.2 s on a 2-core CPU); the default here is
-#: 32 (~0.03 s, 38 k parameters), which trains in ~1.5 min (docs/se-diff.md). `--base 128`: official.
+#: The released width; the default (`configs/sediff.py` `beat_decoder`, whence the DEFAULT_*) is 32.
 OFFICIAL_BASE = 128
-DEFAULT_BASE = 32
-DEFAULT_STEPS = 2000
-DEFAULT_BATCH_SIZE = 32
-DEFAULT_LEARNING_RATE = 3e-3
+_DEFAULTS = load_config("sediff").beat_decoder
+DEFAULT_BASE = _DEFAULTS.base
+DEFAULT_STEPS = _DEFAULTS.steps
+DEFAULT_BATCH_SIZE = _DEFAULTS.batch_size
+DEFAULT_LEARNING_RATE = _DEFAULTS.learning_rate
 #: Weight of the spectral multi-beat loss (SE-Diff's alpha_spec; the paper's value is not known).
-DEFAULT_SPECTRAL_WEIGHT = 0.01
+DEFAULT_SPECTRAL_WEIGHT = _DEFAULTS.spectral_weight
 #: Circularly shifted copies of each training ECG encoded as extra inputs (augmentation).
-DEFAULT_SHIFTS = 3
+DEFAULT_SHIFTS = _DEFAULTS.shifts
 #: Floor of the log magnitude spectrum, in the unnormalised rFFT's units (mV x samples):
 #: 0.1 is a 3 uV sinusoid over the 61-sample beat, below which bins are noise.
 SPECTRUM_EPS = 0.1

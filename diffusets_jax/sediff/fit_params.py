@@ -48,6 +48,7 @@ import optax
 import scipy.signal
 
 from diffusets_jax.conditions import class_masks
+from diffusets_jax.config import load_config
 from diffusets_jax.constants import FS, LEADS
 from diffusets_jax.sediff import ecgsyn
 
@@ -64,7 +65,7 @@ RESCALED_PTP_MV = 2.0
 #: record's median positive peak is below this fraction of its median negative one (QS complexes).
 R_POLARITY_RATIO = 0.25
 #: Optimiser defaults: Adam, cosine-decayed learning rate, on (theta rad, log b, a / A_SCALE, offset mV).
-DEFAULT_STEPS = 2000
+DEFAULT_STEPS = load_config("sediff").ecgsyn_fit.steps  # configs/sediff.py
 LEARNING_RATE = 0.02
 A_SCALE = 10.0
 #: Smallest Gaussian width (rad) the fit may reach (the quadrature grid is 2 pi / 1024 = 0.006 rad).

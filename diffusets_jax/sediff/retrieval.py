@@ -52,19 +52,16 @@ import numpy as np
 import scipy.sparse
 
 from data_pipelines.mimic_hosp import CODE_VIEWS, read_hosp_codes
+from diffusets_jax.config import load_config
 
 #: Every similarity view, in the order reports and weights are printed.
 VIEWS = ("text", "statements", "age", "sex", "heart_rate", "diagnoses", "medications", "procedures")
-#: Default per-view weights. The diagnostic content (report embedding, statement and code sets)
-#: dominates; age, sex and heart rate break ties between diagnostically similar records. SE-Diff's
-#: lambda_1..3 are not published; diagnoses count double the medications and procedures here.
-DEFAULT_WEIGHTS = {
-    "text": 1.0, "statements": 1.0, "age": 0.2, "sex": 0.1, "heart_rate": 0.3,
-    "diagnoses": 1.0, "medications": 0.5, "procedures": 0.5,
-}
-DEFAULT_K = 5
+_DEFAULTS = load_config("sediff").retrieval
+#: Default per-view weights (`configs/sediff.py` `retrieval.weights`, where they are explained).
+DEFAULT_WEIGHTS = {view: float(_DEFAULTS.weights[view]) for view in VIEWS}
+DEFAULT_K = _DEFAULTS.k
 #: Folds the index is built from (``configs/common.py`` ``data.train_folds``); 9 and 10 are held out.
-DEFAULT_TRAIN_FOLDS = (1, 2, 3, 4, 5, 6, 7, 8)
+DEFAULT_TRAIN_FOLDS = tuple(_DEFAULTS.folds)
 #: Gaussian kernel scales: ``exp(-(delta / scale)^2 / 2)``.
 AGE_SCALE_YEARS = 10.0
 HEART_RATE_SCALE_BPM = 10.0
