@@ -4,39 +4,39 @@ SE-Diff (Wang et al., ICLR 2026, arXiv:2511.09895, experience retrieval) retriev
 condition, the top-k most similar training admissions by a weighted sum of per-view Jaccard
 similarities over the diagnosis,
 medication and procedure code sets of MIMIC-IV hospital stays
-(``tau = l1 tau_Diag + l2 tau_Med + l3 tau_Proc``), and asks an LLM to distil the retrieved
+(`tau = l1 tau_Diag + l2 tau_Med + l3 tau_Proc`), and asks an LLM to distil the retrieved
 profiles and the condition into "a concise, physiologically sound report" r that enters through
 the text pathway. Neither the LLM, its prompt, k nor the weights are published, and the official
 code has no retrieval step, so this module is the port's own design:
 
-* **Views.** The similarity is a weighted mean over the views the data has (:data:`VIEWS`):
-  ``text`` (cosine of the stored report-prompt embeddings, negative values clipped to 0),
-  ``statements`` (Jaccard of the sets of normalised diagnostic statements), ``age`` and
-  ``heart_rate`` (Gaussian kernels of the difference, scales :data:`AGE_SCALE_YEARS` and
-  :data:`HEART_RATE_SCALE_BPM`), ``sex`` (1 if equal) and, where MIMIC-IV hospital data are linked
-  (:func:`link_hosp_codes`), the paper's ``diagnoses``, ``medications`` and ``procedures`` code-set
-  Jaccards. ``score = sum_v w_v s_v / sum_v w_v`` over the views with a non-zero weight that both
+* **Views.** The similarity is a weighted mean over the views the data has (`VIEWS`):
+  `text` (cosine of the stored report-prompt embeddings, negative values clipped to 0),
+  `statements` (Jaccard of the sets of normalised diagnostic statements), `age` and
+  `heart_rate` (Gaussian kernels of the difference, scales `AGE_SCALE_YEARS` and
+  `HEART_RATE_SCALE_BPM`), `sex` (1 if equal) and, where MIMIC-IV hospital data are linked
+  (`link_hosp_codes()`), the paper's `diagnoses`, `medications` and `procedures` code-set
+  Jaccards. `score = sum_v w_v s_v / sum_v w_v` over the views with a non-zero weight that both
   the index and the query have; a view missing in the data gets weight 0 automatically, so scores
-  stay in [0, 1]. Defaults: :data:`DEFAULT_WEIGHTS`.
-* **Index.** :class:`ExperienceIndex` holds the training folds only (default
-  :data:`DEFAULT_TRAIN_FOLDS`, the folds ``configs/common.py`` trains on), never held-out records.
-  It needs no signals, so it can be saved to one small ``.npz`` (:meth:`ExperienceIndex.save`) and
+  stay in [0, 1]. Defaults: `DEFAULT_WEIGHTS`.
+* **Index.** `ExperienceIndex` holds the training folds only (default
+  `DEFAULT_TRAIN_FOLDS`, the folds `configs/common.py` trains on), never held-out records.
+  It needs no signals, so it can be saved to one small `.npz` (`ExperienceIndex.save()`) and
   shipped for generation time.
-* **Summary.** A pluggable :class:`Summariser` turns the query and its neighbours into one report
-  string (statements joined by ``'|'``, the format of every report here). The default,
-  :class:`KeywordSummariser`, is deterministic and offline: the query's own statements first, then
+* **Summary.** A pluggable `Summariser` turns the query and its neighbours into one report
+  string (statements joined by `'|'`, the format of every report here). The default,
+  `KeywordSummariser`, is deterministic and offline: the query's own statements first, then
   the statements most frequent among the neighbours (similarity-weighted), without contradicting
-  the query's rhythm, axis or heart rate, capped. :class:`LLMSummariser` asks a chat model through
-  an :class:`LLMClient` (:class:`OpenAIChatClient` when configured with an API key).
+  the query's rhythm, axis or heart rate, capped. `LLMSummariser` asks a chat model through
+  an `LLMClient` (`OpenAIChatClient` when configured with an API key).
 * **Text pathway.** The augmented report is embedded with the model's text embedder through the
-  official ordered prompt (:func:`diffusets_jax.text.build_prompt`), like any report:
-  :func:`augment_dataset` writes a processed set the existing trainers read unchanged, and
-  :func:`augment_report` augments one condition at generation time.
+  official ordered prompt (`diffusets_jax.text.build_prompt()`), like any report:
+  `augment_dataset()` writes a processed set the existing trainers read unchanged, and
+  `augment_report()` augments one condition at generation time.
 
 This module holds the index and the similarity; the summarisers are in
-:mod:`diffusets_jax.sediff.summarisers`, dataset and report augmentation in
-:mod:`diffusets_jax.sediff.augment`, the hospital code sets in :mod:`data_pipelines.mimic_hosp`.
-Run: ``diffusets-jax augment-dataset --dataset data/ptbxl --out data/ptbxl_rag``.
+`diffusets_jax.sediff.summarisers`, dataset and report augmentation in
+`diffusets_jax.sediff.augment`, the hospital code sets in `data_pipelines.mimic_hosp`.
+Run: `diffusets-jax augment-dataset --dataset data/ptbxl --out data/ptbxl_rag`.
 """
 
 
@@ -60,9 +60,9 @@ _DEFAULTS = load_config("sediff").retrieval
 #: Default per-view weights (`configs/sediff.py` `retrieval.weights`, where they are explained).
 DEFAULT_WEIGHTS = {view: float(_DEFAULTS.weights[view]) for view in VIEWS}
 DEFAULT_K = _DEFAULTS.k
-#: Folds the index is built from (``configs/common.py`` ``data.train_folds``); 9 and 10 are held out.
+#: Folds the index is built from (`configs/common.py` `data.train_folds`); 9 and 10 are held out.
 DEFAULT_TRAIN_FOLDS = tuple(_DEFAULTS.folds)
-#: Gaussian kernel scales: ``exp(-(delta / scale)^2 / 2)``.
+#: Gaussian kernel scales: `exp(-(delta / scale)^2 / 2)`.
 AGE_SCALE_YEARS = 10.0
 HEART_RATE_SCALE_BPM = 10.0
 #: Largest (queries x records) similarity block computed at once in batched retrieval.
@@ -75,13 +75,13 @@ def normalise_statement(statement: str) -> str:
 
 
 def statements_of(report: str | Sequence[str]) -> tuple[str, ...]:
-    """Stripped, non-empty statements of a ``'|'``-joined report (or a sequence); () if none."""
+    """Stripped, non-empty statements of a `'|'`-joined report (or a sequence); () if none."""
     parts = report.split("|") if isinstance(report, str) else list(report)
     return tuple(s.strip() for s in parts if s and s.strip())
 
 
 def _codes(codes: Mapping[str, Sequence[str]] | None) -> dict[str, frozenset[str]]:
-    """``{view: frozenset(codes)}`` for the code views present; raises ValueError for another view."""
+    """`{view: frozenset(codes)}` for the code views present; raises ValueError for another view."""
     out = {}
     for view, values in (codes or {}).items():
         if view not in CODE_VIEWS:
@@ -96,12 +96,12 @@ class Query:
 
     Attributes:
         statements: the report's diagnostic statements, most important first (may be empty).
-        age: years (NaN: unknown, the ``age`` view is dropped). sex: ``'M'``/``'F'`` or None.
+        age: years (NaN: unknown, the `age` view is dropped). sex: `'M'`/`'F'` or None.
         heart_rate: bpm (NaN: unknown).
-        text_embedding: ``(D,)`` embedding of the report prompt by the index's embedder, or None
-            (the ``text`` view is dropped).
-        codes: ``{view: frozenset}`` of hospital code sets (views absent: dropped).
-        exclude: index keys (:attr:`ExperienceIndex.keys`) never returned, e.g. the query record.
+        text_embedding: `(D,)` embedding of the report prompt by the index's embedder, or None
+            (the `text` view is dropped).
+        codes: `{view: frozenset}` of hospital code sets (views absent: dropped).
+        exclude: index keys (`ExperienceIndex.keys`) never returned, e.g. the query record.
     """
 
     statements: tuple[str, ...] = ()
@@ -116,7 +116,7 @@ class Query:
     def from_report(cls, report: str | Sequence[str], age: float | None = None, sex: str | None = None,
                     heart_rate: float | None = None, *, text_embedding: np.ndarray | None = None,
                     codes: Mapping[str, Sequence[str]] | None = None, exclude: Sequence[str] = ()) -> "Query":
-        """A query from a ``'|'``-joined report (or statements), age (years), sex, heart rate (bpm)."""
+        """A query from a `'|'`-joined report (or statements), age (years), sex, heart rate (bpm)."""
         return cls(
             statements=statements_of(report), age=math.nan if age is None else float(age),
             sex=None if sex is None else str(sex).upper()[:1], heart_rate=math.nan if heart_rate is None else float(heart_rate),
@@ -130,13 +130,13 @@ class Retrieval:
     """The neighbours of one query, best first.
 
     Attributes:
-        rows: ``(k',)`` int rows of the index (k' <= k: fewer when the index is smaller).
-        keys, record_ids, reports: ``(k',)`` of the index's record keys, ids and ``'|'`` reports.
-        scores: ``(k',)`` float, weighted similarity in [0, 1].
-        view_scores: ``{view: (k',)}`` per-view similarity of each neighbour (views used only).
+        rows: `(k',)` int rows of the index (k' <= k: fewer when the index is smaller).
+        keys, record_ids, reports: `(k',)` of the index's record keys, ids and `'|'` reports.
+        scores: `(k',)` float, weighted similarity in [0, 1].
+        view_scores: `{view: (k',)}` per-view similarity of each neighbour (views used only).
         weights: the effective weights of this query, normalised to sum 1 (zero views left out).
-        age, sex, heart_rate: ``(k',)`` of the neighbours; codes: their ``{view: frozenset}``.
-        prevalence: ``{normalised statement: fraction of the index's records stating it}`` for
+        age, sex, heart_rate: `(k',)` of the neighbours; codes: their `{view: frozenset}`.
+        prevalence: `{normalised statement: fraction of the index's records stating it}` for
             the neighbours' statements (the base rate a summariser can compare with).
     """
 
@@ -158,7 +158,7 @@ class Retrieval:
 
 
 def check_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
-    """:data:`DEFAULT_WEIGHTS` updated by ``weights``; ValueError for an unknown view or a negative weight."""
+    """`DEFAULT_WEIGHTS` updated by `weights`; ValueError for an unknown view or a negative weight."""
     merged = dict(DEFAULT_WEIGHTS)
     for view, weight in (weights or {}).items():
         if view not in VIEWS:
@@ -170,7 +170,7 @@ def check_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
 
 
 def parse_weights(text: str) -> dict[str, float]:
-    """``"text=1,age=0.5"`` -> ``{"text": 1.0, "age": 0.5}``; ValueError for a malformed item."""
+    """`"text=1,age=0.5"` -> `{"text": 1.0, "age": 0.5}`; ValueError for a malformed item."""
     weights = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
         name, sep, value = item.partition("=")
@@ -182,7 +182,7 @@ def parse_weights(text: str) -> dict[str, float]:
 
 
 class _SetMatrix:
-    """Binary sparse ``(N, vocab)`` matrix of per-record sets, for batched Jaccard similarity."""
+    """Binary sparse `(N, vocab)` matrix of per-record sets, for batched Jaccard similarity."""
 
     def __init__(self, sets: Sequence[frozenset[str]]):
         self.vocab = {item: i for i, item in enumerate(sorted(set().union(*sets)))} if sets else {}
@@ -200,7 +200,7 @@ class _SetMatrix:
         return scipy.sparse.csr_matrix((data, (rows, cols)), shape=(len(sets), max(len(self.vocab), 1)))
 
     def jaccard(self, sets: Sequence[frozenset[str]]) -> np.ndarray:
-        """``(Q, N)`` Jaccard of each query set with each record set (0 where both are empty)."""
+        """`(Q, N)` Jaccard of each query set with each record set (0 where both are empty)."""
         inter = np.asarray((self._encode(sets) @ self.matrix).todense(), np.float32)  # (Q, N)
         union = np.array([len(s) for s in sets], np.float32)[:, None] + self.sizes[None, :] - inter
         return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
@@ -210,14 +210,14 @@ class ExperienceIndex:
     """Retrieval pool of training records: reports, embeddings, demographics and code sets.
 
     Args:
-        reports: ``(N,)`` ``'|'``-joined reports.
-        text_embeddings: ``(N, D)`` report-prompt embeddings by ``embedder_name`` (None: no ``text`` view).
-        age: ``(N,)`` years (NaN unknown); sex: ``(N,)`` ``'M'``/``'F'``; heart_rate: ``(N,)`` bpm.
-        record_ids: ``(N,)`` ids; keys: ``(N,)`` unique keys (default: the record ids) used by
-            :attr:`Query.exclude`; patient_keys: ``(N,)`` (default: the keys).
-        fold: ``(N,)`` int folds (informational; build from training folds only).
-        codes: N dicts ``{view: codes}`` of hospital code sets, or None.
-        embedder_name: the text embedder of ``text_embeddings``.
+        reports: `(N,)` `'|'`-joined reports.
+        text_embeddings: `(N, D)` report-prompt embeddings by `embedder_name` (None: no `text` view).
+        age: `(N,)` years (NaN unknown); sex: `(N,)` `'M'`/`'F'`; heart_rate: `(N,)` bpm.
+        record_ids: `(N,)` ids; keys: `(N,)` unique keys (default: the record ids) used by
+            `Query.exclude`; patient_keys: `(N,)` (default: the keys).
+        fold: `(N,)` int folds (informational; build from training folds only).
+        codes: N dicts `{view: codes}` of hospital code sets, or None.
+        embedder_name: the text embedder of `text_embeddings`.
 
     Raises:
         ValueError: arrays of different lengths, duplicate keys or an empty index.
@@ -286,15 +286,15 @@ class ExperienceIndex:
     @classmethod
     def from_processed(cls, dirs: str | Path | Sequence[str | Path], folds: Sequence[int] | None = DEFAULT_TRAIN_FOLDS
                        ) -> "ExperienceIndex":
-        """Index of the records of processed sets in ``folds`` (default: the training folds).
+        """Index of the records of processed sets in `folds` (default: the training folds).
 
-        Reads only reports, embeddings, demographics, folds and ids from ``dataset.npz`` (not the
-        signals), and ``hosp_codes.jsonl`` where present. Keys are ``"<dir name>/<record_id>"``.
-        ``folds=None`` keeps every fold: only for tests and analysis, never for augmentation.
+        Reads only reports, embeddings, demographics, folds and ids from `dataset.npz` (not the
+        signals), and `hosp_codes.jsonl` where present. Keys are `"<dir name>/<record_id>"`.
+        `folds=None` keeps every fold: only for tests and analysis, never for augmentation.
 
         Raises:
-            FileNotFoundError: a directory without ``dataset.npz``.
-            ValueError: sets embedded by different text embedders, or no record in ``folds``.
+            FileNotFoundError: a directory without `dataset.npz`.
+            ValueError: sets embedded by different text embedders, or no record in `folds`.
         """
         dirs = [dirs] if isinstance(dirs, (str, Path)) else list(dirs)
         table = read_tables(dirs)
@@ -308,7 +308,7 @@ class ExperienceIndex:
                    embedder_name=table["embedder"])
 
     def save(self, path: str | Path) -> Path:
-        """Write the index (no signals) to one ``.npz``; :meth:`load` reads it back."""
+        """Write the index (no signals) to one `.npz`; `load()` reads it back."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         codes = [json.dumps({v: sorted(c[v]) for v in sorted(c)}) for c in self.codes]
@@ -321,11 +321,11 @@ class ExperienceIndex:
 
     @classmethod
     def load(cls, path: str | Path) -> "ExperienceIndex":
-        """Read an index written by :meth:`save`.
+        """Read an index written by `save()`.
 
         Raises:
-            MissingFileError: ``path`` does not exist.
-            DataError: ``path`` is not such an index (another file, truncated, an array missing or
+            MissingFileError: `path` does not exist.
+            DataError: `path` is not such an index (another file, truncated, an array missing or
                 malformed); the message names the file.
         """
         import zipfile
@@ -357,11 +357,11 @@ class ExperienceIndex:
     # ---------------------------------------------------------------------------------- querying
     def query(self, report: str | Sequence[str], age: float | None = None, sex: str | None = None,
               heart_rate: float | None = None, *, embedder=None, codes=None, exclude: Sequence[str] = ()) -> Query:
-        """A :class:`Query` for a free condition; its ``text`` view is embedded by ``embedder``
-        (:class:`diffusets_jax.text.TextEmbedder`, must be the index's), or dropped if None.
+        """A `Query` for a free condition; its `text` view is embedded by `embedder`
+        (`diffusets_jax.text.TextEmbedder`, must be the index's), or dropped if None.
 
         Raises:
-            ValueError: ``embedder`` is not the one the index was embedded with.
+            ValueError: `embedder` is not the one the index was embedded with.
         """
         from diffusets_jax.text import build_prompt
 
@@ -374,7 +374,7 @@ class ExperienceIndex:
         return Query.from_report(statements, age, sex, heart_rate, text_embedding=embedding, codes=codes, exclude=exclude)
 
     def effective_weights(self, query: Query, weights: Mapping[str, float] | None = None) -> dict[str, float]:
-        """Weights of ``query``'s views, normalised to sum 1: a view the index or the query lacks,
+        """Weights of `query`'s views, normalised to sum 1: a view the index or the query lacks,
         or with weight 0, is left out.
 
         Raises:
@@ -398,7 +398,7 @@ class ExperienceIndex:
         return {v: w / total for v, w in used.items()}
 
     def _view_similarity(self, view: str, queries: Sequence[Query]) -> np.ndarray:
-        """``(Q, N)`` similarity in [0, 1] of each query with each record on one view."""
+        """`(Q, N)` similarity in [0, 1] of each query with each record on one view."""
         if view == "text":
             q = np.stack([np.asarray(x.text_embedding, np.float32) if x.text_embedding is not None
                           else np.zeros(self.text_embeddings.shape[1], np.float32) for x in queries])  # (Q, D)
@@ -416,15 +416,15 @@ class ExperienceIndex:
         return np.nan_to_num(similarity, nan=0.0).astype(np.float32)
 
     def retrieve(self, query: Query, k: int = DEFAULT_K, weights: Mapping[str, float] | None = None) -> Retrieval:
-        """The ``k`` records most similar to ``query`` (best first; ties by index row), see :func:`retrieve`."""
+        """The `k` records most similar to `query` (best first; ties by index row), see `retrieve()`."""
         return self.retrieve_batch([query], k, weights)[0]
 
     def retrieve_batch(self, queries: Sequence[Query], k: int = DEFAULT_K, weights: Mapping[str, float] | None = None,
                        progress: bool = False) -> list[Retrieval]:
-        """:meth:`retrieve` for many queries, vectorised in blocks of ``MAX_BLOCK_ELEMENTS`` similarities.
+        """`retrieve()` for many queries, vectorised in blocks of `MAX_BLOCK_ELEMENTS` similarities.
 
         Raises:
-            ValueError: ``k < 1``; and as :meth:`effective_weights`.
+            ValueError: `k < 1`; and as `effective_weights()`.
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -467,12 +467,12 @@ class ExperienceIndex:
 
 def retrieve(index: ExperienceIndex, query: Query, k: int = DEFAULT_K, weights: Mapping[str, float] | None = None
              ) -> Retrieval:
-    """The ``k`` training records of ``index`` most similar to ``query``, best first.
+    """The `k` training records of `index` most similar to `query`, best first.
 
-    ``score = sum_v w_v s_v / sum_v w_v`` over the views (:data:`VIEWS`) with ``w_v > 0`` that both
-    the index and the query have (:meth:`ExperienceIndex.effective_weights`); ``weights`` updates
-    :data:`DEFAULT_WEIGHTS` (e.g. ``{"age": 0}`` drops the age view). Records whose key is in
-    ``query.exclude`` are never returned. Ties are broken by index row, so results are deterministic.
+    `score = sum_v w_v s_v / sum_v w_v` over the views (`VIEWS`) with `w_v > 0` that both
+    the index and the query have (`ExperienceIndex.effective_weights()`); `weights` updates
+    `DEFAULT_WEIGHTS` (e.g. `{"age": 0}` drops the age view). Records whose key is in
+    `query.exclude` are never returned. Ties are broken by index row, so results are deterministic.
     """
     return index.retrieve(query, k, weights)
 
