@@ -91,9 +91,10 @@ def validate_conditions(report, age, sex, heart_rate, num_samples: int, num_step
     statements (split at '|' and line breaks, stripped) and 'M' or 'F'.
 
     `report`: text or a list of statements, at most `MAX_REPORT_CHARS` characters, any language
-    (kept as given); `age` years in `AGE_RANGE`, `heart_rate` bpm in `HEART_RATE_RANGE` (finite
-    numbers, not bools); `sex` 'M'/'F'/male/female; `num_samples` in [1, MAX_SAMPLES] and
-    `num_steps` in [1, max_steps] (ints). Raises InputError (a ValueError) naming the argument at fault.
+    (kept as given; no control characters but tab); `age` years in `AGE_RANGE`, `heart_rate` bpm
+    in `HEART_RATE_RANGE` (finite numbers, not bools); `sex` 'M'/'F'/male/female; `num_samples`
+    in [1, MAX_SAMPLES] and `num_steps` in [1, max_steps] (ints). Raises InputError (a ValueError)
+    naming the argument at fault.
     """
     if isinstance(report, (list, tuple)) and all(isinstance(s, str) for s in report):
         text = "|".join(report)
@@ -110,6 +111,8 @@ def validate_conditions(report, age, sex, heart_rate, num_samples: int, num_step
     parts = "|".join(text.splitlines()).split("|") if isinstance(report, str) else \
         [p for s in report for p in s.splitlines()]
     statements = [p.strip() for p in parts if p.strip()]
+    if bad := next((c for s in statements for c in s if c != "\t" and (c < " " or "\x7f" <= c < "\xa0")), None):
+        raise InputError(f"report holds the control character U+{ord(bad):04X} (binary data?): {short_repr(text)}")
     if not statements:
         raise InputError("report is empty: give at least one statement, e.g. 'Sinus rhythm'")
     sex_code = str(sex).strip().upper()[:1] if str(sex).strip().lower() in ("m", "f", "male", "female") else None

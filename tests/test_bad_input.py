@@ -10,6 +10,9 @@ import pytest
 import wfdb
 
 from diffusets_jax import Pipeline, cli
+from diffusets_jax.errors import (CheckpointError, ConfigError, DataError, DiffusetsError, InputError, IntegrityError,
+                                  MissingFileError)
+from diffusets_jax.text import EmbedderError
 
 
 def generate(model_dir, out, *extra, report="Sinus rhythm"):
@@ -251,6 +254,8 @@ def one_warning_line(capsys) -> str:
     ("vae_train.num_steps=abc", "--set vae_train.num_steps=abc: vae_train.num_steps must be of type int"),
     ("vae_train.num_steps=1.5", "--set vae_train.num_steps=1.5: vae_train.num_steps must be of type int"),
     ("vae_train=3", "--set vae_train=3: vae_train is a section of the config"),
+    ("vae_train.num_steps.x=1", "override 'vae_train.num_steps.x=1': config has no field 'vae_train.num_steps.x'"),
+    ("vae_train.nope=1", "override 'vae_train.nope=1': config has no field 'vae_train.nope'"),
 ])
 def test_a_config_override_of_the_wrong_type_is_named(tmp_path, capsys, override, message):
     (tmp_path / "weights.pth").write_bytes(b"")
@@ -272,22 +277,300 @@ def _damage(model, damage):
     if damage == "config.json not JSON":
         (model / "config.json").write_text("{not json")
         return model / "config.json"
+    if damage == "config.json in Latin-1":
+        (model / "config.json").write_bytes(b'{"note": "caf\xe9"}')
+        return model / "config.json"
     config = json.loads((model / "config.json").read_text())
     if damage == "config.json without vae":
         del config["vae"]
+    elif damage == "config.json a list":
+        config = [config]
+    elif damage == "config.json vae.channels as text":
+        config["vae"]["channels"] = "8, 16"
+    elif damage == "config.json diffusion.num_train_timesteps a float":
+        config["diffusion"]["num_train_timesteps"] = 999.5
     else:
         del config["diffusion"]["beta_start"]
     (model / "config.json").write_text(json.dumps(config))
     return model / "config.json"
 
 
-@pytest.mark.parametrize("damage", ["empty unet.npz", "truncated vae.npz", "config.json not JSON",
-                                    "config.json without vae", "config.json without diffusion.beta_start"])
-def test_a_damaged_model_directory_is_named(tiny_model_dir, tmp_path, capsys, damage):
+@pytest.mark.parametrize("damage, message", [
+    ("empty unet.npz", ("bytes, its manifest says", "is not a readable .npz")),
+    ("truncated vae.npz", ("bytes, its manifest says", "is not a readable .npz")),
+    ("config.json not JSON", "is not JSON (line 1, column 2: Expecting property name"),
+    ("config.json in Latin-1", "is not UTF-8 text (byte 13)"),
+    ("config.json a list", "is not a config: a JSON list, not an object"),
+    ("config.json without vae", "lacks the section(s) vae"),
+    ("config.json without diffusion.beta_start", ("bytes, its manifest says", "config lacks the field 'beta_start'")),
+    ("config.json vae.channels as text", ": vae.channels must be a list (like (16, 32, 64)), got '8, 16'"),
+    ("config.json diffusion.num_train_timesteps a float",
+     ": diffusion.num_train_timesteps must be an integer (like 1000), got 999.5"),
+])
+def test_a_damaged_model_directory_is_named(tiny_model_dir, tmp_path, capsys, damage, message):
     import shutil
 
     model = shutil.copytree(tiny_model_dir, tmp_path / "model")
     file = _damage(model, damage)
     assert generate(model, tmp_path / "out", "--checkpoint", str(model)) == 2
-    assert str(file) in one_error_line(capsys)
+    line = one_error_line(capsys)
+    assert str(file) in line and any(m in line for m in ((message,) if isinstance(message, str) else message))
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------ the command line (item 13: Ctrl-C)
+
+
+def _raise(error):
+    def fail(*args, **kwargs):
+        raise error
+    return fail
+
+
+@pytest.mark.parametrize("error", [
+    DiffusetsError("base kind"), InputError("an input"), ConfigError("a config"), DataError("a dataset file"),
+    CheckpointError("a checkpoint"), IntegrityError("a sha-256"), MissingFileError("a missing file"),
+    EmbedderError("an embedder"), PermissionError(13, "Permission denied", "/some/file"),
+    ValueError("first line\nsecond line"),
+])
+def test_every_expected_error_is_one_line_with_status_2_and_no_empty_output_directory(
+        tiny_model_dir, tmp_path, capsys, monkeypatch, error):
+    monkeypatch.setattr(Pipeline, "generate_for_conditions", _raise(error))  # after --out is created
+    out = tmp_path / "new" / "out"
+    assert generate(tiny_model_dir, out) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("diffusets-jax generate: error: ") and "Traceback" not in line
+    assert (str(error).splitlines()[0] if str(error) else type(error).__name__) in line
+    assert not (tmp_path / "new").exists()  # both directories the run created, and left empty, are gone
+
+
+def test_a_failed_run_keeps_an_output_directory_it_did_not_create_or_wrote_into(tiny_model_dir, tmp_path,
+                                                                                capsys, monkeypatch):
+    monkeypatch.setattr(Pipeline, "generate_for_conditions", _raise(DataError("broken")))
+    (tmp_path / "existing").mkdir()
+    assert generate(tiny_model_dir, tmp_path / "existing") == 2
+    assert (tmp_path / "existing").is_dir() and "broken" in one_error_line(capsys)
+    monkeypatch.undo()
+    monkeypatch.setattr("diffusets_jax.ecg_io.write_npz", _raise(OSError(28, "No space left on device", "x.npz")))
+    assert generate(tiny_model_dir, tmp_path / "new") == 2  # fails after writing the WFDB record
+    err = capsys.readouterr().err  # the progress bar, then the error
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        "diffusets-jax generate: error: [Errno 28] No space left on device: 'x.npz'")
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["ecg_000.dat", "ecg_000.hea"]
+
+
+def test_ctrl_c_is_one_line_with_status_130_and_debug_shows_the_traceback(tiny_model_dir, tmp_path, capsys,
+                                                                         monkeypatch):
+    monkeypatch.setattr(Pipeline, "generate_for_conditions", _raise(KeyboardInterrupt()))
+    assert generate(tiny_model_dir, tmp_path / "out") == 130
+    assert one_error_line(capsys) == "diffusets-jax generate: interrupted"
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(KeyboardInterrupt):
+        generate(tiny_model_dir, tmp_path / "out", "--debug")
+    monkeypatch.setattr(Pipeline, "generate_for_conditions", _raise(DataError("a dataset file")))
+    with pytest.raises(DataError, match="a dataset file"):
+        generate(tiny_model_dir, tmp_path / "out", "--debug")
+
+
+SIGINT_SCRIPT = """
+import sys, time
+from diffusets_jax import cli, pipeline
+
+def wait(*args, **kwargs):
+    print("ready", flush=True)
+    time.sleep(120)
+
+pipeline.Pipeline.from_pretrained = classmethod(wait)
+sys.exit(cli.main(["generate", "--report", "Sinus rhythm", "--age", "50", "--sex", "F", "--hr", "70",
+                   "--out", sys.argv[1], *sys.argv[2:]]))
+"""
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_real_sigint_is_one_line_with_status_130(tmp_path, debug):
+    import signal
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", SIGINT_SCRIPT, str(tmp_path / "out"), *(["--debug"] * debug)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    if debug:
+        assert "Traceback" in err and "KeyboardInterrupt" in err
+    else:
+        assert process.returncode == 130 and "Traceback" not in err
+        assert err.strip().splitlines()[-1] == "diffusets-jax generate: interrupted"
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------ item 13: inputs named in one line
+
+
+def test_non_utf8_bytes_in_the_report_argument_are_named(tiny_model_dir, tmp_path, capsys):
+    report = b"Sinus rhythm caf\xe9".decode("utf-8", "surrogateescape")  # what Python makes of such argv bytes
+    assert generate(tiny_model_dir, tmp_path / "out", report=report) == 2
+    assert "report is not UTF-8 text (byte 0xe9)" in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "-1"], "--batch-size must be an integer of at least 1, got -1"),
+    (["--batch-size", "0"], "--batch-size must be an integer of at least 1, got 0"),
+    (["--from-csv", "c.csv", "--batch-size", "-1"], "--batch-size must be an integer of at least 1, got -1"),
+    (["--experience-index", "random.npz"], "random.npz is not an experience index saved by `augment-dataset"),
+    (["--from-csv", "bom.csv"], None),
+])
+def test_generate_names_the_option_or_file_at_fault(tiny_model_dir, tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.csv").write_text(CSV)
+    (tmp_path / "random.npz").write_bytes(np.random.default_rng(0).bytes(3000))
+    (tmp_path / "bom.csv").write_text("report,age,sex,hr\nSinus rhythm,50,F,70\n", encoding="utf-8-sig")
+    status = generate(tiny_model_dir, tmp_path / "out", *args)
+    if message is None:  # the byte-order mark is read, not taken for part of the first column's name
+        assert status == 0 and "wrote 1 ECGs" in capsys.readouterr().out
+        return
+    assert status == 2
+    line = one_error_line(capsys)
+    assert message in line and "allow_pickle" not in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_csv_rows_with_a_bad_seed_or_binary_bytes_are_listed_and_the_rest_written(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "c.csv").write_bytes(b"report,age,sex,hr,seed\nSinus rhythm,50,F,70,-1\n"
+                                     b"Sinus rhythm,50,F,70,4294967296\nSinus rhythm,50,F,70,1.5\n"
+                                     b"Sinus\x00\x07rhythm,50,F,70,1\nSinus rhythm,50,F,70,4294967295\n")
+    assert generate(tiny_model_dir, tmp_path / "out", "--from-csv", str(tmp_path / "c.csv")) == 0
+    printed = capsys.readouterr().out
+    assert [line.strip() for line in printed.splitlines() if line.startswith("  row")] == [
+        *(f"row {i}: seed must be an integer in [0, 4294967295], got '{s}'" for i, s in
+          enumerate(["-1", str(2**32), "1.5"])),
+        "row 3: report holds the control character U+0000 (binary data?): 'Sinus\\x00\\x07rhythm'"]
+    assert "wrote 1 ECGs" in printed
+    assert sorted(p.name for p in (tmp_path / "out").glob("ecg_*")) == ["ecg_00004.dat", "ecg_00004.hea"]
+
+
+@pytest.mark.parametrize("index, message", [
+    ("x,y\n1,2\n", "index.csv is not the index of a `generate --from-csv` run (no column row, status): "
+                   "use --overwrite"),
+    ("row,status\nabc,ok\n", "index.csv, line 2: row 'abc' is not a row number: use --overwrite"),
+    (b"row,status\n0,\xff\xfe\n", "index.csv is not a readable index (UnicodeDecodeError): use --overwrite"),
+])
+def test_a_garbled_index_of_an_earlier_csv_run_is_named(tiny_model_dir, tmp_path, capsys, index, message):
+    (tmp_path / "c.csv").write_text(CSV)
+    (tmp_path / "out").mkdir()
+    write = (tmp_path / "out" / "index.csv").write_bytes if isinstance(index, bytes) else \
+        (tmp_path / "out" / "index.csv").write_text
+    write(index)
+    assert generate(tiny_model_dir, tmp_path / "out", "--from-csv", str(tmp_path / "c.csv")) == 2
+    assert message in one_error_line(capsys)
+    assert generate(tiny_model_dir, tmp_path / "out", "--from-csv", str(tmp_path / "c.csv"), "--overwrite") == 0
+
+
+def test_a_ptbxl_database_without_strat_fold_is_named(ptbxl_root, tmp_path, capsys):
+    import shutil
+
+    import pandas as pd
+
+    root = shutil.copytree(ptbxl_root, tmp_path / "ptb-xl")
+    pd.read_csv(root / "ptbxl_database.csv").drop(columns="strat_fold").to_csv(root / "ptbxl_database.csv",
+                                                                                index=False)
+    assert cli.main(["prepare", "--dataset", "ptbxl", "--root", str(root), "--out", str(tmp_path / "out")]) == 2
+    line = one_error_line(capsys)
+    assert f"{root / 'ptbxl_database.csv'} lacks the column(s) strat_fold" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_openai_connection_failure_is_one_line(monkeypatch):
+    import sys
+    import types
+
+    from diffusets_jax.text import OpenAIEmbedder
+
+    class OpenAIError(Exception):
+        pass
+
+    class APIConnectionError(OpenAIError):
+        pass
+
+    class Embeddings:
+        def create(self, model, input):
+            raise APIConnectionError("Connection error.\n(details of the proxy)")
+
+    class OpenAI:
+        def __init__(self, api_key):
+            self.embeddings = Embeddings()
+
+    monkeypatch.setitem(sys.modules, "openai", types.SimpleNamespace(OpenAI=OpenAI, OpenAIError=OpenAIError))
+    embedder = OpenAIEmbedder(api_key="sk-secret")
+    with pytest.raises(EmbedderError) as raised:
+        embedder.embed(["Most importantly, the 1st diagnosis is {Sinus rhythm}."])
+    message = str(raised.value)
+    assert message == ("the OpenAI embedding request (text-embedding-ada-002) failed: APIConnectionError: Connection "
+                       "error. (details of the proxy); check the network connection and OPENAI_API_KEY")
+    assert isinstance(raised.value, RuntimeError) and "sk-secret" not in message
+
+
+# ------------------------------------------------------------------------------ evaluate --samples (items 13, 15)
+
+
+def _samples(path, kind):
+    signals = np.zeros((4, 1024, 12), np.float32)
+    if kind == "no signals":
+        np.savez(path, ecgs=signals)
+    elif kind == "8 leads":
+        np.savez(path, signals=signals[..., :8])
+    elif kind == "2-D":
+        np.savez(path, signals=signals[0])
+    elif kind == "NaN":
+        signals[2, 10, 3] = np.nan
+        np.savez(path, signals=signals)
+    elif kind == "random bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif kind == "5 ECGs":
+        np.savez(path, signals=np.zeros((5, 1024, 12), np.float32))
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("no signals", "has no 'signals' array (it holds ecgs)"),
+    ("8 leads", "signals have shape (4, 1024, 8); need (N, 1024, 12)"),
+    ("2-D", "signals have shape (1024, 12); need (N, 1024, 12)"),
+    ("NaN", "1 of the 4 ECGs hold NaN or infinite values (the first is ECG 2)"),
+    ("random bytes", "is not a readable .npz (truncated, or another kind of file)"),
+    ("5 ECGs", "holds 5 ECGs, not --num-samples 4"),
+])
+def test_evaluate_names_unusable_samples_before_loading_anything(tmp_path, capsys, kind, message):
+    samples = _samples(tmp_path / "samples.npz", kind)
+    status = cli.main(["evaluate", "--dataset", str(tmp_path / "no-such-set"), "--num-samples", "4",
+                       "--samples", str(samples), "--out", str(tmp_path / "out")])
+    assert status == 2
+    line = one_error_line(capsys)
+    assert f"{samples}" in line and message in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "-1"], "--seed must be an integer in [0, 4294967295], got -1"),
+    (["--seed", str(2**32)], f"--seed must be an integer in [0, 4294967295], got {2**32}"),
+    (["--batch-size", "-1"], "--batch-size must be an integer of at least 1, got -1"),
+    (["--samples", "s.npz", "--sampler", "ddim", "--num-steps", "5"],
+     "--samples scores ECGs already generated; drop --sampler, --num-steps"),
+    (["--samples", "s.npz", "--batch-size", "2"], "--samples scores ECGs already generated; drop --batch-size"),
+])
+def test_evaluate_refuses_bad_or_inapplicable_options(tmp_path, capsys, args, message):
+    status = cli.main(["evaluate", "--dataset", str(tmp_path / "no-such-set"), "--out", str(tmp_path / "out"),
+                       *args])
+    assert status == 2
+    assert message in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_python_api_refuses_a_batch_size_below_one(tiny_pipeline):
+    for batch_size in (0, -1, 1.5, True):
+        with pytest.raises(InputError, match="batch_size must be an integer of at least 1"):
+            tiny_pipeline("Sinus rhythm", age=50, sex="F", heart_rate=70, batch_size=batch_size)

@@ -35,6 +35,8 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# No "Loading weights" bars of the text model: stderr holds the command's own progress and one line per error.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from diffusets_jax.errors import DiffusetsError  # noqa: E402
 
