@@ -15,6 +15,7 @@ Conventions (docs/style.md):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -29,6 +30,9 @@ import orbax.checkpoint as ocp
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
+
+from diffusets_jax.checkpoints import metrics_file, steps
+from diffusets_jax.errors import MissingFileError
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -120,7 +124,7 @@ def adamw(learning_rate, train_config) -> optax.GradientTransformation:
     """AdamW (betas 0.9/0.999, eps 1e-8, torch's defaults), after clipping the gradient's global
     norm to `train_config.grad_clip_norm` when it is > 0 (the official code does not clip)."""
     opt = optax.adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=train_config.weight_decay)
-    clip = train_config.get("grad_clip_norm", 0.0)  # absent from configs saved before it existed
+    clip = train_config.grad_clip_norm  # configs saved before it existed: checkpoints.MIGRATIONS
     if clip > 0:
         return optax.chain(optax.clip_by_global_norm(clip), opt)
     return opt
@@ -162,68 +166,26 @@ def check_finite(step: int, metrics: dict[str, float]) -> None:
 # Checkpoints
 
 
-def _abstract(state):
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-
-
-class Checkpoints:
-    """The last `keep` checkpoints in `directory` and the best one (lowest `metric`) in `directory_best`.
-
-    Orbax writes each checkpoint to a temporary directory and renames it when complete, so a
-    process killed while saving leaves the previous checkpoint intact. Restoring uses the
-    shardings of the state it is given, so a run saved on 8 devices resumes on 1 and back.
-    """
-
-    def __init__(self, directory: Path, keep: int):
-        directory = Path(directory).absolute()
-        self.directory = directory
-        self.latest = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
-        best_options = ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["loss"], best_mode="min", create=True)
-        self.best = ocp.CheckpointManager(directory.with_name(directory.name + "_best"), options=best_options)
-
-    def latest_step(self) -> int | None:
-        return self.latest.latest_step()
-
-    def restore(self, state: TrainState, step: int | None = None) -> TrainState:
-        """Checkpoint `step` (default: the latest) restored onto `state`'s structure and shardings."""
-        step = self.latest.latest_step() if step is None else step
-        return self.latest.restore(step, args=ocp.args.StandardRestore(_abstract(state)))
-
-    def restore_best(self, state: TrainState) -> TrainState:
-        step = self.best.best_step()
-        if step is None:
-            raise FileNotFoundError(f"no best checkpoint in {self.best.directory}")
-        return self.best.restore(step, args=ocp.args.StandardRestore(_abstract(state)))
-
-    def save(self, step: int, state: TrainState, loss: float | None) -> None:
-        self.latest.save(step, args=ocp.args.StandardSave(state))
-        if loss is not None and math.isfinite(loss):
-            self.best.save(step, args=ocp.args.StandardSave(state), metrics={"loss": float(loss)})
-
-    def wait_until_finished(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
-
-
-def restore_or_init(checkpoints: Checkpoints, state: TrainState) -> TrainState:
-    """The latest checkpoint restored onto `state`'s structure and shardings, or `state` itself."""
-    if checkpoints.latest_step() is None:
-        return state
-    restored = checkpoints.restore(state)
-    tqdm.write(f"resumed from checkpoint at step {int(restored.step)} in {checkpoints.directory}")
-    return restored
+# The orbax checkpoints live in `diffusets_jax.checkpoints.steps` (last K and best, the fall-back
+# past a broken step); these names stay here for the trainers and their callers.
+Checkpoints = steps.Checkpoints
+restore_or_init = functools.partial(steps.restore_or_init, log=tqdm.write)
 
 
 def restore_latest(directory: Path, state: TrainState, train_command: str) -> TrainState:
-    """The latest checkpoint in `directory`, restored onto `state`'s structure.
+    """The newest restorable checkpoint in `directory`, restored onto `state`'s structure (a newer
+    broken step is warned about and skipped, not moved).
 
-    Raises FileNotFoundError naming the directory and the command that writes it.
+    Raises MissingFileError (a FileNotFoundError) naming the directory and the command that writes
+    it, CheckpointError naming the step and file when no step restores.
     """
     manager = ocp.CheckpointManager(Path(directory).absolute())
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {directory}: run `diffusets-jax {train_command}` first")
-    return manager.restore(step, args=ocp.args.StandardRestore(_abstract(state)))
+    try:
+        if manager.latest_step() is None:
+            raise MissingFileError(f"no checkpoint in {directory}: run `diffusets-jax {train_command}` first")
+        return steps.restore_newest(manager, state)[0]
+    finally:
+        manager.close()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -240,7 +202,7 @@ class MetricsLogger:
     """
 
     def __init__(self, workdir: Path, name: str, total_steps: int, start_step: int, batch_size: int):
-        self.path, self.batch_size = workdir / f"{name}_metrics.jsonl", batch_size
+        self.path, self.batch_size = workdir / metrics_file(name), batch_size
         self.writes = jax.process_index() == 0
         self.tensorboard = None
         if self.writes:

@@ -24,11 +24,11 @@ import optax
 from flax import nnx
 
 from diffusets_jax import diffusion
-from diffusets_jax.config import config_from_json, config_to_json
+from diffusets_jax.checkpoints import UNET_DIR, VAE_DIR, write_config
 from diffusets_jax.errors import ConfigError
 from diffusets_jax.constants import LATENT_SCALE
 from diffusets_jax.models import build_unet, make_condition, null_condition
-from diffusets_jax.pretrained import load_pretrained, save_pretrained
+from diffusets_jax.pretrained import load_pretrained
 from diffusets_jax.training import common
 from diffusets_jax.training.data import latent_sources
 from diffusets_jax.training.vae import load_trained_vae, vae_optimizer
@@ -54,7 +54,7 @@ def drop_conditions(condition: jax.Array, key: jax.Array, config) -> jax.Array:
     and its text or patient part alone with `text_dropout` / `patient_dropout`. All 0: unchanged
     (official)."""
     tc = config.unet_train
-    rates = (tc.get("condition_dropout", 0.0), tc.get("text_dropout", 0.0), tc.get("patient_dropout", 0.0))
+    rates = (tc.condition_dropout, tc.text_dropout, tc.patient_dropout)  # older configs: checkpoints.MIGRATIONS
     if not any(rates):
         return condition
     drop_all, drop_text, drop_patient = (
@@ -205,7 +205,7 @@ def train_diffusion(config, workdir: str | Path, data_dirs, stop_after: int | No
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config_to_json(config))
+    write_config(workdir, config)
     tc = config.unet_train
     common.check_batch_size(tc.batch_size)
     sediff = config.get("sediff") or {}
@@ -225,11 +225,11 @@ def train_diffusion(config, workdir: str | Path, data_dirs, stop_after: int | No
     ema = jax.tree.map(jnp.copy, params) if tc.ema_decay > 0 else None
     state = common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=ema)
     state = common.replicate(state, mesh)
-    checkpoints = common.Checkpoints(workdir / "unet", tc.keep_checkpoints)
+    checkpoints = common.Checkpoints(workdir / UNET_DIR, tc.keep_checkpoints)
     state = common.restore_or_init(checkpoints, state)
     schedule = diffusion.schedule_from_config(config.diffusion)
     common.run_training(
-        name="unet", workdir=workdir, state=state,
+        name=UNET_DIR, workdir=workdir, state=state,
         train_step=make_train_step(graphdef, tx, schedule, config, jax.random.key(config.seed + 1), mesh,
                                    tuple(extra.losses)),
         batches=train_source.batches(tc.batch_size, int(state.step), seed=config.seed, shuffle=config.data.shuffle),
@@ -239,35 +239,31 @@ def train_diffusion(config, workdir: str | Path, data_dirs, stop_after: int | No
         preview=make_preview(graphdef, vae, val_source or train_source, config, schedule),
         stop_after=stop_after,
     )
-    return workdir / "unet"
+    return workdir / UNET_DIR
 
 
 def load_trained_unet(config, workdir: str | Path, use_ema: bool = True):
-    """The U-Net of the latest checkpoint in `workdir/unet` (its EMA parameters if kept)."""
-    unet = build_unet(config)
-    graphdef, params = nnx.split(unet, nnx.Param)
-    tx = unet_optimizer(config.unet_train, 1)
-    ema = params if config.unet_train.ema_decay > 0 else None
-    state = common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=ema)
-    restored = common.restore_latest(Path(workdir) / "unet", state, "train-diffusion")
-    chosen = restored.ema_params if (use_ema and restored.ema_params is not None) else restored.params
-    return nnx.merge(graphdef, chosen), int(restored.step)
+    """`(unet, step)`: the U-Net of the newest restorable checkpoint in `workdir/unet` (its EMA
+    parameters if kept and `use_ema`), parameters only (`checkpoints.export.load_trained`).
+
+    Raises MissingFileError (a FileNotFoundError) if there is none, CheckpointError naming the step
+    and file if none restores.
+    """
+    from diffusets_jax.checkpoints.export import load_trained
+
+    return load_trained(config, workdir, UNET_DIR, use_ema=use_ema)
 
 
 def export_workdir(workdir: str | Path, out: str | Path, model_card: str | None = None) -> Path:
-    """Write the pretrained directory (config, VAE, U-Net -- EMA weights if kept) of a workdir."""
-    workdir = Path(workdir)
-    config_path = workdir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found: not a training workdir")
-    config = config_from_json(config_path.read_text())
-    vae, _ = load_trained_vae(config, workdir)
-    unet, _ = load_trained_unet(config, workdir)
-    return save_pretrained(out, config, vae, unet, model_card=model_card)
+    """Write the pretrained directory (config, VAE, U-Net -- EMA weights if kept) of a workdir
+    (`checkpoints.export.export_workdir`, kept here for its callers)."""
+    from diffusets_jax.checkpoints.export import export_workdir as export
+
+    return export(workdir, out, model_card=model_card)
 
 
 def workdir_from_pretrained(model_dir: str | Path, workdir: str | Path,
-                            models: tuple[str, ...] = ("vae", "unet")) -> tuple[int, int]:
+                            models: tuple[str, ...] = (VAE_DIR, UNET_DIR)) -> tuple[int, int]:
     """Write a training workdir from a pretrained model directory (the inverse of `export_workdir`),
     so that `train_diffusion` can fine-tune a shipped model; `models=("vae",)` writes only its VAE
     (train a new U-Net on a shipped VAE: `train-diffusion --vae-from DIR`; the workdir's
@@ -283,17 +279,17 @@ def workdir_from_pretrained(model_dir: str | Path, workdir: str | Path,
     FileExistsError if `workdir` already holds checkpoints.
     """
     workdir = Path(workdir)
-    if (workdir / "vae").exists() or (workdir / "unet").exists():
+    if (workdir / VAE_DIR).exists() or (workdir / UNET_DIR).exists():
         raise FileExistsError(f"{workdir} already holds checkpoints; choose an empty workdir")
     config, vae, unet = load_pretrained(model_dir)
     workdir.mkdir(parents=True, exist_ok=True)
-    if "unet" in models:
-        (workdir / "config.json").write_text(config_to_json(config))
+    if UNET_DIR in models:
+        write_config(workdir, config)
     steps = (max(int(config.vae_train.num_steps), 1), max(int(config.unet_train.num_steps), 1))
     vae_tc, unet_tc = config.vae_train, config.unet_train
     for name, module, tc, tx, step, keeps_ema in (
-        ("vae", vae, vae_tc, vae_optimizer(vae_tc, 1), steps[0], False),
-        ("unet", unet, unet_tc, unet_optimizer(unet_tc, 1), steps[1], unet_tc.ema_decay > 0),
+        (VAE_DIR, vae, vae_tc, vae_optimizer(vae_tc, 1), steps[0], False),
+        (UNET_DIR, unet, unet_tc, unet_optimizer(unet_tc, 1), steps[1], unet_tc.ema_decay > 0),
     ):
         if name not in models:
             continue

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from diffusets_jax.config import config_to_json
+from diffusets_jax.checkpoints import VAE_DIR, write_config
 from diffusets_jax.constants import LATENT_SCALE
 from diffusets_jax.models import build_vae, vae_loss
 from diffusets_jax.training import common
@@ -111,7 +111,7 @@ def train_vae(config, workdir: str | Path, data_dirs, stop_after: int | None = N
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config_to_json(config))
+    write_config(workdir, config)
     tc = config.vae_train
     common.check_batch_size(tc.batch_size)
     train_source, val_source = training_sources(config, data_dirs)
@@ -123,11 +123,11 @@ def train_vae(config, workdir: str | Path, data_dirs, stop_after: int | None = N
     tx = vae_optimizer(tc, num_steps)
     state = common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
     state = common.replicate(state, mesh)
-    checkpoints = common.Checkpoints(workdir / "vae", tc.keep_checkpoints)
+    checkpoints = common.Checkpoints(workdir / VAE_DIR, tc.keep_checkpoints)
     state = common.restore_or_init(checkpoints, state)
     preview_source = val_source or train_source
     common.run_training(
-        name="vae", workdir=workdir, state=state,
+        name=VAE_DIR, workdir=workdir, state=state,
         train_step=make_train_step(graphdef, tx, num_steps, tc, jax.random.key(config.seed), mesh),
         batches=train_source.batches(tc.batch_size, int(state.step), seed=config.seed, shuffle=config.data.shuffle),
         train_config=tc, num_steps=num_steps, checkpoints=checkpoints, mesh=mesh,
@@ -135,14 +135,16 @@ def train_vae(config, workdir: str | Path, data_dirs, stop_after: int | None = N
         evaluate=make_evaluate(graphdef, val_source, tc, mesh, config.seed) if val_source else None,
         preview=make_preview(graphdef, preview_source, mesh), stop_after=stop_after,
     )
-    return workdir / "vae"
+    return workdir / VAE_DIR
 
 
 def load_trained_vae(config, workdir: str | Path):
-    """The VAE of the latest checkpoint in `workdir/vae` (FileNotFoundError if there is none)."""
-    vae = build_vae(config)
-    graphdef, params = nnx.split(vae, nnx.Param)
-    tx = vae_optimizer(config.vae_train, 1)
-    state = common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-    restored = common.restore_latest(Path(workdir) / "vae", state, "train-vae")
-    return nnx.merge(graphdef, restored.params), int(restored.step)
+    """`(vae, step)`: the VAE of the newest restorable checkpoint in `workdir/vae`, parameters only
+    (`checkpoints.export.load_trained`: a broken newer step is warned about and skipped).
+
+    Raises MissingFileError (a FileNotFoundError) if there is none, CheckpointError naming the step
+    and file if none restores.
+    """
+    from diffusets_jax.checkpoints.export import load_trained
+
+    return load_trained(config, workdir, VAE_DIR)

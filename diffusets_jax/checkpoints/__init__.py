@@ -1,0 +1,23 @@
+"""Who owns checkpoints: the workdir layout, the model-directory format and its manifest.
+
+* `layout`: names of the workdir and model-directory files (`CONFIG_FILE`, `VAE_DIR`, `UNET_DIR`,
+  `metrics_file`), atomic writes, and `read_config`, which migrates older configs once at load;
+* `manifest`: `MANIFEST.json` (size and SHA-256 per file), written last and checked at load;
+* `model_dir`: `save_model_dir` / `load_model_dir`, the one format of every trained artefact;
+* `steps` (imported on demand, it loads orbax): the orbax checkpoints of training, last-K and
+  best, params-only restore, and the fall-back past a step that cannot be restored;
+* `export` (imported on demand, it builds models): a workdir -> a model directory and back.
+"""
+
+from diffusets_jax.checkpoints.layout import (  # noqa: F401
+    BEST_SUFFIX, BROKEN_SUFFIX, CONFIG_FILE, EVALUATOR_DIR, MIGRATIONS, MODEL_CARD_FILE, UNET_DIR, VAE_DIR,
+    atomic_open, atomic_write, atomic_write_text, best_dir, metrics_file, migrate_config, read_config, read_json,
+    write_config,
+)
+from diffusets_jax.checkpoints.manifest import (  # noqa: F401
+    MANIFEST_FILE, read_manifest, sha256_file, verify_manifest, write_manifest,
+)
+from diffusets_jax.checkpoints.model_dir import (  # noqa: F401
+    ModelDir, check_finite, flatten_params, load_model_dir, load_params_into, module_arrays, read_npz,
+    save_model_dir,
+)
