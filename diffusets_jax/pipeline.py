@@ -114,7 +114,8 @@ def validate_conditions(report, age, sex, heart_rate, num_samples: int, num_step
     if bad := next((c for s in statements for c in s if c != "\t" and (c < " " or "\x7f" <= c < "\xa0")), None):
         raise InputError(f"report holds the control character U+{ord(bad):04X} (binary data?): {short_repr(text)}")
     if not statements:
-        raise InputError("report is empty: give at least one statement, e.g. 'Sinus rhythm'")
+        raise InputError(f"report has no statements: {short_repr(report)}" if isinstance(report, str) else
+                         "report is empty: give at least one statement, e.g. 'Sinus rhythm'")
     sex_code = str(sex).strip().upper()[:1] if str(sex).strip().lower() in ("m", "f", "male", "female") else None
     if sex_code not in SEX_CODES:
         raise InputError(f"sex must be 'M' or 'F' (or male/female), got {short_repr(sex)}")
@@ -412,4 +413,7 @@ def write_outputs(result: GenerationResult, out_dir: str | Path, png: bool = Tru
         num_steps=np.int64(result.num_steps), sampler=np.array(result.sampler),
         guidance_scale=np.float32(result.guidance_scale), fs=np.float32(result.fs), leads=np.array(result.leads),
     )
+    from diffusets_jax.checkpoints import write_manifest
+
+    write_manifest(out_dir, [p.name for p in out_dir.glob("ecg_*")] + ["samples.npz"])  # size, SHA-256 of each
     return paths
