@@ -184,7 +184,8 @@ def test_an_output_directory_holding_an_earlier_run_needs_overwrite(tiny_model_d
     assert (out / "ecg_000.dat").read_bytes() == first and (out / "ecg_001.hea").is_file()
 
     assert generate(tiny_model_dir, out, "--overwrite", report="Atrial fibrillation") == 0
-    assert sorted(p.name for p in out.iterdir()) == ["ecg_000.dat", "ecg_000.hea", "notes.txt", "samples.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["MANIFEST.json", "ecg_000.dat", "ecg_000.hea", "notes.txt",
+                                                     "samples.npz"]
     with np.load(out / "samples.npz") as saved:
         assert saved["signals"].shape[0] == 1 and str(saved["report"]) == "Atrial fibrillation"
 
@@ -533,6 +534,11 @@ def _samples(path, kind):
         path.write_bytes(np.random.default_rng(0).bytes(5000))
     elif kind == "5 ECGs":
         np.savez(path, signals=np.zeros((5, 1024, 12), np.float32))
+    elif kind == ".npy":
+        np.save(path, signals)
+        path = path.with_suffix(".npz.npy")
+    elif kind == "text":
+        np.savez(path, signals=np.full((4, 1024, 12), "x"))
     return path
 
 
@@ -543,6 +549,8 @@ def _samples(path, kind):
     ("NaN", "1 of the 4 ECGs hold NaN or infinite values (the first is ECG 2)"),
     ("random bytes", "is not a readable .npz (truncated, or another kind of file)"),
     ("5 ECGs", "holds 5 ECGs, not --num-samples 4"),
+    (".npy", "is a .npy array, not an .npz with 'signals'"),
+    ("text", "signals are of type <U1, not real numbers (mV)"),
 ])
 def test_evaluate_names_unusable_samples_before_loading_anything(tmp_path, capsys, kind, message):
     samples = _samples(tmp_path / "samples.npz", kind)

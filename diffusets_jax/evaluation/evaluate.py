@@ -140,7 +140,7 @@ def load_samples(path: str | Path, num_samples: int) -> np.ndarray:
                 raise DataError(f"{path} has no 'signals' array (it holds {', '.join(data.files) or 'nothing'}); "
                                 "give the samples.npz of `generate` or `evaluate`")
             signals = data["signals"]
-    except AttributeError:  # np.load returned a plain array: a .npy file
+    except (AttributeError, TypeError):  # np.load returned a plain array (no context manager): a .npy file
         raise DataError(f"{path} is a .npy array, not an .npz with 'signals'") from None
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
         if isinstance(error, DataError):
