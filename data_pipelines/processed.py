@@ -8,6 +8,8 @@ A directory holding:
     info.json     source, root, embedder name and dim, counts, creation time
     skipped.csv   record_id, reason for each record that could not be used
     records.jsonl one line of metadata per kept record (original report, scp codes, ...)
+    MANIFEST.json size and SHA-256 of the four files above (`diffusets_jax.checkpoints.manifest`),
+                  written last; `load_processed` checks dataset.npz and info.json against it
 
 Text embeddings are computed here once, through a prompt cache, so training never runs the text
 model (the official code stores ada-002 embeddings in its latent cache, read by official
@@ -19,13 +21,21 @@ from __future__ import annotations
 import csv
 import json
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from diffusets_jax.checkpoints import atomic_open, atomic_write, atomic_write_text, verify_manifest, write_manifest
 from diffusets_jax.constants import NUM_LEADS, NUM_SAMPLES, SEX_CODES
+from diffusets_jax.errors import DataError, MissingFileError
+
+#: The files of a processed set that its manifest lists (`hosp_codes.jsonl`, added later by
+#: `attach_hosp_codes`, and the embedding cache, which grows between runs, are not listed).
+MANIFEST_FILES = ("dataset.npz", "info.json", "records.jsonl", "skipped.csv")
 
 ARRAY_FIELDS = (
     "signals", "text_embeddings", "age", "sex", "heart_rate", "fold", "reports", "prompts",
@@ -80,8 +90,7 @@ def save_processed(records, skipped: Sequence[tuple[str, str]], out_dir: str | P
     prompts = [build_prompt(r.statements) for r in records]
     embeddings = cache.embed_prompts(prompts, embedder)
     cache.save(cache_path)
-    np.savez(
-        out_dir / "dataset.npz",
+    arrays = dict(
         signals=np.stack([r.signal for r in records]).astype(np.float32),
         text_embeddings=embeddings.astype(np.float32),
         age=np.array([r.age for r in records], np.float32),
@@ -93,10 +102,10 @@ def save_processed(records, skipped: Sequence[tuple[str, str]], out_dir: str | P
         record_ids=np.array([str(r.record_id) for r in records]),
         patient_ids=np.array([str(r.patient_id) for r in records]),
     )
-    with open(out_dir / "records.jsonl", "w") as f:
-        for r in records:
-            f.write(json.dumps({"record_id": str(r.record_id), **_jsonable(r.metadata)}) + "\n")
-    with open(out_dir / "skipped.csv", "w", newline="") as f:
+    atomic_write(out_dir / "dataset.npz", lambda f: np.savez(f, **arrays))
+    atomic_write_text(out_dir / "records.jsonl", "".join(
+        json.dumps({"record_id": str(r.record_id), **_jsonable(r.metadata)}) + "\n" for r in records))
+    with atomic_open(out_dir / "skipped.csv", "w") as f:
         writer = csv.writer(f)
         writer.writerow(["record_id", "reason"])
         writer.writerows(skipped)
@@ -105,7 +114,8 @@ def save_processed(records, skipped: Sequence[tuple[str, str]], out_dir: str | P
         "num_records": len(records), "num_skipped": len(skipped),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    (out_dir / "info.json").write_text(json.dumps(info, indent=2))
+    atomic_write_text(out_dir / "info.json", json.dumps(info, indent=2))
+    write_manifest(out_dir, MANIFEST_FILES)
     return out_dir
 
 
@@ -117,8 +127,13 @@ def load_processed(dirs: str | Path | Sequence[str | Path], folds: Sequence[int]
                    ) -> ProcessedDataset:
     """Read and concatenate processed sets, keeping only `folds` if given.
 
-    Raises FileNotFoundError naming a directory without `dataset.npz`, ValueError if the sets were
-    embedded by different text embedders, if an array is malformed, or if nothing is left.
+    Checks `dataset.npz` and `info.json` against the set's `MANIFEST.json` when it has one (sets
+    written before manifests still load).
+
+    Raises MissingFileError (a FileNotFoundError) naming a directory without `dataset.npz`,
+    IntegrityError naming a file that differs from the manifest, DataError naming an unreadable
+    file, ValueError if the sets were embedded by different text embedders, if an array is
+    malformed, or if nothing is left.
     """
     dirs = [dirs] if isinstance(dirs, (str, Path)) else list(dirs)
     if not dirs:
@@ -127,11 +142,23 @@ def load_processed(dirs: str | Path | Sequence[str | Path], folds: Sequence[int]
     for d in dirs:
         path = Path(d) / "dataset.npz"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: run `diffusets-jax prepare --out {d}` first")
-        info = json.loads((Path(d) / "info.json").read_text())
-        embedders.add(info["embedder"])
-        with np.load(path, allow_pickle=False) as data:
-            parts.append({name: data[name] for name in ARRAY_FIELDS})
+            raise MissingFileError(f"{path} not found: run `diffusets-jax prepare --out {d}` first")
+        verify_manifest(d, ("dataset.npz", "info.json"))  # IntegrityError naming a changed file
+        try:
+            info = json.loads((Path(d) / "info.json").read_text())
+            embedders.add(info["embedder"])
+        except FileNotFoundError:
+            raise MissingFileError(f"{Path(d) / 'info.json'} not found: not a processed set") from None
+        except (ValueError, KeyError, TypeError) as error:
+            raise DataError(f"{Path(d) / 'info.json'} is unreadable ({type(error).__name__}: {error})") from None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                parts.append({name: data[name] for name in ARRAY_FIELDS})
+        except KeyError as error:
+            raise DataError(f"{path} lacks the array {error}") from None
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
+            raise DataError(f"{path} is not a readable .npz (truncated or garbled?): "
+                            f"{type(error).__name__}: {error}") from None
     if len(embedders) > 1:
         raise ValueError(f"datasets {dirs} were embedded with different text embedders: {sorted(embedders)}")
     merged = {name: np.concatenate([p[name] for p in parts]) for name in ARRAY_FIELDS}

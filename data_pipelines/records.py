@@ -305,18 +305,29 @@ class RawSignal:
 
 
 def read_wfdb(path: str | os.PathLike, record_id: str | None = None) -> RawSignal:
-    """Read a WFDB record (`path` without extension) with `wfdb.rdrecord`, converted to mV.
+    """Read a WFDB record (``path`` without extension) with ``wfdb.rdrecord``, converted to mV.
+
+    The digital samples are read first and checked against the per-signal checksums of the header
+    where it has them (the 16-bit sum of each signal's samples, field 7 of a signal line; WFDB
+    ``header(5)``, https://physionet.org/physiotools/wag/header-5.htm; ``wfdb.Record.calc_checksum``),
+    so a ``.dat`` garbled in place (same size) is refused instead of read as noise; then converted
+    to physical units (``Record.dac``, invalid samples -> NaN).
 
     Raises:
-        RecordError: naming `path` for any read failure (missing/corrupt `.hea`/`.dat`),
-        for a record without a physical signal or for units other than mV/uV/V.
+        RecordError: naming ``path`` for any read failure (missing/corrupt ``.hea``/``.dat``), a
+        checksum that differs from the header's (naming the leads), a record without a physical
+        signal, or units other than mV/uV/V.
     """
     path = os.fspath(path)
     record_id = path if record_id is None else record_id
     try:
-        rec = wfdb.rdrecord(path)
+        rec = wfdb.rdrecord(path, physical=False)
     except Exception as err:  # wfdb raises many types (OSError, ValueError, IndexError, ...)
         raise RecordError(record_id, f"cannot read WFDB record {path}: {type(err).__name__}: {err}") from err
+    if rec.d_signal is None or rec.sig_name is None:
+        raise RecordError(record_id, f"WFDB record {path} has no physical signal")
+    _check_checksums(rec, path, record_id)
+    rec.p_signal = rec.dac(return_res=64)
     if rec.p_signal is None or rec.sig_name is None:
         raise RecordError(record_id, f"WFDB record {path} has no physical signal")
     units = [(u or "").strip().lower() for u in (rec.units or [""] * rec.n_sig)]
@@ -326,6 +337,19 @@ def read_wfdb(path: str | os.PathLike, record_id: str | None = None) -> RawSigna
     scale = np.array([_UNIT_TO_MV[u] for u in units])
     return RawSignal(np.asarray(rec.p_signal, dtype=np.float64) * scale, float(rec.fs),
                      list(rec.sig_name), list(rec.comments or []), path)
+
+
+def _check_checksums(rec, path: str, record_id: str) -> None:
+    """RecordError naming the signals whose 16-bit sample sum differs from the header's checksum."""
+    stored = rec.checksum or []
+    if not any(c is not None for c in stored):
+        return
+    computed = rec.calc_checksum()
+    bad = [name for name, want, got in zip(rec.sig_name, stored, computed)
+           if want is not None and (int(got) - int(want)) % 65536]
+    if bad:
+        raise RecordError(record_id, f"WFDB record {path}: the samples of {', '.join(bad)} do not match the "
+                                     "header's checksums (the .dat file is corrupt)")
 
 
 def parse_age(value) -> float | None:

@@ -13,6 +13,7 @@ from diffusets_jax.sediff import retrieval as rag
 from diffusets_jax.sediff import summarisers
 from diffusets_jax.sediff.augment import augment_dataset, augment_report
 from diffusets_jax.sediff.retrieval import ExperienceIndex, Query, retrieve
+from diffusets_jax.errors import DataError
 from diffusets_jax.sediff.summarisers import KeywordSummariser, LLMSummariser
 from diffusets_jax.text import build_prompt
 
@@ -313,3 +314,36 @@ def test_augment_dataset_writes_reembedded_set(processed_dirs, tmp_path):
     assert summary == out.reports[i]
     report = augment_report(index, "Sinus tachycardia", 40, "M", 120, k=3)
     assert report.split("|")[0] == "Sinus tachycardia"
+
+
+class _FlakyLLM:
+    """A chat client whose every other call fails (an API that times out now and then)."""
+
+    def __init__(self):
+        self.calls = self.failures = 0
+
+    def complete(self, system, user):
+        self.calls += 1
+        if self.calls % 2:
+            self.failures += 1
+            raise TimeoutError("the API did not answer")
+        return "Sinus rhythm|ST depression"
+
+
+def test_llm_fallback_is_recorded_per_record_and_counted_in_info(processed_dirs, tmp_path):
+    llm = LLMSummariser(_FlakyLLM(), max_statements=4)
+    with pytest.warns(UserWarning, match="TimeoutError: the API did not answer"):
+        out = augment_dataset(processed_dirs, tmp_path / "out", k=3, summariser=llm, embedder=_HashEmbedder(),
+                              progress=False)
+    rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    methods = [r["summariser"] for r in rows]
+    used = json.loads((out / "info.json").read_text())["augmentation"]["summariser_used"]
+    assert set(methods) == {"llm", "keyword"} and used == {m: methods.count(m) for m in set(methods)}
+    assert used["keyword"] == llm.client.failures  # one fallback per failed call, and only those
+    load_processed(out)  # its manifest matches
+
+
+def test_llm_summariser_strict_fails_loudly():
+    query = Query.from_report("Sinus rhythm", age=60, sex="F", heart_rate=72)
+    with pytest.raises(DataError, match="LLM summariser failed .*offline.*strict"):
+        LLMSummariser(_FakeLLM(RuntimeError("offline")), strict=True).summarise(query, _neighbours(NEIGHBOURS))

@@ -17,7 +17,16 @@ from diffusets_jax.checkpoints.layout import (  # noqa: F401
 from diffusets_jax.checkpoints.manifest import (  # noqa: F401
     MANIFEST_FILE, read_manifest, sha256_file, verify_manifest, write_manifest,
 )
-from diffusets_jax.checkpoints.model_dir import (  # noqa: F401
-    ModelDir, check_finite, flatten_params, load_model_dir, load_params_into, module_arrays, read_npz,
-    save_model_dir,
+#: Loaded on first use (they import JAX and Flax), so that data preparation stays light.
+_MODEL_DIR_NAMES = (
+    "ModelDir", "check_finite", "flatten_params", "load_model_dir", "load_params_into", "module_arrays", "read_npz",
+    "save_model_dir",
 )
+
+
+def __getattr__(name):
+    if name in _MODEL_DIR_NAMES:
+        from diffusets_jax.checkpoints import model_dir
+
+        return getattr(model_dir, name)
+    raise AttributeError(f"module 'diffusets_jax.checkpoints' has no attribute {name!r}")

@@ -12,16 +12,20 @@ from __future__ import annotations
 import csv
 import json
 import time
+import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from data_pipelines.mimic_hosp import read_hosp_codes, write_hosp_codes
+from data_pipelines.processed import MANIFEST_FILES
+from diffusets_jax.checkpoints import atomic_write, atomic_write_text, write_manifest
 from diffusets_jax.sediff.retrieval import (
     DEFAULT_K, DEFAULT_TRAIN_FOLDS, ExperienceIndex, Query, Retrieval, check_weights, read_tables, statements_of,
 )
-from diffusets_jax.sediff.summarisers import KeywordSummariser, Summariser
+from diffusets_jax.sediff.summarisers import KeywordSummariser, Summariser, method_name, summarise_with_method
 
 def augment_report(index: ExperienceIndex, report: str | Sequence[str], age: float | None, sex: str | None,
                    heart_rate: float | None, k: int = DEFAULT_K, *, weights: Mapping[str, float] | None = None,
@@ -99,8 +103,14 @@ def augment_dataset(src_dirs: str | Path | Sequence[str | Path], out_dir: str | 
     t2 = time.perf_counter()
     from tqdm import tqdm
 
-    reports = [summariser.summarise(q, r) for q, r in tqdm(list(zip(queries, retrievals)), desc="summarising",
-                                                            unit="rec", disable=not progress)]
+    summaries = [summarise_with_method(summariser, q, r)
+                 for q, r in tqdm(list(zip(queries, retrievals)), desc="summarising", unit="rec", disable=not progress)]
+    reports, methods = [report for report, _ in summaries], [method for _, method in summaries]
+    used = dict(Counter(methods))
+    fell_back = len(methods) - used.get(method_name(summariser), 0)
+    if fell_back:
+        warnings.warn(f"{fell_back} of {len(methods)} reports were written by a fallback summariser, not "
+                      f"{method_name(summariser)!r} ({used}); records.jsonl names the method of each", stacklevel=2)
     t3 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -112,11 +122,11 @@ def augment_dataset(src_dirs: str | Path | Sequence[str | Path], out_dir: str | 
     embeddings = cache.embed_prompts(prompts, embedder)
     cache.save(out_dir / "embedding_cache.npz")
     t4 = time.perf_counter()
-    np.savez(out_dir / "dataset.npz", signals=dataset.signals, text_embeddings=embeddings.astype(np.float32),
-             age=dataset.age, sex=dataset.sex, heart_rate=dataset.heart_rate, fold=dataset.fold,
-             reports=np.array(reports), prompts=np.array(prompts), record_ids=dataset.record_ids,
-             patient_ids=dataset.patient_ids)
-    _write_side_files(src_dirs, out_dir, dataset, reports, retrievals)
+    arrays = dict(signals=dataset.signals, text_embeddings=embeddings.astype(np.float32), age=dataset.age,
+                  sex=dataset.sex, heart_rate=dataset.heart_rate, fold=dataset.fold, reports=np.array(reports),
+                  prompts=np.array(prompts), record_ids=dataset.record_ids, patient_ids=dataset.patient_ids)
+    atomic_write(out_dir / "dataset.npz", lambda f: np.savez(f, **arrays))
+    _write_side_files(src_dirs, out_dir, dataset, reports, retrievals, methods)
     changed = int(sum(a != b for a, b in zip(reports, dataset.reports.tolist())))
     lengths = [len(statements_of(r)) for r in reports]
     infos = [json.loads((Path(d) / "info.json").read_text()) for d in src_dirs]
@@ -129,6 +139,7 @@ def augment_dataset(src_dirs: str | Path | Sequence[str | Path], out_dir: str | 
             "datasets": [str(d) for d in src_dirs], "index_datasets": [str(d) for d in index_dirs],
             "index_folds": list(folds), "index_records": len(index), "index_views": list(index.views),
             "k": k, "weights": check_weights(weights), "summariser": repr(summariser),
+            "summariser_used": used,  # reports per method actually used (a fallback counted apart)
             "exclude_same_patient": exclude_same_patient, "reports_changed": changed,
             "statements_before": float(np.mean([len(statements_of(r)) for r in dataset.reports])),
             "statements_after": float(np.mean(lengths)),
@@ -136,11 +147,13 @@ def augment_dataset(src_dirs: str | Path | Sequence[str | Path], out_dir: str | 
                         "embed": round(t4 - t3, 2), "total": round(time.perf_counter() - t0, 2)},
         },
     }
-    (out_dir / "info.json").write_text(json.dumps(info, indent=2))
+    atomic_write_text(out_dir / "info.json", json.dumps(info, indent=2))
+    write_manifest(out_dir, MANIFEST_FILES)
     return out_dir
 
 
-def _write_side_files(src_dirs, out_dir: Path, dataset, reports: list[str], retrievals: list[Retrieval]) -> None:
+def _write_side_files(src_dirs, out_dir: Path, dataset, reports: list[str], retrievals: list[Retrieval],
+                      methods: list[str]) -> None:
     """records.jsonl (source metadata + original report + neighbours), skipped.csv, hosp_codes.jsonl."""
     metadata = []
     for d in src_dirs:
@@ -149,9 +162,9 @@ def _write_side_files(src_dirs, out_dir: Path, dataset, reports: list[str], retr
         n = len(np.load(Path(d) / "dataset.npz")["record_ids"])
         metadata.extend(json.loads(line) for line in lines) if len(lines) == n else metadata.extend({} for _ in range(n))
     with open(out_dir / "records.jsonl", "w") as f:
-        for i, (meta, report, r) in enumerate(zip(metadata, reports, retrievals)):
+        for i, (meta, report, r, method) in enumerate(zip(metadata, reports, retrievals, methods)):
             row = {"record_id": str(dataset.record_ids[i]), **meta, "original_report": str(dataset.reports[i]),
-                   "report": report, "retrieved": [{"key": key, "score": round(float(s), 4)}
+                   "report": report, "summariser": method, "retrieved": [{"key": key, "score": round(float(s), 4)}
                                                    for key, s in zip(r.keys, r.scores)]}
             f.write(json.dumps(row) + "\n")
     with open(out_dir / "skipped.csv", "w", newline="") as f:

@@ -17,6 +17,7 @@ import warnings
 from typing import Protocol, Sequence, runtime_checkable
 
 from data_pipelines.mimic_hosp import CODE_VIEWS
+from diffusets_jax.errors import DataError
 from diffusets_jax.sediff.retrieval import Query, Retrieval, normalise_statement, statements_of
 
 @runtime_checkable
@@ -224,14 +225,17 @@ class LLMSummariser:
     The reply is split on `'|'` or new lines (bullets and numbering stripped); the query's
     statements are put first, duplicates and contradicted brady-/tachycardia dropped, and the
     result capped at `max_statements`. If the client fails or the reply holds nothing usable,
-    `fallback` (default `KeywordSummariser`) is used and a warning is issued. Identical
+    `fallback` (default `KeywordSummariser`) is used and a warning is issued, and
+    `summarise_with_method` reports which method wrote each report (`augment_dataset` records it
+    per record and counts it in info.json); `strict=True` raises DataError instead. Identical
     prompts are answered from an in-memory cache.
     """
 
     name = "llm"
 
-    def __init__(self, client: LLMClient, max_statements: int = 6, fallback: Summariser | None = None):
-        self.client = client
+    def __init__(self, client: LLMClient, max_statements: int = 6, fallback: Summariser | None = None,
+                 strict: bool = False):
+        self.client, self.strict = client, strict
         self.max_statements = max_statements
         self.fallback = fallback if fallback is not None else KeywordSummariser(max_statements)
         self._cache: dict[str, str] = {}
@@ -268,18 +272,44 @@ class LLMSummariser:
         return [p for p in cleaned if p]
 
     def summarise(self, query: Query, retrieval: Retrieval) -> str:
+        return self.summarise_with_method(query, retrieval)[0]
+
+    def summarise_with_method(self, query: Query, retrieval: Retrieval) -> tuple[str, str]:
+        """`(report, method)`: `method` is `'llm'`, or the fallback's name (`'keyword'`) when the
+        client failed or its reply held no statement (warned). With `strict`, those raise instead.
+
+        Raises:
+            DataError: `strict` and the client failed or replied nothing usable (naming why).
+        """
         system, user = self.prompt(query, retrieval)
         if user not in self._cache:
             try:
                 self._cache[user] = self.client.complete(system, user)
             except Exception as err:  # network, quota, ...: the deterministic summary still works
-                warnings.warn(f"LLM summariser failed ({type(err).__name__}: {err}); using {self.fallback!r}")
-                return self.fallback.summarise(query, retrieval)
+                return self._fall_back(query, retrieval, f"LLM summariser failed ({type(err).__name__}: {err})")
         parsed = self.parse(self._cache[user])
         if not parsed:
-            warnings.warn(f"LLM reply held no statement; using {self.fallback!r}")
-            return self.fallback.summarise(query, retrieval)
-        return _finalise(query.statements, parsed, self.max_statements, query.heart_rate)
+            return self._fall_back(query, retrieval, "LLM reply held no statement")
+        return _finalise(query.statements, parsed, self.max_statements, query.heart_rate), self.name
+
+    def _fall_back(self, query: Query, retrieval: Retrieval, reason: str) -> tuple[str, str]:
+        if self.strict:
+            raise DataError(f"{reason}; not falling back (strict=True)")
+        warnings.warn(f"{reason}; using {self.fallback!r}", stacklevel=3)
+        return self.fallback.summarise(query, retrieval), method_name(self.fallback)
+
+
+def method_name(summariser) -> str:
+    """The name a summariser records its reports under (`.name`, else its class name)."""
+    return str(getattr(summariser, "name", type(summariser).__name__))
+
+
+def summarise_with_method(summariser, query: Query, retrieval: Retrieval) -> tuple[str, str]:
+    """`(report, method)` of any summariser: the method it actually used (`LLMSummariser` reports
+    its fallback's name for a record it could not summarise), else its own name."""
+    if hasattr(summariser, "summarise_with_method"):
+        return summariser.summarise_with_method(query, retrieval)
+    return summariser.summarise(query, retrieval), method_name(summariser)
 
 
 def get_summariser(name: str = "keyword", max_statements: int = 6, min_support: float = 0.4, min_lift: float = 1.5,
