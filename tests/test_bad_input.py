@@ -582,3 +582,10 @@ def test_the_python_api_refuses_a_batch_size_below_one(tiny_pipeline):
     for batch_size in (0, -1, 1.5, True):
         with pytest.raises(InputError, match="batch_size must be an integer of at least 1"):
             tiny_pipeline("Sinus rhythm", age=50, sex="F", heart_rate=70, batch_size=batch_size)
+
+
+@pytest.mark.parametrize("command", ["train-vae", "train-diffusion", "train-evaluator"])
+def test_training_names_a_missing_data_directory_before_creating_its_workdir(tmp_path, capsys, command):
+    assert cli.main([command, "--workdir", str(tmp_path / "work"), "--data", str(tmp_path / "missing")]) == 2
+    assert f"--data {tmp_path / 'missing'} not found: run `diffusets-jax prepare" in one_error_line(capsys)
+    assert not (tmp_path / "work").exists()

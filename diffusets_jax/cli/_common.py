@@ -69,6 +69,15 @@ def parse_folds(text: str, option: str = "--folds") -> tuple[int, ...]:
     return folds
 
 
+def check_data_dirs(dirs, option: str = "--data") -> None:
+    """UsageError naming `option` and the first of `dirs` (paths) that does not exist, before a
+    training run creates its --workdir."""
+    for directory in dirs:
+        if not Path(directory).exists():
+            raise UsageError(f"{option} {directory} not found: run `diffusets-jax prepare --out {directory}` first "
+                             "(or give a TFDS dataset written by `build-tfds`)")
+
+
 def start_devices(args: argparse.Namespace) -> None:
     """`jax.distributed.initialize()` with --distributed; print the processes and devices."""
     import jax

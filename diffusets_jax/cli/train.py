@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_config_args, start_devices
+from ._common import add_config_args, check_data_dirs, start_devices
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +38,7 @@ def cmd_train_vae(args: argparse.Namespace) -> None:
     from diffusets_jax.config import load_config
     from diffusets_jax.training.vae import train_vae
 
+    check_data_dirs(args.data)
     start_devices(args)
     train_vae(load_config(args.config, args.overrides), args.workdir, args.data, args.stop_after)
 
@@ -46,6 +47,7 @@ def cmd_train_diffusion(args: argparse.Namespace) -> None:
     from diffusets_jax.config import load_config
     from diffusets_jax.training.diffusion import train_diffusion
 
+    check_data_dirs(args.data)
     start_devices(args)
     config = load_config(args.config, args.overrides)
     if args.vae_from is not None and not (args.workdir / "vae").exists():
@@ -73,6 +75,7 @@ def cmd_train_evaluator(args: argparse.Namespace) -> None:
     from diffusets_jax.config import load_config
     from diffusets_jax.evaluation.train_clip import export_evaluator, train_clip
 
+    check_data_dirs(args.data)
     start_devices(args)
     train_clip(load_config(args.config, args.overrides), args.workdir, args.data, args.stop_after)
     if args.out is not None:
