@@ -70,10 +70,10 @@ def parse_folds(text: str, option: str = "--folds") -> tuple[int, ...]:
 
 
 def check_data_dirs(dirs, option: str = "--data") -> None:
-    """UsageError naming `option` and the first of `dirs` (paths) that does not exist, before a
-    training run creates its --workdir."""
+    """UsageError naming `option` and the first of `dirs` (local paths) that does not exist, before
+    a training run creates its --workdir; remote ones (`gs://...`) are left to the reader."""
     for directory in dirs:
-        if not Path(directory).exists():
+        if not str(directory).split("/")[0].endswith(":") and not Path(directory).exists():
             raise UsageError(f"{option} {directory} not found: run `diffusets-jax prepare --out {directory}` first "
                              "(or give a TFDS dataset written by `build-tfds`)")
 
