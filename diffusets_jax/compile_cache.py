@@ -3,8 +3,10 @@
 Without it every process pays XLA compilation again: about 8-10 s per U-Net forward shape, 9-11 s
 per sampler and 44 s for the paper-size training step on a 2-core CPU (issue 19). With it, the
 first process writes each compiled executable to `cache_dir` and later processes load it (a hit
-costs milliseconds). The CLI, the notebooks, `evaluate` and `serve` call `enable()` at start;
-`diffusets-jax --no-compile-cache` turns it off.
+costs milliseconds). The CLI turns it on at start (`diffusets-jax --no-compile-cache`: off); the
+notebooks, `evaluate()` and `serve()` call `ensure_enabled()`, which keeps a directory already
+chosen and a `disable()`. What the cache cannot save is tracing: a process still traces each
+program (seconds for the sampler) to compute its key.
 
 Directory, first that is set: the `cache_dir` argument, `$DIFFUSETS_JAX_CACHE_DIR`, JAX's own
 `$JAX_COMPILATION_CACHE_DIR`, `$XDG_CACHE_HOME/diffusets-jax/jax-cache`,
@@ -28,9 +30,8 @@ OFF_ENV_VAR = "DIFFUSETS_JAX_NO_COMPILE_CACHE"
 
 _turned_off = False  # disable() was called: ensure_enabled() leaves the cache off
 
-#: Programs that compile faster than this (seconds) are not written. 0 caches every program:
-#: the CLI's start-up compiles dozens of small ones (condition building, guidance, VAE decode
-#: pieces) whose compile times add up to seconds; JAX's default of 1.0 s would skip them all.
+#: Programs that compile faster than this (seconds) are not written. 0 caches every program,
+#: also the small ones (well under JAX's default of 1.0 s on a fast machine, not on a busy one).
 MIN_COMPILE_TIME_S = 0.0
 #: Entries smaller than this (bytes) are not written; 0 = no lower bound (JAX's own default is also 0 on CPU).
 MIN_ENTRY_SIZE_BYTES = 0
