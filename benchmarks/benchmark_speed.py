@@ -10,7 +10,8 @@ weights. Each JAX row is compiled ahead of time (`jit(...).lower(...).compile()`
 `compile` column) and run once as a warm-up; then the port and, when given, the official code are
 timed alternately (port, official, port, ...) with `jax.block_until_ready` / under
 `torch.no_grad()` + `eval()`, and the table gives medians. JAX / official is the ratio of medians,
-the goal <= 0.5.
+the goal <= 0.5. The `CPU s` column is the process's CPU time per call (all threads, median): on a
+CPU shared with other work it inflates much less than the wall time.
 
 The official side is the PyTorch code of PKUDigitalHealth/DiffuSETS (`unet/unet_conditional.py`
 `ECGconditional`, `vae/vae_model.py` `VAE_Encoder` / `VAE_Decoder`, diffusers `DDPMScheduler` as in
@@ -62,6 +63,9 @@ RECORDED = {
     "train_32": 0.508,
 }
 TARGET_RATIO = 0.5
+#: Pause between the alternated calls: PyTorch's OpenMP threads spin for a while after their work
+#: and would otherwise take CPU from the JAX call that follows (and XLA's from PyTorch's).
+SETTLE_S = 0.3
 
 
 def peak_rss_mib() -> float:
@@ -97,9 +101,12 @@ def device_line() -> str:
             f"({device.platform}); host {os.cpu_count()} CPUs ({platform.processor() or platform.machine()})")
 
 
-def _time_once(fn: Callable) -> float:
-    start = time.perf_counter()
+def _time_once(fn: Callable, cpu: list[float] | None = None) -> float:
+    """Wall seconds of `fn()`; appends the process's CPU seconds (all threads) to `cpu`."""
+    start, start_cpu = time.perf_counter(), time.process_time()
     fn()
+    if cpu is not None:
+        cpu.append(time.process_time() - start_cpu)
     return time.perf_counter() - start
 
 
@@ -120,11 +127,13 @@ class Bench:
         port()  # warm-up
         if official is not None:
             official()
-        times, official_times = [], []
+        times, official_times, cpu, official_cpu = [], [], [], []
         for _ in range(self.slow_reps if slow else self.reps):
-            times.append(_time_once(port))
+            times.append(_time_once(port, cpu))
             if official is not None:
-                official_times.append(_time_once(official))
+                time.sleep(SETTLE_S)
+                official_times.append(_time_once(official, official_cpu))
+                time.sleep(SETTLE_S)
         if official is not None:
             reference, source = statistics.median(official_times), "measured"
         elif self.official_live:
@@ -133,7 +142,8 @@ class Bench:
             reference = RECORDED.get(record or name)
             source = "recorded" if reference is not None else "–"
         row = dict(name=name, label=label, median=statistics.median(times), min=min(times), max=max(times),
-                   reps=len(times), compile=compile_s, official=reference, source=source, rss=peak_rss_mib())
+                   reps=len(times), compile=compile_s, official=reference, source=source, rss=peak_rss_mib(),
+                   cpu=statistics.median(cpu), official_cpu=statistics.median(official_cpu) if official_cpu else None)
         self.rows.append(row)
         print(f"  {label}: {fmt_time(row['median'])} (compile {compile_s:.1f} s, {len(times)} reps); "
               f"official {fmt_time(reference)} ({source})", file=sys.stderr, flush=True)
@@ -141,16 +151,18 @@ class Bench:
 
     def table(self) -> str:
         lines = [
-            "| row | official | diffusets-jax (min–max) | ratio | ≤ 0.5? | reps | compile | peak RSS |",
-            "|---|---|---|---|---|---|---|---|",
+            "| row | official | diffusets-jax (min–max) | ratio | ≤ 0.5? | CPU s: jax / official | reps | compile | peak RSS |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in self.rows:
             ratio = r["median"] / r["official"] if r["official"] else None
             official = fmt_time(r["official"]) + (f" ({r['source']})" if r["source"] != "measured" else "")
+            official_cpu = "–" if r["official_cpu"] is None else f"{r['official_cpu']:.3g}"
             lines.append(
                 f"| {r['label']} | {official} | {fmt_time(r['median'])} ({fmt_time(r['min'])}–{fmt_time(r['max'])}) "
                 f"| {f'{ratio:.2f}' if ratio is not None else '–'} "
                 f"| {('yes' if ratio <= TARGET_RATIO else 'no') if ratio is not None else '–'} "
+                f"| {r['cpu']:.3g} / {official_cpu} "
                 f"| {r['reps']} | {r['compile']:.1f} s | {r['rss']:.0f} MiB |"
             )
         return "\n".join(lines)
@@ -417,7 +429,7 @@ def main(argv=None) -> int:
         for batch in batches:
             x0, _, c = random_inputs(key, batch, embed_dim, dtype)
             bench.run(f"train_{batch}", f"U-Net train step (fwd + bwd + AdamW), batch {batch}", train_step,
-                      unet_leaves, opt_state, x0 * 0.18, c, jax.random.key(2), slow=batch == max(batches),
+                      unet_leaves, opt_state, x0 * 0.18, c, jax.random.key(2), slow=batch >= 256,
                       official=off.train_step(batch) if off else None)
 
     print(bench.table())
