@@ -39,6 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampling-rate", type=int, choices=[100, 500], default=None, help="PTB-XL files to read (default 500)")
     p.add_argument("--num-shards", type=int, default=None,
                    help="shard files per split (default: by size); use at least the number of training hosts")
+    p.add_argument("--beam-runner", default=None,
+                   help="run the processing as an Apache Beam pipeline on this runner (DirectRunner, DataflowRunner, "
+                        "SparkRunner, FlinkRunner); needs pip install -e '.[beam]' (docs/training-at-scale.md)")
+    p.add_argument("--beam-workers", type=int, default=1, help="DirectRunner worker processes (default 1)")
+    p.add_argument("--beam-option", action="append", default=[], metavar="FLAG",
+                   help="a Beam pipeline flag, repeatable: --beam-option=--project=P --beam-option=--region=R")
     p.set_defaults(func=cmd_build_tfds)
 
 
@@ -76,7 +82,8 @@ def cmd_build_tfds(args: argparse.Namespace) -> None:
     with PeakMemory() as memory:
         info = build_dataset(args.dataset, args.root, args.data_dir, embedder=args.embedder,
                              num_workers=args.workers, sampling_rate=args.sampling_rate,
-                             num_shards=args.num_shards)
+                             num_shards=args.num_shards, beam_runner=args.beam_runner,
+                             beam_workers=args.beam_workers, beam_options=args.beam_option)
     seconds = time.perf_counter() - start
     splits = ", ".join(f"{name} {split.num_examples} ({split.num_shards} shards)"
                        for name, split in info.splits.items())
