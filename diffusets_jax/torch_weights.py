@@ -21,7 +21,6 @@ PyTorch is imported only when a `.pth` file is read or written.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import re
 import zipfile
 from pathlib import Path
@@ -33,10 +32,11 @@ import numpy as np
 from flax import nnx
 
 from diffusets_jax import convert
-from diffusets_jax.config import config_from_json, config_to_json, load_config
+from diffusets_jax.config import config_to_json, load_config
 from diffusets_jax.models import build_unet, build_vae
 from diffusets_jax.models.unet import timestep_table
-from diffusets_jax.pretrained import load_params_into, save_pretrained
+from diffusets_jax.checkpoints import load_model_dir, load_params_into, sha256_file
+from diffusets_jax.pretrained import MODEL_NAMES, save_pretrained
 
 __all__ = [
     "WeightFileError",
@@ -199,12 +199,7 @@ def _empty_models(config: ml_collections.ConfigDict):
     return _zeros_like(vae), _zeros_like(unet)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+_sha256 = sha256_file
 
 
 def _check_text_width(state: Mapping[str, np.ndarray], config, path: Path) -> None:
@@ -345,16 +340,13 @@ def official_unet_state_dict(unet: nnx.Module) -> dict[str, np.ndarray]:
 
 
 def _load_model_dir(directory: Path):
-    """`load_pretrained(directory)`, reusing the cached abstract models of `_empty_models`."""
-    for name in ("config.json", "vae.npz", "unet.npz"):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory / name} not found: not a diffusets-jax model directory")
-    config = config_from_json((directory / "config.json").read_text())
-    vae, unet = _empty_models(config)
-    for module, name in ((vae, "vae.npz"), (unet, "unet.npz")):
-        with np.load(directory / name, allow_pickle=False) as data:
-            load_params_into(module, dict(data), source=str(directory / name))
-    return config, vae, unet
+    """`load_pretrained(directory)` (manifest, migrated config, finite arrays:
+    `checkpoints.load_model_dir`), reusing the cached abstract models of `_empty_models`."""
+    read = load_model_dir(directory, MODEL_NAMES)
+    vae, unet = _empty_models(read.config)
+    for module, name in ((vae, "vae"), (unet, "unet")):
+        load_params_into(module, read.arrays[name], source=str(Path(directory) / f"{name}.npz"))
+    return read.config, vae, unet
 
 
 def _official_vae_state_dict(module: nnx.Module) -> dict[str, np.ndarray]:

@@ -11,6 +11,7 @@ An evaluator directory (`save_evaluator`, `load_evaluator`) holds plain files, n
     DIR/config.json    the ConfigDict it was built from (`evaluator` and `text` groups)
     DIR/evaluator.npz  parameters and BatchNorm running statistics, one array per flattened path
     DIR/MODEL_CARD.md  optional: data, steps, time, loss, retrieval accuracy
+    DIR/MANIFEST.json  size and SHA-256 of the files above (the format: `diffusets_jax.checkpoints`)
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ from flax import nnx, struct
 from tqdm.auto import tqdm
 
 from data_pipelines.input_pipeline import ArraySource
-from diffusets_jax.config import config_from_json, config_to_json
+from diffusets_jax.checkpoints import (
+    CONFIG_FILE, EVALUATOR_DIR, load_model_dir, load_params_into, metrics_file, module_arrays, read_config,
+    save_model_dir, write_config,
+)
+from diffusets_jax.errors import MissingFileError
 from diffusets_jax.evaluation.clip import ClipEvaluator, build_evaluator, contrastive_loss, retrieval_accuracy
-from diffusets_jax.pretrained import flatten_params
 from diffusets_jax.training import common
 
 #: The evaluator shipped inside the package (the `evaluator` config trained on the shared data).
@@ -131,7 +135,7 @@ def train_clip(config, workdir: str | Path, data_dirs: Sequence[str | Path], sto
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config_to_json(config))
+    write_config(workdir, config)
     tc = config.evaluator
     common.check_batch_size(tc.batch_size)
     train_source = ArraySource.from_processed(data_dirs, folds=config.data.train_folds)
@@ -148,10 +152,10 @@ def train_clip(config, workdir: str | Path, data_dirs: Sequence[str | Path], sto
 
     graphdef, tx, state = _initial_state(config)
     state = common.replicate(state, mesh)
-    checkpoints = common.Checkpoints(workdir / "evaluator", tc.keep_checkpoints)
+    checkpoints = common.Checkpoints(workdir / EVALUATOR_DIR, tc.keep_checkpoints)
     state = common.restore_or_init(checkpoints, state)
     common.run_training(
-        name="evaluator", workdir=workdir, state=state,
+        name=EVALUATOR_DIR, workdir=workdir, state=state,
         train_step=make_train_step(graphdef, tx, jax.random.key(config.seed), mesh),
         batches=train_source.batches(tc.batch_size, int(state.step), seed=config.seed, shuffle=config.data.shuffle),
         train_config=tc, num_steps=num_steps, checkpoints=checkpoints, mesh=mesh,
@@ -159,65 +163,49 @@ def train_clip(config, workdir: str | Path, data_dirs: Sequence[str | Path], sto
         evaluate=make_evaluate(graphdef, val_source, tc) if val_source else None,
         stop_after=stop_after,
     )
-    return workdir / "evaluator"
+    return workdir / EVALUATOR_DIR
 
 
 def load_trained_evaluator(workdir: str | Path) -> tuple[ml_collections.ConfigDict, ClipEvaluator, int]:
     """`(config, evaluator, step)` of the latest checkpoint in `workdir/evaluator`.
 
-    Raises FileNotFoundError if `workdir` has no config.json or no checkpoint.
+    Raises MissingFileError (a FileNotFoundError) if `workdir` has no config.json or no
+    checkpoint, CheckpointError naming the step and file if no step restores (a broken newest step
+    is warned about and skipped).
     """
     workdir = Path(workdir)
-    if not (workdir / "config.json").is_file():
-        raise FileNotFoundError(f"{workdir / 'config.json'} not found: not an evaluator training workdir")
-    config = config_from_json((workdir / "config.json").read_text())
+    if not (workdir / CONFIG_FILE).is_file():
+        raise MissingFileError(f"{workdir / CONFIG_FILE} not found: not an evaluator training workdir")
+    config = read_config(workdir)
     graphdef, _, state = _initial_state(config)
-    restored = common.restore_latest(workdir / "evaluator", state, "train-evaluator")
+    restored = common.restore_latest(workdir / EVALUATOR_DIR, state, "train-evaluator")
     return config, nnx.merge(graphdef, restored.params, restored.batch_stats), int(restored.step)
+
+
+#: The state an evaluator directory keeps: parameters and BatchNorm running statistics.
+EVALUATOR_STATE = nnx.Any(nnx.Param, nnx.BatchStat)
 
 
 def save_evaluator(directory: str | Path, config: ml_collections.ConfigDict, model: ClipEvaluator,
                    model_card: str | None = None) -> Path:
-    """Write `config.json`, `evaluator.npz` (parameters and BatchNorm statistics) and `MODEL_CARD.md`."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(config_to_json(config))
-    np.savez(directory / "evaluator.npz", **flatten_params(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))))
-    if model_card is not None:
-        (directory / "MODEL_CARD.md").write_text(model_card)
-    return directory
+    """Write `config.json`, `evaluator.npz` (parameters and BatchNorm statistics), `MODEL_CARD.md`
+    and `MANIFEST.json` (`checkpoints.save_model_dir`, each file atomically); returns `directory`."""
+    return save_model_dir(directory, config, {EVALUATOR_DIR: module_arrays(model, nnx.Param, nnx.BatchStat)},
+                          model_card=model_card)
 
 
 def load_evaluator(directory: str | Path = DEFAULT_EVALUATOR_DIR) -> tuple[ml_collections.ConfigDict, ClipEvaluator]:
     """`(config, evaluator)` of an evaluator directory (default: the shipped one), in evaluation use.
 
-    Raises FileNotFoundError naming a missing file, ValueError naming a missing, unexpected or
-    misshaped array.
+    Raises MissingFileError naming a missing file, IntegrityError naming a file that differs from
+    the manifest, CheckpointError (a ValueError) naming an unreadable archive, a NaN/inf array or a
+    missing, unexpected or misshaped array.
     """
-    directory = Path(directory)
-    for name in ("config.json", "evaluator.npz"):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory / name} not found: not a diffusets-jax evaluator directory")
-    config = config_from_json((directory / "config.json").read_text())
-    model = nnx.eval_shape(lambda: build_evaluator(config))
-    state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
-    expected = flatten_params(state, as_numpy=False)
-    source = directory / "evaluator.npz"
-    with np.load(source, allow_pickle=False) as data:
-        flat = dict(data)
-    missing, extra = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))
-    if missing or extra:
-        raise ValueError(f"{source}: arrays do not match the evaluator of its config "
-                         f"(missing {missing[:3]}, unexpected {extra[:3]})")
-    for key, value in expected.items():
-        if flat[key].shape != value.shape:
-            raise ValueError(f"{source}: {key} has shape {flat[key].shape}, expected {value.shape}")
-    pure = jax.tree_util.tree_map_with_path(
-        lambda path, _: jnp.asarray(flat["/".join(str(getattr(k, "key", k)) for k in path)]),
-        nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, pure)
-    nnx.update(model, state)
-    return config, model
+    read = load_model_dir(directory, (EVALUATOR_DIR,), kind="diffusets-jax evaluator directory")
+    model = nnx.eval_shape(lambda: build_evaluator(read.config))
+    flat = {key: jnp.asarray(value) for key, value in read.arrays[EVALUATOR_DIR].items()}
+    load_params_into(model, flat, source=str(Path(directory) / f"{EVALUATOR_DIR}.npz"), what=EVALUATOR_STATE)
+    return read.config, model
 
 
 def held_out_retrieval(model: ClipEvaluator, data_dirs: Sequence[str | Path], folds: Sequence[int],
@@ -244,7 +232,7 @@ def export_evaluator(workdir: str | Path, out: str | Path, data_dirs: Sequence[s
     training time and last logged loss (from `workdir/evaluator_metrics.jsonl`), and retrieval
     accuracy on `test_folds` of `data_dirs` (`held_out_retrieval`). Returns `out`."""
     config, model, step = load_trained_evaluator(workdir)
-    log = [json.loads(line) for line in (Path(workdir) / "evaluator_metrics.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (Path(workdir) / metrics_file(EVALUATOR_DIR)).read_text().splitlines()]
     # step_time_s is the mean time per step since the previous record: summed over the intervals,
     # the training time (first compilation included, evaluations included in their interval).
     previous_steps = [0] + [record["step"] for record in log[:-1]]

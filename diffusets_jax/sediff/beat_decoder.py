@@ -46,7 +46,6 @@ Run: `diffusets-jax train-beat-decoder --workdir workdirs/small_cfg --dataset da
 from __future__ import annotations
 
 import datetime
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,35 +227,37 @@ def build_beat_decoder(architecture: dict, seed: int = 0) -> BeatDecoder:
     return BeatDecoder(int(architecture["base"]), int(architecture["num_groups"]), rngs=nnx.Rngs(seed))
 
 
-def save_beat_decoder(directory: str | Path, decoder: BeatDecoder, record: dict) -> Path:
-    """Write `beat_decoder.npz` and `beat_decoder.json` (`record` must hold `architecture`)."""
-    from diffusets_jax.pretrained import flatten_params
+#: The model-directory names of the beat decoder (`diffusets_jax.checkpoints.model_dir`).
+ARCHIVE, RECORD_FILE = "beat_decoder", "beat_decoder.json"
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    np.savez(directory / "beat_decoder.npz", **flatten_params(nnx.state(decoder, nnx.Param)))
-    (directory / "beat_decoder.json").write_text(json.dumps({"format": FORMAT, **record}, indent=1) + "\n")
-    return directory
+
+def save_beat_decoder(directory: str | Path, decoder: BeatDecoder, record: dict) -> Path:
+    """Write `beat_decoder.npz`, `beat_decoder.json` (`record` must hold `architecture`) and
+    `MANIFEST.json` (`checkpoints.save_model_dir`, each file atomically); returns `directory`."""
+    from diffusets_jax.checkpoints import module_arrays, save_model_dir
+
+    return save_model_dir(directory, {"format": FORMAT, **record}, {ARCHIVE: module_arrays(decoder)},
+                          config_file=RECORD_FILE)
 
 
 def load_beat_decoder(directory: str | Path) -> tuple[BeatDecoder, dict]:
     """The decoder saved in `directory` and its JSON record.
 
-    Raises FileNotFoundError naming the missing file (and the command that writes it), ValueError
-    for another format or parameters that do not fit the recorded architecture.
+    Raises MissingFileError (a FileNotFoundError) naming the missing file and the command that
+    writes it, IntegrityError naming a file that differs from the manifest, ValueError for another
+    format, CheckpointError (a ValueError) for an unreadable archive, NaN/inf parameters or
+    parameters that do not fit the recorded architecture.
     """
-    from diffusets_jax.pretrained import load_params_into
+    from diffusets_jax.checkpoints import load_model_dir, load_params_into
 
     directory = Path(directory)
-    for name in ("beat_decoder.json", "beat_decoder.npz"):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory / name} not found: run `diffusets-jax train-beat-decoder` first")
-    record = json.loads((directory / "beat_decoder.json").read_text())
+    read = load_model_dir(directory, (ARCHIVE,), config_file=RECORD_FILE, as_config=False,
+                          kind="beat decoder directory: run `diffusets-jax train-beat-decoder` first")
+    record = read.config
     if record.get("format") != FORMAT:
         raise ValueError(f"{directory}: format {record.get('format')!r}, expected {FORMAT!r}")
     decoder = nnx.eval_shape(lambda: build_beat_decoder(record["architecture"]))
-    with np.load(directory / "beat_decoder.npz", allow_pickle=False) as data:
-        load_params_into(decoder, dict(data), source=str(directory / "beat_decoder.npz"))
+    load_params_into(decoder, read.arrays[ARCHIVE], source=str(directory / f"{ARCHIVE}.npz"))
     return decoder, record
 
 
@@ -361,14 +362,15 @@ def train_beat_decoder(workdir: str | Path, dataset_dirs: Sequence[str | Path], 
     from tqdm.auto import tqdm
 
     from data_pipelines.processed import load_processed
-    from diffusets_jax.config import config_from_json
+    from diffusets_jax.checkpoints import CONFIG_FILE, read_config
+    from diffusets_jax.errors import MissingFileError
     from diffusets_jax.training.vae import load_trained_vae
 
     workdir = Path(workdir)
-    config_path = workdir / "config.json"
+    config_path = workdir / CONFIG_FILE
     if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found: not a training workdir (run `diffusets-jax train-vae`)")
-    config = config_from_json(config_path.read_text())
+        raise MissingFileError(f"{config_path} not found: not a training workdir (run `diffusets-jax train-vae`)")
+    config = read_config(workdir)
     vae, vae_step = load_trained_vae(config, workdir)
     start = time.perf_counter()
     train = _arrays(vae, load_processed(dataset_dirs, config.data.train_folds).signals, progress, shifts, seed)
