@@ -78,10 +78,11 @@ def test_a_processed_set_has_a_manifest_that_loading_checks(ptbxl_root, tmp_path
         load_processed(out)
 
 
-def test_generated_samples_carry_a_manifest(tiny_pipeline, tmp_path):
-    from diffusets_jax.pipeline import write_outputs
+def test_generated_samples_carry_a_manifest(ptbxl_root, tmp_path):
+    from diffusets_jax.pipeline import GenerationResult, write_outputs
 
-    result = tiny_pipeline("Sinus rhythm", age=50, sex="M", heart_rate=70, num_samples=1, num_steps=2, seed=0)
+    signal = read_wfdb(ptbxl_root / RECORD).signal[None, :1024].astype(np.float32)  # a real ECG as "generated"
+    result = GenerationResult(signal, "Sinus rhythm", 50.0, "M", 70.0, seed=0, num_steps=2, prompt="Sinus rhythm")
     write_outputs(result, tmp_path / "out", png=False)
     assert verify_manifest(tmp_path / "out")
     (tmp_path / "out" / "ecg_000.dat").write_bytes(b"")
