@@ -89,12 +89,9 @@ def assert_same_build(info, expected_info) -> None:
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_streaming_build_equals_in_memory_build(source, roots, reference, tmp_path):
-    from data_pipelines.tfds import stream
-
     info = build_dataset(source, roots[source], tmp_path, num_workers=2 if source == "ptbxl" else 1)
     assert_same_build(info, reference[source])
     assert not (Path(info.data_dir) / "spool").exists()  # temporary files removed
-    del stream
 
 
 def test_skipped_records_file_and_counts(reference, roots, tmp_path):
