@@ -15,6 +15,9 @@ from conftest import tiny_config
 from diffusets_jax import cli
 from diffusets_jax.sediff import ablation
 
+# trains a base model and fine-tunes every variant: minutes
+pytestmark = pytest.mark.slow
+
 BASE_STEPS = 4
 STEPS = 3
 LEARNING_RATE = 1e-3

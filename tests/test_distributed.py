@@ -27,6 +27,9 @@ from diffusets_jax.pretrained import flatten_params
 from diffusets_jax.training import common, diffusion as diffusion_training, vae as vae_training
 from diffusets_jax.training.vae import train_vae
 
+# 8 simulated devices in a subprocess and a SIGKILLed training run: minutes
+pytestmark = pytest.mark.slow
+
 TESTS = Path(__file__).resolve().parent
 
 

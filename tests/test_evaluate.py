@@ -3,10 +3,12 @@
 import json
 
 import numpy as np
+import pytest
 
 from diffusets_jax import cli
 
 
+@pytest.mark.slow
 def test_evaluate_command_writes_metrics_and_report(tmp_path, processed_dirs):
     out = tmp_path / "evaluation"
     data = [arg for d in processed_dirs for arg in ("--dataset", str(d))]

@@ -129,6 +129,7 @@ def mean_loss(model, processed_dirs):
     return float(contrastive_loss(jnp.asarray(logits)))
 
 
+@pytest.mark.slow
 def test_training_lowers_the_contrastive_loss(trained_tiny, processed_dirs):
     config, before, workdir = trained_tiny
     _, after, step = load_trained_evaluator(workdir)
@@ -136,6 +137,7 @@ def test_training_lowers_the_contrastive_loss(trained_tiny, processed_dirs):
     assert mean_loss(after, processed_dirs) < mean_loss(before, processed_dirs) - 0.1
 
 
+@pytest.mark.slow
 def test_save_and_load_give_identical_features(trained_tiny, tmp_path):
     _, _, workdir = trained_tiny
     config, model, _ = load_trained_evaluator(workdir)
@@ -148,6 +150,7 @@ def test_save_and_load_give_identical_features(trained_tiny, tmp_path):
     assert (tmp_path / "saved" / "MODEL_CARD.md").read_text() == "card"
 
 
+@pytest.mark.slow
 def test_evaluator_config_trains_one_step(tmp_path, processed_dirs):
     config = load_config("evaluator", ["evaluator.batch_size=8"])
     train_clip(config, tmp_path, processed_dirs, stop_after=1)

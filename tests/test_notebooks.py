@@ -63,6 +63,7 @@ def compilation_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("jax-compilation-cache")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch, compilation_cache):
     monkeypatch.setenv("DIFFUSETS_NOTEBOOK_OUT", str(tmp_path))

@@ -172,6 +172,7 @@ def relative_changes(grads, reference):
                      for a, c in zip(jax.tree.leaves(grads), jax.tree.leaves(reference))])
 
 
+@pytest.mark.slow
 def test_physics_gradient_reaches_the_unet_only_when_asked(table):
     config = small_config()
     config.sediff.euler_weight, config.sediff.interlead_weight = 1e-2, 100.0
@@ -200,6 +201,7 @@ def test_physics_gradient_reaches_the_unet_only_when_asked(table):
     assert np.max(unchanged) < 1e-5 < 1e-3 < np.median(changed)
 
 
+@pytest.mark.slow
 def test_training_with_physics_logs_the_extra_metrics(vae_workdir, decoder_record, processed_dirs):
     from diffusets_jax.training.diffusion import train_diffusion
 

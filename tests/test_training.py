@@ -38,18 +38,21 @@ def trained_workdir(tmp_path_factory, processed_dirs):
     return workdir
 
 
+@pytest.mark.slow
 def test_vae_reconstruction_loss_falls(trained_workdir):
     losses = [m["reconstruction"] for m in read_metrics(trained_workdir / "vae_metrics.jsonl")]
     assert len(losses) == 40
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3])
 
 
+@pytest.mark.slow
 def test_diffusion_loss_falls(trained_workdir):
     losses = [m["loss"] for m in read_metrics(trained_workdir / "unet_metrics.jsonl")]
     assert len(losses) == 40 and all(np.isfinite(losses))
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:5])
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_with_the_same_losses(tmp_path, processed_dirs, trained_workdir):
     config = tiny_config()
     train_vae(config, tmp_path, processed_dirs, stop_after=13)  # checkpoint at 13, then "crash"
@@ -63,6 +66,7 @@ def test_interrupted_training_resumes_with_the_same_losses(tmp_path, processed_d
     )
 
 
+@pytest.mark.slow
 def test_export_writes_a_loadable_model(trained_workdir, tmp_path):
     from diffusets_jax.pretrained import load_pretrained
 
@@ -72,6 +76,7 @@ def test_export_writes_a_loadable_model(trained_workdir, tmp_path):
     assert unet.text_embed_dim == 384
 
 
+@pytest.mark.slow
 def test_edm_preconditioning_and_heart_rate_augmentation_train_from_a_shipped_vae(tmp_path, processed_dirs,
                                                                                  trained_workdir, capsys):
     import shutil
@@ -111,6 +116,7 @@ def test_batch_larger_than_dataset_is_refused(tmp_path, processed_dirs):
         train_vae(config, tmp_path, processed_dirs)
 
 
+@pytest.mark.slow
 def test_training_streams_a_tfds_dataset(tmp_path, ptbxl_root):
     from data_pipelines.tfds import build_dataset
 
@@ -131,6 +137,7 @@ def test_training_streams_a_tfds_dataset(tmp_path, ptbxl_root):
     assert latents["count"] == info.splits["train"].num_examples == 4
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters(tmp_path, processed_dirs, trained_workdir):
     config = tiny_config()
     config.vae_train.compute_dtype = "bfloat16"
@@ -148,6 +155,7 @@ def test_bfloat16_compute_keeps_float32_parameters(tmp_path, processed_dirs, tra
     assert {x.dtype for x in jax.tree.leaves(nnx.state(vae, nnx.Param))} == {np.dtype("float32")}
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_training_with_the_step_named(tmp_path, processed_dirs):
     from diffusets_jax.training.common import NonFiniteLossError
 
@@ -157,6 +165,7 @@ def test_non_finite_loss_stops_training_with_the_step_named(tmp_path, processed_
         train_vae(config, tmp_path, processed_dirs)
 
 
+@pytest.mark.slow
 def test_best_checkpoint_and_logs(trained_workdir):
     from flax.metrics import tensorboard  # noqa: F401 - the writer's dependency is installed
     import tensorflow as tf

@@ -46,6 +46,9 @@ from diffusets_jax.training import common
 from diffusets_jax.training import diffusion as diffusion_training
 from official_weights import PARITY, official_shapes, official_state_dicts
 
+# three AdamW steps of the paper-size U-Net against the official goldens: minutes
+pytestmark = pytest.mark.slow
+
 NUM_STEPS = 3
 BATCH = 4
 LEARNING_RATE, WEIGHT_DECAY = 1e-4, 0.01  # torch.optim.AdamW(lr=1e-4), default weight_decay 0.01
