@@ -156,7 +156,7 @@ class Bench:
         ]
         for r in self.rows:
             ratio = r["median"] / r["official"] if r["official"] else None
-            official = fmt_time(r["official"]) + (f" ({r['source']})" if r["source"] != "measured" else "")
+            official = fmt_time(r["official"]) + (f" ({r['source']})" if r["source"] not in ("measured", "–") else "")
             official_cpu = "–" if r["official_cpu"] is None else f"{r['official_cpu']:.3g}"
             lines.append(
                 f"| {r['label']} | {official} | {fmt_time(r['median'])} ({fmt_time(r['min'])}–{fmt_time(r['max'])}) "
