@@ -85,7 +85,10 @@ def keep_up(source, batch_size: int, steps: int) -> dict[str, float]:
     @jax.jit
     def step(w, batch):  # a stand-in training step: one matmul-heavy gradient on the latents
         x = batch["mean"].reshape(batch["mean"].shape[0], -1)
-        loss = lambda w: jnp.mean(jnp.tanh(jnp.tanh(x @ w) @ w) ** 2) + jnp.mean(batch["text_embedding"] ** 2)
+
+        def loss(w):
+            return jnp.mean(jnp.tanh(jnp.tanh(x @ w) @ w) ** 2) + jnp.mean(batch["text_embedding"] ** 2)
+
         return w - 1e-3 * jax.grad(loss)(w)
 
     batches = source.batches(batch_size, 0, seed=0, shuffle=True)

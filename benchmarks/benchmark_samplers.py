@@ -16,8 +16,6 @@ import argparse
 import json
 import time
 
-import numpy as np
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -151,7 +151,8 @@ class Bench:
 
     def table(self) -> str:
         lines = [
-            "| row | official | diffusets-jax (min–max) | ratio | ≤ 0.5? | CPU s: jax / official | reps | compile | peak RSS |",
+            "| row | official | diffusets-jax (min–max) | ratio | ≤ 0.5? | CPU s: jax / official | reps | compile "
+            "| peak RSS |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in self.rows:
@@ -278,7 +279,8 @@ class Official:
             with self.torch.no_grad():
                 for i in scheduler.timesteps:
                     t = i * self.torch.ones(batch, dtype=self.torch.long)
-                    xi = scheduler.step(model_output=self.unet(xi, t, text, condition), timestep=i, sample=xi)["prev_sample"]
+                    eps = self.unet(xi, t, text, condition)
+                    xi = scheduler.step(model_output=eps, timestep=i, sample=xi)["prev_sample"]
             return xi
         return run
 
@@ -349,7 +351,9 @@ def main(argv=None) -> int:
     config = load_config("paper")
     embed_dim = config.text.embed_dim
     live = args.official_repo is not None or args.official_package is not None
-    off = Official(load_official(args.official_repo, args.official_package), config, args.torch_threads) if live else None
+    off = None
+    if live:
+        off = Official(load_official(args.official_repo, args.official_package), config, args.torch_threads)
 
     busy = cpu_busy_fraction()
     print(f"# DiffuSETS-JAX speed, paper configuration, {datetime.datetime.now():%Y-%m-%d %H:%M}\n")

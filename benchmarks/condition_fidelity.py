@@ -134,13 +134,17 @@ def print_tables(r):
     h = r["held_out"]
     ratio = np.array(list(h["amplitude_ratio"].values()))
     print("\n| measure | generated | real |\n|---|---|---|")
-    print(f"| HR median abs error, held-out conditions (XQRS / NK) | {h['heart_rate']['xqrs']['median_abs_error']:.1f} / "
-          f"{h['heart_rate']['neurokit2']['median_abs_error']:.1f} | {h['heart_rate_real']['xqrs']['median_abs_error']:.1f} / "
-          f"{h['heart_rate_real']['neurokit2']['median_abs_error']:.1f} |")
-    print(f"| amplitude ratio per lead (min / median / max) | {ratio.min():.2f} / {np.median(ratio):.2f} / {ratio.max():.2f} | 1 |")
-    print(f"| limb residual RMS (mV) | {h['limb_residual_mV']['generated']:.3f} | {h['limb_residual_mV']['real']:.3f} |")
-    print(f"| k-NN precision / recall (k=3) | {h['precision_recall']['precision']:.2f} / {h['precision_recall']['recall']:.2f} | "
-          f"{h['precision_recall_real']['precision']:.2f} / {h['precision_recall_real']['recall']:.2f} |")
+    hr, hr_real = h["heart_rate"], h["heart_rate_real"]
+    pr, pr_real = h["precision_recall"], h["precision_recall_real"]
+    limb = h["limb_residual_mV"]
+    print(f"| HR median abs error, held-out conditions (XQRS / NK) | {hr['xqrs']['median_abs_error']:.1f} / "
+          f"{hr['neurokit2']['median_abs_error']:.1f} | {hr_real['xqrs']['median_abs_error']:.1f} / "
+          f"{hr_real['neurokit2']['median_abs_error']:.1f} |")
+    print(f"| amplitude ratio per lead (min / median / max) | {ratio.min():.2f} / {np.median(ratio):.2f} / "
+          f"{ratio.max():.2f} | 1 |")
+    print(f"| limb residual RMS (mV) | {limb['generated']:.3f} | {limb['real']:.3f} |")
+    print(f"| k-NN precision / recall (k=3) | {pr['precision']:.2f} / {pr['recall']:.2f} | "
+          f"{pr_real['precision']:.2f} / {pr_real['recall']:.2f} |")
     c = h["clip_score"]
     print(f"| CLIP score matched / mismatched | {c['matched']:.3f} / {c['mismatched']:.3f} | {c['real']:.3f} |")
     print(f"| C2ST AUROC | {h['c2st_auroc']['generated']:.3f} | {h['c2st_auroc']['real_vs_real']:.3f} |")

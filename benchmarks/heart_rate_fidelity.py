@@ -44,7 +44,8 @@ def main():
         m = np.array(measured)
         rows.append((rate, len(m), missing, m.mean(), m.std(), np.median(m), np.abs(m - rate).mean()))
     print(f"report {args.report!r}, age {args.age:g}, sex {args.sex}, seeds {args.seeds}, "
-          f"{args.num_samples} ECGs each, {pipe.config.sampling.num_steps if args.num_steps is None else args.num_steps} steps "
+          f"{args.num_samples} ECGs each, "
+          f"{pipe.config.sampling.num_steps if args.num_steps is None else args.num_steps} steps "
           f"({time.perf_counter() - start:.0f} s)\n")
     print("| requested bpm | ECGs measured | no rhythm found | measured mean ± sd | median | MAE |")
     print("|---|---|---|---|---|---|")

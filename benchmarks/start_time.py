@@ -120,7 +120,7 @@ def main(argv=None) -> int:
         if not args.no_phases:
             proc = subprocess.run([sys.executable, "-c", PHASES, str(tmp / "phases")], env=env, cwd=ROOT,
                                   capture_output=True, text=True)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("PHASES ")), None)
+            line = next((out for out in proc.stdout.splitlines() if out.startswith("PHASES ")), None)
             if line is None:
                 print(proc.stderr[-2000:], file=sys.stderr)
             else:

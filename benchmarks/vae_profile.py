@@ -56,7 +56,8 @@ def profile(compiled, args, calls: int = 2) -> list[tuple[str, float, float]]:
         name = e.get("name", "")
         if e.get("ph") != "X" or name.startswith(("$", "Thunk", "end:", "Threadpool", "Pjit", "Common", "Slinky")):
             continue
-        if name in ("ParseArguments", "Handle inputs", "Handle input event recording", "AllocateOutputBuffersWithInputReuse"):
+        if name in ("ParseArguments", "Handle inputs", "Handle input event recording",
+                    "AllocateOutputBuffersWithInputReuse"):
             continue
         kinds[re.sub(r"\.\d+$", "", name)] += e.get("dur", 0.0)
     total = sum(kinds.values()) or 1.0

@@ -10,7 +10,8 @@ on those and the PhysioNet/CinC Challenge 2020/2021 records:
   diffusets-jax prepare --dataset ludb --root $DATA/ludb --out data/ludb
   diffusets-jax prepare --dataset cinc --root $DATA/cinc-challenge-2020-2021 --out data/cinc
   diffusets-jax train-vae --config small --workdir workdirs/small --data data/ptbxl --data data/ludb
-  diffusets-jax train-diffusion --config small --workdir workdirs/small --data data/ptbxl --data data/ludb --data data/cinc
+  diffusets-jax train-diffusion --config small --workdir workdirs/small \
+      --data data/ptbxl --data data/ludb --data data/cinc
   diffusets-jax export --workdir workdirs/small --out diffusets_jax/pretrained/default
 
 See diffusets_jax/pretrained/default/MODEL_CARD.md for the time and losses it reached.

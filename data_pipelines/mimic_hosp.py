@@ -100,7 +100,10 @@ def link_hosp_codes(ecg_root: str | Path, hosp_root: str | Path, record_ids: Seq
     hadm_of = dict(zip(link["study_id"], link["hadm_id"]))
 
     sets: dict[str, dict] = {}
-    icd = lambda row_version, code: f"ICD{int(row_version)}:{str(code).strip()[:icd_chars] if icd_chars else str(code).strip()}"  # noqa: E731
+    def icd(row_version, code) -> str:
+        code = str(code).strip()
+        return f"ICD{int(row_version)}:{code[:icd_chars] if icd_chars else code}"
+
     for view, name, columns in (("diagnoses", "diagnoses_icd", ["hadm_id", "icd_code", "icd_version"]),
                                 ("procedures", "procedures_icd", ["hadm_id", "icd_code", "icd_version"]),
                                 ("medications", "prescriptions", ["hadm_id", "drug"])):

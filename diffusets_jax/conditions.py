@@ -66,8 +66,8 @@ OFFICIAL_CONDITION_KEYWORDS: dict[str, ConditionKeywords] = {
 #: | sinus_bradycardia / _tachycardia / _arrhythmia | the phrase | same |
 #: | atrial_fibrillation / atrial_flutter | the phrase | same |
 #: | pvc | "pvc", "ventricular premature", "premature ventricular" | word-bounded "pvc" |
-#: | pac | "pac"/"pacs"/"pac(s)" as a word, "atrial premature", "premature atrial" | + PTB-XL/MIMIC "atrial premature complex" |
-#: | lbbb / rbbb | "left/right bundle branch block" or "lbbb"/"rbbb", not preceded by "incomplete " | incomplete blocks excluded |
+#: | pac | "pac"/"pacs"/"pac(s)" as a word, "atrial premature", "premature atrial" | + "atrial premature complex" |
+#: | lbbb / rbbb | "left/right bundle branch block", "lbbb"/"rbbb", not after "incomplete " | incomplete ones excluded |
 #: | av_block_1 | "first/1st/i degree av block" (also "a-v", "av-block") | 2nd/3rd degree excluded |
 #: | mi | "infarct" | same |
 #: | st_changes | the word "st" ("st changes", "st-t", "st elevation", "st junctional") | no "post-" false hits |
@@ -84,7 +84,8 @@ CONDITION_KEYWORDS: dict[str, ConditionKeywords] = {
     "pvc": ConditionKeywords((r"\bpvcs?\b", r"\bventricular premature", r"\bpremature ventricular"), (), "pvc"),
     "pac": ConditionKeywords((r"\bpacs?\b", r"\batrial premature", r"\bpremature atrial"), (), "pac"),
     "lbbb": ConditionKeywords((r"(?<!incomplete )\bleft bundle branch block", r"(?<!incomplete )\blbbb\b"), (), "lbbb"),
-    "rbbb": ConditionKeywords((r"(?<!incomplete )\bright bundle branch block", r"(?<!incomplete )\brbbb\b"), (), "rbbb"),
+    "rbbb": ConditionKeywords((r"(?<!incomplete )\bright bundle branch block", r"(?<!incomplete )\brbbb\b"), (),
+                              "rbbb"),
     "av_block_1": ConditionKeywords((r"\b(?:first|1st|i)[ -]degree a-?v[ -]?block",), (), "avbi"),
     "mi": ConditionKeywords((r"infarct",), (), "mi"),
     "st_changes": ConditionKeywords((r"\bst\b",), (), "st"),

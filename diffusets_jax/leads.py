@@ -30,7 +30,8 @@ def derive_limb_leads(signals):
     """
     _check(signals)
     lead_i, lead_ii = signals[..., I], signals[..., II]
-    derived = {III: lead_ii - lead_i, AVR: -(lead_i + lead_ii) / 2, AVL: lead_i - lead_ii / 2, AVF: lead_ii - lead_i / 2}
+    derived = {III: lead_ii - lead_i, AVR: -(lead_i + lead_ii) / 2, AVL: lead_i - lead_ii / 2,
+               AVF: lead_ii - lead_i / 2}
     if isinstance(signals, np.ndarray):
         out = signals.copy()
         for index, lead in derived.items():

@@ -195,7 +195,8 @@ class Pipeline:
             num_steps=defaults.get("num_steps", 1000) if num_steps is None else num_steps,
             eta=defaults.get("eta", 0.0) if eta is None else eta,
             guidance_scale=defaults.get("guidance_scale", 1.0) if guidance_scale is None else guidance_scale,
-            exact_limb_leads=defaults.get("exact_limb_leads", False) if exact_limb_leads is None else bool(exact_limb_leads),
+            exact_limb_leads=(defaults.get("exact_limb_leads", False) if exact_limb_leads is None
+                              else bool(exact_limb_leads)),
         )
         max_steps = self.config.diffusion.num_train_timesteps
         if not isinstance(options.sampler, str) or options.sampler not in diffusion.SAMPLERS:
@@ -404,7 +405,8 @@ def write_outputs(result: GenerationResult, out_dir: str | Path, png: bool = Tru
         name = f"ecg_{i:03d}"
         paths.append(write_wfdb(signal, out_dir, name, fs=result.fs, comments={**comments, "index": str(i)}))
         if png:
-            title = f"{result.report}  |  {result.sex}, {result.age:g} y, {result.heart_rate:g} bpm  |  seed {result.seed} #{i}"
+            title = (f"{result.report}  |  {result.sex}, {result.age:g} y, {result.heart_rate:g} bpm  |  "
+                     f"seed {result.seed} #{i}")
             fig = plot_ecg(signal, fs=result.fs, title=title, path=out_dir / f"{name}.png")
             del fig
     write_npz(

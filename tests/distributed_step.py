@@ -4,8 +4,9 @@ tests/test_distributed.py in a subprocess (the device count is fixed when JAX st
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/distributed_step.py batch.npz out/
 
 `batch.npz` holds 8 real ECGs and their conditions (`signal`, `text_embedding`, `sex`, `age`,
-`heart_rate`). Writes `out/result.npz` (losses, gradient norms, the gradients of the step, keys `vae_grad/...`
-and `unet_grad/...`, and every parameter after the step, keys `vae/...` and `unet/...`) and a U-Net checkpoint in `out/unet/`.
+`heart_rate`). Writes `out/result.npz` (losses, gradient norms, the gradients of the step, keys
+`vae_grad/...` and `unet_grad/...`, and every parameter after the step, keys `vae/...` and
+`unet/...`) and a U-Net checkpoint in `out/unet/`.
 """
 
 import sys
@@ -61,8 +62,9 @@ def main(batch_path: str, out_dir: str) -> None:
     unet = build_unet(config)
     graphdef, params = nnx.split(unet, nnx.Param)
     tx = diffusion_training.unet_optimizer(config.unet_train, 10)
-    state = common.replicate(common.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                               opt_state=tx.init(params), ema_params=jax.tree.map(jnp.copy, params)), mesh)
+    state = common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                              ema_params=jax.tree.map(jnp.copy, params))
+    state = common.replicate(state, mesh)
     schedule = diffusion.schedule_from_config(config.diffusion)
     step = diffusion_training.make_train_step(graphdef, tx, schedule, config, jax.random.key(1), mesh)
     global_latents = common.global_batch(latent_batch(batch), mesh)

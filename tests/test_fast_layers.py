@@ -48,7 +48,8 @@ def test_group_norm_matches_flax_and_pytorch_statistics(channels, groups):
     # PyTorch's definition: biased variance per sample and group, eps 1e-5.
     xg = np.asarray(x, np.float64).reshape(3, 40, groups, channels // groups)
     mean, var = xg.mean(axis=(1, 3), keepdims=True), xg.var(axis=(1, 3), keepdims=True)
-    ref = ((xg - mean) / np.sqrt(var + 1e-5)).reshape(3, 40, channels) * np.asarray(norm.scale[...]) + np.asarray(norm.bias[...])
+    normalised = ((xg - mean) / np.sqrt(var + 1e-5)).reshape(3, 40, channels)
+    ref = normalised * np.asarray(norm.scale[...]) + np.asarray(norm.bias[...])
     out = norm(x)
     assert relative_error(out, ref) < 1e-6
     assert relative_error(out, flax_out) < 1e-6

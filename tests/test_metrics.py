@@ -19,8 +19,9 @@ from data_pipelines.records import read_wfdb, reorder_leads, resample_signal
 from diffusets_jax.constants import FS, LEADS, NUM_SAMPLES
 from diffusets_jax.evaluation import metrics
 from diffusets_jax.conditions import OFFICIAL_CONDITION_KEYWORDS, condition_labels
-from diffusets_jax.evaluation.metrics import (clip_score, frechet_distance, heart_rate_mae, heart_rates, interval_errors,
-                                              lead_residuals, paired_errors, precision_recall, rclip, rfid)
+from diffusets_jax.evaluation.metrics import (clip_score, frechet_distance, heart_rate_mae, heart_rates,
+                                              interval_errors, lead_residuals, paired_errors, precision_recall, rclip,
+                                              rfid)
 from diffusets_jax.evaluation.report import write_report
 
 LUDB_IDS = ["1", "8", "34", "35", "70"]

@@ -222,4 +222,5 @@ def test_edm_preconditioning_builds_in_the_wiener_estimate_of_the_noise():
     np.testing.assert_allclose(errors, a * 0.0324 / (a * 0.0324 + 1 - a), rtol=0.05)  # the Gaussian optimum
     c_in, c_skip, c_out = diffusion.eps_preconditioning(schedule.alphas_cumprod, 0.18)
     np.testing.assert_allclose(c_out[list(ts)] ** 2, a * 0.0324 / (a * 0.0324 + 1 - a), rtol=1e-5)
-    np.testing.assert_allclose(c_in ** -2, np.asarray(schedule.alphas_cumprod) * 0.0324 + 1 - np.asarray(schedule.alphas_cumprod), rtol=1e-5)
+    abar = np.asarray(schedule.alphas_cumprod)
+    np.testing.assert_allclose(c_in ** -2, abar * 0.0324 + 1 - abar, rtol=1e-5)

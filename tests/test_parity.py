@@ -123,7 +123,8 @@ def test_ddpm_steps(ref, num_steps):
 
 
 def test_state_dict_round_trip(official_unet, official_vae, state_dicts):
-    for module, part in ((official_unet, "unet"), (official_vae.encoder, "vae_encoder"), (official_vae.decoder, "vae_decoder")):
+    parts = ((official_unet, "unet"), (official_vae.encoder, "vae_encoder"), (official_vae.decoder, "vae_decoder"))
+    for module, part in parts:
         exported = convert.state_dict(module)
         shapes = official_shapes()[part]
         for key, value in exported.items():

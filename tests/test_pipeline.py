@@ -106,7 +106,8 @@ def test_exact_limb_leads_change_only_the_derived_leads(tiny_pipeline):
     assert np.abs(lead_identity_residuals(plain)).max() > 1e-3  # the untrained model ignores the identities
 
 
-@pytest.mark.parametrize("kwargs, field", [(dict(sampler="euler"), "sampler"), (dict(guidance_scale=-1.0), "guidance_scale"),
+@pytest.mark.parametrize("kwargs, field", [(dict(sampler="euler"), "sampler"),
+                                           (dict(guidance_scale=-1.0), "guidance_scale"),
                                            (dict(eta=2.0), "eta"), (dict(num_steps=0), "num_steps")])
 def test_bad_sampling_arguments_are_named(tiny_pipeline, kwargs, field):
     with pytest.raises(ValueError, match=field):

@@ -121,7 +121,8 @@ def test_query_record_excluded_when_augmenting_itself(processed_dirs, tmp_path):
 
 
 def _index(reports, age=None, sex=None, heart_rate=None, embeddings=None, codes=None):
-    return ExperienceIndex(reports, embeddings, age, sex, heart_rate, [f"r{i}" for i in range(len(reports))], codes=codes)
+    return ExperienceIndex(reports, embeddings, age, sex, heart_rate, [f"r{i}" for i in range(len(reports))],
+                           codes=codes)
 
 
 def test_weights_change_rankings():
@@ -263,7 +264,8 @@ def test_hospital_code_views(mimic_root, tmp_path):
     codes = mimic_hosp.link_hosp_codes(mimic_root, hosp)
     assert codes == {"50000001": {"diagnoses": ["ICD10:I10", "ICD10:I480"], "medications": ["metoprolol"]},
                      "50000002": {"diagnoses": ["ICD10:I10", "ICD10:I4891"], "medications": ["heparin", "metoprolol"]}}
-    assert mimic_hosp.link_hosp_codes(mimic_root, hosp, icd_chars=3)["50000002"]["diagnoses"] == ["ICD10:I10", "ICD10:I48"]
+    three_chars = mimic_hosp.link_hosp_codes(mimic_root, hosp, icd_chars=3)
+    assert three_chars["50000002"]["diagnoses"] == ["ICD10:I10", "ICD10:I48"]
     mimic_hosp.write_hosp_codes(tmp_path, codes)
     assert mimic_hosp.read_hosp_codes(tmp_path)["50000002"]["medications"] == frozenset({"heparin", "metoprolol"})
 
@@ -281,8 +283,9 @@ def test_hospital_code_views(mimic_root, tmp_path):
 def test_augment_dataset_writes_reembedded_set(processed_dirs, tmp_path):
     from diffusets_jax.text import get_embedder
 
-    cli.main(["augment-dataset", "--dataset", str(processed_dirs[0]), "--dataset", str(processed_dirs[1]), "--out", str(tmp_path / "rag"),
-              "--k", "3", "--weights", "text=0.5", "--save-index", str(tmp_path / "index.npz")])
+    cli.main(["augment-dataset", "--dataset", str(processed_dirs[0]), "--dataset", str(processed_dirs[1]),
+              "--out", str(tmp_path / "rag"), "--k", "3", "--weights", "text=0.5",
+              "--save-index", str(tmp_path / "index.npz")])
     out = load_processed(tmp_path / "rag")
     src = load_processed(processed_dirs)
     assert len(out) == len(src) and out.embedder == "minilm"

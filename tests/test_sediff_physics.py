@@ -154,7 +154,8 @@ def _gradients(config, table, decoder, x0, condition, batch, key, plain=None):
     schedule, d, dtype = schedule_from_config(config.diffusion), config.diffusion, compute_dtype(config.unet_train)
     terms = physics.PhysicsLoss(decoder, table)
     if plain is None:
-        plain = jax.jit(jax.value_and_grad(lambda p: _loss(graphdef, p, x0, condition, key, schedule, d, dtype)[0]))(params)
+        plain = jax.jit(jax.value_and_grad(
+            lambda p: _loss(graphdef, p, x0, condition, key, schedule, d, dtype)[0]))(params)
     plain_value, plain_grads = plain
     (value, parts), grads = jax.jit(jax.value_and_grad(
         lambda p: _loss(graphdef, p, x0, condition, key, schedule, d, dtype, [physics.physics_aux_loss(terms, config)],

@@ -158,5 +158,5 @@ def load_builder(name: str, data_dir=None) -> tfds.core.DatasetBuilder:
     return tfds.builder_from_directory(str(version_dir))
 
 
-__all__ = ["BUILDERS", "SKIPPED_FILE", "SPLIT_FOLDS", "Cinc", "ECGBuilder", "ECGConfig", "Ludb", "Mimic", "Ptbxl", "build_dataset",
-           "load_builder", "make_builder", "split_of_fold"]
+__all__ = ["BUILDERS", "SKIPPED_FILE", "SPLIT_FOLDS", "Cinc", "ECGBuilder", "ECGConfig", "Ludb", "Mimic", "Ptbxl",
+           "build_dataset", "load_builder", "make_builder", "split_of_fold"]

@@ -9,7 +9,8 @@ or on a cluster (Dataflow, Spark, Flink: the runner and its options are the user
 docs/training-at-scale.md). Each worker loads the text model once, in `DoFn.setup`
 (https://beam.apache.org/documentation/transforms/python/elementwise/pardo/), and embeds a
 batch of records per call (`beam.BatchElements`). Examples per split and skipped records per
-reason kind are also Beam counters (namespace `ecg`, shown by the runner's monitoring). Stage 2 (TFDS writing the shards) is in `data_pipelines.tfds.base`.
+reason kind are also Beam counters (namespace `ecg`, shown by the runner's monitoring). Stage 2
+(TFDS writing the shards) is in `data_pipelines.tfds.base`.
 """
 
 from __future__ import annotations

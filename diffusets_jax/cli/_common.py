@@ -15,10 +15,12 @@ class UsageError(InputError):
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     """--config, --set, --workdir, --data, --stop-after, --distributed of the training commands."""
-    p.add_argument("--config", default="small", help="config name in configs/ (small, paper) or a .py path (default: small)")
+    p.add_argument("--config", default="small",
+                   help="config name in configs/ (small, paper) or a .py path (default: small)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set unet_train.num_steps=100 (repeatable)")
-    p.add_argument("--workdir", required=True, type=Path, help="directory for checkpoints and logs (resumed if present)")
+    p.add_argument("--workdir", required=True, type=Path,
+                   help="directory for checkpoints and logs (resumed if present)")
     p.add_argument("--data", action="append", required=True, type=Path, metavar="DIR",
                    help="processed set written by `prepare` (repeatable), or one TFDS dataset written by "
                         "`build-tfds` (its version directory, e.g. tfds/ptbxl/minilm-500hz/1.0.0)")

@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", required=True, type=Path, help="dataset directory (e.g. .../ptb-xl)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--embedder", default="minilm", help="text embedder: minilm (default, offline) or openai-ada-002")
-    p.add_argument("--sampling-rate", type=int, choices=[100, 500], default=500, help="PTB-XL records to read (default 500)")
+    p.add_argument("--sampling-rate", type=int, choices=[100, 500], default=500,
+                   help="PTB-XL records to read (default 500)")
     p.add_argument("--limit", type=int, default=None, help="only the first N records (for quick trials)")
     p.set_defaults(func=cmd_prepare)
 
@@ -36,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", required=True, type=Path, help="TFDS data directory to write to")
     p.add_argument("--embedder", default="minilm", help="text embedder: minilm (default, offline) or openai-ada-002")
     p.add_argument("--workers", type=int, default=1, help="processes loading records (default 1)")
-    p.add_argument("--sampling-rate", type=int, choices=[100, 500], default=None, help="PTB-XL files to read (default 500)")
+    p.add_argument("--sampling-rate", type=int, choices=[100, 500], default=None,
+                   help="PTB-XL files to read (default 500)")
     p.add_argument("--num-shards", type=int, default=None,
                    help="shard files per split (default: by size); use at least the number of training hosts")
     p.add_argument("--beam-runner", default=None,

@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "and figures: FID / rFID, precision and recall (k=3), heart-rate MAE, CLIP score "
                                    "and rCLIP (overall and per keyword condition), paired MAE / NRMSE, PR / QRS / QT "
                                    "errors and lead-identity residuals, next to the same for real ECGs.")
-    p.add_argument("--checkpoint", type=Path, default=None, help="pretrained model directory (default: the shipped model)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="pretrained model directory (default: the shipped model)")
     p.add_argument("--dataset", dest="data", action="append", required=True, type=Path, metavar="DIR",
                    help="processed set written by `prepare` (repeatable); conditions come from its --folds")
     p.add_argument("--folds", default="9,10", help="held-out folds to draw conditions from (default 9,10)")
@@ -24,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="ECGs per sampler call (default: the model's config)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--evaluator", type=Path, default=None, help="evaluator directory (default: the shipped one)")
-    p.add_argument("--samples", type=Path, default=None, help="score these ECGs (samples.npz of a previous run) instead of generating")
+    p.add_argument("--samples", type=Path, default=None,
+                   help="score these ECGs (samples.npz of a previous run) instead of generating")
     p.add_argument("--no-intervals", action="store_true", help="skip the PR / QRS / QT delineation (slow)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.set_defaults(func=cmd_evaluate)

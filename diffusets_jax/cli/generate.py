@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retrieval-k", type=int, default=None,
                    help="neighbours retrieved with --experience-index (default 5)")
     p.add_argument("--batch-size", type=int, default=None, help="ECGs per sampler call (default: the model's config)")
-    p.add_argument("--checkpoint", type=Path, default=None, help="pretrained model directory (default: the shipped model)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="pretrained model directory (default: the shipped model)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--no-png", action="store_true", help="skip the PNG pictures")
     p.add_argument("--overwrite", action="store_true",
@@ -45,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "and a JSON API (/api/generate, /api/health, /api/model; docs at /docs). "
                                    "The model compiles in the background at start-up; one request runs at a "
                                    "time; files live in a temporary directory removed at exit. Ctrl-C stops it.")
-    p.add_argument("--checkpoint", type=Path, default=None, help="pretrained model directory (default: the shipped model)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="pretrained model directory (default: the shipped model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-samples", type=int, default=16, help="most ECGs one request may ask for (default 16)")
@@ -106,7 +108,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     result = pipeline(report, age=args.age, sex=args.sex, heart_rate=args.hr, num_samples=num_samples,
                       seed=args.seed, batch_size=args.batch_size, progress=True, **options._asdict())
     paths = write_outputs(result, args.out, png=not args.no_png)
-    print(f"wrote {len(paths)} ECGs to {args.out} ({', '.join(p.name for p in paths[:4])}{', ...' if len(paths) > 4 else ''})")
+    names = ", ".join(p.name for p in paths[:4]) + (", ..." if len(paths) > 4 else "")
+    print(f"wrote {len(paths)} ECGs to {args.out} ({names})")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

@@ -122,8 +122,10 @@ def _augment_dataset(sub) -> None:
     p.add_argument("--embedder", default=None, help="text embedder of the new reports (default: the set's)")
     p.add_argument("--exclude-same-patient", action="store_true", help="never retrieve a record of the query's patient")
     p.add_argument("--hosp", default=None, metavar="DIR",
-                   help="MIMIC-IV hosp directory: link the code sets of MIMIC-IV-ECG sets (writes hosp_codes.jsonl into them)")
-    p.add_argument("--save-index", default=None, metavar="FILE", help="also write the experience index (.npz) for generation")
+                   help="MIMIC-IV hosp directory: link the code sets of MIMIC-IV-ECG sets "
+                        "(writes hosp_codes.jsonl into them)")
+    p.add_argument("--save-index", default=None, metavar="FILE",
+                   help="also write the experience index (.npz) for generation")
     p.add_argument("--examples", type=int, default=5, help="changed reports printed")
     _add_config_args(p)
     p.set_defaults(func=cmd_augment_dataset)
@@ -267,7 +269,8 @@ def _ablate(sub) -> None:
     p.add_argument("--seed", type=int, default=None,
                    help="draws the conditions and seeds the ECGs (default 0); the training batches follow the "
                         "base config's seed")
-    p.add_argument("--evaluator", type=Path, default=None, metavar="DIR", help="evaluator directory (default: the shipped one)")
+    p.add_argument("--evaluator", type=Path, default=None, metavar="DIR",
+                   help="evaluator directory (default: the shipped one)")
     _add_config_args(p)
     p.set_defaults(func=cmd_ablate)
 

@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.set_defaults(func=cmd_train_vae)
 
-    p = sub.add_parser("train-diffusion", help="train the latent diffusion U-Net (stage 2; needs a trained VAE in --workdir)")
+    p = sub.add_parser("train-diffusion",
+                       help="train the latent diffusion U-Net (stage 2; needs a trained VAE in --workdir)")
     add_config_args(p)
     p.add_argument("--vae-from", default=None, type=Path, metavar="MODEL_DIR",
                    help="a workdir without a VAE first takes the VAE of this model directory "
@@ -27,8 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("train-evaluator", help="train the ECG-text CLIP evaluator (Net1D + projections)",
-                       description="Contrastive training of the evaluator `evaluate` uses (official clip/clip_train.py), "
-                                   "then, with --out, its export with a model card (retrieval accuracy on --test-folds).")
+                       description="Contrastive training of the evaluator `evaluate` uses (official "
+                                   "clip/clip_train.py), then, with --out, its export with a model card (retrieval "
+                                   "accuracy on --test-folds).")
     add_config_args(p)
     p.set_defaults(config="evaluator", func=cmd_train_evaluator)
     p.add_argument("--out", type=Path, default=None, help="evaluator directory to export to when training ends")

@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-torch", help="pretrained model directory -> official PyTorch state dicts",
                        description="Write unet_all.pth and vae_model.pth with the official key names, shapes "
                                    "and order, loadable by the official code with load_state_dict(strict=True).")
-    p.add_argument("--checkpoint", type=Path, default=None, help="pretrained model directory (default: the shipped model)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="pretrained model directory (default: the shipped model)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--format", choices=["pth", "npz"], default="pth",
                    help="pth (torch.save, default) or npz (NumPy only)")

@@ -9,3 +9,10 @@ from diffusets_jax.evaluation.metrics import (clip_score, frechet_distance, hear
                                               interval_errors, lead_identity_residuals, lead_residuals,
                                               measure_intervals, paired_errors, precision_recall, rclip, rfid)
 from diffusets_jax.evaluation.report import write_report
+
+__all__ = [
+    "CONDITION_KEYWORDS", "OFFICIAL_CONDITION_KEYWORDS", "ClipEvaluator", "Net1D", "build_evaluator", "clip_score",
+    "condition_labels", "contrastive_loss", "frechet_distance", "heart_rate_mae", "heart_rates", "interval_errors",
+    "lead_identity_residuals", "lead_residuals", "load_evaluator", "measure_intervals", "paired_errors",
+    "precision_recall", "rclip", "retrieval_accuracy", "rfid", "save_evaluator", "train_clip", "write_report",
+]

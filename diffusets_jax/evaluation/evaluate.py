@@ -57,7 +57,8 @@ def denoising_error(pipeline, signals: np.ndarray, text_embeddings: np.ndarray, 
     condition = make_condition(text_embeddings, sex_codes, age, heart_rate)
     errors = diffusion.eps_mse_by_timestep(lambda x, t: pipeline.unet(x, t, condition), pipeline.schedule, x0,
                                            jax.random.key(seed), timesteps)
-    wiener = diffusion.gaussian_eps_mse(np.asarray(pipeline.schedule.alphas_cumprod)[list(timesteps)], float(np.var(x0)))
+    alphas_cumprod = np.asarray(pipeline.schedule.alphas_cumprod)[list(timesteps)]
+    wiener = diffusion.gaussian_eps_mse(alphas_cumprod, float(np.var(x0)))
     return {str(t): {"eps_mse": float(e), "wiener": float(w)} for t, e, w in zip(timesteps, np.asarray(errors), wiener)}
 
 

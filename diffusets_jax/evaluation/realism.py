@@ -102,6 +102,7 @@ def c2st_auroc(real, generated, folds: int = 5, seed: int = 0) -> float:
     x = np.concatenate([summary_features(real), summary_features(generated)])
     y = np.concatenate([np.zeros(len(real)), np.ones(len(generated))])
     leaf = min(20, max(2, len(x) // 20))  # scikit-learn's default 20 cannot split a few dozen ECGs
-    classifier = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, min_samples_leaf=leaf, random_state=seed)
+    classifier = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, min_samples_leaf=leaf,
+                                                random_state=seed)
     splits = StratifiedKFold(folds, shuffle=True, random_state=seed)
     return float(np.mean(cross_val_score(classifier, x, y, cv=splits, scoring="roc_auc")))

@@ -280,7 +280,8 @@ def write_report(out_dir, metrics: Mapping[str, Any], *, real_signals, generated
         sections += ["## Denoising error per timestep", "",
                      "The U-Net's eps-MSE per latent value on the held-out records' latents (fixed noise), next to "
                      "the Gaussian (Wiener) predictor's: a model that has learned to denoise is below it at every t.",
-                     "", _table(("t", "eps-MSE", "Wiener"), [(t, v["eps_mse"], v["wiener"]) for t, v in denoising.items()]),
+                     "", _table(("t", "eps-MSE", "Wiener"),
+                                [(t, v["eps_mse"], v["wiener"]) for t, v in denoising.items()]),
                      "", f"![denoising error per timestep]({DENOISING_FIGURE})", ""]
     report_path = out_dir / REPORT_FILE
     report_path.write_text("\n".join(sections))

@@ -6,7 +6,8 @@ from diffusets_jax import diffusion
 from diffusets_jax.models.unet import UNet, make_condition, null_condition
 from diffusets_jax.models.vae import VAE, Decoder, Encoder, vae_loss
 
-__all__ = ["VAE", "Encoder", "Decoder", "UNet", "make_condition", "null_condition", "vae_loss", "build_vae", "build_unet"]
+__all__ = ["VAE", "Encoder", "Decoder", "UNet", "make_condition", "null_condition", "vae_loss", "build_vae",
+           "build_unet"]
 
 
 def build_vae(config, rngs: nnx.Rngs | None = None) -> VAE:

@@ -140,7 +140,8 @@ class Im2colConv1d(nnx.Conv):
 # Winograd F(4, 3) (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks", with
 # the interpolation points 0, 1, -1, 2, -2 and infinity): 4 outputs of a 3-tap correlation
 # y[i] = sum_k d[i + k] g[k] from 6 inputs d as y = A^T [(G g) * (B^T d)].
-_WINOGRAD_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64)
+_WINOGRAD_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+                        np.float64)
 _WINOGRAD_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
                         [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64)
 _WINOGRAD_BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
@@ -328,7 +329,8 @@ class MultiheadAttention(nnx.Module):
     def in_projection(self, which: int) -> tuple[Array, Array]:
         """Kernel `(h, h)` and bias `(h,)` of the q (0), k (1) or v (2) slice of the packed `in_proj`."""
         h = self.hidden
-        return self.in_proj.kernel[...][:, which * h : (which + 1) * h], self.in_proj.bias[...][which * h : (which + 1) * h]
+        columns = slice(which * h, (which + 1) * h)
+        return self.in_proj.kernel[...][:, columns], self.in_proj.bias[...][columns]
 
     def project(self, x: Array, which: int) -> Array:
         """Apply the q (0), k (1) or v (2) slice of the packed input projection."""

@@ -160,7 +160,8 @@ def _write_side_files(src_dirs, out_dir: Path, dataset, reports: list[str], retr
         path = Path(d) / "records.jsonl"
         lines = path.read_text().splitlines() if path.is_file() else []
         n = len(np.load(Path(d) / "dataset.npz")["record_ids"])
-        metadata.extend(json.loads(line) for line in lines) if len(lines) == n else metadata.extend({} for _ in range(n))
+        metadata.extend(json.loads(line) for line in lines) if len(lines) == n else \
+            metadata.extend({} for _ in range(n))
     with open(out_dir / "records.jsonl", "w") as f:
         for i, (meta, report, r, method) in enumerate(zip(metadata, reports, retrievals, methods)):
             row = {"record_id": str(dataset.record_ids[i]), **meta, "original_report": str(dataset.reports[i]),

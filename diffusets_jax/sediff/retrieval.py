@@ -119,7 +119,8 @@ class Query:
         """A query from a `'|'`-joined report (or statements), age (years), sex, heart rate (bpm)."""
         return cls(
             statements=statements_of(report), age=math.nan if age is None else float(age),
-            sex=None if sex is None else str(sex).upper()[:1], heart_rate=math.nan if heart_rate is None else float(heart_rate),
+            sex=None if sex is None else str(sex).upper()[:1],
+            heart_rate=math.nan if heart_rate is None else float(heart_rate),
             text_embedding=None if text_embedding is None else np.asarray(text_embedding, np.float32),
             codes=_codes(codes), exclude=frozenset(exclude),
         )
@@ -232,7 +233,7 @@ class ExperienceIndex:
             raise ValueError("experience index is empty: no training record to retrieve from")
         full = lambda a, fill, dtype: np.full(n, fill, dtype) if a is None else np.asarray(a, dtype)  # noqa: E731
         self.age = full(age, np.nan, np.float32)
-        self.sex = np.asarray(["" if sex is None else str(s).upper()[:1] for s in (sex if sex is not None else [None] * n)])
+        self.sex = np.asarray([""] * n if sex is None else [str(s).upper()[:1] for s in sex])
         self.heart_rate = full(heart_rate, np.nan, np.float32)
         self.record_ids = np.asarray([str(i) for i in (record_ids if record_ids is not None else range(n))])
         self.keys = np.asarray([str(k) for k in keys]) if keys is not None else self.record_ids.copy()
@@ -371,7 +372,8 @@ class ExperienceIndex:
             if self.embedder_name and embedder.name != self.embedder_name:
                 raise ValueError(f"the index was embedded with {self.embedder_name!r}, not {embedder.name!r}")
             embedding = embedder.embed([build_prompt(statements)])[0]
-        return Query.from_report(statements, age, sex, heart_rate, text_embedding=embedding, codes=codes, exclude=exclude)
+        return Query.from_report(statements, age, sex, heart_rate, text_embedding=embedding, codes=codes,
+                                 exclude=exclude)
 
     def effective_weights(self, query: Query, weights: Mapping[str, float] | None = None) -> dict[str, float]:
         """Weights of `query`'s views, normalised to sum 1: a view the index or the query lacks,
@@ -387,7 +389,8 @@ class ExperienceIndex:
             "heart_rate": math.isfinite(query.heart_rate),
         }
         has_query.update({v: bool(query.codes.get(v)) for v in CODE_VIEWS})
-        if has_query["text"] and self.text_embeddings is not None and len(query.text_embedding) != self.text_embeddings.shape[1]:
+        if (has_query["text"] and self.text_embeddings is not None
+                and len(query.text_embedding) != self.text_embeddings.shape[1]):
             raise ValueError(f"query embedding has {len(query.text_embedding)} dims, the index "
                              f"{self.text_embeddings.shape[1]} ({self.embedder_name})")
         used = {v: merged[v] for v in self.views if has_query[v] and merged[v] > 0}
@@ -499,7 +502,8 @@ def read_tables(dirs: Sequence[str | Path]) -> dict:
         out["patient_keys"].append(np.array([f"{prefix}/{p}" for p in arrays["patient_ids"]]))
         out["codes"].extend(hosp.get(str(r), {}) for r in arrays["record_ids"])
     if len(embedders) > 1:
-        raise ValueError(f"datasets {[str(d) for d in dirs]} were embedded with different text embedders: {sorted(embedders)}")
+        raise ValueError(f"datasets {[str(d) for d in dirs]} were embedded with different text embedders: "
+                         f"{sorted(embedders)}")
     table = {name: (v if name == "codes" else np.concatenate(v)) for name, v in out.items()}
     table["embedder"] = embedders.pop()
     return table

@@ -121,7 +121,8 @@ class KeywordSummariser:
     one that every neighbour states always qualifies). They are ranked by summed similarity score of the neighbours that
     state them, then by count, then by first appearance (neighbour rank, statement position).
     A candidate is skipped if the query (or an earlier candidate) already has its group (one
-    rhythm, one axis, one bundle-branch block, one fascicular block; overall verdicts such as "normal ECG" are never copied from other patients)
+    rhythm, one axis, one bundle-branch block, one fascicular block; overall verdicts such as
+    "normal ECG" are never copied from other patients)
     or if it contradicts the query's heart rate (bradycardia needs < 60 bpm, tachycardia > 100)
     or a chosen statement (low QRS voltage against ventricular hypertrophy).
     The report holds at most `max_statements` statements, unless the query alone has more (its

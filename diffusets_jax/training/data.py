@@ -160,7 +160,8 @@ def _optional(make):
 
 
 def _check_text_width(source, config) -> None:
-    width = source.arrays["text_embedding"].shape[1] if isinstance(source, ArraySource) else source.shapes["text_embedding"][0]
+    width = (source.arrays["text_embedding"].shape[1] if isinstance(source, ArraySource)
+             else source.shapes["text_embedding"][0])
     if width != config.text.embed_dim:
         raise ValueError(
             f"the datasets hold {width}-d text embeddings; config text.embed_dim is {config.text.embed_dim} "
