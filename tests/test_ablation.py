@@ -174,6 +174,9 @@ def test_variant_configs_set_the_objective_on_a_constant_learning_rate(base_work
 
 def test_retrieval_conditions_are_the_same_records_in_the_augmented_sets(processed_dirs, tmp_path):
     """The retrieval variants condition on the augmented sets' embeddings of the drawn records."""
+    from data_pipelines.processed import MANIFEST_FILES
+    from diffusets_jax.checkpoints import write_manifest
+
     rag_dirs = []
     for d in processed_dirs:
         rag = shutil.copytree(d, tmp_path / f"{d.name}_rag")
@@ -181,6 +184,7 @@ def test_retrieval_conditions_are_the_same_records_in_the_augmented_sets(process
             arrays = dict(data)
         arrays["text_embeddings"] = -arrays["text_embeddings"]  # stands in for the augmented reports'
         np.savez(rag / "dataset.npz", **arrays)
+        write_manifest(rag, MANIFEST_FILES)  # a deliberate change: the set's manifest follows it
         rag_dirs.append(rag)
     folds = range(1, 11)
     conditions = ablation.held_out_conditions(processed_dirs, rag_dirs, folds, 8, seed=0)
