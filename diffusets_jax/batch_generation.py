@@ -242,7 +242,19 @@ def generate_from_csv(
                 entries[r.row] = _index_entry(r, options, "ok")
             _write_index(index_path, entries)
             bar.update(len(batch))
+    _write_manifest(out_dir, entries)
     return BatchReport(generated, [r.row for r in already], bad, index_path, sorted(broken))
+
+
+def _write_manifest(out_dir: Path, entries: dict[int, dict]) -> None:
+    """`MANIFEST.json` (size, SHA-256) of `index.csv` and the files of the rows written 'ok' (rewritten
+    at the end of every run, a resumed one included)."""
+    from diffusets_jax.checkpoints import write_manifest
+
+    records = {entry["record"] for entry in entries.values() if entry.get("status") == "ok"}
+    names = [path.name for path in out_dir.iterdir()
+             if path.suffix in (".hea", ".dat", ".png") and path.stem in records]
+    write_manifest(out_dir, ["index.csv", *names])
 
 
 def _write_index(path: Path, entries: dict[int, dict]) -> None:

@@ -41,7 +41,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 from diffusets_jax.errors import DiffusetsError  # noqa: E402
 
 from . import data, evaluate, generate, sediff, train, weights  # noqa: E402
-from ._common import UsageError  # noqa: E402
+from ._common import UsageError, print_warnings  # noqa: E402
 
 GROUPS = (data, train, generate, evaluate, weights)
 
@@ -125,6 +125,7 @@ def main(argv=None) -> int:
     args.argv = argv
     new_directories = _new_directories(args)
     try:
+        print_warnings(args.command)  # e.g. a checkpoint fallback: one line, like errors
         _compile_cache(args)
         args.func(args)
     except KeyboardInterrupt:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import UsageError, add_sampling_args, print_warnings, sampling_options
+from ._common import UsageError, add_sampling_args, sampling_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,7 +58,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from diffusets_jax.pipeline import (Pipeline, check_batch_size, check_seed, prepare_output_dir, validate_conditions,
                                         write_outputs)
 
-    print_warnings("generate")
     check_seed(args.seed, "--seed")
     check_batch_size(args.batch_size, "--batch-size")
     single = {"--report": args.report, "--age": args.age, "--sex": args.sex, "--hr": args.hr}
