@@ -18,13 +18,12 @@ import contextlib
 from pathlib import Path
 
 import ml_collections
-from flax import nnx
 
 from diffusets_jax.checkpoints import (  # noqa: F401 - flatten_params, load_params_into: public here too
     ModelDir, flatten_params, load_model_dir, load_params_into, module_arrays, save_model_dir,
 )
 from diffusets_jax.errors import ConfigError
-from diffusets_jax.models import UNet, VAE, build_unet, build_vae
+from diffusets_jax.models import UNet, VAE, abstract_model, build_unet, build_vae
 
 #: The default model shipped inside the package (the `small` config trained on the shared data).
 DEFAULT_MODEL_DIR = Path(__file__).parent / "pretrained" / "default"
@@ -51,8 +50,8 @@ def build_from(read: ModelDir) -> tuple[VAE, UNet]:
     """
     directory = read.directory
     with config_errors(directory / "config.json"):
-        vae = nnx.eval_shape(lambda: build_vae(read.config))
-        unet = nnx.eval_shape(lambda: build_unet(read.config))
+        vae = abstract_model(lambda: build_vae(read.config))
+        unet = abstract_model(lambda: build_unet(read.config))
     for module, name in ((vae, "vae"), (unet, "unet")):
         load_params_into(module, read.arrays[name], source=str(directory / f"{name}.npz"))
     return vae, unet

@@ -33,7 +33,7 @@ from flax import nnx
 
 from diffusets_jax import convert
 from diffusets_jax.config import config_to_json, load_config
-from diffusets_jax.models import build_unet, build_vae
+from diffusets_jax.models import abstract_model, build_unet, build_vae
 from diffusets_jax.models.unet import timestep_table
 from diffusets_jax.checkpoints import load_model_dir, load_params_into, sha256_file
 from diffusets_jax.pretrained import MODEL_NAMES, save_pretrained
@@ -192,8 +192,8 @@ def _empty_models(config: ml_collections.ConfigDict):
     if key not in _ABSTRACT:
         _ABSTRACT.clear()
         _ABSTRACT[key] = (
-            nnx.split(nnx.eval_shape(lambda: build_vae(config))),
-            nnx.split(nnx.eval_shape(lambda: build_unet(config))),
+            nnx.split(abstract_model(lambda: build_vae(config))),
+            nnx.split(abstract_model(lambda: build_unet(config))),
         )
     vae, unet = _ABSTRACT[key]
     return _zeros_like(vae), _zeros_like(unet)

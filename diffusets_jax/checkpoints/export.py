@@ -22,10 +22,11 @@ from diffusets_jax.errors import MissingFileError
 TRAIN_COMMANDS = {VAE_DIR: "train-vae", UNET_DIR: "train-diffusion"}
 
 
-def _builder(name: str):
-    from diffusets_jax.models import build_unet, build_vae
+def _abstract(config, name: str) -> nnx.Module:
+    from diffusets_jax.models import abstract_model, build_unet, build_vae
 
-    return {VAE_DIR: build_vae, UNET_DIR: build_unet}[name]
+    build = {VAE_DIR: build_vae, UNET_DIR: build_unet}[name]
+    return abstract_model(lambda: build(config))
 
 
 def load_trained(config, workdir: str | Path, name: str, *, use_ema: bool = True) -> tuple[nnx.Module, int]:
@@ -39,7 +40,7 @@ def load_trained(config, workdir: str | Path, name: str, *, use_ema: bool = True
     checkpoint, CheckpointError naming the step and file if none restores or the parameters hold
     NaN/inf.
     """
-    model = nnx.eval_shape(lambda: _builder(name)(config))
+    model = _abstract(config, name)
     graphdef, params = nnx.split(model, nnx.Param)
     directory = Path(workdir) / name
     restored, step = steps.restore_params(directory, params, ema=use_ema and name == UNET_DIR,

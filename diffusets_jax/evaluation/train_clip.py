@@ -34,6 +34,7 @@ from diffusets_jax.checkpoints import (
     save_model_dir, write_config,
 )
 from diffusets_jax.errors import MissingFileError
+from diffusets_jax.models import abstract_model
 from diffusets_jax.evaluation.clip import ClipEvaluator, build_evaluator, contrastive_loss, retrieval_accuracy
 from diffusets_jax.training import common
 
@@ -202,7 +203,7 @@ def load_evaluator(directory: str | Path = DEFAULT_EVALUATOR_DIR) -> tuple[ml_co
     missing, unexpected or misshaped array.
     """
     read = load_model_dir(directory, (EVALUATOR_DIR,), kind="diffusets-jax evaluator directory")
-    model = nnx.eval_shape(lambda: build_evaluator(read.config))
+    model = abstract_model(lambda: build_evaluator(read.config))
     flat = {key: jnp.asarray(value) for key, value in read.arrays[EVALUATOR_DIR].items()}
     load_params_into(model, flat, source=str(Path(directory) / f"{EVALUATOR_DIR}.npz"), what=EVALUATOR_STATE)
     return read.config, model

@@ -32,11 +32,10 @@ def _initializer(draw):
     """
 
     def init(key, shape, dtype=jnp.float32):
-        try:
-            seed = np.asarray(jax.random.key_data(key)).ravel()
-        except jax.errors.TracerArrayConversionError:
+        data = jax.random.key_data(key)
+        if isinstance(data, jax.core.Tracer):
             return _traced(draw, key, shape, dtype)
-        return jnp.asarray(draw(np.random.default_rng(seed), shape), dtype)
+        return jnp.asarray(draw(np.random.default_rng(np.asarray(data).ravel()), shape), dtype)
 
     return init
 

@@ -60,6 +60,7 @@ from flax import nnx
 from diffusets_jax.config import load_config
 from diffusets_jax.constants import FS, LATENT_CHANNELS, LATENT_LENGTH, LATENT_SCALE, NUM_LEADS
 from diffusets_jax.models.layers import conv1d, group_norm, linear
+from diffusets_jax.models import abstract_model
 from diffusets_jax.models.vae import ResidualBlock
 from diffusets_jax.sediff import ecgsyn
 
@@ -256,7 +257,7 @@ def load_beat_decoder(directory: str | Path) -> tuple[BeatDecoder, dict]:
     record = read.config
     if record.get("format") != FORMAT:
         raise ValueError(f"{directory}: format {record.get('format')!r}, expected {FORMAT!r}")
-    decoder = nnx.eval_shape(lambda: build_beat_decoder(record["architecture"]))
+    decoder = abstract_model(lambda: build_beat_decoder(record["architecture"]))
     load_params_into(decoder, read.arrays[ARCHIVE], source=str(directory / f"{ARCHIVE}.npz"))
     return decoder, record
 
