@@ -61,11 +61,16 @@ def make_builder(name: str, data_dir, *, embedder: str | TextEmbedder = "minilm"
                text_embedder=None if isinstance(embedder, str) else embedder, **builder_options)
 
 
+#: MiB of examples TFDS's writer holds before spilling to disk (TFDS's default, 1000, grows with the set).
+DEFAULT_SHUFFLE_BUFFER_MIB = 32
+
+
 def build_dataset(name: str, manual_dir, data_dir, *, embedder: str | TextEmbedder = "minilm",
                   num_workers: int = 1, sampling_rate: int | None = None, num_shards: int | None = None,
                   record_ids=None, beam_runner: str | None = None, beam_workers: int = 1,
                   beam_options: Sequence[str] = (), beam_write: bool | None = None,
-                  shuffle_buffer_mib: int | None = None, in_memory: bool = False) -> tfds.core.DatasetInfo:
+                  shuffle_buffer_mib: int | None = DEFAULT_SHUFFLE_BUFFER_MIB,
+                  in_memory: bool = False) -> tfds.core.DatasetInfo:
     """Build source `name` from the raw files in `manual_dir` into `data_dir` as TFRecord shards.
 
     Streams: memory does not grow with the number of records (see `data_pipelines.tfds.base`).
@@ -91,8 +96,10 @@ def build_dataset(name: str, manual_dir, data_dir, *, embedder: str | TextEmbedd
         beam_write: also write the shards with TFDS's Beam writer. Default: for runners other than
             the DirectRunner, whose in-memory shuffle would hold every example.
         shuffle_buffer_mib: when this process writes the shards, bytes of examples TFDS's writer keeps
-            in memory before spilling to disk (`tfds.core.shuffle.MAX_MEM_BUFFER_SIZE`; default
-            TFDS's 1000 MiB).
+            in memory before spilling to disk (`tfds.core.shuffle.MAX_MEM_BUFFER_SIZE`). Default
+            `DEFAULT_SHUFFLE_BUFFER_MIB` (32), which keeps peak memory flat from 1,000 to 5,000 MIMIC
+            records (benchmarks/README.md); None: TFDS's own 1000 MiB (memory then grows with the
+            records up to that much).
         in_memory: the first release's build, every record in memory before writing (reference).
 
     Returns:

@@ -47,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beam-workers", type=int, default=1, help="DirectRunner worker processes (default 1)")
     p.add_argument("--beam-option", action="append", default=[], metavar="FLAG",
                    help="a Beam pipeline flag, repeatable: --beam-option=--project=P --beam-option=--region=R")
+    p.add_argument("--shuffle-buffer-mib", type=int, default=None, metavar="MIB",
+                   help="MiB of examples held in memory while writing the shards before spilling to disk "
+                        "(default: data_pipelines.tfds.DEFAULT_SHUFFLE_BUFFER_MIB, 32, flat memory however many "
+                        "records)")
     p.set_defaults(func=cmd_build_tfds)
 
 
@@ -85,7 +89,9 @@ def cmd_build_tfds(args: argparse.Namespace) -> None:
         info = build_dataset(args.dataset, args.root, args.data_dir, embedder=args.embedder,
                              num_workers=args.workers, sampling_rate=args.sampling_rate,
                              num_shards=args.num_shards, beam_runner=args.beam_runner,
-                             beam_workers=args.beam_workers, beam_options=args.beam_option)
+                             beam_workers=args.beam_workers, beam_options=args.beam_option,
+                             **({} if args.shuffle_buffer_mib is None else
+                                {"shuffle_buffer_mib": args.shuffle_buffer_mib}))
     seconds = time.perf_counter() - start
     splits = ", ".join(f"{name} {split.num_examples} ({split.num_shards} shards)"
                        for name, split in info.splits.items())
