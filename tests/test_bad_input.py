@@ -374,8 +374,10 @@ def test_ctrl_c_is_one_line_with_status_130_and_debug_shows_the_traceback(tiny_m
 
 
 SIGINT_SCRIPT = """
-import sys, time
+import signal, sys, time
 from diffusets_jax import cli, pipeline
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job ignores SIGINT)
 
 def wait(*args, **kwargs):
     print("ready", flush=True)

@@ -202,6 +202,16 @@ def test_bad_window_is_skipped_alone(cinc_root, tmp_path):
     samples = np.frombuffer(raw, dtype="<i2", offset=24).reshape(-1, 12).copy()  # 16+24: 12 leads interleaved
     samples[5000:10000, 8] = 0  # lead V3 disconnected during the second 10 s
     mat.write_bytes(raw[:24] + samples.tobytes())
+    # a recording with a disconnected lead, not a corrupt file: the header's checksums (the 7th field
+    # of each signal line, the 16-bit sum of its samples) describe the new samples
+    header = root / "cpsc_2018/A0005.hea"
+    lines = header.read_text().splitlines()
+    for lead in range(12):
+        fields = lines[1 + lead].split(" ")
+        checksum = int(samples[:, lead].astype(np.int64).sum()) % 65536
+        fields[6] = str(checksum - 65536 if checksum > 32767 else checksum)
+        lines[1 + lead] = " ".join(fields)
+    header.write_text("\n".join(lines) + "\n")
     records, skipped = load_records("cinc", root, progress=False)
     assert [r.record_id for r in records] == ["cpsc_2018/A0005_w0"]
     assert skipped == [("cpsc_2018/A0005_w1", "flat lead V3 (peak-to-peak < 0.01 mV)")]
