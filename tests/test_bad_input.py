@@ -56,6 +56,7 @@ def _signal(out, record):
     return wfdb.rdrecord(str(out / record)).p_signal
 
 
+@pytest.mark.slow
 def test_a_resumed_csv_run_regenerates_incomplete_or_corrupt_records(tiny_model_dir, tmp_path, capsys):
     (tmp_path / "c.csv").write_text(CSV)
     out = tmp_path / "out"

@@ -81,6 +81,7 @@ def test_a_broken_newest_step_falls_back_to_the_intact_one_and_names_the_file(wo
     assert broken.exists()  # read-only: nothing moved
 
 
+@pytest.mark.slow
 def test_export_falls_back_too_and_the_export_loads(workdir, tmp_path):
     from diffusets_jax.training.diffusion import export_workdir
 

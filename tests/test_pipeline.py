@@ -68,6 +68,7 @@ def test_generate_command_names_a_bad_argument(tiny_model_dir, tmp_path, capsys)
     assert "sex" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_shipped_default_model_generates_plausible_ecgs():
     assert (DEFAULT_MODEL_DIR / "unet.npz").is_file(), "the default model must ship with the package"
     pipe = Pipeline.from_pretrained()
@@ -85,7 +86,8 @@ def test_an_ecg_does_not_depend_on_the_batch_size(tiny_pipeline):
     np.testing.assert_allclose(together, one_by_one, atol=1e-5)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm-solver++"])
+@pytest.mark.parametrize("sampler", [pytest.param("ddpm", marks=pytest.mark.slow), "ddim",
+                                     pytest.param("dpm-solver++", marks=pytest.mark.slow)])
 def test_every_sampler_with_and_without_guidance(tiny_pipeline, sampler):
     run = lambda scale: tiny_pipeline("Sinus rhythm", num_samples=2, seed=1, sampler=sampler, num_steps=4,  # noqa: E731
                                       guidance_scale=scale, **CONDITIONS)
