@@ -9,6 +9,7 @@ Their hyperparameters come from a config (`--config`, default `configs/sediff.py
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -58,10 +59,16 @@ def _settings(args: argparse.Namespace, section: str, **flags) -> dict:
     return values
 
 
-def _default(section: str, name: str):
+@functools.lru_cache(maxsize=1)
+def _sediff_config():
     from diffusets_jax.config import load_config
 
-    return load_config("sediff")[section][name]
+    return load_config("sediff")
+
+
+def _default(section: str, name: str):
+    """The default of `configs/sediff.py` shown in an option's help (the config is read once)."""
+    return _sediff_config()[section][name]
 
 
 # ------------------------------------------------------------------------------------ fit-ecgsyn
@@ -111,13 +118,16 @@ def _augment_dataset(sub) -> None:
     p.add_argument("--summariser", choices=list(SUMMARISERS), default=None,
                    help="keyword (offline, default) or llm (OpenAI-style chat; needs OPENAI_API_KEY)")
     p.add_argument("--max-statements", type=int, default=None,
-                   help="statements per augmented report, the query's are kept (default 6)")
+                   help=f"statements per augmented report, the query's are kept "
+                        f"(default {_default('retrieval', 'max_statements')})")
     p.add_argument("--min-support", type=float, default=None,
-                   help="keyword: fraction of neighbours stating a finding (default 0.4)")
+                   help=f"keyword: fraction of neighbours stating a finding "
+                        f"(default {_default('retrieval', 'min_support')})")
     p.add_argument("--min-lift", type=float, default=None,
                    help="keyword: neighbour fraction needed relative to the index-wide prevalence, capped at all "
-                        "(default 1.5)")
-    p.add_argument("--llm-model", default=None, help="chat model of the llm summariser (default gpt-4o-mini)")
+                        f"(default {_default('retrieval', 'min_lift')})")
+    p.add_argument("--llm-model", default=None,
+                   help=f"chat model of the llm summariser (default {_default('retrieval', 'llm_model')})")
     p.add_argument("--llm-base-url", default=None, help="OpenAI-compatible server (default: api.openai.com)")
     p.add_argument("--embedder", default=None, help="text embedder of the new reports (default: the set's)")
     p.add_argument("--exclude-same-patient", action="store_true", help="never retrieve a record of the query's patient")
@@ -189,7 +199,7 @@ def _train_beat_decoder(sub) -> None:
                    help=f"alpha_spec, weight of the spectral multi-beat loss (default {bd.DEFAULT_SPECTRAL_WEIGHT:g})")
     p.add_argument("--shifts", type=int, default=None,
                    help=f"circularly shifted copies of each training ECG, 0: none (default {bd.DEFAULT_SHIFTS})")
-    p.add_argument("--seed", type=int, default=None, help="default 0")
+    p.add_argument("--seed", type=int, default=None, help=f"default {_default('beat_decoder', 'seed')}")
     _add_config_args(p)
     p.set_defaults(func=cmd_train_beat_decoder)
 
@@ -243,7 +253,8 @@ def _ablate(sub) -> None:
     p.add_argument("--variants", default=",".join(ablation.VARIANTS), metavar="NAMES",
                    help=f"comma-separated, from {', '.join(ablation.VARIANTS)} (default: all)")
     p.add_argument("--steps", type=int, default=None,
-                   help="U-Net steps each variant trains after the base checkpoint (default 1000)")
+                   help=f"U-Net steps each variant trains after the base checkpoint "
+                        f"(default {_default('ablation', 'steps')})")
     p.add_argument("--learning-rate", type=float, default=None,
                    help="constant fine-tune learning rate (default: the base run's final one, "
                         "unet_train.learning_rate x final_lr_fraction)")
@@ -256,18 +267,23 @@ def _ablate(sub) -> None:
     p.add_argument("--beat-decoder", type=Path, default=None, metavar="DIR",
                    help="beat decoder of the physics variants (default: the base config's "
                         "sediff.beat_decoder_dir, else beat_decoder/ in --base-workdir)")
-    p.add_argument("--num-samples", type=int, default=None, help="ECGs generated and scored per variant (default 256)")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help=f"ECGs generated and scored per variant (default {_default('ablation', 'num_samples')})")
     p.add_argument("--folds", default="9,10", help="held-out folds the conditions come from (default 9,10)")
-    p.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="sampler for the evaluation (default ddim)")
-    p.add_argument("--num-steps", type=int, default=None, help="sampler steps (default 50)")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=None,
+                   help=f"sampler for the evaluation (default {_default('ablation', 'sampler')})")
+    p.add_argument("--num-steps", type=int, default=None,
+                   help=f"sampler steps (default {_default('ablation', 'num_steps')})")
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="classifier-free guidance scale (default: the model's config)")
-    p.add_argument("--batch-size", type=int, default=None, help="ECGs per sampler call (default 64)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"ECGs per sampler call (default {_default('ablation', 'batch_size')})")
     p.add_argument("--weights", choices=["ema", "raw"], default=None,
                    help="U-Net parameters to generate with: the EMA the base config keeps, or the raw ones "
-                        "(default ema)")
+                        f"(default {_default('ablation', 'weights')})")
     p.add_argument("--seed", type=int, default=None,
-                   help="draws the conditions and seeds the ECGs (default 0); the training batches follow the "
+                   help=f"draws the conditions and seeds the ECGs (default {_default('ablation', 'seed')}); the "
+                        "training batches follow the "
                         "base config's seed")
     p.add_argument("--evaluator", type=Path, default=None, metavar="DIR",
                    help="evaluator directory (default: the shipped one)")

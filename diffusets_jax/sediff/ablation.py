@@ -51,8 +51,9 @@ FINAL_WINDOW = 0.1
 #: Where a base given as a pretrained model directory is written out as a training workdir.
 BASE_FROM_MODEL = "base_workdir"
 #: Physics-loss weights of the euler, interlead, full and released variants (`configs/sediff.py` `ablation`).
-DEFAULT_EULER_WEIGHT = load_config("sediff").ablation.euler_weight
-DEFAULT_INTERLEAD_WEIGHT = load_config("sediff").ablation.interlead_weight
+_DEFAULTS = load_config("sediff").ablation
+DEFAULT_EULER_WEIGHT = _DEFAULTS.euler_weight
+DEFAULT_INTERLEAD_WEIGHT = _DEFAULTS.interlead_weight
 
 
 @dataclass(frozen=True)
