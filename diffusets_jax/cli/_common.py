@@ -31,6 +31,12 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                         "run the same command on every host")
 
 
+def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
+    """--checkpoint: the pretrained model directory a command loads (None: the shipped model)."""
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="pretrained model directory (default: the shipped model)")
+
+
 def add_sampling_args(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
     """--sampler, --num-steps, --guidance-scale, --eta, --exact-limb-leads; choices from `diffusion.SAMPLERS`.
 

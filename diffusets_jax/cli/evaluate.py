@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import UsageError, add_sampling_args, parse_folds, sampling_options
+from ._common import UsageError, add_checkpoint_arg, add_sampling_args, parse_folds, sampling_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,8 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "and figures: FID / rFID, precision and recall (k=3), heart-rate MAE, CLIP score "
                                    "and rCLIP (overall and per keyword condition), paired MAE / NRMSE, PR / QRS / QT "
                                    "errors and lead-identity residuals, next to the same for real ECGs.")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="pretrained model directory (default: the shipped model)")
+    add_checkpoint_arg(p)
     p.add_argument("--dataset", dest="data", action="append", required=True, type=Path, metavar="DIR",
                    help="processed set written by `prepare` (repeatable); conditions come from its --folds")
     p.add_argument("--folds", default="9,10", help="held-out folds to draw conditions from (default 9,10)")

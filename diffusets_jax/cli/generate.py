@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import UsageError, add_sampling_args, sampling_options
+from ._common import UsageError, add_checkpoint_arg, add_sampling_args, sampling_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,8 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retrieval-k", type=int, default=None,
                    help="neighbours retrieved with --experience-index (default 5)")
     p.add_argument("--batch-size", type=int, default=None, help="ECGs per sampler call (default: the model's config)")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="pretrained model directory (default: the shipped model)")
+    add_checkpoint_arg(p)
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--no-png", action="store_true", help="skip the PNG pictures")
     p.add_argument("--overwrite", action="store_true",
@@ -46,8 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "and a JSON API (/api/generate, /api/health, /api/model; docs at /docs). "
                                    "The model compiles in the background at start-up; one request runs at a "
                                    "time; files live in a temporary directory removed at exit. Ctrl-C stops it.")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="pretrained model directory (default: the shipped model)")
+    add_checkpoint_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-samples", type=int, default=16, help="most ECGs one request may ask for (default 16)")
@@ -55,8 +53,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from diffusets_jax.pipeline import (Pipeline, check_batch_size, check_seed, prepare_output_dir, validate_conditions,
-                                        write_outputs)
+    from diffusets_jax.pipeline import (
+        Pipeline,
+        check_batch_size,
+        check_seed,
+        prepare_output_dir,
+        validate_conditions,
+        write_outputs,
+    )
 
     check_seed(args.seed, "--seed")
     check_batch_size(args.batch_size, "--batch-size")

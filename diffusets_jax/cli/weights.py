@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import UsageError
+from ._common import UsageError, add_checkpoint_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,8 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-torch", help="pretrained model directory -> official PyTorch state dicts",
                        description="Write unet_all.pth and vae_model.pth with the official key names, shapes "
                                    "and order, loadable by the official code with load_state_dict(strict=True).")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="pretrained model directory (default: the shipped model)")
+    add_checkpoint_arg(p)
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--format", choices=["pth", "npz"], default="pth",
                    help="pth (torch.save, default) or npz (NumPy only)")
