@@ -1,4 +1,4 @@
-"""Throughput of the training input pipeline (data_pipelines.input_pipeline) on this machine.
+"""Throughput of the training input pipeline (diffusets_jax.data_pipelines.input_pipeline) on this machine.
 
     python benchmarks/benchmark_input.py                         # fixture PTB-XL records (tests/data)
     python benchmarks/benchmark_input.py --ptbxl /data/ptb-xl    # real PTB-XL (any number of records)
@@ -28,10 +28,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from data_pipelines.input_pipeline import (LATENT_SHAPES, SIGNAL_SHAPES, ArraySource,  # noqa: E402
-                                           TFRecordSource, to_global)
-from data_pipelines.latents import write_latents  # noqa: E402
-from data_pipelines.tfds import build_dataset  # noqa: E402
+from diffusets_jax.data_pipelines.input_pipeline import (LATENT_SHAPES, SIGNAL_SHAPES, ArraySource,  # noqa: E402
+                                                         TFRecordSource, to_global)
+from diffusets_jax.data_pipelines.latents import write_latents  # noqa: E402
+from diffusets_jax.data_pipelines.tfds import build_dataset  # noqa: E402
 
 NUM_SHARDS = 8
 

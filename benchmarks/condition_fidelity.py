@@ -60,7 +60,7 @@ def main(argv=None):
     p.add_argument("--save-samples", default=None, help="write the held-out-condition ECGs and their real ECGs (.npz)")
     args = p.parse_args(argv)
 
-    from data_pipelines.processed import load_processed
+    from diffusets_jax.data_pipelines.processed import load_processed
     from diffusets_jax.evaluation.train_clip import DEFAULT_EVALUATOR_DIR, evaluator_features, load_evaluator
 
     start = time.perf_counter()

@@ -2,7 +2,7 @@
 
 Generates ECGs for several requested rates and seeds with a pretrained model (default: the shipped
 one), measures each ECG's rate with the same XQRS-based detector as `prepare`
-(`data_pipelines.records.detect_heart_rate`, at 102.4 Hz) and prints a Markdown table.
+(`diffusets_jax.data_pipelines.records.detect_heart_rate`, at 102.4 Hz) and prints a Markdown table.
 
     python benchmarks/heart_rate_fidelity.py --rates 60 80 110 --seeds 0 1 2 --num-samples 4
 """
@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from data_pipelines.records import RecordError, detect_heart_rate
+from diffusets_jax.data_pipelines.records import RecordError, detect_heart_rate
 from diffusets_jax import FS, Pipeline
 
 

@@ -34,7 +34,7 @@ def build_once(run: str, corpus: str, data_dir: str, n: int) -> None:
     sys.path.insert(0, str(ROOT))
     import pandas as pd
 
-    from data_pipelines.tfds import build_dataset
+    from diffusets_jax.data_pipelines.tfds import build_dataset
 
     mode, workers, *rest = run.split(":")
     buffer = int(rest[0].removeprefix("buf")) if rest else None

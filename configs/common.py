@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.train_folds = (1, 2, 3, 4, 5, 6, 7, 8)  # PTB-XL strat_fold; patient hash elsewhere
     c.data.val_folds = (9,)  # validation loss and the best checkpoint; fold 10 is the test split
     c.data.shuffle = True  # the official loaders never shuffle (a bug we do not reproduce)
-    # Heart-rate augmentation of in-memory sets for diffusion training (data_pipelines.augment):
+    # Heart-rate augmentation of in-memory sets for diffusion training (diffusets_jax.data_pipelines.augment):
     # copies per ECG, time-warped by s log-uniform in hr_augment_factor, new rate hr / s kept in
     # hr_augment_bpm. 0 copies: off (official).
     c.data.hr_augment_copies = 0

@@ -20,7 +20,7 @@ retrieval of 0.25 ECG->text and 0.13 text->ECG (chance 0.04).
 
 import ml_collections
 
-from configs import small
+from diffusets_jax.configs import small
 
 
 def get_config(size: str = "small"):

@@ -14,7 +14,7 @@ A third-party retrain of the official VAE recipe (nvelingker/DiffuSETS_Exp) reac
 (reconstruction 38.6, KL 7.8) after 10 epochs.
 """
 
-from configs import common
+from diffusets_jax.configs import common
 
 
 def get_config():

@@ -17,7 +17,7 @@ on those and the PhysioNet/CinC Challenge 2020/2021 records:
 See diffusets_jax/pretrained/default/MODEL_CARD.md for the time and losses it reached.
 """
 
-from configs import common
+from diffusets_jax.configs import common
 
 
 def get_config():

@@ -1,8 +1,8 @@
-"""Dataset readers producing `data_pipelines.records.ECGRecord` objects.
+"""Dataset readers producing `diffusets_jax.data_pipelines.records.ECGRecord` objects.
 
 Each reader module (`ptbxl`, `ludb`, `mimic`, `cinc`) exposes `NAME`, `list_records(root)`
-and `load_record(root, record_id, ...)`; `data_pipelines.prepare.load_records()` runs one over a
-dataset and collects the records that fail with `data_pipelines.records.RecordError`.
+and `load_record(root, record_id, ...)`; `diffusets_jax.data_pipelines.prepare.load_records()` runs one over a
+dataset and collects the records that fail with `diffusets_jax.data_pipelines.records.RecordError`.
 """
 
 from types import ModuleType

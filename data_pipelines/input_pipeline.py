@@ -4,7 +4,7 @@ Trainers see one interface, `BatchSource`: `batches(global_batch_size, start_ste
 shuffle=)` yields, forever, this process's rows of each global batch as NumPy arrays:
 
     signal datasets  signal (b, 1024, 12) float32 mV
-    latent datasets  mean, log_variance (b, 128, 4) float32 (VAE posterior, see data_pipelines.latents)
+    latent datasets  mean, log_variance (b, 128, 4) float32 (VAE posterior, see diffusets_jax.data_pipelines.latents)
     both             text_embedding (b, D) float32, sex (b,) float32 1.0 male / 0.0 female,
                      age (b,) float32 years, heart_rate (b,) float32 bpm
 
@@ -16,7 +16,7 @@ dropped. `to_global()` assembles the per-process parts into one array sharded on
 * `ArraySource`: arrays in memory (the processed set of `diffusets-jax prepare`), the
   per-epoch permutation of `batch_indices()`; process `p` takes rows `p*b:(p+1)*b` of each
   global batch. Resuming is free.
-* `TFRecordSource`: tf.data over TFDS shards (`data_pipelines.tfds`) or latent shards.
+* `TFRecordSource`: tf.data over TFDS shards (`diffusets_jax.data_pipelines.tfds`) or latent shards.
   Each process reads only its own shard files (`files[process_index::process_count]`), so its
   rows come from its files; every process runs the same number of steps per epoch (set by the
   process with the fewest examples). Resuming mid-epoch skips the first `offset * b` serialized
@@ -44,7 +44,7 @@ LATENT_SHAPES = {"mean": (LATENT_LENGTH, LATENT_CHANNELS), "log_variance": (LATE
                  **CONDITION_SHAPES}
 #: Optional in memory: one scaled latent sampled per record, the official latent cache.
 CACHED_LATENT_SHAPE = {"latents": (LATENT_LENGTH, LATENT_CHANNELS)}
-#: Name of the latent dataset description written by `data_pipelines.latents.write_latents()`.
+#: Name of the latent dataset description written by `diffusets_jax.data_pipelines.latents.write_latents()`.
 LATENT_INFO = "latents_info.json"
 #: Shuffle buffer memory of a TFRecordSource (serialized examples), in bytes.
 SHUFFLE_BUFFER_BYTES = 256 * 2**20
@@ -155,8 +155,8 @@ class ArraySource:
 
     @classmethod
     def from_processed(cls, dirs, folds: Sequence[int] | None = None, **kwargs) -> "ArraySource":
-        """Signal source over processed sets (`data_pipelines.processed.load_processed(dirs, folds)`)."""
-        from data_pipelines.processed import load_processed
+        """Signal source over processed sets (`diffusets_jax.data_pipelines.processed.load_processed(dirs, folds)`)."""
+        from diffusets_jax.data_pipelines.processed import load_processed
 
         data = load_processed(dirs, folds)
         arrays = {"signal": data.signals, "text_embedding": data.text_embeddings, "sex": data.sex_codes,
@@ -248,13 +248,13 @@ class TFRecordSource:
 
     @classmethod
     def from_tfds(cls, name: str, split: str, data_dir=None, **kwargs) -> "TFRecordSource":
-        """Signal source over a split built by `data_pipelines.tfds.build_dataset()`.
+        """Signal source over a split built by `diffusets_jax.data_pipelines.tfds.build_dataset()`.
 
         `name` is `'ptbxl'`, `'ptbxl/minilm-100hz'` (default config when omitted) or the
         dataset's version directory. Raises FileNotFoundError if the dataset was not built,
         ValueError for an unknown split or a feature of the wrong shape.
         """
-        from data_pipelines.tfds import load_builder
+        from diffusets_jax.data_pipelines.tfds import load_builder
 
         builder = load_builder(name, data_dir)
         where = f"dataset {builder.data_dir} split {split!r}"
@@ -268,7 +268,7 @@ class TFRecordSource:
 
     @classmethod
     def from_latents(cls, directory, **kwargs) -> "TFRecordSource":
-        """Latent source over a directory written by `data_pipelines.latents.write_latents()`.
+        """Latent source over a directory written by `diffusets_jax.data_pipelines.latents.write_latents()`.
 
         Raises FileNotFoundError if the directory or its `latents_info.json` is missing,
         ValueError if a field has the wrong shape.
@@ -276,7 +276,7 @@ class TFRecordSource:
         info_path = Path(directory) / LATENT_INFO
         if not info_path.is_file():
             raise FileNotFoundError(f"{info_path} not found: write the latent dataset with "
-                                    "data_pipelines.latents.write_latents first")
+                                    "diffusets_jax.data_pipelines.latents.write_latents first")
         info = json.loads(info_path.read_text())
         where = f"latent dataset {directory}"
         _check_shapes(info["shapes"], LATENT_SHAPES, where)

@@ -13,7 +13,7 @@ The official code trains the diffusion model on cached VAE latents (built by off
 
 and `latents_info.json`: `count`, `shapes` (per record), `shards` (`file`, `count`),
 `source` (dataset directory, split, builder config), `embedder`, `embed_dim`, `created`.
-Read it with `data_pipelines.input_pipeline.TFRecordSource.from_latents()`.
+Read it with `diffusets_jax.data_pipelines.input_pipeline.TFRecordSource.from_latents()`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def write_latents(encode_fn: EncodeFn, name: str, split: str, out_dir, *, data_d
     Args:
         encode_fn: the trained VAE encoder (e.g. a jitted function); always called with
             `batch_size` rows (the last batch is zero-padded), so it compiles once.
-        name, data_dir: the TFDS dataset, as `data_pipelines.tfds.load_builder()` takes them.
+        name, data_dir: the TFDS dataset, as `diffusets_jax.data_pipelines.tfds.load_builder()` takes them.
         split: `'train'`, `'validation'` or `'test'`.
         out_dir: created if needed; existing shards of the same split are overwritten.
         batch_size: rows per `encode_fn` call.
@@ -57,7 +57,7 @@ def write_latents(encode_fn: EncodeFn, name: str, split: str, out_dir, *, data_d
         FileNotFoundError: dataset not built. ValueError: unknown split, or `encode_fn` returning
         a wrong shape or NaN/inf (naming the records).
     """
-    from data_pipelines.tfds import load_builder
+    from diffusets_jax.data_pipelines.tfds import load_builder
 
     tf = cpu_tensorflow()
     builder = load_builder(name, data_dir)

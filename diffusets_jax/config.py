@@ -30,7 +30,7 @@ def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> ml_collecti
         spec.loader.exec_module(module)
     else:
         try:
-            module = importlib.import_module(f"configs.{name_or_path}")
+            module = importlib.import_module(f"diffusets_jax.configs.{name_or_path}")
         except ModuleNotFoundError as error:
             raise ConfigError(
                 f"unknown config {name_or_path!r}: give a name in configs/ (small, paper) or a .py path"

@@ -71,8 +71,8 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def processed_dirs(tmp_path_factory, ptbxl_root, ludb_root):
     """The fixture PTB-XL and LUDB records prepared as training sets (MiniLM embeddings)."""
-    from data_pipelines.prepare import load_records
-    from data_pipelines.processed import save_processed
+    from diffusets_jax.data_pipelines.prepare import load_records
+    from diffusets_jax.data_pipelines.processed import save_processed
     from diffusets_jax.text import get_embedder
 
     embedder = get_embedder("minilm")

@@ -174,7 +174,7 @@ def test_variant_configs_set_the_objective_on_a_constant_learning_rate(base_work
 
 def test_retrieval_conditions_are_the_same_records_in_the_augmented_sets(processed_dirs, tmp_path):
     """The retrieval variants condition on the augmented sets' embeddings of the drawn records."""
-    from data_pipelines.processed import MANIFEST_FILES
+    from diffusets_jax.data_pipelines.processed import MANIFEST_FILES
     from diffusets_jax.checkpoints import write_manifest
 
     rag_dirs = []

@@ -5,21 +5,24 @@ extensions (SE-Diff) or the command line, all argument parsing in the CLI packag
 from __future__ import annotations
 
 import ast
+import configparser
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("diffusets_jax", "data_pipelines", "configs")
+#: Source folder -> the package it installs as (setup.cfg `package_dir`).
+PACKAGES = {"diffusets_jax": "diffusets_jax", "data_pipelines": "diffusets_jax.data_pipelines",
+            "configs": "diffusets_jax.configs"}
 EXTENSIONS = ("diffusets_jax.sediff", "diffusets_jax.cli")
 MAX_LINES = 600
 
 
 def _modules() -> dict[str, Path]:
     modules = {}
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            parts = path.relative_to(ROOT).with_suffix("").parts
+    for folder, package in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = (package, *path.relative_to(ROOT / folder).with_suffix("").parts)
             modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return modules
 
@@ -110,6 +113,17 @@ def test_argument_parsing_lives_in_the_cli_package():
                          alias.name for node in ast.walk(ast.parse(path.read_text()))
                          if isinstance(node, ast.Import) for alias in node.names})
     assert parsers == []
+
+
+def test_setup_cfg_lists_every_package_under_one_name():
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    packages = {name for name, path in _modules().items() if path.name == "__init__.py"}
+    assert listed == packages
+    assert {name.split(".")[0] for name in listed} == {"diffusets_jax"}  # no top-level `configs` or `data_pipelines`
+    mapping = dict(line.split(" = ") for line in config["options"]["package_dir"].strip().splitlines())
+    assert mapping == {package: folder for folder, package in PACKAGES.items() if folder != package}
 
 
 def test_no_source_file_over_600_lines():

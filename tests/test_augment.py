@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from data_pipelines import ludb, ptbxl
-from data_pipelines.augment import augment_heart_rate, time_warp
-from data_pipelines.records import detect_heart_rate
+from diffusets_jax.data_pipelines import ludb, ptbxl
+from diffusets_jax.data_pipelines.augment import augment_heart_rate, time_warp
+from diffusets_jax.data_pipelines.records import detect_heart_rate
 from diffusets_jax.constants import FS
 
 

@@ -1,4 +1,4 @@
-"""The PhysioNet/CinC Challenge 2020/2021 reader (data_pipelines.cinc) on real records in tests/data/cinc.
+"""The PhysioNet/CinC Challenge 2020/2021 reader (diffusets_jax.data_pipelines.cinc) on real records in tests/data/cinc.
 
 Fixture (unmodified files, see tests/data/ATTRIBUTION.md): PTB `S0001` (1000 Hz, 38.4 s, 3
 windows), CPSC `A0005` (25 s, 2 windows), Georgia `E00004` (10 s, 4 codes) and `E00001`
@@ -16,10 +16,10 @@ import scipy.signal
 import tensorflow_datasets as tfds
 import wfdb
 
-from data_pipelines import cinc, get_reader
-from data_pipelines.prepare import load_records
-from data_pipelines.processed import load_processed
-from data_pipelines.records import RecordError, detect_heart_rate, patient_fold
+from diffusets_jax.data_pipelines import cinc, get_reader
+from diffusets_jax.data_pipelines.prepare import load_records
+from diffusets_jax.data_pipelines.processed import load_processed
+from diffusets_jax.data_pipelines.records import RecordError, detect_heart_rate, patient_fold
 from diffusets_jax import cli
 
 WINDOW_IDS = ["cpsc_2018/A0005_w0", "cpsc_2018/A0005_w1", "georgia/E00001", "georgia/E00004", "ningbo/JS20006",
@@ -250,7 +250,7 @@ def test_prepare_cli_writes_the_windows(cinc_root, tmp_path, capsys):
 
 
 def test_tfds_builder_builds(cinc_root, tmp_path, loaded):
-    from data_pipelines.tfds import build_dataset
+    from diffusets_jax.data_pipelines.tfds import build_dataset
 
     info = build_dataset("cinc", cinc_root, tmp_path)
     builder = tfds.builder_from_directory(info.data_dir)

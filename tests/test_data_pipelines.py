@@ -15,10 +15,11 @@ import pytest
 import scipy.signal
 import wfdb
 
-from data_pipelines import READERS, get_reader, ludb, mimic, ptbxl
-from data_pipelines.prepare import format_skipped, load_records
-from data_pipelines.records import (ECGRecord, RecordError, clean_signal, detect_heart_rate, patient_fold, read_wfdb,
-                                    reorder_leads, resample_signal, validate_patient)
+from diffusets_jax.data_pipelines import READERS, get_reader, ludb, mimic, ptbxl
+from diffusets_jax.data_pipelines.prepare import format_skipped, load_records
+from diffusets_jax.data_pipelines.records import (ECGRecord, RecordError, clean_signal, detect_heart_rate,
+                                                  patient_fold, read_wfdb, reorder_leads, resample_signal,
+                                                  validate_patient)
 from diffusets_jax.constants import LEADS, NUM_SAMPLES
 
 PTBXL_IDS = ["1", "2", "103", "321"]

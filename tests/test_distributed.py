@@ -21,7 +21,7 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_config
-from data_pipelines.processed import load_processed
+from diffusets_jax.data_pipelines.processed import load_processed
 from diffusets_jax.models import build_unet
 from diffusets_jax.pretrained import flatten_params
 from diffusets_jax.training import common, diffusion as diffusion_training, vae as vae_training

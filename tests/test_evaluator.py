@@ -10,7 +10,7 @@ import pytest
 import scipy.special
 from flax import nnx
 
-from configs.evaluator import get_config
+from diffusets_jax.configs.evaluator import get_config
 from diffusets_jax.config import load_config
 from diffusets_jax.evaluation.clip import build_evaluator, contrastive_loss, retrieval_accuracy
 from diffusets_jax.evaluation.net1d import BasicBlock, Net1D, paper_net1d_kwargs
@@ -120,7 +120,7 @@ def trained_tiny(tmp_path_factory, processed_dirs):
 
 
 def mean_loss(model, processed_dirs):
-    from data_pipelines.processed import load_processed
+    from diffusets_jax.data_pipelines.processed import load_processed
 
     data = load_processed(processed_dirs)
     ecg, text = evaluator_features(model, data.signals, data.text_embeddings)
@@ -166,7 +166,7 @@ def test_load_evaluator_names_a_missing_file(tmp_path):
 def test_shipped_evaluator_matches_real_ecgs_with_their_reports(processed_dirs):
     """8 of the 9 fixture records are in the shipped evaluator's training folds, so this checks that
     the shipped weights load and work, not how they generalise (MODEL_CARD.md has held-out numbers)."""
-    from data_pipelines.processed import load_processed
+    from diffusets_jax.data_pipelines.processed import load_processed
 
     _, evaluator = load_evaluator(DEFAULT_EVALUATOR_DIR)
     data = load_processed(processed_dirs)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import wfdb
 
-from data_pipelines.prepare import load_records
+from diffusets_jax.data_pipelines.prepare import load_records
 from diffusets_jax.constants import FS, LEADS
 from diffusets_jax import cli
 from diffusets_jax.sediff import ecgsyn, fit_params

@@ -1,4 +1,4 @@
-"""Input pipeline (data_pipelines.input_pipeline) and latent cache (data_pipelines.latents).
+"""Input pipeline (diffusets_jax.data_pipelines.input_pipeline) and latent cache (diffusets_jax.data_pipelines.latents).
 
 Synthetic latent shards are written here with tf.train.Example directly (the documented format),
 so the reader is checked against data it did not produce; the writer is checked by a round trip
@@ -15,10 +15,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from data_pipelines.input_pipeline import (LATENT_INFO, ArraySource, TFRecordSource, batch_indices,
-                                           local_batch_size, to_global)
-from data_pipelines.latents import write_latents
-from data_pipelines.tfds import build_dataset
+from diffusets_jax.data_pipelines.input_pipeline import (LATENT_INFO, ArraySource, TFRecordSource, batch_indices,
+                                                         local_batch_size, to_global)
+from diffusets_jax.data_pipelines.latents import write_latents
+from diffusets_jax.data_pipelines.tfds import build_dataset
 
 EMBED_DIM = 6
 NUM_RECORDS = 37

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import wfdb
 
-from data_pipelines.records import RecordError, read_wfdb
+from diffusets_jax.data_pipelines.records import RecordError, read_wfdb
 from diffusets_jax.checkpoints import MANIFEST_FILE, verify_manifest
 from diffusets_jax.errors import IntegrityError
 
@@ -41,7 +41,7 @@ def test_a_garbled_dat_fails_its_header_checksums(ptbxl_copy):
 
 
 def test_prepare_skips_the_garbled_record_and_goes_on(ptbxl_root, ptbxl_copy):
-    from data_pipelines.prepare import load_records
+    from diffusets_jax.data_pipelines.prepare import load_records
 
     intact, _ = load_records("ptbxl", ptbxl_root, progress=False)
     _garble(ptbxl_copy / (RECORD + ".dat"))
@@ -59,8 +59,8 @@ class _FixedEmbedder:
 
 
 def test_a_processed_set_has_a_manifest_that_loading_checks(ptbxl_root, tmp_path):
-    from data_pipelines.prepare import load_records
-    from data_pipelines.processed import load_processed, save_processed
+    from diffusets_jax.data_pipelines.prepare import load_records
+    from diffusets_jax.data_pipelines.processed import load_processed, save_processed
 
     records, skipped = load_records("ptbxl", ptbxl_root, progress=False)
     out = save_processed(records, skipped, tmp_path / "set", _FixedEmbedder(), source="ptbxl", root=str(ptbxl_root))

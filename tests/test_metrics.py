@@ -14,8 +14,8 @@ import pytest
 import scipy.signal
 import wfdb
 
-from data_pipelines import ludb, ptbxl
-from data_pipelines.records import read_wfdb, reorder_leads, resample_signal
+from diffusets_jax.data_pipelines import ludb, ptbxl
+from diffusets_jax.data_pipelines.records import read_wfdb, reorder_leads, resample_signal
 from diffusets_jax.constants import FS, LEADS, NUM_SAMPLES
 from diffusets_jax.evaluation import metrics
 from diffusets_jax.conditions import OFFICIAL_CONDITION_KEYWORDS, condition_labels

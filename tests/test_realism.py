@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from data_pipelines.processed import load_processed
+from diffusets_jax.data_pipelines.processed import load_processed
 from diffusets_jax.evaluation import metrics as M
 from diffusets_jax.evaluation import realism as R
 
@@ -36,7 +36,7 @@ def test_amplitude_ratio_is_one_for_real_and_scales_with_the_signal(real):
 
 def test_c2st_cannot_tell_a_set_from_itself_and_can_tell_distorted_ecgs(real):
     # the fixture's 9 records and 3 time-warped copies of each: enough ECGs for 5-fold AUROC
-    from data_pipelines.augment import augment_heart_rate
+    from diffusets_jax.data_pipelines.augment import augment_heart_rate
 
     real = augment_heart_rate({"signal": real, "heart_rate": np.full(len(real), 70.0)}, 3, (0.8, 1.25),
                               (40.0, 180.0), seed=0)["signal"]

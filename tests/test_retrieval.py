@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from data_pipelines.processed import load_processed
-from data_pipelines import mimic_hosp
+from diffusets_jax.data_pipelines.processed import load_processed
+from diffusets_jax.data_pipelines import mimic_hosp
 from diffusets_jax import cli
 from diffusets_jax.sediff import retrieval as rag
 from diffusets_jax.sediff import summarisers

@@ -80,7 +80,7 @@ def test_beat_decoder_training_reduces_its_loss(decoder_record, vae_workdir):
 
 
 def test_beat_targets_are_r_aligned(processed_dirs):
-    from data_pipelines.processed import load_processed
+    from diffusets_jax.data_pipelines.processed import load_processed
 
     signals = load_processed(processed_dirs).signals[:3]
     targets = beat_decoder.beat_targets(signals)

@@ -1,4 +1,4 @@
-"""TFDS builders (data_pipelines.tfds) on the real fixture records in tests/data.
+"""TFDS builders (diffusets_jax.data_pipelines.tfds) on the real fixture records in tests/data.
 
 Every built example is compared field by field with what `load_records` returns for the same
 record, and its text embedding with the embedder run here on the prompt built here.
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_pipelines.prepare import load_records
-from data_pipelines.tfds import build_dataset, load_builder, make_builder, split_of_fold
+from diffusets_jax.data_pipelines.prepare import load_records
+from diffusets_jax.data_pipelines.tfds import build_dataset, load_builder, make_builder, split_of_fold
 from diffusets_jax.text import build_prompt, get_embedder
 
 #: Patient-wise split of each fold, written out independently of the code under test.

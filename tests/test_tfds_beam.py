@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_pipelines.tfds import SKIPPED_FILE, build_dataset
-from data_pipelines.tfds.stream import reason_kind
+from diffusets_jax.data_pipelines.tfds import SKIPPED_FILE, build_dataset
+from diffusets_jax.data_pipelines.tfds.stream import reason_kind
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
 from make_mimic_corpus import make_corpus
@@ -116,7 +116,7 @@ def test_reason_kind():
 def test_corpus_streaming_build_small_blocks(corpus, tmp_path, monkeypatch):
     """300 studies streamed in blocks of 32, with a 1 MiB writer buffer (spills to disk), equal the
     in-memory build; every kind of bad record is counted and none stops the build."""
-    from data_pipelines.tfds import stream
+    from diffusets_jax.data_pipelines.tfds import stream
 
     expected = build_dataset("mimic", corpus, tmp_path / "memory", in_memory=True)
     monkeypatch.setattr(stream, "BLOCK_SIZE", 32)

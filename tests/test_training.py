@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from data_pipelines.processed import load_processed
+from diffusets_jax.data_pipelines.processed import load_processed
 from diffusets_jax.training.diffusion import export_workdir, train_diffusion
 from diffusets_jax.training.vae import train_vae
 
@@ -118,7 +118,7 @@ def test_batch_larger_than_dataset_is_refused(tmp_path, processed_dirs):
 
 @pytest.mark.slow
 def test_training_streams_a_tfds_dataset(tmp_path, ptbxl_root):
-    from data_pipelines.tfds import build_dataset
+    from diffusets_jax.data_pipelines.tfds import build_dataset
 
     info = build_dataset("ptbxl", ptbxl_root, tmp_path / "tfds")
     config = tiny_config()

@@ -6,7 +6,7 @@
 
 The builders live in this package, not in a top-level module, because TFDS derives the builder's
 code path from its package. Nothing is fetched from GCS or the network. Example features and
-splits: `data_pipelines.tfds.base`.
+splits: `diffusets_jax.data_pipelines.tfds.base`.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def build_dataset(name: str, manual_dir, data_dir, *, embedder: str | TextEmbedd
                   in_memory: bool = False) -> tfds.core.DatasetInfo:
     """Build source `name` from the raw files in `manual_dir` into `data_dir` as TFRecord shards.
 
-    Streams: memory does not grow with the number of records (see `data_pipelines.tfds.base`).
+    Streams: memory does not grow with the number of records (see `diffusets_jax.data_pipelines.tfds.base`).
 
     Args:
         name: `'ptbxl'`, `'ludb'`, `'mimic'` or `'cinc'`.
@@ -161,7 +161,7 @@ def load_builder(name: str, data_dir=None) -> tfds.core.DatasetBuilder:
             version_dir = versions[-1] if versions else version_dir
     if not (version_dir / "dataset_info.json").is_file():
         raise FileNotFoundError(f"no TFDS dataset in {version_dir}: build it with "
-                                "data_pipelines.tfds.build_dataset (or diffusets-jax build-tfds)")
+                                "diffusets_jax.data_pipelines.tfds.build_dataset (or diffusets-jax build-tfds)")
     return tfds.builder_from_directory(str(version_dir))
 
 

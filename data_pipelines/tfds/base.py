@@ -1,6 +1,6 @@
 """Shared TFDS builder for the ECG sources: records from `load_records`, written as sharded TFRecords.
 
-Every example holds the processed record exactly as `data_pipelines.prepare.load_records()`
+Every example holds the processed record exactly as `diffusets_jax.data_pipelines.prepare.load_records()`
 returns it, plus the text embedding of its prompt:
 
     signal          (1024, 12) float32, mV, 102.4 Hz, leads I..V6 (`LEADS`)
@@ -16,16 +16,16 @@ returns it, plus the text embedding of its prompt:
     fold            int32, 1..10, patient-wise
 
 Splits are patient-wise by fold: `train` = folds 1-8, `validation` = 9, `test` = 10 (PTB-XL
-`strat_fold`; elsewhere `data_pipelines.records.patient_fold()`), so no patient is in two
+`strat_fold`; elsewhere `diffusets_jax.data_pipelines.records.patient_fold()`), so no patient is in two
 splits. A split without any usable record is left out (listed in `metadata['empty_splits']`).
 Records that fail to load are skipped, never stopping the build: `metadata['skipped']` lists
 `[record_id, reason]` pairs in input order, `metadata['skipped_counts']` counts them per reason
-kind (`data_pipelines.tfds.stream.reason_kind()`), and `skipped_records.jsonl` next to the
+kind (`diffusets_jax.data_pipelines.tfds.stream.reason_kind()`), and `skipped_records.jsonl` next to the
 shards holds one JSON line per skipped record (`metadata.json` is next to the shards too).
 
-Building streams (`data_pipelines.tfds.stream`): stage 1 reads, processes and embeds the
+Building streams (`diffusets_jax.data_pipelines.tfds.stream`): stage 1 reads, processes and embeds the
 records, a block at a time in `num_workers` local processes or as an Apache Beam pipeline
-(`beam_runner`, `data_pipelines.tfds.beam_pipeline`), and appends each example to a
+(`beam_runner`, `diffusets_jax.data_pipelines.tfds.beam_pipeline`), and appends each example to a
 per-split spool file; stage 2 has TFDS write the non-empty splits from the spools, either from this
 process (TFDS's writer holds up to `shuffle_buffer_mib`, 1000 MiB by default, of examples in
 memory and spills the rest to disk) or with TFDS's Beam writer (`beam_write`). Memory therefore
@@ -47,8 +47,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
 
-from data_pipelines import get_reader
-from data_pipelines.prepare import load_records
+from diffusets_jax.data_pipelines import get_reader
+from diffusets_jax.data_pipelines.prepare import load_records
 from diffusets_jax.constants import NUM_LEADS, NUM_SAMPLES
 from diffusets_jax.text import EMBEDDERS, TextEmbedder
 
@@ -108,7 +108,7 @@ class ECGBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         num_workers: local processes that read, resample and detect QRS (without Beam).
         record_ids: only these records (default: the reader's full list).
         beam_options: Apache Beam `PipelineOptions` (runner included) to run stage 1 as a Beam
-            pipeline (see `data_pipelines.tfds.beam_pipeline.pipeline_options()`); None: locally.
+            pipeline (see `diffusets_jax.data_pipelines.tfds.beam_pipeline.pipeline_options()`); None: locally.
         beam_write: stage 2 with TFDS's Beam writer (pass the same options to `DownloadConfig`)
             instead of from this process.
         in_memory: the first release's build, all records in memory (reference for tests).

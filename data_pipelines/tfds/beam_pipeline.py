@@ -10,7 +10,7 @@ docs/training-at-scale.md). Each worker loads the text model once, in `DoFn.setu
 (https://beam.apache.org/documentation/transforms/python/elementwise/pardo/), and embeds a
 batch of records per call (`beam.BatchElements`). Examples per split and skipped records per
 reason kind are also Beam counters (namespace `ecg`, shown by the runner's monitoring). Stage 2
-(TFDS writing the shards) is in `data_pipelines.tfds.base`.
+(TFDS writing the shards) is in `diffusets_jax.data_pipelines.tfds.base`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from data_pipelines.records import ECGRecord
+from diffusets_jax.data_pipelines.records import ECGRecord
 
 from .stream import SPLIT_FOLDS, BatchEmbedder, load_one, reason_kind, split_of_fold
 

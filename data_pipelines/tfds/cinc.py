@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from data_pipelines import cinc
+from diffusets_jax.data_pipelines import cinc
 
 from .base import ECGBuilder, embedder_configs
 
 
 class Cinc(ECGBuilder):
-    """CinC Challenge 2020/2021 examples processed by `data_pipelines.cinc.load_record()`.
+    """CinC Challenge 2020/2021 examples processed by `diffusets_jax.data_pipelines.cinc.load_record()`.
 
     One config per text embedder (default `'minilm'`). Every complete 10 s window of a longer
     record is its own example (`<record>_w<k>`); the `ptb-xl/` folder (PTB-XL's own records)
-    is left out, as by `data_pipelines.cinc.list_records()`. Splits by
+    is left out, as by `diffusets_jax.data_pipelines.cinc.list_records()`. Splits by
     `patient_fold(patient_id)` (patient = record; PTB: its patient), so all windows of a record
     are in one split: train = folds 1-8, validation = 9, test = 10.
     """

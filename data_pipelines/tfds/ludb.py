@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from data_pipelines import ludb
+from diffusets_jax.data_pipelines import ludb
 
 from .base import ECGBuilder, embedder_configs
 
 
 class Ludb(ECGBuilder):
-    """LUDB records processed by `data_pipelines.ludb.load_record()`.
+    """LUDB records processed by `diffusets_jax.data_pipelines.ludb.load_record()`.
 
     One config per text embedder (default `'minilm'`). Splits by
     `patient_fold(record_id)`: train = folds 1-8, validation = 9, test = 10. LUDB stores every

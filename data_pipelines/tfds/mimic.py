@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from data_pipelines import mimic
+from diffusets_jax.data_pipelines import mimic
 
 from .base import ECGBuilder, embedder_configs
 
 
 class Mimic(ECGBuilder):
-    """MIMIC-IV-ECG studies processed by `data_pipelines.mimic.load_record()`.
+    """MIMIC-IV-ECG studies processed by `diffusets_jax.data_pipelines.mimic.load_record()`.
 
     One config per text embedder (default `'minilm'`). Splits by
     `patient_fold(subject_id)`: train = folds 1-8, validation = 9, test = 10. The whole set

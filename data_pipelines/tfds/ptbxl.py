@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from data_pipelines import ptbxl
+from diffusets_jax.data_pipelines import ptbxl
 
 from .base import ECGBuilder, embedder_configs
 
 
 class Ptbxl(ECGBuilder):
-    """PTB-XL records processed by `data_pipelines.ptbxl.load_record()`.
+    """PTB-XL records processed by `diffusets_jax.data_pipelines.ptbxl.load_record()`.
 
     Configs `'<embedder>-500hz'` (default `'minilm-500hz'`, the official rate) and
     `'<embedder>-100hz'` choose the text embedder and the WFDB files read (`records500` or

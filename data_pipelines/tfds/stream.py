@@ -1,13 +1,13 @@
 """Per-record processing of a TFDS build, streamed: one record in memory at a time (per worker).
 
-The build has two stages (see `data_pipelines.tfds.base`):
+The build has two stages (see `diffusets_jax.data_pipelines.tfds.base`):
 
 1. **Process**: every record id is read, cleaned, resampled, heart-rate checked and turned into
    a prompt (`load_one()`); the prompts are embedded in batches (`BatchEmbedder`) and
    each finished example is appended to a per-split *spool* file (`SpoolWriter`), while a
    failing record becomes a `(record_id, reason)` pair. This stage runs either here, over blocks
    of ids in `num_workers` processes (`process_locally()`), or as an Apache Beam pipeline
-   (`data_pipelines.tfds.beam_pipeline`).
+   (`diffusets_jax.data_pipelines.tfds.beam_pipeline`).
 2. **Write**: TFDS writes the non-empty splits from the spools (`read_spool()`) into sharded
    TFRecords.
 
@@ -27,8 +27,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from data_pipelines import get_reader
-from data_pipelines.records import ECGRecord, RecordError
+from diffusets_jax.data_pipelines import get_reader
+from diffusets_jax.data_pipelines.records import ECGRecord, RecordError
 from diffusets_jax.text import EmbeddingCache, TextEmbedder, build_prompt, get_embedder
 
 #: File (JSON lines `{"record_id", "reason", "kind"}`) of the skipped records, next to the shards.
@@ -83,7 +83,7 @@ def split_of_fold(fold: int) -> str:
 
 
 def make_example(record: ECGRecord, prompt: str, embedding: np.ndarray) -> dict:
-    """The TFDS example of a record (the features of `data_pipelines.tfds.base.ECGBuilder`)."""
+    """The TFDS example of a record (the features of `diffusets_jax.data_pipelines.tfds.base.ECGBuilder`)."""
     return {
         "signal": record.signal, "age": record.age, "sex": record.sex,
         "heart_rate": record.heart_rate, "statements": record.statements, "report": record.report,

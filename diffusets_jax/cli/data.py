@@ -10,7 +10,7 @@ from ._common import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from data_pipelines import READERS
+    from diffusets_jax.data_pipelines import READERS
 
     readers = sorted(READERS)
     p = sub.add_parser("prepare", help="turn a dataset directory into a processed training set",
@@ -49,15 +49,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a Beam pipeline flag, repeatable: --beam-option=--project=P --beam-option=--region=R")
     p.add_argument("--shuffle-buffer-mib", type=int, default=None, metavar="MIB",
                    help="MiB of examples held in memory while writing the shards before spilling to disk "
-                        "(default: data_pipelines.tfds.DEFAULT_SHUFFLE_BUFFER_MIB, 32, flat memory however many "
-                        "records)")
+                        "(default: tfds.DEFAULT_SHUFFLE_BUFFER_MIB, 32; memory stays flat however many records)")
     p.set_defaults(func=cmd_build_tfds)
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from data_pipelines import get_reader
-    from data_pipelines.prepare import format_skipped, load_records
-    from data_pipelines.processed import save_processed
+    from diffusets_jax.data_pipelines import get_reader
+    from diffusets_jax.data_pipelines.prepare import format_skipped, load_records
+    from diffusets_jax.data_pipelines.processed import save_processed
     from diffusets_jax.text import get_embedder
 
     if not args.root.is_dir():
@@ -76,9 +75,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_build_tfds(args: argparse.Namespace) -> None:
-    from data_pipelines.prepare import format_skipped
-    from data_pipelines.tfds import build_dataset
-    from data_pipelines.tfds.memory import PeakMemory
+    from diffusets_jax.data_pipelines.prepare import format_skipped
+    from diffusets_jax.data_pipelines.tfds import build_dataset
+    from diffusets_jax.data_pipelines.tfds.memory import PeakMemory
 
     if not args.root.is_dir():
         raise UsageError(f"--root {args.root} is not a directory")

@@ -144,7 +144,7 @@ def _augment_dataset(sub) -> None:
 def cmd_augment_dataset(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from data_pipelines.mimic_hosp import attach_hosp_codes
+    from diffusets_jax.data_pipelines.mimic_hosp import attach_hosp_codes
     from diffusets_jax.sediff.augment import augment_dataset
     from diffusets_jax.sediff.retrieval import ExperienceIndex, parse_weights
     from diffusets_jax.sediff.summarisers import get_summariser

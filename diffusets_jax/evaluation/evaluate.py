@@ -64,7 +64,7 @@ def denoising_error(pipeline, signals: np.ndarray, text_embeddings: np.ndarray, 
 
 def draw_conditions(data_dirs: Sequence[str | Path], folds: Sequence[int], num_samples: int, seed: int):
     """`(dataset, rows)`: the processed records of `folds` and `num_samples` row indices drawn from them."""
-    from data_pipelines.processed import load_processed
+    from diffusets_jax.data_pipelines.processed import load_processed
 
     dataset = load_processed(data_dirs, folds)
     rng = np.random.default_rng(seed)

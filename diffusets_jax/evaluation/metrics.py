@@ -253,7 +253,7 @@ def rclip(generated_score: float, real_score: float) -> float:
 def heart_rates(signals, fs: float = FS) -> np.ndarray:
     """Heart rate of each ECG with the project's WFDB XQRS detector, NaN where none is found.
 
-    Runs `data_pipelines.records.detect_heart_rate()` (upsampling to 500 Hz, XQRS on the first
+    Runs `diffusets_jax.data_pipelines.records.detect_heart_rate()` (upsampling to 500 Hz, XQRS on the first
     plausible leads of II, I, V5, ..., `60 / mean(RR)`, plausible range 20-300 bpm) on each ECG.
     The official `detect_hr` runs XQRS at 102.4 Hz and crashes when no lead has a beat; here
     that case, and ECGs with non-finite samples, give NaN (counted by `heart_rate_mae()`).
@@ -270,7 +270,7 @@ def heart_rates(signals, fs: float = FS) -> np.ndarray:
 
     Source: official `test_scripts/batch_hr_test.py::detect_hr`.
     """
-    from data_pipelines.records import RecordError, detect_heart_rate  # data_pipelines imports wfdb
+    from diffusets_jax.data_pipelines.records import RecordError, detect_heart_rate  # data_pipelines imports wfdb
 
     batch = _signals(signals, "signals")
     rates = np.full(len(batch), np.nan)

@@ -259,8 +259,8 @@ def write_report(out_dir, metrics: Mapping[str, Any], *, real_signals, generated
                 _table(("metric", "generated", "real (reference)"), metric_rows) if metric_rows
                 else "_No feature metrics given._", "",
                 "## Signal checks", "",
-                "Heart rate measured with WFDB XQRS (`data_pipelines.records.detect_heart_rate`); limb-lead "
-                "residuals are the Einthoven/Goldberger identities, 0 for a consistent ECG.", "",
+                "Heart rate measured with WFDB XQRS (`diffusets_jax.data_pipelines.records.detect_heart_rate`); "
+                "limb-lead residuals are the Einthoven/Goldberger identities, 0 for a consistent ECG.", "",
                 _table(("check", "generated", "real"), signal_rows), "",
                 "## Heart rate", "", f"![requested vs measured heart rate]({HEART_RATE_FIGURE})", "",
                 "## Per condition", ""]

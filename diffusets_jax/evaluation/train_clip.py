@@ -28,7 +28,7 @@ import optax
 from flax import nnx, struct
 from tqdm.auto import tqdm
 
-from data_pipelines.input_pipeline import ArraySource
+from diffusets_jax.data_pipelines.input_pipeline import ArraySource
 from diffusets_jax.checkpoints import (
     CONFIG_FILE, EVALUATOR_DIR, load_model_dir, load_params_into, metrics_file, module_arrays, read_config,
     save_model_dir, write_config,
@@ -214,7 +214,7 @@ def held_out_retrieval(model: ClipEvaluator, data_dirs: Sequence[str | Path], fo
     """`clip.retrieval_accuracy` (exact pair and same-report hits, chance levels) over every record
     of `folds` in the processed sets `data_dirs`, plus `num_pairs`, `mean_matched_cosine` and
     `mean_mismatched_cosine` (ECG i with text i, and with every text j != i)."""
-    from data_pipelines.processed import load_processed
+    from diffusets_jax.data_pipelines.processed import load_processed
 
     data = load_processed(data_dirs, folds)
     ecg, text = evaluator_features(model, data.signals, data.text_embeddings)

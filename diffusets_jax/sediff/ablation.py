@@ -138,7 +138,7 @@ def load_base(path: str | Path, beat_decoder_dir: str | Path | None, needs_decod
 
     Raises FileNotFoundError naming the missing config, checkpoint or (if `needs_decoder`) beat decoder.
     """
-    from configs.common import get_config as common_config
+    from diffusets_jax.configs.common import get_config as common_config
     from diffusets_jax.config import config_from_json
 
     path = Path(path)
@@ -191,7 +191,7 @@ def held_out_conditions(data_dirs: Sequence[Path], rag_dirs: Sequence[Path], fol
 
     Raises ValueError if the augmented sets do not hold the same records in the same order.
     """
-    from data_pipelines.processed import load_processed
+    from diffusets_jax.data_pipelines.processed import load_processed
     from diffusets_jax.evaluation.evaluate import draw_conditions
 
     dataset, rows = draw_conditions(data_dirs, folds, num_samples, seed)

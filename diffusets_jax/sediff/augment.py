@@ -19,8 +19,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from data_pipelines.mimic_hosp import read_hosp_codes, write_hosp_codes
-from data_pipelines.processed import MANIFEST_FILES
+from diffusets_jax.data_pipelines.mimic_hosp import read_hosp_codes, write_hosp_codes
+from diffusets_jax.data_pipelines.processed import MANIFEST_FILES
 from diffusets_jax.checkpoints import atomic_write, atomic_write_text, write_manifest
 from diffusets_jax.sediff.retrieval import (
     DEFAULT_K, DEFAULT_TRAIN_FOLDS, ExperienceIndex, Query, Retrieval, check_weights, read_tables, statements_of,
@@ -74,7 +74,7 @@ def augment_dataset(src_dirs: str | Path | Sequence[str | Path], out_dir: str | 
     Returns `out_dir`. Raises ValueError for `k < 1`, bad weights, or sets of different
     embedders; FileNotFoundError for a directory without `dataset.npz`.
     """
-    from data_pipelines.processed import load_processed
+    from diffusets_jax.data_pipelines.processed import load_processed
     from diffusets_jax.text import EmbeddingCache, build_prompt, get_embedder
 
     t0 = time.perf_counter()

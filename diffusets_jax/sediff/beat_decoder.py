@@ -362,7 +362,7 @@ def train_beat_decoder(workdir: str | Path, dataset_dirs: Sequence[str | Path], 
     """
     from tqdm.auto import tqdm
 
-    from data_pipelines.processed import load_processed
+    from diffusets_jax.data_pipelines.processed import load_processed
     from diffusets_jax.checkpoints import CONFIG_FILE, read_config
     from diffusets_jax.errors import MissingFileError
     from diffusets_jax.training.vae import load_trained_vae

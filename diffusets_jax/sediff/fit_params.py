@@ -9,7 +9,7 @@ prior from processed datasets:
 1. **Beats.** For each record of the training folds: baseline removal (0.5 Hz 2nd-order
    Butterworth high-pass, zero phase), upsampling of the 102.4 Hz signal by 5 to 512 Hz, R peaks by
    WFDB's XQRS (`wfdb.processing.xqrs_detect`) on lead II (retried on lead II rescaled to 2 mV
-   peak-to-peak, as `data_pipelines.records.detect_heart_rate()`), each peak moved to the
+   peak-to-peak, as `diffusets_jax.data_pipelines.records.detect_heart_rate()`), each peak moved to the
    largest positive deflection of lead II within +-40 ms (the negative one for records whose QRS
    is almost all negative there, `R_POLARITY_RATIO`), and windows
    `[R - 20, R + 40]` samples at 102.4 Hz (61 samples, SE-Diff's beat) cut from the 512 Hz signal
@@ -362,9 +362,9 @@ def fit_datasets(dirs: Sequence[str | Path], folds: Sequence[int] = tuple(range(
     """Class-mean beats of the processed sets `dirs` (folds `folds`) and their ECGSYN fit.
 
     Returns the JSON document (see `main()`). Raises as
-    `data_pipelines.processed.load_processed()`, and ValueError if no class has `min_records`.
+    `diffusets_jax.data_pipelines.processed.load_processed()`, and ValueError if no class has `min_records`.
     """
-    from data_pipelines.processed import load_processed
+    from diffusets_jax.data_pipelines.processed import load_processed
 
     signals, reports, rates, sources = [], [], [], []
     for d in dirs:

@@ -35,7 +35,7 @@ code has no retrieval step, so this module is the port's own design:
 
 This module holds the index and the similarity; the summarisers are in
 `diffusets_jax.sediff.summarisers`, dataset and report augmentation in
-`diffusets_jax.sediff.augment`, the hospital code sets in `data_pipelines.mimic_hosp`.
+`diffusets_jax.sediff.augment`, the hospital code sets in `diffusets_jax.data_pipelines.mimic_hosp`.
 Run: `diffusets-jax augment-dataset --dataset data/ptbxl --out data/ptbxl_rag`.
 """
 
@@ -51,7 +51,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import scipy.sparse
 
-from data_pipelines.mimic_hosp import CODE_VIEWS, read_hosp_codes
+from diffusets_jax.data_pipelines.mimic_hosp import CODE_VIEWS, read_hosp_codes
 from diffusets_jax.config import load_config
 
 #: Every similarity view, in the order reports and weights are printed.

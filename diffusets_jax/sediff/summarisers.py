@@ -16,7 +16,7 @@ import re
 import warnings
 from typing import Protocol, Sequence, runtime_checkable
 
-from data_pipelines.mimic_hosp import CODE_VIEWS
+from diffusets_jax.data_pipelines.mimic_hosp import CODE_VIEWS
 from diffusets_jax.errors import DataError
 from diffusets_jax.sediff.retrieval import Query, Retrieval, normalise_statement, statements_of
 

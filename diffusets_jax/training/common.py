@@ -3,7 +3,7 @@
 Conventions (docs/style.md):
 
 * one root key from `config.seed` and `fold_in(root, step)` inside the step, and batches that are a
-  function of `(seed, step)` (`data_pipelines.input_pipeline`), so that nothing but `step` is
+  function of `(seed, step)` (`diffusets_jax.data_pipelines.input_pipeline`), so that nothing but `step` is
   needed to resume the same run exactly;
 * `jax.jit` over a `Mesh` with a `data` axis: parameters and optimizer state replicated, the
   global batch sharded along its first axis (built from each process's rows with

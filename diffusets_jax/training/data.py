@@ -1,9 +1,9 @@
 """Where the trainers' batches come from: processed sets in memory, or a TFDS dataset's shards.
 
 `--data` takes either processed sets written by `diffusets-jax prepare` (directories with
-`dataset.npz`, any number, held in memory) or one TFDS dataset built by `data_pipelines.tfds`
+`dataset.npz`, any number, held in memory) or one TFDS dataset built by `diffusets_jax.data_pipelines.tfds`
 (its version directory, with `dataset_info.json`, streamed by tf.data). Every source is a
-`data_pipelines.input_pipeline.BatchSource`: `batches(global_batch_size, start_step, seed=,
+`diffusets_jax.data_pipelines.input_pipeline.BatchSource`: `batches(global_batch_size, start_step, seed=,
 shuffle=)` yields this process's rows of each global batch as a function of `(seed, step)` only,
 so that a resumed run sees exactly the batches of an uninterrupted one.
 
@@ -23,7 +23,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from data_pipelines.input_pipeline import LATENT_INFO, ArraySource, TFRecordSource
+from diffusets_jax.data_pipelines.input_pipeline import LATENT_INFO, ArraySource, TFRecordSource
 from diffusets_jax.constants import LATENT_SCALE
 
 TRAIN_SPLIT, VALIDATION_SPLIT = "train", "validation"
@@ -92,7 +92,7 @@ def latent_sources(config, workdir: Path, vae, vae_step: int, data_dirs: Sequenc
             continue
         out = Path(workdir) / "latents" / f"vae_step_{vae_step}" / split
         if not (out / LATENT_INFO).is_file():
-            from data_pipelines.latents import write_latents
+            from diffusets_jax.data_pipelines.latents import write_latents
 
             print(f"encoding the {split} split ({source.num_examples} ECGs) into {out}")
             write_latents(encode_fn, str(Path(data_dirs[0])), split, out, num_shards=max(jax.process_count(), 1))
@@ -126,8 +126,8 @@ def _encode_arrays(vae, source: ArraySource, seed: int) -> ArraySource:
 
 def _augment_heart_rate(source: ArraySource, config) -> ArraySource:
     """`source` with `data.hr_augment_copies` time-warped copies of each ECG appended
-    (`data_pipelines.augment.augment_heart_rate`); the copies keep their record's id."""
-    from data_pipelines.augment import augment_heart_rate
+    (`diffusets_jax.data_pipelines.augment.augment_heart_rate`); the copies keep their record's id."""
+    from diffusets_jax.data_pipelines.augment import augment_heart_rate
 
     d = config.data
     arrays = augment_heart_rate(source.arrays, int(d.hr_augment_copies), tuple(d.hr_augment_factor),
@@ -143,7 +143,7 @@ def _add_class_index(source: ArraySource, data_dirs, folds, class_names, repeats
     (`load_processed(data_dirs, folds)`, the order `ArraySource.from_processed` reads them in),
     repeated `repeats` times for a heart-rate-augmented source.
     Added after construction: `ArraySource` keeps only the fields it knows, and yields all it holds."""
-    from data_pipelines.processed import load_processed
+    from diffusets_jax.data_pipelines.processed import load_processed
     from diffusets_jax.conditions import class_indices
 
     data = load_processed(data_dirs, folds)

@@ -25,7 +25,7 @@ import wfdb
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from data_pipelines.records import detect_heart_rate, reorder_leads  # noqa: E402
+from diffusets_jax.data_pipelines.records import detect_heart_rate, reorder_leads  # noqa: E402
 from diffusets_jax.constants import LEADS  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "mimic_fixture"
