@@ -33,6 +33,7 @@ def measure(config_name: str, steps: int) -> dict:
     from diffusets_jax import diffusion
     from diffusets_jax.config import load_config
     from diffusets_jax.models import build_unet, build_vae
+    from diffusets_jax.data_pipelines.input_pipeline import to_global
     from diffusets_jax.training import common, diffusion as diffusion_training, vae as vae_training
 
     config = load_config(config_name)
@@ -46,7 +47,7 @@ def measure(config_name: str, steps: int) -> dict:
                 "heart_rate": np.full(b, 70.0, np.float32)}
 
     def time_step(name, step, state, batch, batch_size):
-        batch = common.global_batch(batch, mesh)
+        batch = to_global(batch, mesh)
         start = time.perf_counter()
         compiled = step.lower(state, batch).compile()
         compile_s = time.perf_counter() - start

@@ -28,6 +28,7 @@ from flax import nnx
 
 from diffusets_jax import diffusion
 from diffusets_jax.config import load_config
+from diffusets_jax.data_pipelines.input_pipeline import to_global
 from diffusets_jax.models import build_unet
 from diffusets_jax.pretrained import DEFAULT_MODEL_DIR, load_pretrained
 from diffusets_jax.training import common
@@ -56,7 +57,7 @@ def run_variant(name, overrides, args, vae):
     batches = train.batches(config.unet_train.batch_size, 0, seed=config.seed, shuffle=True)
     start, losses = time.perf_counter(), []
     for _ in range(args.steps):
-        state, metrics = step_fn(state, common.global_batch(next(batches), mesh))
+        state, metrics = step_fn(state, to_global(next(batches), mesh))
         losses.append(metrics["loss"])
     seconds = time.perf_counter() - start
     val = validation.arrays

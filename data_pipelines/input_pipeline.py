@@ -80,16 +80,31 @@ def batch_indices(num_examples: int, batch_size: int, step: int, seed: int, shuf
     return order[offset * batch_size : (offset + 1) * batch_size]
 
 
-def to_global(local_batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh, axis: str = "data"
+def to_global(local_batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh, axis: str | None = None
               ) -> dict[str, jax.Array]:
-    """One global `jax.Array` per numeric key, sharded on `axis` along the batch dimension.
+    """This process's rows of a batch -> one global `jax.Array` per numeric key, sharded along the
+    batch (first) dimension over `axis` of `mesh`.
 
-    Every process passes its own rows (`batches` output); the result has
-    `global_batch_size` rows. Text keys (`record_id`) stay on the host and are left out.
+    The one builder of global batches: the trainers' loop (`training.common.run_training`), their
+    validation batches and the benchmarks all go through it.
+
+    Args:
+        local_batch: `{key: (b, ...)}` NumPy-castable arrays, this process's `b = global_batch_size
+            / process_count` rows (what `BatchSource.batches` yields). Text keys (`record_id`)
+            stay on the host and are left out.
+        mesh: the device mesh (`training.common.make_mesh`).
+        axis: the mesh axis the batch is split over; default the mesh's first axis.
+
+    Returns:
+        `{key: jax.Array (global_batch_size, ...)}`.
+
+    Raises:
+        ValueError: (from JAX) the global batch does not split evenly over the axis's devices.
     """
-    sharding = NamedSharding(mesh, P(axis))
+    sharding = NamedSharding(mesh, P(mesh.axis_names[0] if axis is None else axis))
+    arrays = {key: np.asarray(value) for key, value in local_batch.items()}
     return {key: jax.make_array_from_process_local_data(sharding, value)
-            for key, value in local_batch.items() if value.dtype.kind not in "OSU"}
+            for key, value in arrays.items() if value.dtype.kind not in "OSU"}
 
 
 def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:

@@ -23,6 +23,7 @@ from conftest import tiny_config  # noqa: E402
 from diffusets_jax.models import build_unet, build_vae  # noqa: E402
 from diffusets_jax.pretrained import flatten_params  # noqa: E402
 from diffusets_jax import diffusion  # noqa: E402
+from diffusets_jax.data_pipelines.input_pipeline import to_global  # noqa: E402
 from diffusets_jax.training import common, diffusion as diffusion_training, vae as vae_training  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def main(batch_path: str, out_dir: str) -> None:
     state = common.replicate(common.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                                opt_state=tx.init(params)), mesh)
     step = vae_training.make_train_step(graphdef, tx, 10, config.vae_train, jax.random.key(0), mesh)
-    global_signal = common.global_batch(batch, mesh)
+    global_signal = to_global(batch, mesh)
     weight = vae_training.kl_weight(0, 10, config.vae_train.kl_anneal_stages, config.vae_train.kl_weight_max)
     grads = jax.jit(jax.grad(lambda p: vae_training._loss(
         graphdef, p, global_signal["signal"], jax.random.fold_in(jax.random.key(0), 0), weight, jnp.float32)[0]
@@ -67,7 +68,7 @@ def main(batch_path: str, out_dir: str) -> None:
     state = common.replicate(state, mesh)
     schedule = diffusion.schedule_from_config(config.diffusion)
     step = diffusion_training.make_train_step(graphdef, tx, schedule, config, jax.random.key(1), mesh)
-    global_latents = common.global_batch(latent_batch(batch), mesh)
+    global_latents = to_global(latent_batch(batch), mesh)
 
     def unet_loss(params):  # the loss of the step below, as make_train_step computes it
         latent_key, loss_key = jax.random.split(jax.random.fold_in(jax.random.key(1), 0))

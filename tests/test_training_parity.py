@@ -40,6 +40,7 @@ from flax import nnx
 
 from diffusets_jax import convert, diffusion
 from diffusets_jax.config import load_config
+from diffusets_jax.data_pipelines.input_pipeline import to_global
 from diffusets_jax.models import build_unet, build_vae, make_condition
 from diffusets_jax.models import unet as unet_module
 from diffusets_jax.training import common
@@ -185,7 +186,7 @@ def official_steps(ref, config=None, noise=None) -> dict:
     with official_time_table(ref["train_time_table"]):
         with stored_draws(root_key, ref["train_t"], channels_last(noise)):
             for k in range(NUM_STEPS):
-                state, m = train_step(state, common.global_batch(step_batch(ref, k), mesh))
+                state, m = train_step(state, to_global(step_batch(ref, k), mesh))
                 metrics.append({name: float(v) for name, v in m.items()})
                 params_seen.append(jax.device_get(state.params))
                 opt_states.append(jax.device_get(state.opt_state))

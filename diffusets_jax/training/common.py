@@ -6,8 +6,8 @@ Conventions (docs/style.md):
   function of `(seed, step)` (`diffusets_jax.data_pipelines.input_pipeline`), so that nothing but `step` is
   needed to resume the same run exactly;
 * `jax.jit` over a `Mesh` with a `data` axis: parameters and optimizer state replicated, the
-  global batch sharded along its first axis (built from each process's rows with
-  `jax.make_array_from_process_local_data`), the train state donated. The same code runs on one
+  global batch sharded along its first axis (built from each process's rows by
+  `diffusets_jax.data_pipelines.input_pipeline.to_global`), the train state donated. The same code runs on one
   CPU, on fake CPU devices, on a GPU node and on a multi-host TPU slice;
 * orbax checkpoints in the workdir (the last `keep_checkpoints`, plus the best one by validation
   loss), written atomically and restored automatically, onto any number of devices.
@@ -32,6 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from diffusets_jax.checkpoints import metrics_file, steps
+from diffusets_jax.data_pipelines.input_pipeline import to_global
 from diffusets_jax.errors import MissingFileError
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -62,16 +63,6 @@ def make_mesh(axis: str = "data") -> jax.sharding.Mesh:
     free of sharding annotations (explicit axes would make every reshape declare its sharding).
     """
     return jax.make_mesh((jax.device_count(),), (axis,), axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def global_batch(local: dict[str, np.ndarray], mesh, axis: str = "data") -> dict[str, jax.Array]:
-    """This process's rows of a batch -> global arrays sharded along the first axis over `mesh`.
-
-    Each process passes `global_batch_size / process_count` rows (what `BatchSource.batches`
-    yields); the global batch size must be a multiple of the device count.
-    """
-    sharding = NamedSharding(mesh, P(axis))
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
 
 
 def replicate(tree, mesh):
@@ -290,7 +281,7 @@ def run_training(
     window: list[float] = []
     try:
         for step in range(start, end):
-            state, metrics = train_step(state, global_batch(next(batches), mesh, mesh.axis_names[0]))
+            state, metrics = train_step(state, to_global(next(batches), mesh))
             logger.advance()
             done = step + 1
             should_log = done % train_config.log_every == 0 or done == end

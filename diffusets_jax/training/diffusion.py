@@ -29,6 +29,7 @@ from diffusets_jax.errors import ConfigError
 from diffusets_jax.constants import LATENT_SCALE
 from diffusets_jax.models import build_unet, make_condition, null_condition
 from diffusets_jax.pretrained import load_pretrained
+from diffusets_jax.data_pipelines.input_pipeline import to_global
 from diffusets_jax.training import common
 from diffusets_jax.training.data import latent_sources
 from diffusets_jax.training.vae import load_trained_vae, vae_optimizer
@@ -144,7 +145,7 @@ def make_evaluate(graphdef, source, config, schedule, mesh):
     if batch_size == 0:
         return None
     num_batches = min(tc.eval_batches, source.num_examples // batch_size)
-    batches = [common.global_batch(b, mesh) for b, _ in zip(source.batches(batch_size, 0, seed=0, shuffle=False),
+    batches = [to_global(b, mesh) for b, _ in zip(source.batches(batch_size, 0, seed=0, shuffle=False),
                                                             range(num_batches))]
     dtype, key = common.compute_dtype(tc), jax.random.key(config.seed + 2)
 

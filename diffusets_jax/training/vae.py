@@ -18,6 +18,7 @@ from flax import nnx
 from diffusets_jax.checkpoints import VAE_DIR, write_config
 from diffusets_jax.constants import LATENT_SCALE
 from diffusets_jax.models import build_vae, vae_loss
+from diffusets_jax.data_pipelines.input_pipeline import to_global
 from diffusets_jax.training import common
 from diffusets_jax.training.data import training_sources
 
@@ -70,7 +71,7 @@ def make_evaluate(graphdef, source, train_config, mesh, seed: int):
     if batch_size == 0:
         return None
     num_batches = min(train_config.eval_batches, source.num_examples // batch_size)
-    batches = [common.global_batch(b, mesh) for b, _ in zip(source.batches(batch_size, 0, seed=seed, shuffle=False),
+    batches = [to_global(b, mesh) for b, _ in zip(source.batches(batch_size, 0, seed=seed, shuffle=False),
                                                             range(num_batches))]
     dtype = common.compute_dtype(train_config)
     key = jax.random.key(seed)
