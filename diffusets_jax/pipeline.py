@@ -150,10 +150,11 @@ class Pipeline:
     """
 
     def __init__(self, config, vae, unet, embedder=None):
-        from diffusets_jax.text import get_embedder
+        from diffusets_jax.text import cached_embedder
 
         self.config, self.vae, self.unet = config, vae, unet
-        self.embedder = embedder or get_embedder(config.text.embedder)
+        # Default: the config's text model, its embeddings remembered across processes (issue 19).
+        self.embedder = embedder or cached_embedder(config.text.embedder)
         if self.embedder.dim != config.text.embed_dim:
             raise ValueError(
                 f"text embedder {self.embedder.name} gives {self.embedder.dim}-d vectors, "

@@ -82,7 +82,7 @@ def truncation_warning(statements: Sequence[str], embedder) -> str | None:
     """One line saying how much of the prompt of `statements` the embedder reads, if it reads
     less than all of it (MiniLM reads 256 tokens); None if it reads all, or cannot tell (an
     embedder without `count_tokens` and `max_tokens`)."""
-    if not hasattr(embedder, "count_tokens"):
+    if not hasattr(getattr(embedder, "embedder", embedder), "count_tokens"):  # a CachedEmbedder's model
         return None
     statements, limit = list(statements), embedder.max_tokens
     total = embedder.count_tokens([build_prompt(statements)])[0]
@@ -295,8 +295,9 @@ class EmbeddingCache:
                 "use a separate cache file per embedder"
             )
 
-    def save(self, path: str | Path) -> Path:
-        """Write the cache atomically to `path` (an `.npz` file); returns the path."""
+    def save(self, path: str | Path, **extra: np.ndarray) -> Path:
+        """Write the cache atomically to `path` (an `.npz` file), with `extra` arrays stored beside
+        (`load` ignores them); returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         prompts = np.array(list(self._vectors), dtype=str)
@@ -307,7 +308,7 @@ class EmbeddingCache:
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, prompts=prompts, vectors=vectors.astype(np.float32),
-                         embedder=np.array(self.embedder_name), dim=np.array(self.dim))
+                         embedder=np.array(self.embedder_name), dim=np.array(self.dim), **extra)
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -335,6 +336,114 @@ class EmbeddingCache:
         if not prompts:
             return np.zeros((0, self.dim), np.float32)
         return np.stack([self._vectors[p] for p in prompts])
+
+
+#: Environment variable naming the directory of `CachedEmbedder`'s files (default below).
+EMBEDDING_CACHE_ENV_VAR = "DIFFUSETS_JAX_EMBEDDING_CACHE_DIR"
+
+
+def default_embedding_cache_dir() -> Path:
+    """`$DIFFUSETS_JAX_EMBEDDING_CACHE_DIR`, else `$XDG_CACHE_HOME/diffusets-jax/embeddings`, else
+    `~/.cache/diffusets-jax/embeddings` (not created)."""
+    if env := os.environ.get(EMBEDDING_CACHE_ENV_VAR):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "diffusets-jax" / "embeddings"
+
+
+class CachedEmbedder:
+    """A `TextEmbedder` that remembers, across processes, what its text model computed.
+
+    Generation embeds one prompt per request, but loading the text model costs seconds (importing
+    sentence-transformers and torch: ~5-7 s on a 2-core CPU, most of a warm start; issue 19). This
+    wrapper keeps each text's embedding, and its token count for `truncation_warning`, in
+    `DIR/<embedder name>.npz` (an `EmbeddingCache` file plus `token_texts`/`token_counts` and
+    `max_tokens`), so a process asked for texts seen before never loads the model. The model is
+    deterministic, so a cached vector is the one it would compute. At most `max_entries` texts are
+    kept (the most recently added). The file is replaced atomically; a file that cannot be read
+    (corrupt, another embedder's) is set aside with a warning and rebuilt, since it holds nothing
+    that cannot be recomputed; a directory that cannot be written means embedding uncached.
+
+    Args:
+        embedder: the text model (e.g. `MiniLMEmbedder()`), loaded only on a cache miss.
+        cache_dir: directory of the cache files (default `default_embedding_cache_dir()`).
+        max_entries: texts kept in the file.
+    """
+
+    def __init__(self, embedder: TextEmbedder, cache_dir: str | Path | None = None, max_entries: int = 10_000):
+        self.embedder, self.max_entries = embedder, int(max_entries)
+        self.name, self.dim = embedder.name, embedder.dim
+        self.path = Path(cache_dir if cache_dir is not None else default_embedding_cache_dir()) / f"{self.name}.npz"
+        self._cache, self._tokens, self._max_tokens = self._read()
+
+    def __repr__(self) -> str:
+        return f"CachedEmbedder({self.embedder!r}, path={str(self.path)!r}, size={len(self._cache)})"
+
+    def _read(self) -> tuple[EmbeddingCache, dict[str, int], int | None]:
+        import warnings
+
+        if not self.path.is_file():
+            return EmbeddingCache(self.name, self.dim), {}, None
+        try:
+            cache = EmbeddingCache.load(self.path)
+            cache.check(self.embedder)
+            with np.load(self.path, allow_pickle=False) as data:
+                tokens = dict(zip(data["token_texts"].tolist(), data["token_counts"].tolist()))
+                max_tokens = int(data["max_tokens"]) if int(data["max_tokens"]) > 0 else None
+            return cache, tokens, max_tokens
+        except Exception as error:  # a cache: anything unreadable is recomputed
+            warnings.warn(f"embedding cache {self.path} is unreadable ({type(error).__name__}: {error}); "
+                          "starting a new one", stacklevel=3)
+            try:
+                self.path.replace(self.path.with_suffix(".npz.unreadable"))
+            except OSError:
+                pass
+            return EmbeddingCache(self.name, self.dim), {}, None
+
+    def _save(self) -> None:
+        import warnings
+
+        vectors = self._cache._vectors
+        for text in list(vectors)[: max(0, len(vectors) - self.max_entries)]:
+            del vectors[text]
+        tokens = dict(list(self._tokens.items())[-self.max_entries:])
+        try:
+            self._cache.save(self.path, token_texts=np.array(list(tokens), dtype=str),
+                             token_counts=np.array(list(tokens.values()), np.int64),
+                             max_tokens=np.array(self._max_tokens or 0))
+        except OSError as error:
+            warnings.warn(f"embedding cache not written to {self.path} ({error})", stacklevel=3)
+
+    @property
+    def max_tokens(self) -> int:
+        """Tokens the text model reads of a text (see the wrapped embedder's `max_tokens`)."""
+        if self._max_tokens is None:
+            self._max_tokens = int(self.embedder.max_tokens)
+            self._save()
+        return self._max_tokens
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text (the wrapped embedder's `count_tokens`), remembered."""
+        texts = list(texts)
+        if missing := list(dict.fromkeys(t for t in texts if t not in self._tokens)):
+            self._tokens.update(zip(missing, (int(n) for n in self.embedder.count_tokens(missing))))
+            self._save()
+        return [self._tokens[t] for t in texts]
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed `texts`: float32 `(len(texts), dim)`, from the file where it has them."""
+        texts = list(texts)
+        missing = any(t not in self._cache for t in texts)
+        vectors = self._cache.embed_prompts(texts, self.embedder)
+        if missing:
+            self._save()
+        return vectors
+
+
+def cached_embedder(name: str, cache_dir: str | Path | None = None) -> TextEmbedder:
+    """`get_embedder(name)` wrapped in a `CachedEmbedder` (what generation uses). Raises ValueError
+    for an unknown name."""
+    return CachedEmbedder(get_embedder(name), cache_dir)
 
 
 def embed_reports(

@@ -19,6 +19,16 @@ def compilation_cache(tmp_path_factory):
     return compile_cache.enable(os.environ[compile_cache.ENV_VAR])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def embedding_cache(tmp_path_factory):
+    """The prompt-embedding cache of generation (`text.CachedEmbedder`) in a temporary directory,
+    not the user's (CLI subprocesses inherit the variable)."""
+    from diffusets_jax.text import EMBEDDING_CACHE_ENV_VAR
+
+    os.environ[EMBEDDING_CACHE_ENV_VAR] = str(tmp_path_factory.mktemp("embedding-cache"))
+    return Path(os.environ[EMBEDDING_CACHE_ENV_VAR])
+
+
 @pytest.fixture(scope="session")
 def ptbxl_root() -> Path:
     return DATA / "ptb-xl"

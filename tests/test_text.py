@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from diffusets_jax.text import (
+    CachedEmbedder,
     EmbeddingCache,
     MiniLMEmbedder,
     OpenAIEmbedder,
@@ -16,6 +17,7 @@ from diffusets_jax.text import (
     embed_reports,
     get_embedder,
     split_report,
+    truncation_warning,
 )
 
 FIRST = "Most importantly, the 1st diagnosis is "
@@ -233,3 +235,48 @@ def test_openai_batches_and_hides_key(monkeypatch, fake_openai):
     assert [len(batch) for _, batch in fake_openai] == [2, 2, 1]
     assert {model for model, _ in fake_openai} == {"text-embedding-ada-002"}
     assert get_embedder("openai-ada-002").dim == 1536
+
+
+# ------------------------------------------------------------------------------ cache across processes
+
+
+def test_cached_embedder_serves_a_new_process_without_loading_the_model(minilm, tmp_path):
+    texts = [build_prompt("Sinus tachycardia|Left ventricular hypertrophy"), build_prompt("Atrial fibrillation")]
+    first = CachedEmbedder(MiniLMEmbedder(), tmp_path)
+    vectors = first.embed(texts)
+    np.testing.assert_array_equal(vectors, minilm.embed(texts))
+    assert first.count_tokens(texts[:1]) == minilm.count_tokens(texts[:1])
+    assert (tmp_path / "minilm.npz").is_file()
+
+    model = MiniLMEmbedder()  # a fresh model object, as in a new process
+    second = CachedEmbedder(model, tmp_path)
+    np.testing.assert_array_equal(second.embed(texts[::-1]), vectors[::-1])
+    assert second.count_tokens(texts[:1]) == minilm.count_tokens(texts[:1])
+    assert model._model is None  # never loaded
+    second.embed(["a text not seen before"])
+    assert model._model is not None
+
+
+def test_cached_embedder_gives_the_same_truncation_warning(minilm, tmp_path):
+    statements = [f"statement number {i} about an unusual finding in the precordial leads" for i in range(30)]
+    expected = truncation_warning(statements, minilm)
+    assert expected and "ignores the rest" in expected
+    CachedEmbedder(MiniLMEmbedder(), tmp_path).embed([build_prompt(statements)])
+    assert truncation_warning(statements, CachedEmbedder(minilm, tmp_path)) == expected
+    model = MiniLMEmbedder()
+    assert truncation_warning(statements, CachedEmbedder(model, tmp_path)) == expected  # now from the file
+    assert model._model is None
+
+
+def test_cached_embedder_keeps_the_newest_entries_and_rebuilds_a_corrupt_file(minilm, tmp_path):
+    cached = CachedEmbedder(minilm, tmp_path, max_entries=2)
+    cached.embed(["one", "two"])
+    cached.embed(["three"])
+    assert set(EmbeddingCache.load(tmp_path / "minilm.npz")._vectors) == {"two", "three"}
+
+    (tmp_path / "minilm.npz").write_bytes(b"not an npz file")
+    with pytest.warns(UserWarning, match="minilm.npz is unreadable"):
+        rebuilt = CachedEmbedder(minilm, tmp_path)
+    assert (tmp_path / "minilm.npz.unreadable").read_bytes() == b"not an npz file"
+    np.testing.assert_array_equal(rebuilt.embed(["one"]), minilm.embed(["one"]))
+    assert set(EmbeddingCache.load(tmp_path / "minilm.npz")._vectors) == {"one"}
