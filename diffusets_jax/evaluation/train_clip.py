@@ -31,12 +31,13 @@ from tqdm.auto import tqdm
 from diffusets_jax.data_pipelines.input_pipeline import ArraySource
 from diffusets_jax.checkpoints import (
     CONFIG_FILE, EVALUATOR_DIR, load_model_dir, load_params_into, metrics_file, module_arrays, read_config,
-    save_model_dir, write_config,
+    save_model_dir,
 )
 from diffusets_jax.errors import MissingFileError
 from diffusets_jax.models import abstract_model
 from diffusets_jax.evaluation.clip import ClipEvaluator, build_evaluator, contrastive_loss, retrieval_accuracy
 from diffusets_jax.training import common
+from diffusets_jax.training.setup import TrainingRun
 
 #: The evaluator shipped inside the package (the `evaluator` config trained on the shared data).
 DEFAULT_EVALUATOR_DIR = Path(__file__).resolve().parent.parent / "pretrained" / "evaluator"
@@ -134,11 +135,8 @@ def train_clip(config, workdir: str | Path, data_dirs: Sequence[str | Path], sto
     `config.text.embed_dim`, or a batch that does not split over the devices;
     `common.NonFiniteLossError` on a NaN/inf loss or gradient.
     """
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_config(workdir, config)
-    tc = config.evaluator
-    common.check_batch_size(tc.batch_size)
+    run = TrainingRun.begin(config, workdir, EVALUATOR_DIR, "evaluator")
+    tc = run.train_config
     train_source = ArraySource.from_processed(data_dirs, folds=config.data.train_folds)
     width = train_source.arrays["text_embedding"].shape[1]
     if width != config.text.embed_dim:
@@ -148,23 +146,18 @@ def train_clip(config, workdir: str | Path, data_dirs: Sequence[str | Path], sto
         val_source = ArraySource.from_processed(data_dirs, folds=config.data.val_folds)
     except ValueError:  # no record in the validation folds
         val_source = None
-    num_steps, _ = common.resolve_num_steps(tc, train_source.num_examples)
-    mesh = common.make_mesh(config.mesh.data_axis)
+    _, mesh = run.plan(train_source.num_examples)
 
     graphdef, tx, state = _initial_state(config)
-    state = common.replicate(state, mesh)
-    checkpoints = common.Checkpoints(workdir / EVALUATOR_DIR, tc.keep_checkpoints)
-    state = common.restore_or_init(checkpoints, state)
-    common.run_training(
-        name=EVALUATOR_DIR, workdir=workdir, state=state,
+    state = run.resume(state)
+    run.train(
+        state, source=train_source,
         train_step=make_train_step(graphdef, tx, jax.random.key(config.seed), mesh),
-        batches=train_source.batches(tc.batch_size, int(state.step), seed=config.seed, shuffle=config.data.shuffle),
-        train_config=tc, num_steps=num_steps, checkpoints=checkpoints, mesh=mesh,
         learning_rate=optax.constant_schedule(tc.learning_rate),
         evaluate=make_evaluate(graphdef, val_source, tc) if val_source else None,
         stop_after=stop_after,
     )
-    return workdir / EVALUATOR_DIR
+    return run.directory
 
 
 def load_trained_evaluator(workdir: str | Path) -> tuple[ml_collections.ConfigDict, ClipEvaluator, int]:

@@ -32,6 +32,7 @@ from diffusets_jax.pretrained import load_pretrained
 from diffusets_jax.data_pipelines.input_pipeline import to_global
 from diffusets_jax.training import common
 from diffusets_jax.training.data import latent_sources
+from diffusets_jax.training.setup import TrainingRun
 from diffusets_jax.training.vae import load_trained_vae, vae_optimizer
 
 
@@ -204,11 +205,8 @@ def train_diffusion(config, workdir: str | Path, data_dirs, stop_after: int | No
     has no trained VAE, ConfigError if `config.sediff` asks for physics losses but no `auxiliary`
     is given, ValueError for too small a dataset or a batch that does not split over the devices.
     """
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_config(workdir, config)
-    tc = config.unet_train
-    common.check_batch_size(tc.batch_size)
+    run = TrainingRun.begin(config, workdir, UNET_DIR, "unet_train")
+    workdir, tc = run.workdir, run.train_config
     sediff = config.get("sediff") or {}
     if auxiliary is None and any(float(sediff.get(w, 0.0)) > 0 for w in ("euler_weight", "interlead_weight")):
         raise ConfigError("config.sediff sets physics-loss weights: pass auxiliary="
@@ -217,30 +215,25 @@ def train_diffusion(config, workdir: str | Path, data_dirs, stop_after: int | No
     extra = auxiliary(vae_step) if auxiliary is not None else AuxiliaryLosses(())
     train_source, val_source = latent_sources(config, workdir, vae, vae_step, data_dirs,
                                               class_names=extra.class_names)
-    num_steps, _ = common.resolve_num_steps(tc, train_source.num_examples)
-    mesh = common.make_mesh(config.mesh.data_axis)
+    num_steps, mesh = run.plan(train_source.num_examples)
 
     unet = build_unet(config)
     graphdef, params = nnx.split(unet, nnx.Param)
     tx = unet_optimizer(tc, num_steps)
     ema = jax.tree.map(jnp.copy, params) if tc.ema_decay > 0 else None
-    state = common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=ema)
-    state = common.replicate(state, mesh)
-    checkpoints = common.Checkpoints(workdir / UNET_DIR, tc.keep_checkpoints)
-    state = common.restore_or_init(checkpoints, state)
+    state = run.resume(common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                                         ema_params=ema))
     schedule = diffusion.schedule_from_config(config.diffusion)
-    common.run_training(
-        name=UNET_DIR, workdir=workdir, state=state,
+    run.train(
+        state, source=train_source,
         train_step=make_train_step(graphdef, tx, schedule, config, jax.random.key(config.seed + 1), mesh,
                                    tuple(extra.losses)),
-        batches=train_source.batches(tc.batch_size, int(state.step), seed=config.seed, shuffle=config.data.shuffle),
-        train_config=tc, num_steps=num_steps, checkpoints=checkpoints, mesh=mesh,
         learning_rate=unet_learning_rate(tc, num_steps),
         evaluate=make_evaluate(graphdef, val_source, config, schedule, mesh) if val_source else None,
         preview=make_preview(graphdef, vae, val_source or train_source, config, schedule),
         stop_after=stop_after,
     )
-    return workdir / UNET_DIR
+    return run.directory
 
 
 def load_trained_unet(config, workdir: str | Path, use_ema: bool = True):

@@ -15,12 +15,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from diffusets_jax.checkpoints import VAE_DIR, write_config
+from diffusets_jax.checkpoints import VAE_DIR
 from diffusets_jax.constants import LATENT_SCALE
 from diffusets_jax.models import build_vae, vae_loss
 from diffusets_jax.data_pipelines.input_pipeline import to_global
 from diffusets_jax.training import common
 from diffusets_jax.training.data import training_sources
+from diffusets_jax.training.setup import TrainingRun
 
 
 def vae_learning_rate(train_config, num_steps: int) -> optax.Schedule:
@@ -110,33 +111,23 @@ def train_vae(config, workdir: str | Path, data_dirs, stop_after: int | None = N
     Raises ValueError for an empty/too-small dataset or a batch that does not split over the
     devices, `NonFiniteLossError` on a NaN/inf loss or gradient.
     """
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_config(workdir, config)
-    tc = config.vae_train
-    common.check_batch_size(tc.batch_size)
+    run = TrainingRun.begin(config, workdir, VAE_DIR, "vae_train")
+    tc = run.train_config
     train_source, val_source = training_sources(config, data_dirs)
-    num_steps, _ = common.resolve_num_steps(tc, train_source.num_examples)
-    mesh = common.make_mesh(config.mesh.data_axis)
+    num_steps, mesh = run.plan(train_source.num_examples)
 
     vae = build_vae(config)
     graphdef, params = nnx.split(vae, nnx.Param)
     tx = vae_optimizer(tc, num_steps)
-    state = common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-    state = common.replicate(state, mesh)
-    checkpoints = common.Checkpoints(workdir / VAE_DIR, tc.keep_checkpoints)
-    state = common.restore_or_init(checkpoints, state)
-    preview_source = val_source or train_source
-    common.run_training(
-        name=VAE_DIR, workdir=workdir, state=state,
+    state = run.resume(common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)))
+    run.train(
+        state, source=train_source,
         train_step=make_train_step(graphdef, tx, num_steps, tc, jax.random.key(config.seed), mesh),
-        batches=train_source.batches(tc.batch_size, int(state.step), seed=config.seed, shuffle=config.data.shuffle),
-        train_config=tc, num_steps=num_steps, checkpoints=checkpoints, mesh=mesh,
         learning_rate=vae_learning_rate(tc, num_steps),
         evaluate=make_evaluate(graphdef, val_source, tc, mesh, config.seed) if val_source else None,
-        preview=make_preview(graphdef, preview_source, mesh), stop_after=stop_after,
+        preview=make_preview(graphdef, val_source or train_source, mesh), stop_after=stop_after,
     )
-    return workdir / VAE_DIR
+    return run.directory
 
 
 def load_trained_vae(config, workdir: str | Path):
