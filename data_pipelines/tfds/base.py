@@ -119,6 +119,9 @@ class ECGBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """
 
     SOURCE: str = ""
+    # TFDS looks for a builder's metadata in the folder named after its module, which is wrong for a
+    # package installed from another folder (setup.cfg `package_dir`): name the folder.
+    pkg_dir_path = epath.Path(__file__).parent
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release: load_records processing, patient-wise fold splits."}
 
