@@ -34,6 +34,11 @@ def get_config():
     b.spectral_weight = 0.01  # SE-Diff's alpha_spec (the paper's value is not known)
     b.shifts = 3  # circularly shifted copies of each training ECG (augmentation; 0: none)
     b.seed = 0
+    b.log_every = 50  # steps between records of WORKDIR/beat_decoder_metrics.jsonl
+    # Orbax checkpoints in WORKDIR/beat_decoder_checkpoints every N steps and at the end (the last
+    # `keep_checkpoints` kept): an interrupted run resumes there when run again.
+    b.checkpoint_every = 500
+    b.keep_checkpoints = 2
 
     r = c.retrieval = ml_collections.ConfigDict()
     r.k = 5  # neighbours per query

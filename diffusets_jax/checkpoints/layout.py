@@ -8,6 +8,10 @@ Training workdir (written by `train-vae` / `train-diffusion`, read by `export`):
     WORKDIR/unet/, unet_best/    the same for the U-Net (`UNET_DIR`)
     WORKDIR/<name>_metrics.jsonl one JSON line of metrics per logged step (`metrics_file(name)`)
     WORKDIR/<dir>_broken/<step>/ a checkpoint step that could not be restored, moved aside on resume
+    WORKDIR/beat_decoder_checkpoints/<step>/, settings.json
+                                 the SE-Diff beat decoder's orbax checkpoints while it trains
+                                 (`BEAT_DECODER_CHECKPOINTS`) and the settings they were trained with;
+                                 the finished decoder is a model directory, by default WORKDIR/beat_decoder
 
 Model directory (`pretrained`, the evaluator, the SE-Diff beat decoder): `config.json` (or another
 JSON record), one `<name>.npz` per model, optional `MODEL_CARD.md`, and `MANIFEST.json`
@@ -32,6 +36,7 @@ MODEL_CARD_FILE = "MODEL_CARD.md"
 VAE_DIR = "vae"
 UNET_DIR = "unet"
 EVALUATOR_DIR = "evaluator"
+BEAT_DECODER_CHECKPOINTS = "beat_decoder_checkpoints"
 BEST_SUFFIX = "_best"
 BROKEN_SUFFIX = "_broken"
 

@@ -211,6 +211,19 @@ class Checkpoints:
         self.best.wait_until_finished()
 
 
+def latest_step(directory: str | Path) -> int | None:
+    """The newest step number saved in `directory` (not checked for restorability), or None if
+    there is none or no such directory; nothing is created."""
+    directory = Path(directory).absolute()
+    if not directory.is_dir():
+        return None
+    manager = ocp.CheckpointManager(directory)
+    try:
+        return manager.latest_step()
+    finally:
+        manager.close()
+
+
 def restore_or_init(checkpoints: Checkpoints, state, log: Callable[[str], None] = print):
     """The newest restorable checkpoint onto `state`'s structure and shardings, or `state` itself
     if there is none. Newer steps that cannot be restored are warned about and moved aside

@@ -200,6 +200,9 @@ def _train_beat_decoder(sub) -> None:
     p.add_argument("--shifts", type=int, default=None,
                    help=f"circularly shifted copies of each training ECG, 0: none (default {bd.DEFAULT_SHIFTS})")
     p.add_argument("--seed", type=int, default=None, help=f"default {_default('beat_decoder', 'seed')}")
+    p.add_argument("--stop-after", type=int, default=None, metavar="N",
+                   help="stop this run after N steps (checkpointed in WORKDIR/beat_decoder_checkpoints); "
+                        "run again to resume")
     _add_config_args(p)
     p.set_defaults(func=cmd_train_beat_decoder)
 
@@ -212,7 +215,11 @@ def cmd_train_beat_decoder(args: argparse.Namespace) -> None:
     record = train_beat_decoder(args.workdir, args.dataset, steps=s["steps"], out=args.out,
                                 batch_size=s["batch_size"], learning_rate=s["learning_rate"], base=s["base"],
                                 num_groups=min(32, s["base"]), spectral_weight=s["spectral_weight"],
-                                shifts=s["shifts"], seed=s["seed"])
+                                shifts=s["shifts"], seed=s["seed"], stop_after=args.stop_after,
+                                **{k: s[k] for k in ("log_every", "checkpoint_every", "keep_checkpoints") if k in s})
+    if record is None:
+        print(f"stopped after {args.stop_after} steps (checkpointed); run the same command again to resume")
+        return
     t = record["training"]
     print(f"trained on {t['train_records']} records ({t['val_records']} validation) in {t['train_s']:.0f} s "
           f"(+ {t['prepare_s']:.0f} s beats and latents)")
