@@ -15,13 +15,15 @@ official PyTorch weights.
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 
 import ml_collections
 
 from diffusets_jax.checkpoints import (  # noqa: F401 - flatten_params, load_params_into: public here too
-    ModelDir, flatten_params, load_model_dir, load_params_into, module_arrays, save_model_dir,
+    ModelDir, flatten_params, load_model_dir, load_params_into, module_arrays, read_model_dir_config, save_model_dir,
 )
+from diffusets_jax.config import MODEL_SECTIONS, load_config
 from diffusets_jax.errors import ConfigError
 from diffusets_jax.models import UNet, VAE, abstract_model, build_unet, build_vae
 
@@ -42,6 +44,30 @@ def save_pretrained(
                           model_card=model_card)
 
 
+@functools.cache
+def _reference_config() -> ml_collections.ConfigDict:
+    """The `small` config: a model directory's config fields must be of the kind of its (`check_config`)."""
+    return load_config("small")
+
+
+def read_model_config(directory: str | Path | None = None) -> ml_collections.ConfigDict:
+    """The checked, migrated config of a pretrained model directory (None: the shipped default
+    model) without loading its weights, e.g. for `Sampling.from_config` or a server's summary.
+
+    Raises MissingFileError naming a missing `config.json`, `vae.npz` or `unet.npz`, ConfigError
+    naming `config.json` and the key if it is not JSON, lacks a section (`MODEL_SECTIONS`) or has
+    a field of the wrong kind.
+    """
+    return read_model_dir_config(DEFAULT_MODEL_DIR if directory is None else directory, MODEL_NAMES,
+                                 sections=MODEL_SECTIONS, reference=_reference_config())
+
+
+def read_pretrained(directory: str | Path) -> ModelDir:
+    """A pretrained model directory read and checked (`checkpoints.load_model_dir`: the config as
+    `read_model_config` checks it, then the manifest and the finite arrays), its models not built."""
+    return load_model_dir(directory, MODEL_NAMES, sections=MODEL_SECTIONS, reference=_reference_config())
+
+
 def build_from(read: ModelDir) -> tuple[VAE, UNet]:
     """The VAE and U-Net of a read model directory, built from its config and filled with its arrays.
 
@@ -60,16 +86,18 @@ def build_from(read: ModelDir) -> tuple[VAE, UNet]:
 def load_pretrained(directory: str | Path) -> tuple[ml_collections.ConfigDict, VAE, UNet]:
     """Build the models of `directory/config.json` and load their parameters.
 
-    Checks `MANIFEST.json` when present (older directories without one still load).
+    Checks the config first (`read_model_config`), then `MANIFEST.json` when present (older
+    directories without one still load).
 
     Raises:
         MissingFileError (a FileNotFoundError): naming the missing file.
+        ConfigError: config.json is not JSON, lacks a section or a field the models need, or has a
+            field of the wrong kind (named).
         IntegrityError: a file that differs from the manifest, named.
-        ConfigError: config.json is not JSON or lacks a field the models need.
         CheckpointError (a ValueError): an empty, truncated or garbled .npz, a NaN/inf parameter
             (named), or parameters that do not fit the config.
     """
-    read = load_model_dir(directory, MODEL_NAMES)
+    read = read_pretrained(directory)
     vae, unet = build_from(read)
     return read.config, vae, unet
 

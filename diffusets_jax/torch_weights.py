@@ -35,8 +35,8 @@ from diffusets_jax import convert
 from diffusets_jax.config import config_to_json, load_config
 from diffusets_jax.models import abstract_model, build_unet, build_vae
 from diffusets_jax.models.unet import timestep_table
-from diffusets_jax.checkpoints import load_model_dir, load_params_into, sha256_file
-from diffusets_jax.pretrained import MODEL_NAMES, save_pretrained
+from diffusets_jax.checkpoints import load_params_into, sha256_file
+from diffusets_jax.pretrained import read_pretrained, save_pretrained
 
 __all__ = [
     "WeightFileError",
@@ -340,9 +340,9 @@ def official_unet_state_dict(unet: nnx.Module) -> dict[str, np.ndarray]:
 
 
 def _load_model_dir(directory: Path):
-    """`load_pretrained(directory)` (manifest, migrated config, finite arrays:
-    `checkpoints.load_model_dir`), reusing the cached abstract models of `_empty_models`."""
-    read = load_model_dir(directory, MODEL_NAMES)
+    """`load_pretrained(directory)` (checked config, manifest, finite arrays:
+    `pretrained.read_pretrained`), reusing the cached abstract models of `_empty_models`."""
+    read = read_pretrained(directory)
     vae, unet = _empty_models(read.config)
     for module, name in ((vae, "vae"), (unet, "unet")):
         load_params_into(module, read.arrays[name], source=str(Path(directory) / f"{name}.npz"))

@@ -3,7 +3,8 @@
 * `layout`: names of the workdir and model-directory files (`CONFIG_FILE`, `VAE_DIR`, `UNET_DIR`,
   `metrics_file`), atomic writes, and `read_config`, which migrates older configs once at load;
 * `manifest`: `MANIFEST.json` (size and SHA-256 per file), written last and checked at load;
-* `model_dir`: `save_model_dir` / `load_model_dir`, the one format of every trained artefact;
+* `model_dir`: `save_model_dir` / `load_model_dir`, the one format of every trained artefact, and
+  `read_model_dir_config`, the one reader (checked) of a model directory's `config.json`;
 * `steps` (imported on demand, it loads orbax): the orbax checkpoints of training, last-K and
   best, params-only restore, and the fall-back past a step that cannot be restored;
 * `export` (imported on demand, it builds models): a workdir -> a model directory and back.
@@ -19,8 +20,8 @@ from diffusets_jax.checkpoints.manifest import (  # noqa: F401
 )
 #: Loaded on first use (they import JAX and Flax), so that data preparation stays light.
 _MODEL_DIR_NAMES = (
-    "ModelDir", "check_finite", "flatten_params", "load_model_dir", "load_params_into", "module_arrays", "read_npz",
-    "save_model_dir",
+    "ModelDir", "check_finite", "flatten_params", "load_model_dir", "load_params_into", "module_arrays",
+    "read_model_dir_config", "read_npz", "save_model_dir",
 )
 
 

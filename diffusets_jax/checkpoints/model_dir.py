@@ -3,7 +3,7 @@
 A model directory holds, as plain files (no pickle):
 
     DIR/config.json       the ConfigDict the models were built from (or another JSON record,
-                          e.g. `beat_decoder.json`), migrated at load by `layout.read_config`
+                          e.g. `beat_decoder.json`), read (checked, migrated) by `read_model_dir_config`
     DIR/<name>.npz        one archive per model: one float array per flattened parameter path
                           ('encoder/layers/0/kernel'), written with `np.savez` (ZIP, CRC-32 per member)
     DIR/MODEL_CARD.md     optional: data, command, steps, losses, limits
@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from diffusets_jax.checkpoints.layout import (
-    CONFIG_FILE, MODEL_CARD_FILE, atomic_write, atomic_write_text, read_config, read_json,
+    CONFIG_FILE, MODEL_CARD_FILE, atomic_write, atomic_write_text, migrate_config, read_json,
 )
 from diffusets_jax.checkpoints.manifest import MANIFEST_FILE, read_manifest, verify_manifest, write_manifest
 from diffusets_jax.errors import CheckpointError, MissingFileError
@@ -145,34 +145,65 @@ def save_model_dir(
     return directory
 
 
-def load_model_dir(
-    directory: str | Path, names: Sequence[str], *, config_file: str = CONFIG_FILE,
-    as_config: bool = True, kind: str = "diffusets-jax model directory",
-) -> ModelDir:
-    """Read a model directory written by `save_model_dir` (or by any earlier version).
+def read_model_dir_config(
+    directory: str | Path, names: Sequence[str] = (), *, config_file: str = CONFIG_FILE, as_config: bool = True,
+    kind: str = "diffusets-jax model directory", sections: Sequence[str] = (),
+    reference: ml_collections.ConfigDict | None = None,
+) -> ml_collections.ConfigDict | dict:
+    """The config of a model directory, without its arrays: the one place `config.json` of a
+    model directory is read (`load_model_dir` reads it here too).
 
-    Checks `MANIFEST.json` first if there is one (a directory without one still loads), then reads
-    the config (`read_config`, migrated; a plain dict when `as_config=False`) and `<name>.npz`
-    for each of `names` (finite arrays).
+    Checks that `directory`, `config_file` and `<name>.npz` for each of `names` exist, then reads
+    the config: with `as_config`, a ConfigDict (`config.read_config_json`: UTF-8 JSON object, each
+    of `sections` present, each field `reference` also has of the same kind), migrated
+    (`layout.migrate_config`); else the plain JSON object (`layout.read_json`). Checked before
+    anything else is read, as a wrong field would otherwise fail deep inside the model code.
 
     Raises:
         MissingFileError: `directory` or one of its files does not exist (naming it and `kind`).
+        ConfigError: the config is not UTF-8 JSON, not an object, lacks one of `sections` or has a
+            field of the wrong kind (naming the file and the dotted key).
+    """
+    from diffusets_jax.config import read_config_json
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise MissingFileError(f"{directory} not found: not a {kind}")
+    for name in (config_file, *(f"{name}.npz" for name in names)):
+        if not (directory / name).is_file():
+            raise MissingFileError(f"{directory / name} not found: not a {kind}")
+    if not as_config:
+        return read_json(directory / config_file)
+    config = read_config_json(directory / config_file, reference, sections)
+    migrate_config(config)
+    return config
+
+
+def load_model_dir(
+    directory: str | Path, names: Sequence[str], *, config_file: str = CONFIG_FILE,
+    as_config: bool = True, kind: str = "diffusets-jax model directory", sections: Sequence[str] = (),
+    reference: ml_collections.ConfigDict | None = None,
+) -> ModelDir:
+    """Read a model directory written by `save_model_dir` (or by any earlier version).
+
+    Reads and checks the config first (`read_model_dir_config`, with `sections` and `reference`;
+    a plain dict when `as_config=False`), then checks `MANIFEST.json` if there is one (a
+    directory without one still loads), then reads `<name>.npz` for each of `names` (finite arrays).
+
+    Raises:
+        MissingFileError: `directory` or one of its files does not exist (naming it and `kind`).
+        ConfigError: the config is not JSON or does not fit (`read_model_dir_config`).
         IntegrityError: a file differs from the manifest (naming the file).
-        ConfigError: the config is not JSON.
         CheckpointError: an archive is empty, truncated, garbled or holds NaN/inf (naming the file
             and, for NaN/inf, the parameter).
     """
     directory = Path(directory)
-    if not directory.is_dir():
-        raise MissingFileError(f"{directory} not found: not a {kind}")
+    config = read_model_dir_config(directory, names, config_file=config_file, as_config=as_config, kind=kind,
+                                   sections=sections, reference=reference)
     required = [config_file, *(f"{name}.npz" for name in names)]
-    for name in required:
-        if not (directory / name).is_file():
-            raise MissingFileError(f"{directory / name} not found: not a {kind}")
     listed = read_manifest(directory)
     verified = listed is not None and verify_manifest(
         directory, required + ([MODEL_CARD_FILE] if MODEL_CARD_FILE in listed else []))
-    config = read_config(directory, config_file) if as_config else read_json(directory / config_file)
     arrays = {name: read_npz(directory / f"{name}.npz") for name in names}
     card = directory / MODEL_CARD_FILE
     return ModelDir(directory, config, arrays, card.read_text(encoding="utf-8") if card.is_file() else None, verified)
@@ -180,5 +211,5 @@ def load_model_dir(
 
 __all__ = [
     "MANIFEST_FILE", "ModelDir", "check_finite", "flatten_params", "load_model_dir", "load_params_into",
-    "module_arrays", "read_npz", "save_model_dir",
+    "module_arrays", "read_model_dir_config", "read_npz", "save_model_dir",
 ]
