@@ -52,6 +52,8 @@ from diffusets_jax import diffusion
 from diffusets_jax.config import load_config
 from diffusets_jax.models import build_unet, build_vae
 
+ROOT = Path(__file__).resolve().parents[1]
+
 #: Official PyTorch, seconds, as recorded in issue 19 (torch 2.13, 2 threads, this 2-core CPU).
 RECORDED = {
     "unet_fwd_1": 0.0288,
@@ -251,6 +253,31 @@ class Official:
         for module in (self.unet, self.encoder, self.decoder):
             module.eval()
 
+    def parity_errors(self) -> dict[str, float]:
+        """Relative errors of the given official modules, loaded with the parity weights, against the
+        goldens of the official code in tests/data/parity (U-Net eps, VAE latent, decoder output): small
+        errors show that the code timed is the official function, not a look-alike."""
+        torch = self.torch
+        sys.path.insert(0, str(ROOT / "tests"))
+        from official_weights import official_state_dicts, parity_arrays
+
+        weights, g = official_state_dicts(), parity_arrays()
+        unet = type(self.unet)(1000, kernel_size=7, num_levels=7, n_channels=4, text_embed_dim=1536)
+        encoder, decoder = type(self.encoder)(), type(self.decoder)()
+        for module, name in ((unet, "unet"), (encoder, "vae_encoder"), (decoder, "vae_decoder")):
+            module.load_state_dict({k: torch.from_numpy(v) for k, v in weights[name].items()})
+            module.eval()
+        t = lambda name: torch.from_numpy(np.array(g[name]))  # noqa: E731
+        rel = lambda out, name: float(np.linalg.norm(out.numpy() - g[name]) / np.linalg.norm(g[name]))  # noqa: E731
+        condition = {"gender": t("unet_in_sex")[:, None, None], "age": t("unet_in_age")[:, None, None],
+                     "heart rate": t("unet_in_hr")[:, None, None]}
+        with torch.no_grad():
+            eps = unet(t("unet_in_z"), t("unet_in_t").long(), t("unet_in_text")[:, None, :], condition)
+            z = encoder(t("vae_in_x"), t("vae_in_noise"))[0]
+            x = decoder(t("dec_in_z"))
+        return {"U-Net": rel(eps, "unet_out_eps"), "VAE encoder": rel(z, "vae_out_z"),
+                "VAE decoder": rel(x, "dec_out_x")}
+
     def inputs(self, batch: int):
         torch = self.torch
         g = torch.Generator().manual_seed(batch)
@@ -363,6 +390,11 @@ def main(argv=None) -> int:
 
         print(f"- official: {args.official_repo or args.official_package}, torch {torch.__version__} on "
               f"{torch.get_num_threads()} threads, timed alternately with the port")
+        errors = off.parity_errors()
+        print("- the official code given reproduces the official parity goldens (tests/data/parity), relative "
+              "error " + ", ".join(f"{name} {error:.1e}" for name, error in errors.items()))
+        if max(errors.values()) > 1e-4:
+            print("  WARNING: above 1e-4: this is not the official code at commit f9106528")
     else:
         print("- official: not given (--official-repo): the official column holds the figures recorded in "
               "issue 19, marked (recorded)")
