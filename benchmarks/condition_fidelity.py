@@ -65,10 +65,10 @@ def main(argv=None):
 
     start = time.perf_counter()
     pipe = Pipeline.from_pretrained(args.checkpoint)
-    options = pipe.sampling(args.sampler, args.num_steps, None, args.guidance_scale, None)
+    options = pipe.sampling(sampler=args.sampler, num_steps=args.num_steps, guidance_scale=args.guidance_scale)
     held_out = load_processed(args.data, args.folds)
     n = len(held_out)
-    result = {"checkpoint": args.checkpoint or "default", "sampling": options._asdict(), "held_out_records": n}
+    result = {"checkpoint": args.checkpoint or "default", "sampling": options.as_dict(), "held_out_records": n}
 
     # 1. heart rate on request
     sinus = np.asarray(pipe.embedder.embed([build_prompt("Sinus rhythm")]))[0]
@@ -78,7 +78,7 @@ def main(argv=None):
         requested = np.full(args.per_rate, rate, np.float32)
         signals = pipe.generate_for_conditions(
             np.repeat(sinus[None], args.per_rate, 0), held_out.sex_codes[rows], held_out.age[rows], requested,
-            seed=args.seed + int(rate), options=options)
+            seed=args.seed + int(rate), sampling=options)
         per_rate[f"{rate:g}"] = hr_errors(requested, signals)
         all_requested.append(requested)
         all_signals.append(signals)
@@ -92,7 +92,7 @@ def main(argv=None):
     index = np.repeat(np.arange(n), args.per_record)
     generated = pipe.generate_for_conditions(
         held_out.text_embeddings[index], held_out.sex_codes[index], held_out.age[index], held_out.heart_rate[index],
-        seed=args.seed, options=options)
+        seed=args.seed, sampling=options)
     real = held_out.signals
     if args.save_samples:
         np.savez(args.save_samples, generated=generated, real=real, record_ids=held_out.record_ids[index])

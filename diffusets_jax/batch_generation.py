@@ -105,7 +105,7 @@ def _parse_row(i: int, values: dict, base_seed: int) -> Row:
         row.age, row.hr = (_number(values, name) for name in ("age", "hr"))
         seed = values.get("seed", "")
         row.seed = check_seed(seed) if seed else None
-        statements, row.sex = validate_conditions(row.report, row.age, values.get("sex", ""), row.hr, 1, 1, 1)
+        statements, row.sex = validate_conditions(row.report, row.age, values.get("sex", ""), row.hr)
         row.report = "|".join(statements)
     except ValueError as error:
         row.error = str(error).replace("heart_rate", "hr")
@@ -168,13 +168,14 @@ def _done(entry: dict | None, row: Row, options: Sampling) -> bool:
 
 
 def generate_from_csv(
-    pipeline: Pipeline, csv_path: str | Path, out_dir: str | Path, *, options: Sampling, seed: int = 0,
-    batch_size: int | None = None, png: bool = True, progress: bool = True,
+    pipeline: Pipeline, csv_path: str | Path, out_dir: str | Path, *, sampling: Sampling | None = None,
+    seed: int = 0, batch_size: int | None = None, png: bool = True, progress: bool = True,
 ) -> BatchReport:
     """Generate one ECG per valid row of `csv_path` into `out_dir` (see the module docstring).
 
     Args:
-      options: the sampling options (`pipeline.sampling(...)`).
+      sampling: the sampling options, a `Sampling` (`pipeline.sampling(...)`, not checked again);
+        None: the model's defaults. Listed in every index entry.
       seed: the base seed of rows without a `seed` column value.
       batch_size: ECGs per compiled sampler call (default the model's `sampling.batch_size`);
         the index is updated after each batch.
@@ -189,6 +190,7 @@ def generate_from_csv(
 
     seed = check_seed(seed)
     batch_size = check_batch_size(batch_size)
+    options = pipeline.sampling() if sampling is None else sampling
     out_dir = prepare_output_dir(out_dir, resume=True)
     rows = read_conditions(csv_path, seed)
     index_path = out_dir / "index.csv"
@@ -221,7 +223,7 @@ def generate_from_csv(
             signals = pipeline.generate_for_conditions(
                 np.stack([embeddings[p] for p in prompts[first : first + batch_size]]),
                 np.array([SEX_CODES[r.sex] for r in batch], np.float32), np.array([r.age for r in batch], np.float32),
-                np.array([r.hr for r in batch], np.float32), keys=keys, options=options, batch_size=len(batch),
+                np.array([r.hr for r in batch], np.float32), keys=keys, sampling=options, batch_size=len(batch),
             )
             for r, signal in zip(batch, signals):
                 comments = {"report": r.report, "age": f"{r.age:g}", "sex": r.sex, "heart_rate_bpm": f"{r.hr:g}",

@@ -2,17 +2,17 @@
 
 Official `utils/inference.py:generation_from_net`: embed the ordered prompt of the report, build
 the condition vector [text, sex, age, HR], draw x_T ~ N(0, I) of shape `(B, 128, 4)`, run the
-ancestral DDPM sampler, decode with the VAE to `(B, 1024, 12)` mV at 102.4 Hz. Options (`Sampling`):
-DDIM or DPM-Solver++ with fewer steps, classifier-free guidance, limb leads derived from I and II.
+ancestral DDPM sampler, decode with the VAE to `(B, 1024, 12)` mV at 102.4 Hz. Options: one
+`Sampling` (`diffusets_jax.sampling`, re-exported here), made by `Pipeline.sampling(...)`: DDIM or
+DPM-Solver++ with fewer steps, classifier-free guidance, limb leads derived from I and II.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -25,6 +25,7 @@ from diffusets_jax.errors import InputError
 from diffusets_jax.leads import derive_limb_leads
 from diffusets_jax.models import make_condition, null_condition
 from diffusets_jax.pretrained import DEFAULT_MODEL_DIR, config_errors, load_pretrained
+from diffusets_jax.sampling import Sampling, is_real, short_repr, trained_for_guidance  # noqa: F401 - public here too
 
 AGE_RANGE = (0.0, 120.0)  # years
 HEART_RATE_RANGE = (20.0, 300.0)  # bpm
@@ -55,17 +56,6 @@ def check_batch_size(batch_size, name: str = "batch_size") -> int | None:
     return int(batch_size)
 
 
-def short_repr(value, limit: int = 80) -> str:
-    """`repr(value)` cut to `limit` characters: one line for any value in an error message."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-def _is_real(value) -> bool:
-    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-            and math.isfinite(value))
-
-
 @dataclass
 class GenerationResult:
     """Generated ECGs and the conditions they were generated from."""
@@ -86,15 +76,15 @@ class GenerationResult:
     extra: dict = field(default_factory=dict)
 
 
-def validate_conditions(report, age, sex, heart_rate, num_samples: int, num_steps: int, max_steps: int):
-    """Normalise and check generation arguments: `(statements, sex_code)`, the report's non-empty
-    statements (split at '|' and line breaks, stripped) and 'M' or 'F'.
+def validate_conditions(report, age, sex, heart_rate, num_samples: int = 1):
+    """Normalise and check the conditions of a generation: `(statements, sex_code)`, the report's
+    non-empty statements (split at '|' and line breaks, stripped) and 'M' or 'F'.
 
     `report`: text or a list of statements, at most `MAX_REPORT_CHARS` characters, any language
     (kept as given; no control characters but tab); `age` years in `AGE_RANGE`, `heart_rate` bpm
     in `HEART_RATE_RANGE` (finite numbers, not bools); `sex` 'M'/'F'/male/female; `num_samples`
-    in [1, MAX_SAMPLES] and `num_steps` in [1, max_steps] (ints). Raises InputError (a ValueError)
-    naming the argument at fault.
+    an int in [1, MAX_SAMPLES]. The sampling options are checked by `Sampling`. Raises InputError
+    (a ValueError) naming the argument at fault.
     """
     if isinstance(report, (list, tuple)) and all(isinstance(s, str) for s in report):
         text = "|".join(report)
@@ -120,23 +110,20 @@ def validate_conditions(report, age, sex, heart_rate, num_samples: int, num_step
     if sex_code not in SEX_CODES:
         raise InputError(f"sex must be 'M' or 'F' (or male/female), got {short_repr(sex)}")
     for name, value, (low, high) in (("age", age, AGE_RANGE), ("heart_rate", heart_rate, HEART_RATE_RANGE)):
-        if not _is_real(value) or not low <= value <= high:
+        if not is_real(value) or not low <= value <= high:
             raise InputError(f"{name} must be a number in [{low:g}, {high:g}], got {short_repr(value)}")
-    for name, value, high in (("num_samples", num_samples, MAX_SAMPLES), ("num_steps", num_steps, max_steps)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= high:
-            raise InputError(f"{name} must be an integer in [1, {high}], got {short_repr(value)}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or \
+            not 1 <= num_samples <= MAX_SAMPLES:
+        raise InputError(f"num_samples must be an integer in [1, {MAX_SAMPLES}], got {short_repr(num_samples)}")
     return statements, sex_code
 
 
-class Sampling(NamedTuple):
-    """How latents are sampled: `sampler` in `diffusion.SAMPLERS`, model calls, DDIM's eta,
-    classifier-free `guidance_scale` (1: none) and whether III, aVR, aVL, aVF are derived from I, II."""
-
-    sampler: str = "ddpm"
-    num_steps: int = 1000
-    eta: float = 0.0
-    guidance_scale: float = 1.0
-    exact_limb_leads: bool = False
+def _sampling_value(sampling) -> Sampling:
+    """`sampling` if it is a `Sampling`; TypeError otherwise (e.g. a dict of options)."""
+    if not isinstance(sampling, Sampling):
+        raise TypeError(f"sampling must be a Sampling (made by Pipeline.sampling(...) or Sampling.from_config), "
+                        f"got {type(sampling).__name__}")
+    return sampling
 
 
 class Pipeline:
@@ -169,13 +156,10 @@ class Pipeline:
         """Load a model directory (see `diffusets_jax.pretrained`); None means the shipped default model.
 
         Raises FileNotFoundError naming a missing file, ConfigError naming `config.json` and the key
-        if it lacks a section or has a field of the wrong type, ValueError for unusable weights.
+        if it lacks a section or has a field of the wrong type (checked first, `read_model_config`),
+        ValueError for unusable weights.
         """
-        from diffusets_jax.config import MODEL_SECTIONS, load_config, read_config_json
-
         path = Path(DEFAULT_MODEL_DIR if path is None else path)
-        if (path / "config.json").is_file():  # checked first: a wrong field would fail deep in the model code
-            read_config_json(path / "config.json", load_config("small"), MODEL_SECTIONS)
         config, vae, unet = load_pretrained(path)
         with config_errors(path / "config.json"):
             return cls(config, vae, unet, embedder)
@@ -183,37 +167,19 @@ class Pipeline:
     @property
     def trained_for_guidance(self) -> bool:
         """Whether the U-Net saw the null condition in training (condition dropout > 0)."""
-        tc = self.config.get("unet_train", {})
-        return any(tc.get(name, 0.0) > 0 for name in ("condition_dropout", "text_dropout", "patient_dropout"))
+        return trained_for_guidance(self.config)
 
-    def sampling(self, sampler=None, num_steps=None, eta=None, guidance_scale=None, exact_limb_leads=None) -> Sampling:
-        """The sampling options, None meaning the model's `config.sampling`: `sampler` one of
-        `diffusion.SAMPLERS`, `num_steps` an int in [1, num_train_timesteps], `eta` in [0, 1],
-        `guidance_scale` in [0, 50]. Raises InputError (a ValueError) naming a bad one."""
-        defaults = self.config.get("sampling", {})
-        options = Sampling(
-            sampler=sampler or defaults.get("sampler", "ddpm"),
-            num_steps=defaults.get("num_steps", 1000) if num_steps is None else num_steps,
-            eta=defaults.get("eta", 0.0) if eta is None else eta,
-            guidance_scale=defaults.get("guidance_scale", 1.0) if guidance_scale is None else guidance_scale,
-            exact_limb_leads=(defaults.get("exact_limb_leads", False) if exact_limb_leads is None
-                              else bool(exact_limb_leads)),
-        )
-        max_steps = self.config.diffusion.num_train_timesteps
-        if not isinstance(options.sampler, str) or options.sampler not in diffusion.SAMPLERS:
-            raise InputError(f"sampler must be one of {', '.join(diffusion.SAMPLERS)}, "
-                             f"got {short_repr(options.sampler)}")
-        if (isinstance(options.num_steps, bool) or not isinstance(options.num_steps, (int, np.integer))
-                or not 1 <= options.num_steps <= max_steps):
-            raise InputError(f"num_steps must be an integer in [1, {max_steps}], got {short_repr(options.num_steps)}")
-        for name, value, high in (("eta", options.eta, 1.0), ("guidance_scale", options.guidance_scale, 50.0)):
-            if not _is_real(value) or not 0.0 <= value <= high:
-                raise InputError(f"{name} must be a number in [0, {high:g}], got {short_repr(value)}")
-        if options.guidance_scale != 1.0 and not self.trained_for_guidance:
-            warnings.warn("guidance_scale != 1 but this model was trained without condition dropout: its null "
-                          "condition is untrained and guidance may not help", stacklevel=3)
-        return options._replace(num_steps=int(options.num_steps), eta=float(options.eta),
-                                guidance_scale=float(options.guidance_scale))
+    def sampling(self, sampler: str | None = None, num_steps: int | None = None, eta: float | None = None,
+                 guidance_scale: float | None = None, exact_limb_leads: bool | None = None) -> Sampling:
+        """This model's sampling options, checked once (`Sampling.from_config(self.config, ...)`):
+        None takes the model's `config.sampling` value. `sampler` one of `diffusion.SAMPLERS`,
+        `num_steps` an int in [1, num_train_timesteps], `eta` in [0, 1], `guidance_scale` in [0, 50].
+
+        Raises InputError (a ValueError) naming a bad one; warns if guidance_scale != 1 and the
+        model was trained without condition dropout.
+        """
+        return Sampling.from_config(self.config, sampler=sampler, num_steps=num_steps, eta=eta,
+                                    guidance_scale=guidance_scale, exact_limb_leads=exact_limb_leads, stacklevel=3)
 
     def _sampler(self, options: Sampling):
         """`(vae_state, unet_state, condition (B, D+3), keys (B,)) -> (B, 1024, 12)`, compiled once per options."""
@@ -247,9 +213,9 @@ class Pipeline:
 
     def __call__(
         self, report: str | Sequence[str], *, age: float, sex: str, heart_rate: float,
-        num_samples: int = 1, seed: int = 0, num_steps: int | None = None, sampler: str | None = None,
-        guidance_scale: float | None = None, eta: float | None = None, exact_limb_leads: bool | None = None,
-        batch_size: int | None = None, progress: bool = False,
+        num_samples: int = 1, seed: int = 0, sampling: Sampling | None = None, num_steps: int | None = None,
+        sampler: str | None = None, guidance_scale: float | None = None, eta: float | None = None,
+        exact_limb_leads: bool | None = None, batch_size: int | None = None, progress: bool = False,
     ) -> GenerationResult:
         """Generate `num_samples` ECGs `(B, 1024, 12)` in mV for one report and patient.
 
@@ -258,24 +224,32 @@ class Pipeline:
           age: years in [0, 120]; sex: 'M' or 'F'; heart_rate: bpm in [20, 300].
           seed: in [0, 2**32 - 1]; ECG j comes from the key `fold_in(key(seed), j)`: the same seed
             and options give the same ECGs whatever the batch size.
+          sampling: the sampling options, a `Sampling` made by `self.sampling(...)` (not checked again);
+            or give them one by one, as the keywords below (the two ways do not mix).
           num_steps: model calls in [1, 1000]; sampler: 'ddpm' (official), 'ddim', 'dpm-solver++';
           guidance_scale: classifier-free guidance (1: none); eta: DDIM noise (0: deterministic);
           exact_limb_leads: derive III, aVR, aVL, aVF from I and II. None: `config.sampling`.
           batch_size: ECGs per compiled call, >= 1 (default `config.sampling.batch_size`).
         Raises:
-          InputError (a ValueError) naming the argument at fault.
+          InputError (a ValueError) naming the argument at fault; TypeError for `sampling` that is
+          not a `Sampling`, or given together with one of the separate options.
         """
-        options = self.sampling(sampler, num_steps, eta, guidance_scale, exact_limb_leads)
+        separate = dict(sampler=sampler, num_steps=num_steps, eta=eta, guidance_scale=guidance_scale,
+                        exact_limb_leads=exact_limb_leads)
+        if sampling is None:
+            options = self.sampling(**separate)
+        elif given := [name for name, value in separate.items() if value is not None]:
+            raise TypeError(f"give the sampling options as sampling= or one by one, not both ({', '.join(given)})")
+        else:
+            options = _sampling_value(sampling)
         batch_size = check_batch_size(batch_size)
-        statements, sex_code = validate_conditions(
-            report, age, sex, heart_rate, num_samples, options.num_steps, self.config.diffusion.num_train_timesteps
-        )
+        statements, sex_code = validate_conditions(report, age, sex, heart_rate, num_samples)
         seed = check_seed(seed)
         embedding, prompt = self.embed(statements)
         signals = self.generate_for_conditions(
             np.repeat(embedding[None], num_samples, 0), np.full(num_samples, SEX_CODES[sex_code], np.float32),
             np.full(num_samples, age, np.float32), np.full(num_samples, heart_rate, np.float32),
-            seed=seed, options=options, batch_size=batch_size, progress=progress,
+            seed=seed, sampling=options, batch_size=batch_size, progress=progress,
         )
         return GenerationResult(
             signals=signals, report="|".join(statements), age=float(age), sex=sex_code,
@@ -286,9 +260,8 @@ class Pipeline:
 
     def generate_for_conditions(
         self, text_embeddings: np.ndarray, sex: np.ndarray, age: np.ndarray, heart_rate: np.ndarray, *,
-        seed: int = 0, keys: jax.Array | None = None, num_steps: int | None = None, sampler: str | None = None,
-        guidance_scale: float | None = None, eta: float | None = None, exact_limb_leads: bool | None = None,
-        options: Sampling | None = None, batch_size: int | None = None, progress: bool = False,
+        seed: int = 0, keys: jax.Array | None = None, sampling: Sampling | None = None,
+        batch_size: int | None = None, progress: bool = False,
     ) -> np.ndarray:
         """One ECG per condition row: `(N, 1024, 12)` mV for text embeddings `(N, D)` (already
         embedded, e.g. a processed set's), sex `(N,)` (1.0 male, 0.0 female), age (years) and heart
@@ -298,10 +271,10 @@ class Pipeline:
         `row_keys`), so no row depends on its batch-mates. Batches of `compiled_batch_size(N,
         batch_size)` rows, the last one padded: one compiled sampler serves every batch, and runs
         of other N reuse it (in this process, and in later ones through the compilation cache).
-        Sampling arguments as `__call__` (or `options`, a `Sampling`).
+        `sampling`: a `Sampling` (`self.sampling(...)`, not checked again); None: the model's defaults.
 
-        Raises ValueError for rows of different lengths, a text width the model does not take or a
-        bad sampling argument, seed or batch size (InputError).
+        Raises ValueError for rows of different lengths, a text width the model does not take, or a
+        bad seed or batch size (InputError); TypeError for `sampling` that is not a `Sampling`.
         """
         batch_size = check_batch_size(batch_size)
         text_embeddings = np.asarray(text_embeddings, np.float32)
@@ -314,7 +287,7 @@ class Pipeline:
         if text_embeddings.ndim != 2 or text_embeddings.shape[1] != self.config.text.embed_dim:
             raise ValueError(f"text embeddings have shape {text_embeddings.shape}; the model takes "
                              f"(N, {self.config.text.embed_dim}) ({self.config.text.embedder})")
-        options = options or self.sampling(sampler, num_steps, eta, guidance_scale, exact_limb_leads)
+        options = self.sampling() if sampling is None else _sampling_value(sampling)
         batch_size = compiled_batch_size(n, batch_size or self.config.sampling.batch_size)
         condition = np.asarray(make_condition(text_embeddings, sex, age, heart_rate))
         keys = row_keys(np.full(n, check_seed(seed)), np.arange(n)) if keys is None else keys

@@ -17,8 +17,9 @@ Behaviour:
 * One model in memory, loaded and compiled at start-up in a background thread; until it is ready
   /api/health and the page say "warming up" and /api/generate answers 503.
 * Requests are served one model call at a time (a lock); at most `MAX_QUEUE` wait, more get 503.
-* Inputs are checked by the library's own validation (`Pipeline.sampling`, `validate_conditions`),
-  so a bad value gets the same message as on the command line, as a 4xx `{"detail": message}`.
+* Inputs are checked by the library's own validation (`Sampling.from_config`, `validate_conditions`),
+  once per request, so a bad value gets the same message as on the command line, as a 4xx
+  `{"detail": message}`; the checked `Sampling` is what the pipeline runs.
   `--max-samples` caps ECGs per request. ECG counts are rounded up to a power of two for the
   compiled sampler (ECG j comes from its own key, so the first n of a batch are the n asked for)
   and the padding is dropped: at most log2(batch size) + 1 compilations per sampling setting.
@@ -39,7 +40,6 @@ import shutil
 import tempfile
 import threading
 import time
-import types
 import zipfile
 from collections import deque
 from pathlib import Path
@@ -228,16 +228,15 @@ class ECGService:
 
     def __init__(self, checkpoint: str | Path | None = None, max_samples: int = DEFAULT_MAX_SAMPLES,
                  warmup_sizes=WARMUP_SIZES, warmup_options: dict | None = None):
-        from diffusets_jax.config import config_from_json
-        from diffusets_jax.pretrained import DEFAULT_MODEL_DIR
+        from diffusets_jax.pretrained import DEFAULT_MODEL_DIR, read_model_config
+        from diffusets_jax.sampling import Sampling
 
         if not isinstance(max_samples, int) or max_samples < 1:
             raise ValueError(f"--max-samples must be a positive integer, got {max_samples!r}")
         self.checkpoint = Path(DEFAULT_MODEL_DIR if checkpoint is None else checkpoint)
-        for name in ("config.json", "vae.npz", "unet.npz"):  # as load_pretrained, but at once
-            if not (self.checkpoint / name).is_file():
-                raise FileNotFoundError(f"{self.checkpoint / name} not found: not a diffusets-jax model directory")
-        self.config = config_from_json((self.checkpoint / "config.json").read_text())
+        # Its files and config checked at once, as load_pretrained will (the weights load in the background).
+        self.config = read_model_config(self.checkpoint)
+        self.defaults = Sampling.from_config(self.config)  # the model's sampling defaults, checked
         card = self.checkpoint / "MODEL_CARD.md"
         self.model_card = card.read_text(encoding="utf-8").splitlines() if card.is_file() else None
         self.max_samples = max_samples
@@ -277,8 +276,7 @@ class ECGService:
                 pipeline = Pipeline.from_pretrained(self.checkpoint)
                 options = pipeline.sampling(**self.warmup_options)
                 for size in sorted({self.bucket(n) for n in self.warmup_sizes}):
-                    pipeline("Sinus rhythm", age=50, sex="F", heart_rate=70, num_samples=size,
-                             **options._asdict())
+                    pipeline("Sinus rhythm", age=50, sex="F", heart_rate=70, num_samples=size, sampling=options)
                 self.pipeline = pipeline
                 self.warmup_seconds = time.perf_counter() - start
             self.ready.set()
@@ -315,20 +313,16 @@ class ECGService:
     def model_info(self) -> dict:
         from diffusets_jax import diffusion
         from diffusets_jax.constants import FS, LEADS
-        from diffusets_jax.pipeline import AGE_RANGE, HEART_RATE_RANGE, MAX_REPORT_CHARS, MAX_SEED, Pipeline
+        from diffusets_jax.pipeline import AGE_RANGE, HEART_RATE_RANGE, MAX_REPORT_CHARS, MAX_SEED
+        from diffusets_jax.sampling import trained_for_guidance
 
-        sampling = self.config.get("sampling", {})
-        defaults = {"sampler": sampling.get("sampler", "ddpm"), "num_steps": sampling.get("num_steps", 1000),
-                    "eta": sampling.get("eta", 0.0), "guidance_scale": sampling.get("guidance_scale", 1.0),
-                    "exact_limb_leads": sampling.get("exact_limb_leads", False),
-                    "batch_size": sampling.get("batch_size", 16)}
+        defaults = {**self.defaults.as_dict(), "batch_size": self.config.get("sampling", {}).get("batch_size", 16)}
         card = self.model_card
         return {
             "checkpoint": str(self.checkpoint), "config_name": self.config.get("name", ""),
             "status": self.status, "sampling": defaults, "samplers": list(diffusion.SAMPLERS),
             "max_steps": int(self.config.diffusion.num_train_timesteps),
-            # Pipeline's own rule, read from the config without loading the model.
-            "trained_for_guidance": Pipeline.trained_for_guidance.fget(types.SimpleNamespace(config=self.config)),
+            "trained_for_guidance": trained_for_guidance(self.config),
             "text_embedder": self.config.text.embedder, "fs": FS, "leads": list(LEADS),
             "limits": {"age": list(AGE_RANGE), "heart_rate": list(HEART_RATE_RANGE),
                        "report_chars": MAX_REPORT_CHARS, "num_samples": [1, self.max_samples],
@@ -343,25 +337,20 @@ class ECGService:
     def validate(self, request: dict):
         """The library's checks, in the order `generate` runs them; ServeError(422) with its message."""
         from diffusets_jax.pipeline import check_seed, validate_conditions
+        from diffusets_jax.sampling import FIELDS, Sampling
 
-        pipeline = self.pipeline
         try:
-            options = pipeline.sampling(request["sampler"], request["num_steps"], request["eta"],
-                                        request["guidance_scale"], request["exact_limb_leads"])
+            options = Sampling.from_config(self.config, **{name: request[name] for name in FIELDS})
             statements, sex = validate_conditions(
-                request["report"], request["age"], request["sex"], request["heart_rate"], request["num_samples"],
-                options.num_steps, self.config.diffusion.num_train_timesteps)
+                request["report"], request["age"], request["sex"], request["heart_rate"], request["num_samples"])
             seed = check_seed(request["seed"])
         except ValueError as error:
             raise ServeError(422, str(error)) from None
         if request["num_samples"] > self.max_samples:
             raise ServeError(422, f"num_samples must be at most {self.max_samples} on this server "
                                   f"(serve --max-samples), got {request['num_samples']}")
-        warnings = []
-        if options.guidance_scale != 1.0 and not pipeline.trained_for_guidance:
-            warnings.append("guidance_scale != 1 but this model was trained without condition dropout: "
-                            "guidance may not help")
-        return options, statements, sex, seed, warnings
+        message = options.guidance_warning(self.config)
+        return options, statements, sex, seed, [message] if message else []
 
     def generate(self, payload) -> dict:
         """Parse, validate, generate (one at a time), write the files; the JSON answer."""
@@ -382,7 +371,7 @@ class ECGService:
                 started = time.perf_counter()
                 result = self.pipeline(statements, age=float(request["age"]), sex=sex,
                                        heart_rate=float(request["heart_rate"]), num_samples=self.bucket(n),
-                                       seed=seed, **options._asdict())
+                                       seed=seed, sampling=options)
             generated = time.perf_counter()
         finally:
             with self._count_lock:
@@ -455,7 +444,8 @@ def create_app(checkpoint: str | Path | None = None, max_samples: int = DEFAULT_
         warmup_sizes, warmup_options: ECG counts and `Pipeline.sampling` arguments compiled at
             start-up (default: 1 and 2 ECGs with the model's default sampling).
     Raises:
-        FileNotFoundError if `checkpoint` is not a model directory; ValueError for a bad max_samples.
+        FileNotFoundError if `checkpoint` is not a model directory; ConfigError (a ValueError) if its
+        config.json does not fit (`pretrained.read_model_config`); ValueError for a bad max_samples.
     """
     from fastapi_offline import FastAPIOffline
 

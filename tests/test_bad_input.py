@@ -100,7 +100,7 @@ def test_a_row_that_cannot_be_written_is_listed_and_the_rest_are_written(tiny_pi
 
     monkeypatch.setattr(ecg_io, "write_wfdb", failing)
     (tmp_path / "c.csv").write_text(CSV)
-    done = generate_from_csv(tiny_pipeline, tmp_path / "c.csv", tmp_path / "out", options=tiny_pipeline.sampling(),
+    done = generate_from_csv(tiny_pipeline, tmp_path / "c.csv", tmp_path / "out", sampling=tiny_pipeline.sampling(),
                              batch_size=3, png=False, progress=False)
     assert done.generated == [0, 2] and [(r.row, r.error) for r in done.bad] == [
         (1, "could not write the record: signal contains NaN or infinite values")]

@@ -116,6 +116,44 @@ def test_bad_sampling_arguments_are_named(tiny_pipeline, kwargs, field):
         tiny_pipeline("Sinus rhythm", **kwargs, **CONDITIONS)
 
 
+def test_one_sampling_value_is_passed_through_and_not_checked_again(tiny_pipeline, tiny_model_dir, monkeypatch):
+    from diffusets_jax import sampling as sampling_module
+    from diffusets_jax.pipeline import Sampling
+    from diffusets_jax.pretrained import read_model_config
+
+    options = tiny_pipeline.sampling("ddim", 2)
+    assert options == Sampling.from_config(read_model_config(tiny_model_dir), sampler="ddim", num_steps=2)
+    by_keywords = tiny_pipeline("Sinus rhythm", seed=5, sampler="ddim", num_steps=2, **CONDITIONS)
+    monkeypatch.setattr(sampling_module, "_check_num_steps", lambda *a: pytest.fail("checked again"))
+    monkeypatch.setattr(Sampling, "from_config", classmethod(lambda *a, **k: pytest.fail("made again")))
+    by_value = tiny_pipeline("Sinus rhythm", seed=5, sampling=options, **CONDITIONS)
+    np.testing.assert_array_equal(by_value.signals, by_keywords.signals)
+    assert (by_value.sampler, by_value.num_steps) == ("ddim", 2)
+    with pytest.raises(TypeError, match="not both"):
+        tiny_pipeline("Sinus rhythm", sampling=options, num_steps=3, **CONDITIONS)
+    with pytest.raises(TypeError, match="sampling must be a Sampling"):
+        tiny_pipeline.generate_for_conditions(np.zeros((1, tiny_pipeline.config.text.embed_dim)), [1.0], [50.0],
+                                              [70.0], sampling={"num_steps": 2})
+
+
+def test_a_sampling_is_checked_when_made(tiny_pipeline):
+    from diffusets_jax.errors import InputError
+    from diffusets_jax.pipeline import Sampling
+
+    with pytest.raises(InputError, match=r"eta must be a number in \[0, 1\], got 2"):
+        Sampling("ddim", 10, eta=2)
+    with pytest.raises(InputError, match="num_steps must be an integer of at least 1, got 0"):
+        Sampling(num_steps=0)
+    with pytest.raises(InputError, match=r"num_steps must be an integer in \[1, 1000\], got 5000"):
+        tiny_pipeline.sampling(num_steps=5000)
+    with pytest.raises(InputError, match="sampler must be one of"):
+        Sampling("ddim").replace(sampler="euler")
+    assert Sampling(num_steps=np.int64(3), guidance_scale=2).as_dict() == {
+        "sampler": "ddpm", "num_steps": 3, "eta": 0.0, "guidance_scale": 2.0, "exact_limb_leads": False}
+    with pytest.warns(UserWarning, match="trained without condition dropout"):
+        tiny_pipeline.sampling(guidance_scale=2.0)  # the tiny model has no condition dropout
+
+
 CSV = """report,age,sex,hr,seed
 Sinus rhythm|Normal ECG,50,F,70,
 Sinus tachycardia,abc,M,120,
@@ -152,7 +190,7 @@ def test_generate_from_csv_resumes_after_an_interruption(tiny_pipeline, tmp_path
 
     (tmp_path / "conditions.csv").write_text(CSV)
     options = tiny_pipeline.sampling()
-    clean = generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "clean", options=options,
+    clean = generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "clean", sampling=options,
                               batch_size=1, png=False, progress=False)
     assert clean.generated == [0, 2, 4] and [r.row for r in clean.bad] == [1, 3]
 
@@ -166,21 +204,21 @@ def test_generate_from_csv_resumes_after_an_interruption(tiny_pipeline, tmp_path
 
     monkeypatch.setattr(tiny_pipeline, "generate_for_conditions", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "out", options=options,
+        generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "out", sampling=options,
                           batch_size=1, png=False, progress=False)
     monkeypatch.setattr(tiny_pipeline, "generate_for_conditions", original)
-    resumed = generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "out", options=options,
+    resumed = generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "out", sampling=options,
                                 batch_size=1, png=False, progress=False)
     assert resumed.already_done == [0] and resumed.generated == [2, 4]
     for row in (0, 2, 4):  # the same ECGs; float rounding may move a value across one 1 uV WFDB step
         np.testing.assert_allclose(_record(tmp_path / "out", row), _record(tmp_path / "clean", row), atol=1.5e-3)
     # A changed row is generated again; other sampling options redo everything.
     (tmp_path / "conditions.csv").write_text(CSV.replace("50,F,70", "50,F,75"))
-    again = generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "out", options=options,
+    again = generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "out", sampling=options,
                               batch_size=2, png=False, progress=False)
     assert again.generated == [0] and again.already_done == [2, 4]
     other = generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "out",
-                              options=options._replace(num_steps=3), batch_size=2, png=False, progress=False)
+                              sampling=options.replace(num_steps=3), batch_size=2, png=False, progress=False)
     assert other.generated == [0, 2, 4]
 
 
@@ -190,7 +228,7 @@ def test_generate_from_csv_refuses_a_file_without_a_required_column(tiny_pipelin
     (tmp_path / "conditions.csv").write_text("report,age,sex\nSinus rhythm,50,F\n")
     with pytest.raises(ValueError, match="missing column.*hr"):
         generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "out",
-                          options=tiny_pipeline.sampling(), png=False, progress=False)
+                          sampling=tiny_pipeline.sampling(), png=False, progress=False)
 
 
 def test_generate_command_refuses_csv_and_single_conditions_together(tiny_model_dir, tmp_path, capsys):

@@ -16,7 +16,7 @@ from diffusets_jax.batch_generation import _parse_row, read_conditions
 from diffusets_jax.diffusion import SAMPLERS
 from diffusets_jax.errors import DiffusetsError
 from diffusets_jax.pipeline import (AGE_RANGE, HEART_RATE_RANGE, MAX_REPORT_CHARS, MAX_SAMPLES, MAX_SEED, Pipeline,
-                                    check_seed, validate_conditions)
+                                    Sampling, check_seed, validate_conditions)
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MAX_STEPS = 1000
@@ -64,10 +64,9 @@ def run(function, *args, **kwargs):
 
 
 @SETTINGS
-@given(report=reports, age=numbers, sex=sexes, heart_rate=numbers, num_samples=counts, num_steps=counts)
-def test_validate_conditions_accepts_valid_values_or_refuses_in_one_line(report, age, sex, heart_rate,
-                                                                          num_samples, num_steps):
-    result = run(validate_conditions, report, age, sex, heart_rate, num_samples, num_steps, MAX_STEPS)
+@given(report=reports, age=numbers, sex=sexes, heart_rate=numbers, num_samples=counts)
+def test_validate_conditions_accepts_valid_values_or_refuses_in_one_line(report, age, sex, heart_rate, num_samples):
+    result = run(validate_conditions, report, age, sex, heart_rate, num_samples)
     if result is None:
         return
     statements, sex_code = result
@@ -78,8 +77,7 @@ def test_validate_conditions_accepts_valid_values_or_refuses_in_one_line(report,
     assert sex_code in ("M", "F")
     for value, (low, high) in ((age, AGE_RANGE), (heart_rate, HEART_RATE_RANGE)):
         assert not isinstance(value, bool) and math.isfinite(value) and low <= value <= high
-    assert 1 <= num_samples <= MAX_SAMPLES and 1 <= num_steps <= MAX_STEPS
-    assert not isinstance(num_samples, bool) and not isinstance(num_steps, bool)
+    assert 1 <= num_samples <= MAX_SAMPLES and not isinstance(num_samples, bool)
 
 
 @SETTINGS
@@ -133,6 +131,21 @@ def test_sampling_options_are_accepted_valid_or_refused_in_one_line(config_only_
     assert type(result.eta) is float and 0 <= result.eta <= 1
     assert type(result.guidance_scale) is float and 0 <= result.guidance_scale <= 50
     assert isinstance(result.exact_limb_leads, bool)
+
+
+@SETTINGS
+@given(sampler=st.one_of(st.sampled_from(SAMPLERS), text, st.none(), st.integers()), num_steps=counts, eta=options,
+       guidance_scale=options, exact_limb_leads=st.one_of(st.booleans(), st.none(), st.integers(0, 1)))
+def test_a_sampling_made_directly_is_valid_or_refused_in_one_line(sampler, num_steps, eta, guidance_scale,
+                                                                  exact_limb_leads):
+    result = run(Sampling, sampler, num_steps, eta, guidance_scale, exact_limb_leads)
+    if result is None:
+        return
+    assert result.sampler in SAMPLERS and type(result.num_steps) is int and result.num_steps >= 1
+    assert type(result.eta) is float and 0 <= result.eta <= 1
+    assert type(result.guidance_scale) is float and 0 <= result.guidance_scale <= 50
+    assert type(result.exact_limb_leads) is bool
+    assert result == Sampling(**result.as_dict()) and hash(result) == hash(Sampling(**result.as_dict()))
 
 
 cells = st.one_of(text, st.sampled_from(["50", "70", "M", "F", "nan", "inf", "-1", "1e3", "4294967296", " 7 ", ""]))

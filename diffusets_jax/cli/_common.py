@@ -61,7 +61,8 @@ def add_sampling_args(p: argparse.ArgumentParser, defaults: dict | None = None) 
 
 
 def sampling_options(args: argparse.Namespace) -> dict:
-    """The sampling options of `add_sampling_args` as keyword arguments (None: the model's config)."""
+    """The values of `add_sampling_args`' options by field name (None: not given, the model's
+    config): the keyword arguments of `Sampling.from_config` / `Pipeline.sampling`, which check them."""
     return dict(sampler=args.sampler, num_steps=args.num_steps, eta=args.eta, guidance_scale=args.guidance_scale,
                 exact_limb_leads=args.exact_limb_leads)
 

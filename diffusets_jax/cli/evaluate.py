@@ -34,17 +34,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from diffusets_jax.evaluation.evaluate import evaluate
     from diffusets_jax.pipeline import check_batch_size, check_seed
+    from diffusets_jax.pretrained import read_model_config
+    from diffusets_jax.sampling import Sampling
 
     folds = parse_folds(args.folds)
     if args.num_samples < 4:
         raise UsageError(f"--num-samples must be at least 4 (k = 3 nearest neighbours), got {args.num_samples}")
     check_seed(args.seed, "--seed")
     check_batch_size(args.batch_size, "--batch-size")
+    sampling = None
     if args.samples is not None:  # nothing is generated: the options of generation do not apply
         given = [f"--{name.replace('_', '-')}" for name, value in sampling_options(args).items() if value is not None]
         given += ["--batch-size"] if args.batch_size is not None else []
         if given:
             raise UsageError(f"--samples scores ECGs already generated; drop {', '.join(given)}")
-    evaluate(args.checkpoint, args.data, args.out, num_samples=args.num_samples, folds=folds,
+    else:  # checked once, against the model's config, before the evaluator and the data are loaded
+        sampling = Sampling.from_config(read_model_config(args.checkpoint), **sampling_options(args))
+    evaluate(args.checkpoint, args.data, args.out, num_samples=args.num_samples, folds=folds, sampling=sampling,
              batch_size=args.batch_size, seed=args.seed, evaluator_dir=args.evaluator,
-             samples=args.samples, intervals=not args.no_intervals, sampling=sampling_options(args))
+             samples=args.samples, intervals=not args.no_intervals)

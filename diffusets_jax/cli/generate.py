@@ -80,14 +80,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise UsageError(f"--experience-index {args.experience_index} not found")
     num_samples = 4 if args.num_samples is None else args.num_samples
     if args.from_csv is None:
-        validate_conditions(args.report, args.age, args.sex, args.hr, num_samples, 1, 1)
+        validate_conditions(args.report, args.age, args.sex, args.hr, num_samples)
     pipeline = Pipeline.from_pretrained(args.checkpoint)
-    options = pipeline.sampling(**sampling_options(args))
+    options = pipeline.sampling(**sampling_options(args))  # checked once, here
     prepare_output_dir(args.out, overwrite=args.overwrite, resume=args.from_csv is not None)  # before the compute
     if args.from_csv is not None:
         from diffusets_jax.batch_generation import generate_from_csv
 
-        done = generate_from_csv(pipeline, args.from_csv, args.out, options=options, seed=args.seed,
+        done = generate_from_csv(pipeline, args.from_csv, args.out, sampling=options, seed=args.seed,
                                  batch_size=args.batch_size, png=not args.no_png)
         redone = (f" ({len(done.redone)} regenerated: an earlier run's record was incomplete or corrupt)"
                   if done.redone else "")
@@ -109,7 +109,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
                                 5 if args.retrieval_k is None else args.retrieval_k, embedder=pipeline.embedder)
         print(f"retrieval-augmented report: {report}")
     result = pipeline(report, age=args.age, sex=args.sex, heart_rate=args.hr, num_samples=num_samples,
-                      seed=args.seed, batch_size=args.batch_size, progress=True, **options._asdict())
+                      seed=args.seed, sampling=options, batch_size=args.batch_size, progress=True)
     paths = write_outputs(result, args.out, png=not args.no_png)
     names = ", ".join(p.name for p in paths[:4]) + (", ..." if len(paths) > 4 else "")
     print(f"wrote {len(paths)} ECGs to {args.out} ({names})")

@@ -24,13 +24,16 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from diffusets_jax.conditions import condition_labels
 from diffusets_jax.evaluation import metrics as M
 from diffusets_jax.evaluation import realism as R
+
+if TYPE_CHECKING:
+    from diffusets_jax.sampling import Sampling
 
 DEFAULT_FOLDS = (9, 10)
 #: Timesteps of the denoising-error curve (`denoising_error`).
@@ -164,25 +167,35 @@ def load_samples(path: str | Path, num_samples: int) -> np.ndarray:
 
 
 def evaluate(checkpoint: str | Path | None, data_dirs: Sequence[str | Path], out_dir: str | Path, *,
-             num_samples: int = 100, folds: Sequence[int] = DEFAULT_FOLDS, num_steps: int | None = None,
+             num_samples: int = 100, folds: Sequence[int] = DEFAULT_FOLDS, sampling: Sampling | None = None,
              batch_size: int | None = None, seed: int = 0, evaluator_dir: str | Path | None = None,
-             samples: str | Path | None = None, intervals: bool = True, sampling: dict | None = None) -> Path:
+             samples: str | Path | None = None, intervals: bool = True) -> Path:
     """Generate (or read from `samples`, an `.npz` written by a previous run) and score ECGs for
     `num_samples` held-out conditions; write `metrics.json`, `report.md`, its figures and
     `samples.npz` to `out_dir`. Returns the report path.
 
-    `sampling`: keyword arguments of `Pipeline.sampling` (sampler, num_steps, eta, guidance_scale,
-    exact_limb_leads; None entries take the model's config); `num_steps` alone may be given directly.
+    Args:
+      checkpoint: pretrained model directory (None: the shipped model).
+      sampling: the sampling options, a `Sampling` for this model, e.g.
+        `Sampling.from_config(read_model_config(checkpoint), num_steps=50)` (not checked again);
+        None: the model's `config.sampling`. Recorded in `metrics.json` (`protocol.sampling`).
+        Not with `samples`.
+      batch_size: ECGs per compiled sampler call (None: the model's config).
 
-    Raises FileNotFoundError for a missing model, evaluator or dataset, ValueError if the model,
-    the evaluator and the datasets do not share the text embedder, or no record is in `folds`,
-    DataError for unusable `samples` (`load_samples`, checked first).
+    Raises:
+      FileNotFoundError for a missing model, evaluator or dataset; ValueError if the model, the
+      evaluator and the datasets do not share the text embedder, or no record is in `folds`;
+      DataError for unusable `samples` (`load_samples`, checked first); InputError for `sampling`
+      given with `samples`.
     """
     from diffusets_jax import compile_cache
     from diffusets_jax.evaluation.report import write_report
     from diffusets_jax.evaluation.train_clip import DEFAULT_EVALUATOR_DIR, load_evaluator
+    from diffusets_jax.errors import InputError
     from diffusets_jax.pipeline import Pipeline
 
+    if samples is not None and sampling is not None:
+        raise InputError("sampling does not apply to samples already generated: give one of them")
     compile_cache.ensure_enabled()  # the sampler and the evaluator compile once, not per run
 
     generated = None if samples is None else load_samples(samples, num_samples)
@@ -195,14 +208,13 @@ def evaluate(checkpoint: str | Path | None, data_dirs: Sequence[str | Path], out
                          f"({dataset.embedder}); the evaluator takes {evaluator_config.text.embed_dim}-d")
     real, text = dataset.signals[rows], dataset.text_embeddings[rows]
     requested_hr, reports = dataset.heart_rate[rows], dataset.reports[rows]
-    sampling = {**(sampling or {}), **({"num_steps": num_steps} if num_steps is not None else {})}
     options = None
     start = time.perf_counter()
     if samples is None:
         pipeline = Pipeline.from_pretrained(checkpoint)
-        options = pipeline.sampling(**sampling)
+        options = pipeline.sampling() if sampling is None else sampling
         generated = pipeline.generate_for_conditions(text, dataset.sex_codes[rows], dataset.age[rows], requested_hr,
-                                                     seed=seed, options=options, batch_size=batch_size,
+                                                     seed=seed, sampling=options, batch_size=batch_size,
                                                      progress=True)
         np.savez(out_dir / "samples.npz", signals=generated, record_ids=dataset.record_ids[rows])
     generation_s = time.perf_counter() - start
@@ -217,7 +229,7 @@ def evaluate(checkpoint: str | Path | None, data_dirs: Sequence[str | Path], out
         "denoising_error": denoising,
         "protocol": {"checkpoint": str(checkpoint or "default"), "data": [str(d) for d in data_dirs],
                      "folds": list(folds), "num_samples": num_samples, "num_records": len(dataset),
-                     "sampling": options._asdict() if options else None, "seed": seed,
+                     "sampling": options.as_dict() if options else None, "seed": seed,
                      "generation_s": generation_s, "scoring_s": scoring_s},
     }
     titles = [f"{r} | {a:.0f} y {s} | {h:.0f} bpm" for r, a, s, h in

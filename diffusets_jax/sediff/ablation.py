@@ -138,13 +138,13 @@ def load_base(path: str | Path, beat_decoder_dir: str | Path | None, needs_decod
 
     Raises FileNotFoundError naming the missing config, checkpoint or (if `needs_decoder`) beat decoder.
     """
+    from diffusets_jax.checkpoints import CONFIG_FILE, read_config
     from diffusets_jax.configs.common import get_config as common_config
-    from diffusets_jax.config import config_from_json
 
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"--base-workdir {path}: no config.json (not a training workdir)")
-    config = config_from_json((path / "config.json").read_text())
+    if not (path / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"--base-workdir {path}: no {CONFIG_FILE} (not a training workdir)")
+    config = read_config(path)
     sediff = common_config().sediff
     sediff.update(config.get("sediff", {}))
     config.sediff = sediff
@@ -235,7 +235,7 @@ def prepare_variant(base: BaseWorkdir, directory: Path, config, spec: dict, need
 
     Raises ValueError naming the directory if it exists with other settings or was not made here.
     """
-    from diffusets_jax.config import config_to_json
+    from diffusets_jax.checkpoints import write_config
 
     if directory.exists():
         stored_path = directory / SPEC_FILE
@@ -254,7 +254,7 @@ def prepare_variant(base: BaseWorkdir, directory: Path, config, spec: dict, need
         shutil.copytree(base.path / name / str(step), partial / name / str(step))
     if needs_decoder:
         shutil.copytree(base.decoder_dir, partial / "beat_decoder")
-    (partial / "config.json").write_text(config_to_json(config))
+    write_config(partial, config)
     (partial / SPEC_FILE).write_text(json.dumps(spec, indent=1) + "\n")
     partial.rename(directory)
 
@@ -290,34 +290,45 @@ def training_summary(directory: Path, base_step: int, steps: int) -> dict:
             "step_time_s": float(np.median([r["step_time_s"] for r in records]))}
 
 
-def generate_and_score(directory: Path, conditions: Conditions, text: np.ndarray, evaluator, *, sampling: dict,
+def generate_and_score(directory: Path, conditions: Conditions, text: np.ndarray, evaluator, *, sampling,
                        weights: str, batch_size: int, seed: int) -> dict:
     """Load the variant's VAE and U-Net (`weights`: 'ema' or 'raw'), save them as a model directory
-    `directory/model`, generate one ECG per condition row (conditioned on `text` `(N, D)`) and
-    score it. Returns `{'generated', 'real_reference', 'generation_s', 'sampling'}`;
-    the ECGs go to `directory/samples.npz`."""
-    from diffusets_jax.config import config_from_json
+    `directory/model`, generate one ECG per condition row (conditioned on `text` `(N, D)`) with the
+    `Sampling` `sampling` (checked by the caller, `ablation_sampling`) and score it. Returns
+    `{'generated', 'real_reference', 'generation_s', 'sampling'}`; the ECGs go to `directory/samples.npz`."""
+    from diffusets_jax.checkpoints import read_config
     from diffusets_jax.evaluation.evaluate import score
     from diffusets_jax.pipeline import Pipeline
     from diffusets_jax.pretrained import save_pretrained
     from diffusets_jax.training.diffusion import load_trained_unet
     from diffusets_jax.training.vae import load_trained_vae
 
-    config = config_from_json((directory / "config.json").read_text())
+    config = read_config(directory)
     vae, _ = load_trained_vae(config, directory)
     unet, _ = load_trained_unet(config, directory, use_ema=weights == "ema")
     save_pretrained(directory / "model", config, vae, unet)
     pipeline = Pipeline(config, vae, unet)
-    options = pipeline.sampling(sampling["sampler"], sampling["num_steps"], 0.0, sampling["guidance_scale"], False)
     start = time.perf_counter()
     generated = pipeline.generate_for_conditions(text, conditions.sex, conditions.age, conditions.heart_rate,
-                                                 seed=seed, options=options, batch_size=batch_size, progress=True)
+                                                 seed=seed, sampling=sampling, batch_size=batch_size, progress=True)
     generation_s = time.perf_counter() - start
     np.savez(directory / "samples.npz", signals=generated)
     result = score(conditions.real, generated, conditions.text, conditions.heart_rate, conditions.reports,
                    evaluator, intervals=False)
     return {"generated": result["generated"], "real_reference": result["real_reference"],
-            "generation_s": generation_s, "sampling": options._asdict()}
+            "generation_s": generation_s, "sampling": sampling.as_dict()}
+
+
+def ablation_sampling(config, sampler: str, num_steps: int, guidance_scale: float | None):
+    """The `Sampling` every variant generates with: `sampler`, `num_steps`, `guidance_scale` (None:
+    the model's), no DDIM noise, limb leads as generated; checked once against the base `config`.
+
+    Raises InputError (a ValueError) naming the option at fault (e.g. `num_steps`).
+    """
+    from diffusets_jax.sampling import Sampling
+
+    return Sampling.from_config(config, sampler=sampler, num_steps=num_steps, eta=0.0, guidance_scale=guidance_scale,
+                                exact_limb_leads=False, stacklevel=2)
 
 
 def summary_row(variant: Variant, spec: dict, train_s: float | None, losses: dict, scores: dict) -> dict:
@@ -439,6 +450,7 @@ def run_ablation(base_workdir: str | Path, data_dirs: Sequence[str | Path], out:
     base = load_base(base_workdir, beat_decoder_dir, any(v.uses_decoder for v in chosen))
     if learning_rate is None:
         learning_rate = base.config.unet_train.learning_rate * base.config.unet_train.final_lr_fraction
+    options = ablation_sampling(base.config, sampler, num_steps, guidance_scale)  # before any fine-tune
 
     conditions = held_out_conditions(data_dirs, rag_dirs if needs_rag else (), folds, num_samples, seed)
     evaluator_dir = Path(evaluator_dir or DEFAULT_EVALUATOR_DIR)
@@ -482,7 +494,7 @@ def run_ablation(base_workdir: str | Path, data_dirs: Sequence[str | Path], out:
         losses = training_summary(directory, base.unet_step, steps)
         print(f"{prefix}: generating and scoring {num_samples} ECGs", flush=True)
         text = conditions.rag_text if variant.retrieval else conditions.text
-        scores = generate_and_score(directory, conditions, text, evaluator, sampling=evaluation["sampling"],
+        scores = generate_and_score(directory, conditions, text, evaluator, sampling=options,
                                     weights=weights, batch_size=batch_size, seed=seed)
         row = summary_row(variant, spec, train_s, losses, scores)
         reference = reference_row(scores["real_reference"])
