@@ -125,7 +125,8 @@ def test_interrupted_beat_decoder_training_resumes_to_the_same_parameters(vae_wo
     # finished: a rerun trains nothing and leaves the decoder as it is
     saved = parts / "beat_decoder" / "beat_decoder.npz"
     stamp = saved.stat().st_mtime_ns
-    assert train(parts)["training"]["created"] == record["training"]["created"]
+    again = train(parts)
+    assert again["already_trained"] and again["training"]["created"] == record["training"]["created"]
     assert "nothing to do" in capsys.readouterr().out and saved.stat().st_mtime_ns == stamp
     with pytest.raises(ConfigError, match="base=16 \\(now 32\\)"):  # checkpoints of other settings
         train(parts, base=32)

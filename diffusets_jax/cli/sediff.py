@@ -220,6 +220,8 @@ def cmd_train_beat_decoder(args: argparse.Namespace) -> None:
     if record is None:
         print(f"stopped after {args.stop_after} steps (checkpointed); run the same command again to resume")
         return
+    if record.get("already_trained"):  # the library said so; nothing written
+        return
     t = record["training"]
     print(f"trained on {t['train_records']} records ({t['val_records']} validation) in {t['train_s']:.0f} s "
           f"(+ {t['prepare_s']:.0f} s beats and latents)")

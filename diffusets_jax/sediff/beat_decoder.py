@@ -482,8 +482,9 @@ def train_beat_decoder(workdir: str | Path, dataset_dirs: Sequence[str | Path], 
         progress: show the progress bar of the beat extraction.
 
     Returns:
-        The JSON record written next to the parameters (losses, timings, data, architecture), or
-        None if `stop_after` ended the call before `steps`.
+        The JSON record written next to the parameters (losses, timings, data, architecture), with
+        `already_trained: True` added if `out` already held this run's decoder trained to `steps`
+        (nothing written), or None if `stop_after` ended the call before `steps`.
 
     Raises:
         FileNotFoundError: no config or VAE checkpoint in `workdir`, or a dataset is missing.
@@ -519,7 +520,7 @@ def train_beat_decoder(workdir: str | Path, dataset_dirs: Sequence[str | Path], 
     if done is not None:
         print(f"{out} already holds the beat decoder trained to step {done['training']['steps']} "
               f"(checkpoints in {checkpoint_dir}); nothing to do")
-        return done
+        return {**done, "already_trained": True}
     train_config = ConfigDict({"batch_size": batch_size, "num_epochs": 0, "num_steps": steps, "log_every": log_every,
                                "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints,
                                "weight_decay": 0.01, "grad_clip_norm": 0.0, "preview_every": 0})

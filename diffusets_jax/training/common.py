@@ -201,7 +201,7 @@ class MetricsLogger:
             from flax.metrics.tensorboard import SummaryWriter
 
             self.tensorboard = SummaryWriter(str(workdir / "tensorboard" / name))
-        self.bar = tqdm(total=total_steps, initial=start_step, desc=f"train-{name}", unit="step",
+        self.bar = tqdm(total=total_steps, initial=start_step, desc=f"train-{name.replace('_', '-')}", unit="step",
                         dynamic_ncols=True, disable=not self.writes)
         self.last_time, self.last_step = time.perf_counter(), start_step
 
@@ -276,8 +276,8 @@ def run_training(
     logger = MetricsLogger(workdir, name, num_steps, start, batch_size)
     parameters = sum(x.size for x in jax.tree.leaves(state.params))
     if jax.process_index() == 0:
-        print(f"train-{name}: batch {batch_size} over {jax.device_count()} device(s), steps {start} -> {end} "
-              f"of {num_steps}, {parameters:,} parameters")
+        print(f"train-{name.replace('_', '-')}: batch {batch_size} over {jax.device_count()} device(s), "
+              f"steps {start} -> {end} of {num_steps}, {parameters:,} parameters")
     window: list[float] = []
     try:
         for step in range(start, end):
