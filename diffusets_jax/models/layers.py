@@ -156,9 +156,9 @@ def winograd_conv3(x: Array, kernel: Array, bias: Array) -> Array:
     `(B * L/4, C_in) @ (C_in, C_out)` with the transformed kernel G g replace the 12 of the direct
     convolution (half the multiplications), and A^T turns their products back into 4 outputs.
     Rounding differs from the direct sum at the 1e-6 relative level in float32 (the transforms'
-    constants are at most 8). For the VAE's 512-channel convolutions it is faster on a 2-core CPU
-    (see `diffusets_jax.models.vae`); for narrow ones the transforms' memory traffic costs more
-    than the multiplications saved.
+    constants are at most 8). For the VAE's 256- and 512-channel convolutions it is faster on a
+    2-core CPU (see `diffusets_jax.models.vae`); for narrow ones the transforms' memory traffic
+    costs what the multiplications save.
     """
     b, length, _ = x.shape
     m, n = 4, 6

@@ -7,11 +7,12 @@ here are kept in one list each, `layers[i]` being the official index `i`: the st
 config (`vae.channels`, official `(128, 256, 512)`); the sequence of layers is the official one.
 
 Speed (issue 19; paper size, encode + decode of 32 ECGs = 435 GFLOP, 2-core CPU): nearly all of
-the time is the k = 3 convolutions, which XLA's CPU convolution already runs near the machine's
-float32 peak; the 512-channel ones (at L = 128 to 512) are ~60 % of the FLOPs. Those are
-computed by Winograd F(4, 3) (`layers.winograd_conv3`: half the multiplications), and GroupNorm
-reduces over L first (`layers.GroupNorm`); together ~0.7-0.8x the time of plain `nnx.Conv` and
-flax's GroupNorm, within 1.3e-6 relative error of them (benchmarks/README.md).
+the time is the k = 3 convolutions, which XLA's CPU convolution runs about as fast per FLOP as
+PyTorch's oneDNN (plain convolutions: 1.16 s against the official code's 1.25 s, idle CPU), so only
+fewer multiplications help. The convolutions with at least 256 channels on both sides (~85 % of the
+FLOPs) are computed by Winograd F(4, 3) (`layers.winograd_conv3`: half the multiplications), and
+GroupNorm reduces over L first (`layers.GroupNorm`): 0.90 s, within 1.3e-6 relative error of the
+plain layers (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from diffusets_jax.models.layers import conv1d, group_norm, linear
 
 Array = jax.Array
 
-#: k = 3 convolutions at least this wide on both sides use Winograd F(4, 3) (`layers.winograd_conv3`);
-#: narrower ones (128, 256 channels) are faster as XLA convolutions on a CPU.
-WINOGRAD_MIN_CHANNELS = 512
+#: k = 3 convolutions at least this wide on both sides use Winograd F(4, 3) (`layers.winograd_conv3`).
+#: Idle 2-core CPU, encode + decode of 32 ECGs: from 512 channels 964 ms, from 256 900 ms, from 128
+#: 902 ms (the 128-channel transforms cost what they save), none 1157 ms.
+WINOGRAD_MIN_CHANNELS = 256
 
 
 def conv3(cin: int, cout: int, rngs: nnx.Rngs) -> nnx.Conv:
