@@ -28,8 +28,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from diffusets_jax.data_pipelines.input_pipeline import (LATENT_SHAPES, SIGNAL_SHAPES, ArraySource,  # noqa: E402
-                                                         TFRecordSource, to_global)
+from diffusets_jax.data_pipelines.input_pipeline import (
+    LATENT_SHAPES,
+    SIGNAL_SHAPES,
+    ArraySource,  # noqa: E402
+    TFRecordSource,
+    to_global,
+)
 from diffusets_jax.data_pipelines.latents import write_latents  # noqa: E402
 from diffusets_jax.data_pipelines.tfds import build_dataset  # noqa: E402
 
@@ -113,8 +118,10 @@ def keep_up(source, batch_size: int, steps: int) -> dict[str, float]:
 
 def random_arrays(shapes: dict, count: int, embed_dim: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    return {key: rng.normal(size=(count, *(embed_dim if d is None else d for d in shape))).astype(np.float32)
-            for key, shape in shapes.items()}
+    return {
+        key: rng.normal(size=(count, *(embed_dim if d is None else d for d in shape))).astype(np.float32)
+        for key, shape in shapes.items()
+    }
 
 
 def main() -> None:
@@ -131,20 +138,29 @@ def main() -> None:
     count = info.splits["train"].num_examples
     write_latents(stand_in_encoder, info.data_dir, "train", workdir / "latents", batch_size=256, num_shards=1)
     embed_dim = info.features["text_embedding"].shape[0]
-    signal_files, signal_lengths = replicate(Path(info.splits["train"].filepaths[0]), count, args.signals,
-                                             workdir / "bench", "signals")
-    latent_files, latent_lengths = replicate(next((workdir / "latents").glob("*.tfrecord-*")), count, args.latents,
-                                             workdir / "bench", "latents")
+    signal_files, signal_lengths = replicate(
+        Path(info.splits["train"].filepaths[0]), count, args.signals, workdir / "bench", "signals"
+    )
+    latent_files, latent_lengths = replicate(
+        next((workdir / "latents").glob("*.tfrecord-*")), count, args.latents, workdir / "bench", "latents"
+    )
     signal_shapes = {**SIGNAL_SHAPES, "text_embedding": (embed_dim,)}
     latent_shapes = {**LATENT_SHAPES, "text_embedding": (embed_dim,)}
 
     def signal_source(deterministic: bool) -> TFRecordSource:
-        return TFRecordSource(signal_files, signal_lengths, signal_shapes, where="signal benchmark",
-                              int64_fields=("sex",), deterministic=deterministic)
+        return TFRecordSource(
+            signal_files,
+            signal_lengths,
+            signal_shapes,
+            where="signal benchmark",
+            int64_fields=("sex",),
+            deterministic=deterministic,
+        )
 
     def latent_source(deterministic: bool) -> TFRecordSource:
-        return TFRecordSource(latent_files, latent_lengths, latent_shapes, where="latent benchmark",
-                              deterministic=deterministic)
+        return TFRecordSource(
+            latent_files, latent_lengths, latent_shapes, where="latent benchmark", deterministic=deterministic
+        )
 
     rows = [
         ("latents", "TFRecordSource, deterministic", latent_source(True), 512, 5000),
@@ -154,14 +170,19 @@ def main() -> None:
         ("signals", "TFRecordSource, deterministic=False", signal_source(False), 256, 1000),
         ("signals", "ArraySource", ArraySource(random_arrays(signal_shapes, args.signals, embed_dim)), 256, 1000),
     ]
-    print(f"\n{os.cpu_count()} CPU cores, jax {jax.__version__}; {count} PTB-XL records from {args.ptbxl} copied to "
-          f"{sum(signal_lengths)} signal / {sum(latent_lengths)} latent examples in {NUM_SHARDS} shards each\n")
+    print(
+        f"\n{os.cpu_count()} CPU cores, jax {jax.__version__}; {count} PTB-XL records from {args.ptbxl} copied to "
+        f"{sum(signal_lengths)} signal / {sum(latent_lengths)} latent examples in {NUM_SHARDS} shards each\n"
+    )
     print("| data | source | batch | examples/s | target | first batch |")
     print("|---|---|---|---|---|---|")
     for data, name, source, batch_size, target in rows:
         rate, first = throughput(source, batch_size, args.seconds)
-        print(f"| {data} | {name} | {batch_size} | {rate:,.0f} | {'>=' if rate >= target else 'BELOW'} {target:,} "
-              f"| {first:.2f} s |", flush=True)
+        print(
+            f"| {data} | {name} | {batch_size} | {rate:,.0f} | {'>=' if rate >= target else 'BELOW'} {target:,} "
+            f"| {first:.2f} s |",
+            flush=True,
+        )
 
     print("\nResuming mid-epoch (TFRecordSource skips the serialized records before the step, unparsed):\n")
     print("| data | steps/epoch | first batch at step 0 | first batch at the last step of epoch 0 |")
@@ -171,10 +192,12 @@ def main() -> None:
         print(f"| {data} | {source.steps_per_epoch(batch_size)} | {at_start:.2f} s | {at_end:.2f} s |")
 
     times = keep_up(latent_source(True), 512, steps=40)
-    print(f"\nKeep-up, latents batch 512 with a jitted dummy step: step alone {times['step']:.1f} ms, fetch alone "
-          f"{times['fetch']:.1f} ms, loop (fetch + to_global + step) {times['loop']:.1f} ms per step; input wait "
-          f"{max(times['loop'] - times['step'], 0):.1f} ms per step. (The paper U-Net training step at batch 512 "
-          "takes 3-8 s on this CPU, benchmarks/README.md.)")
+    print(
+        f"\nKeep-up, latents batch 512 with a jitted dummy step: step alone {times['step']:.1f} ms, fetch alone "
+        f"{times['fetch']:.1f} ms, loop (fetch + to_global + step) {times['loop']:.1f} ms per step; input wait "
+        f"{max(times['loop'] - times['step'], 0):.1f} ms per step. (The paper U-Net training step at batch 512 "
+        "takes 3-8 s on this CPU, benchmarks/README.md.)"
+    )
     if args.workdir is None:
         shutil.rmtree(workdir)
 

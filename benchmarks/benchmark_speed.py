@@ -76,11 +76,13 @@ def peak_rss_mib() -> float:
 
 def cpu_busy_fraction(seconds: float = 1.0) -> float | None:
     """Fraction of all CPUs busy over `seconds` (this process is idle meanwhile: it is others' load)."""
+
     def snapshot():
         with open("/proc/stat") as f:
             values = [int(v) for v in f.readline().split()[1:]]
         idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
         return sum(values), idle
+
     try:
         total0, idle0 = snapshot()
         time.sleep(seconds)
@@ -99,8 +101,10 @@ def fmt_time(seconds: float | None) -> str:
 def device_line() -> str:
     device = jax.devices()[0]
     kind = getattr(device, "device_kind", "?")
-    return (f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} x {kind} "
-            f"({device.platform}); host {os.cpu_count()} CPUs ({platform.processor() or platform.machine()})")
+    return (
+        f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} x {kind} "
+        f"({device.platform}); host {os.cpu_count()} CPUs ({platform.processor() or platform.machine()})"
+    )
 
 
 def _time_once(fn: Callable, cpu: list[float] | None = None) -> float:
@@ -119,8 +123,16 @@ class Bench:
         self.reps, self.slow_reps, self.official_live = reps, slow_reps, official_live
         self.rows: list[dict] = []
 
-    def run(self, name: str, label: str, fn: Callable, *args, slow: bool = False,
-            official: Callable[[], object] | None = None, record: str | None = None):
+    def run(
+        self,
+        name: str,
+        label: str,
+        fn: Callable,
+        *args,
+        slow: bool = False,
+        official: Callable[[], object] | None = None,
+        record: str | None = None,
+    ):
         """AOT-compile `fn(*args)`, warm up (and `official()`), then time both alternately."""
         start = time.perf_counter()
         compiled = jax.jit(fn).lower(*args).compile()
@@ -143,12 +155,27 @@ class Bench:
         else:
             reference = RECORDED.get(record or name)
             source = "recorded" if reference is not None else "–"
-        row = dict(name=name, label=label, median=statistics.median(times), min=min(times), max=max(times),
-                   reps=len(times), compile=compile_s, official=reference, source=source, rss=peak_rss_mib(),
-                   cpu=statistics.median(cpu), official_cpu=statistics.median(official_cpu) if official_cpu else None)
+        row = dict(
+            name=name,
+            label=label,
+            median=statistics.median(times),
+            min=min(times),
+            max=max(times),
+            reps=len(times),
+            compile=compile_s,
+            official=reference,
+            source=source,
+            rss=peak_rss_mib(),
+            cpu=statistics.median(cpu),
+            official_cpu=statistics.median(official_cpu) if official_cpu else None,
+        )
         self.rows.append(row)
-        print(f"  {label}: {fmt_time(row['median'])} (compile {compile_s:.1f} s, {len(times)} reps); "
-              f"official {fmt_time(reference)} ({source})", file=sys.stderr, flush=True)
+        print(
+            f"  {label}: {fmt_time(row['median'])} (compile {compile_s:.1f} s, {len(times)} reps); "
+            f"official {fmt_time(reference)} ({source})",
+            file=sys.stderr,
+            flush=True,
+        )
         return row
 
     def table(self) -> str:
@@ -177,10 +204,14 @@ def random_inputs(key, batch: int, embed_dim: int, dtype=jnp.float32):
     t = jax.random.randint(k2, (batch,), 0, 1000)
     text = jax.random.normal(k3, (batch, embed_dim), jnp.float32)
     text = text / jnp.linalg.norm(text, axis=-1, keepdims=True)
-    extras = jnp.stack([
-        jax.random.bernoulli(k4, 0.5, (batch,)).astype(jnp.float32),  # sex
-        jnp.full((batch,), 60.0), jnp.full((batch,), 70.0),             # age, heart rate
-    ], axis=-1)
+    extras = jnp.stack(
+        [
+            jax.random.bernoulli(k4, 0.5, (batch,)).astype(jnp.float32),  # sex
+            jnp.full((batch,), 60.0),
+            jnp.full((batch,), 70.0),  # age, heart rate
+        ],
+        axis=-1,
+    )
     return x, t, jnp.concatenate([text, extras], axis=-1).astype(dtype)
 
 
@@ -208,6 +239,7 @@ def init_params(builder, config, seed: int = 0, dtype=jnp.float32):
 
 
 # --- the official side ---------------------------------------------------------------------------
+
 
 def load_official(repo: str | None, package: str | None):
     """The official modules: `(ECGconditional, VAE_Encoder, VAE_Decoder, DDPMScheduler or None)`.
@@ -246,9 +278,13 @@ class Official:
         self.embed_dim = config.text.embed_dim
         torch.manual_seed(0)
         # Official DiffuSETS_inference.py: ECGconditional(T, kernel_size, num_levels, n_channels=4, text_embed_dim).
-        self.unet = ECGconditional(config.diffusion.num_train_timesteps, kernel_size=config.unet.kernel_size,
-                                   num_levels=len(config.unet.channels) + 1, n_channels=4,
-                                   text_embed_dim=self.embed_dim)
+        self.unet = ECGconditional(
+            config.diffusion.num_train_timesteps,
+            kernel_size=config.unet.kernel_size,
+            num_levels=len(config.unet.channels) + 1,
+            n_channels=4,
+            text_embed_dim=self.embed_dim,
+        )
         self.encoder, self.decoder = VAE_Encoder(), VAE_Decoder()
         for module in (self.unet, self.encoder, self.decoder):
             module.eval()
@@ -269,21 +305,30 @@ class Official:
             module.eval()
         t = lambda name: torch.from_numpy(np.array(g[name]))  # noqa: E731
         rel = lambda out, name: float(np.linalg.norm(out.numpy() - g[name]) / np.linalg.norm(g[name]))  # noqa: E731
-        condition = {"gender": t("unet_in_sex")[:, None, None], "age": t("unet_in_age")[:, None, None],
-                     "heart rate": t("unet_in_hr")[:, None, None]}
+        condition = {
+            "gender": t("unet_in_sex")[:, None, None],
+            "age": t("unet_in_age")[:, None, None],
+            "heart rate": t("unet_in_hr")[:, None, None],
+        }
         with torch.no_grad():
             eps = unet(t("unet_in_z"), t("unet_in_t").long(), t("unet_in_text")[:, None, :], condition)
             z = encoder(t("vae_in_x"), t("vae_in_noise"))[0]
             x = decoder(t("dec_in_z"))
-        return {"U-Net": rel(eps, "unet_out_eps"), "VAE encoder": rel(z, "vae_out_z"),
-                "VAE decoder": rel(x, "dec_out_x")}
+        return {
+            "U-Net": rel(eps, "unet_out_eps"),
+            "VAE encoder": rel(z, "vae_out_z"),
+            "VAE decoder": rel(x, "dec_out_x"),
+        }
 
     def inputs(self, batch: int):
         torch = self.torch
         g = torch.Generator().manual_seed(batch)
         text = torch.randn(batch, 1, self.embed_dim, generator=g)
-        condition = {"gender": torch.ones(batch, 1, 1), "age": torch.full((batch, 1, 1), 60.0),
-                     "heart rate": torch.full((batch, 1, 1), 70.0)}
+        condition = {
+            "gender": torch.ones(batch, 1, 1),
+            "age": torch.full((batch, 1, 1), 60.0),
+            "heart rate": torch.full((batch, 1, 1), 70.0),
+        }
         return torch.randn(batch, 4, 128, generator=g), torch.randint(0, 1000, (batch,), generator=g), text, condition
 
     def forward(self, batch: int):
@@ -292,6 +337,7 @@ class Official:
         def run():
             with self.torch.no_grad():
                 return self.unet(x, t, text, condition)
+
         return run
 
     def sample(self, batch: int, steps: int):
@@ -309,6 +355,7 @@ class Official:
                     eps = self.unet(xi, t, text, condition)
                     xi = scheduler.step(model_output=eps, timestep=i, sample=xi)["prev_sample"]
             return xi
+
         return run
 
     def vae(self, batch: int):
@@ -318,6 +365,7 @@ class Official:
         def run():
             with torch.no_grad():
                 return self.decoder(self.encoder(x, noise)[0])
+
         return run
 
     def train_step(self, batch: int):
@@ -340,36 +388,73 @@ class Official:
             optimizer.zero_grad()
             unet.eval()
             return loss
+
         return run
 
 
 # --- the run ---------------------------------------------------------------------------------------
 
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=None, help="timed repeats of the fast rows (default 7, quick 3)")
-    parser.add_argument("--slow-reps", type=int, default=None,
-                        help="timed repeats of 1000-step sampling and the large training step (default 3, quick 1)")
+    parser.add_argument(
+        "--slow-reps",
+        type=int,
+        default=None,
+        help="timed repeats of 1000-step sampling and the large training step (default 3, quick 1)",
+    )
     parser.add_argument("--quick", action="store_true", help="few repeats, to check that the script works")
-    parser.add_argument("--skip", action="append", default=[], metavar="NAME",
-                        help="skip a group: forward, sample, vae, train (repeatable)")
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="skip a group: forward, sample, vae, train (repeatable)",
+    )
     official = parser.add_mutually_exclusive_group()
-    official.add_argument("--official-repo", metavar="PATH",
-                          help="a checkout of the official DiffuSETS code: time it alternately with the port")
-    official.add_argument("--official-package", metavar="NAME",
-                          help="an installed package holding the official unet/ and vae/ modules")
-    parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
-                        help="threads of the official PyTorch side (default: all CPUs)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="compute dtype of the port (bfloat16: for accelerators; not parity-checked)")
+    official.add_argument(
+        "--official-repo",
+        metavar="PATH",
+        help="a checkout of the official DiffuSETS code: time it alternately with the port",
+    )
+    official.add_argument(
+        "--official-package", metavar="NAME", help="an installed package holding the official unet/ and vae/ modules"
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=os.cpu_count(),
+        help="threads of the official PyTorch side (default: all CPUs)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="compute dtype of the port (bfloat16: for accelerators; not parity-checked)",
+    )
     on_cpu = jax.default_backend() == "cpu"
-    parser.add_argument("--sample-batch", type=int, default=8 if on_cpu else 64,
-                        help="ECGs per sampling run (default 8 on CPU, 64 on an accelerator)")
-    parser.add_argument("--forward-batch", type=int, action="append", default=None,
-                        help="U-Net forward batch sizes (repeatable; default 1, 8, 32)")
+    parser.add_argument(
+        "--sample-batch",
+        type=int,
+        default=8 if on_cpu else 64,
+        help="ECGs per sampling run (default 8 on CPU, 64 on an accelerator)",
+    )
+    parser.add_argument(
+        "--forward-batch",
+        type=int,
+        action="append",
+        default=None,
+        help="U-Net forward batch sizes (repeatable; default 1, 8, 32)",
+    )
     parser.add_argument("--vae-batch", type=int, default=32, help="ECGs per VAE encode + decode (default 32)")
-    parser.add_argument("--train-batch", type=int, action="append", default=None,
-                        help="U-Net training-step batch sizes (repeatable; default 32 and 512)")
+    parser.add_argument(
+        "--train-batch",
+        type=int,
+        action="append",
+        default=None,
+        help="U-Net training-step batch sizes (repeatable; default 32 and 512)",
+    )
     args = parser.parse_args(argv)
     reps = args.reps or (3 if args.quick else 7)
     slow_reps = args.slow_reps or (1 if args.quick else 3)
@@ -388,16 +473,22 @@ def main(argv=None) -> int:
     if live:
         import torch
 
-        print(f"- official: {args.official_repo or args.official_package}, torch {torch.__version__} on "
-              f"{torch.get_num_threads()} threads, timed alternately with the port")
+        print(
+            f"- official: {args.official_repo or args.official_package}, torch {torch.__version__} on "
+            f"{torch.get_num_threads()} threads, timed alternately with the port"
+        )
         errors = off.parity_errors()
-        print("- the official code given reproduces the official parity goldens (tests/data/parity), relative "
-              "error " + ", ".join(f"{name} {error:.1e}" for name, error in errors.items()))
+        print(
+            "- the official code given reproduces the official parity goldens (tests/data/parity), relative "
+            "error " + ", ".join(f"{name} {error:.1e}" for name, error in errors.items())
+        )
         if max(errors.values()) > 1e-4:
             print("  WARNING: above 1e-4: this is not the official code at commit f9106528")
     else:
-        print("- official: not given (--official-repo): the official column holds the figures recorded in "
-              "issue 19, marked (recorded)")
+        print(
+            "- official: not given (--official-repo): the official column holds the figures recorded in "
+            "issue 19, marked (recorded)"
+        )
     busy_text = "unknown" if busy is None else f"{100 * busy:.0f}%"
     warning = " (other processes were using the CPU: times are inflated)" if busy is not None and busy > 0.1 else ""
     print(f"- XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; CPU busy with other work at start: {busy_text}{warning}")
@@ -415,22 +506,39 @@ def main(argv=None) -> int:
     if "forward" not in args.skip:
         for batch in args.forward_batch or (1, 8, 32):
             x, t, c = random_inputs(key, batch, embed_dim, dtype)
-            bench.run(f"unet_fwd_{batch}", f"U-Net forward, batch {batch}", lambda p, x, t, c: unet_of(p)(x, t, c),
-                      unet_leaves, x, t, c, official=off.forward(batch) if off else None)
+            bench.run(
+                f"unet_fwd_{batch}",
+                f"U-Net forward, batch {batch}",
+                lambda p, x, t, c: unet_of(p)(x, t, c),
+                unet_leaves,
+                x,
+                t,
+                c,
+                official=off.forward(batch) if off else None,
+            )
 
     if "sample" not in args.skip:
         schedule = diffusion.make_schedule()
         batch = args.sample_batch
         x_T, _, c = random_inputs(key, batch, embed_dim, dtype)
         for steps in (50, 1000):
+
             def sample(leaves, x_T, c, key, steps=steps):
                 unet = unet_of(leaves)
                 return diffusion.sample_ddpm(lambda x, t: unet(x, t, c), schedule, x_T, key, steps)
 
-            bench.run(f"sample_{steps}", f"DDPM sampling, {steps} steps, batch {batch}", sample,
-                      unet_leaves, x_T, c, jax.random.key(1), slow=steps == 1000,
-                      official=off.sample(batch, steps) if off else None,
-                      record=f"sample_{steps}" if batch == 8 else "none")
+            bench.run(
+                f"sample_{steps}",
+                f"DDPM sampling, {steps} steps, batch {batch}",
+                sample,
+                unet_leaves,
+                x_T,
+                c,
+                jax.random.key(1),
+                slow=steps == 1000,
+                official=off.sample(batch, steps) if off else None,
+                record=f"sample_{steps}" if batch == 8 else "none",
+            )
 
     if "vae" not in args.skip:
         vae_def, vae_tree, vae_leaves = init_params(build_vae, config, dtype=dtype)
@@ -442,8 +550,15 @@ def main(argv=None) -> int:
             vae = nnx.merge(vae_def, jax.tree.unflatten(vae_tree, leaves))
             return vae.decoder(vae.encoder(x, noise)[0])
 
-        bench.run(f"vae_{batch}", f"VAE encode + decode, batch {batch}", encode_decode, vae_leaves, x, noise,
-                  official=off.vae(batch) if off else None)
+        bench.run(
+            f"vae_{batch}",
+            f"VAE encode + decode, batch {batch}",
+            encode_decode,
+            vae_leaves,
+            x,
+            noise,
+            official=off.vae(batch) if off else None,
+        )
         del vae_leaves
 
     if "train" not in args.skip:
@@ -464,14 +579,25 @@ def main(argv=None) -> int:
         batches = args.train_batch or (32, 512)
         for batch in batches:
             x0, _, c = random_inputs(key, batch, embed_dim, dtype)
-            bench.run(f"train_{batch}", f"U-Net train step (fwd + bwd + AdamW), batch {batch}", train_step,
-                      unet_leaves, opt_state, x0 * 0.18, c, jax.random.key(2), slow=batch >= 256,
-                      official=off.train_step(batch) if off else None)
+            bench.run(
+                f"train_{batch}",
+                f"U-Net train step (fwd + bwd + AdamW), batch {batch}",
+                train_step,
+                unet_leaves,
+                opt_state,
+                x0 * 0.18,
+                c,
+                jax.random.key(2),
+                slow=batch >= 256,
+                official=off.train_step(batch) if off else None,
+            )
 
     print(bench.table())
     busy = cpu_busy_fraction()
-    print(f"\nPeak resident memory of the process: {peak_rss_mib():.0f} MiB. CPU busy with other work at the "
-          f"end: {'unknown' if busy is None else f'{100 * busy:.0f}%'}.")
+    print(
+        f"\nPeak resident memory of the process: {peak_rss_mib():.0f} MiB. CPU busy with other work at the "
+        f"end: {'unknown' if busy is None else f'{100 * busy:.0f}%'}."
+    )
     return 0
 
 

@@ -42,9 +42,12 @@ def measure(config_name: str, steps: int) -> dict:
     rows = {}
 
     def condition_fields(b):
-        return {"text_embedding": rng.standard_normal((b, config.text.embed_dim)).astype(np.float32),
-                "sex": np.ones(b, np.float32), "age": np.full(b, 60.0, np.float32),
-                "heart_rate": np.full(b, 70.0, np.float32)}
+        return {
+            "text_embedding": rng.standard_normal((b, config.text.embed_dim)).astype(np.float32),
+            "sex": np.ones(b, np.float32),
+            "age": np.full(b, 60.0, np.float32),
+            "heart_rate": np.full(b, 70.0, np.float32),
+        }
 
     def time_step(name, step, state, batch, batch_size):
         batch = to_global(batch, mesh)
@@ -58,8 +61,12 @@ def measure(config_name: str, steps: int) -> dict:
             state, metrics = compiled(state, batch)
         jax.block_until_ready(metrics)
         per_step = (time.perf_counter() - start) / steps
-        rows[name] = {"batch": batch_size, "step_s": per_step, "examples_per_s": batch_size / per_step,
-                      "compile_s": compile_s}
+        rows[name] = {
+            "batch": batch_size,
+            "step_s": per_step,
+            "examples_per_s": batch_size / per_step,
+            "compile_s": compile_s,
+        }
 
     b = config.vae_train.batch_size
     graphdef, params = nnx.split(build_vae(config), nnx.Param)
@@ -73,10 +80,14 @@ def measure(config_name: str, steps: int) -> dict:
     tx = diffusion_training.unet_optimizer(config.unet_train, 100)
     ema = jax.tree.map(jnp.copy, params) if config.unet_train.ema_decay > 0 else None
     state = common.replicate(common.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), ema), mesh)
-    step = diffusion_training.make_train_step(graphdef, tx, diffusion.schedule_from_config(config.diffusion),
-                                              config, jax.random.key(1), mesh)
-    latents = {"mean": rng.standard_normal((b, 128, 4)).astype(np.float32),
-               "log_variance": np.full((b, 128, 4), -4.0, np.float32), **condition_fields(b)}
+    step = diffusion_training.make_train_step(
+        graphdef, tx, diffusion.schedule_from_config(config.diffusion), config, jax.random.key(1), mesh
+    )
+    latents = {
+        "mean": rng.standard_normal((b, 128, 4)).astype(np.float32),
+        "log_variance": np.full((b, 128, 4), -4.0, np.float32),
+        **condition_fields(b),
+    }
     time_step("U-Net", step, state, latents, b)
     return {"devices": jax.device_count(), "rows": rows}
 
@@ -93,18 +104,30 @@ def main() -> None:
         return
     results = []
     for devices in args.devices or [1, 8]:
-        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-               "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-        out = subprocess.run([sys.executable, __file__, "--child", "--config", args.config, "--steps", str(args.steps)],
-                             env=env, capture_output=True, text=True, check=True)
+        env = {
+            **os.environ,
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+            "JAX_PLATFORMS": "cpu",
+            "PYTHONPATH": str(ROOT),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", "--config", args.config, "--steps", str(args.steps)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"\nconfig `{args.config}`, {os.cpu_count()} CPU cores, {args.steps} timed steps per row\n")
     print("| model | devices | batch | step | examples/s | compile |")
     print("|---|---|---|---|---|---|")
     for result in results:
         for name, row in result["rows"].items():
-            print(f"| {name} | {result['devices']} | {row['batch']} | {row['step_s'] * 1e3:.1f} ms | "
-                  f"{row['examples_per_s']:.0f} | {row['compile_s']:.1f} s |")
+            print(
+                f"| {name} | {result['devices']} | {row['batch']} | {row['step_s'] * 1e3:.1f} ms | "
+                f"{row['examples_per_s']:.0f} | {row['compile_s']:.1f} s |"
+            )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,10 @@ TIMESTEPS = (20, 100, 300, 600, 900)
 
 
 def hr_errors(requested, signals) -> dict:
-    return {"xqrs": R.median_abs_error(requested, M.heart_rates(signals)),
-            "neurokit2": R.median_abs_error(requested, R.heart_rates_neurokit(signals))}
+    return {
+        "xqrs": R.median_abs_error(requested, M.heart_rates(signals)),
+        "neurokit2": R.median_abs_error(requested, R.heart_rates_neurokit(signals)),
+    }
 
 
 def main(argv=None):
@@ -77,22 +79,35 @@ def main(argv=None):
     for rate in args.rates:
         requested = np.full(args.per_rate, rate, np.float32)
         signals = pipe.generate_for_conditions(
-            np.repeat(sinus[None], args.per_rate, 0), held_out.sex_codes[rows], held_out.age[rows], requested,
-            seed=args.seed + int(rate), sampling=options)
+            np.repeat(sinus[None], args.per_rate, 0),
+            held_out.sex_codes[rows],
+            held_out.age[rows],
+            requested,
+            seed=args.seed + int(rate),
+            sampling=options,
+        )
         per_rate[f"{rate:g}"] = hr_errors(requested, signals)
         all_requested.append(requested)
         all_signals.append(signals)
         if args.figure_dir:
-            plot_ecg(signals[0], title=f"Sinus rhythm, requested {rate:g} bpm",
-                     path=f"{args.figure_dir}/sinus_{rate:g}bpm.png")
+            plot_ecg(
+                signals[0],
+                title=f"Sinus rhythm, requested {rate:g} bpm",
+                path=f"{args.figure_dir}/sinus_{rate:g}bpm.png",
+            )
     per_rate["all"] = hr_errors(np.concatenate(all_requested), np.concatenate(all_signals))
     result["heart_rate_on_request"] = per_rate
 
     # 2. held-out conditions
     index = np.repeat(np.arange(n), args.per_record)
     generated = pipe.generate_for_conditions(
-        held_out.text_embeddings[index], held_out.sex_codes[index], held_out.age[index], held_out.heart_rate[index],
-        seed=args.seed, sampling=options)
+        held_out.text_embeddings[index],
+        held_out.sex_codes[index],
+        held_out.age[index],
+        held_out.heart_rate[index],
+        seed=args.seed,
+        sampling=options,
+    )
     real = held_out.signals
     if args.save_samples:
         np.savez(args.save_samples, generated=generated, real=real, record_ids=held_out.record_ids[index])
@@ -105,18 +120,31 @@ def main(argv=None):
         "heart_rate": hr_errors(held_out.heart_rate[index], generated),
         "heart_rate_real": hr_errors(held_out.heart_rate, real),
         "amplitude_ratio": dict(zip(LEADS, map(float, R.amplitude_ratio(real, generated)))),
-        "limb_residual_mV": {"generated": M.lead_residuals(generated)["overall"],
-                             "real": M.lead_residuals(real)["overall"]},
+        "limb_residual_mV": {
+            "generated": M.lead_residuals(generated)["overall"],
+            "real": M.lead_residuals(real)["overall"],
+        },
         "precision_recall": M.precision_recall(real_features, generated_features),
         "precision_recall_real": M.precision_recall(real_features[:half], real_features[half:]),
-        "clip_score": {"matched": M.clip_score(generated_features, generated_text),
-                       "mismatched": M.clip_score(generated_features, mismatched),
-                       "real": M.clip_score(real_features, text_features)},
-        "c2st_auroc": {"generated": R.c2st_auroc(real, generated, seed=args.seed),
-                       "real_vs_real": R.c2st_auroc(real[:half], real[half:], seed=args.seed)},
+        "clip_score": {
+            "matched": M.clip_score(generated_features, generated_text),
+            "mismatched": M.clip_score(generated_features, mismatched),
+            "real": M.clip_score(real_features, text_features),
+        },
+        "c2st_auroc": {
+            "generated": R.c2st_auroc(real, generated, seed=args.seed),
+            "real_vs_real": R.c2st_auroc(real[:half], real[half:], seed=args.seed),
+        },
     }
-    result["eps_mse_by_t"] = denoising_error(pipe, held_out.signals, held_out.text_embeddings, held_out.sex_codes,
-                                             held_out.age, held_out.heart_rate, TIMESTEPS)
+    result["eps_mse_by_t"] = denoising_error(
+        pipe,
+        held_out.signals,
+        held_out.text_embeddings,
+        held_out.sex_codes,
+        held_out.age,
+        held_out.heart_rate,
+        TIMESTEPS,
+    )
     result["seconds"] = time.perf_counter() - start
     print_tables(result)
     if args.json:
@@ -125,26 +153,36 @@ def main(argv=None):
 
 
 def print_tables(r):
-    print(f"\nmodel {r['checkpoint']}, sampling {r['sampling']}, {r['held_out_records']} held-out records, "
-          f"{r['seconds']:.0f} s\n")
+    print(
+        f"\nmodel {r['checkpoint']}, sampling {r['sampling']}, {r['held_out_records']} held-out records, "
+        f"{r['seconds']:.0f} s\n"
+    )
     print("| requested bpm | median abs error XQRS (bpm) | NeuroKit2 | undetected (XQRS / NK) |\n|---|---|---|---|")
     for rate, e in r["heart_rate_on_request"].items():
-        print(f"| {rate} | {e['xqrs']['median_abs_error']:.1f} | {e['neurokit2']['median_abs_error']:.1f} | "
-              f"{e['xqrs']['n_undetected']} / {e['neurokit2']['n_undetected']} |")
+        print(
+            f"| {rate} | {e['xqrs']['median_abs_error']:.1f} | {e['neurokit2']['median_abs_error']:.1f} | "
+            f"{e['xqrs']['n_undetected']} / {e['neurokit2']['n_undetected']} |"
+        )
     h = r["held_out"]
     ratio = np.array(list(h["amplitude_ratio"].values()))
     print("\n| measure | generated | real |\n|---|---|---|")
     hr, hr_real = h["heart_rate"], h["heart_rate_real"]
     pr, pr_real = h["precision_recall"], h["precision_recall_real"]
     limb = h["limb_residual_mV"]
-    print(f"| HR median abs error, held-out conditions (XQRS / NK) | {hr['xqrs']['median_abs_error']:.1f} / "
-          f"{hr['neurokit2']['median_abs_error']:.1f} | {hr_real['xqrs']['median_abs_error']:.1f} / "
-          f"{hr_real['neurokit2']['median_abs_error']:.1f} |")
-    print(f"| amplitude ratio per lead (min / median / max) | {ratio.min():.2f} / {np.median(ratio):.2f} / "
-          f"{ratio.max():.2f} | 1 |")
+    print(
+        f"| HR median abs error, held-out conditions (XQRS / NK) | {hr['xqrs']['median_abs_error']:.1f} / "
+        f"{hr['neurokit2']['median_abs_error']:.1f} | {hr_real['xqrs']['median_abs_error']:.1f} / "
+        f"{hr_real['neurokit2']['median_abs_error']:.1f} |"
+    )
+    print(
+        f"| amplitude ratio per lead (min / median / max) | {ratio.min():.2f} / {np.median(ratio):.2f} / "
+        f"{ratio.max():.2f} | 1 |"
+    )
     print(f"| limb residual RMS (mV) | {limb['generated']:.3f} | {limb['real']:.3f} |")
-    print(f"| k-NN precision / recall (k=3) | {pr['precision']:.2f} / {pr['recall']:.2f} | "
-          f"{pr_real['precision']:.2f} / {pr_real['recall']:.2f} |")
+    print(
+        f"| k-NN precision / recall (k=3) | {pr['precision']:.2f} / {pr['recall']:.2f} | "
+        f"{pr_real['precision']:.2f} / {pr_real['recall']:.2f} |"
+    )
     c = h["clip_score"]
     print(f"| CLIP score matched / mismatched | {c['matched']:.3f} / {c['mismatched']:.3f} | {c['real']:.3f} |")
     print(f"| C2ST AUROC | {h['c2st_auroc']['generated']:.3f} | {h['c2st_auroc']['real_vs_real']:.3f} |")

@@ -64,22 +64,32 @@ def run_variant(name, overrides, args, vae):
     x0 = jnp.asarray(val["mean"]) * 0.18215  # posterior means in the official latent scale
     condition = batch_condition({k: jnp.asarray(v) for k, v in val.items()})
     model = nnx.merge(graphdef, state.params)
-    errors = np.asarray(diffusion.eps_mse_by_timestep(
-        lambda x, t: model(x, t, condition), schedule, x0, jax.random.key(123), TIMESTEPS))
+    errors = np.asarray(
+        diffusion.eps_mse_by_timestep(lambda x, t: model(x, t, condition), schedule, x0, jax.random.key(123), TIMESTEPS)
+    )
     variance = float(np.var(np.asarray(x0)))
     baseline = diffusion.gaussian_eps_mse(np.asarray(schedule.alphas_cumprod)[list(TIMESTEPS)], variance)
-    return {"variant": name, "overrides": overrides, "steps": args.steps, "seconds": seconds,
-            "final_loss": float(np.mean([float(v) for v in losses[-50:]])),
-            "eps_mse": dict(zip(map(str, TIMESTEPS), map(float, errors))),
-            "wiener": dict(zip(map(str, TIMESTEPS), map(float, baseline)))}
+    return {
+        "variant": name,
+        "overrides": overrides,
+        "steps": args.steps,
+        "seconds": seconds,
+        "final_loss": float(np.mean([float(v) for v in losses[-50:]])),
+        "eps_mse": dict(zip(map(str, TIMESTEPS), map(float, errors))),
+        "wiener": dict(zip(map(str, TIMESTEPS), map(float, baseline))),
+    }
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", action="append", required=True, help="processed dataset directory (repeatable)")
     p.add_argument("--model", default=None, help="model directory whose VAE encodes the data (default: shipped)")
-    p.add_argument("--variant", action="append", required=True,
-                   help="NAME:key=value,key=value (config overrides of `small`; empty after ':' = as is)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        required=True,
+        help="NAME:key=value,key=value (config overrides of `small`; empty after ':' = as is)",
+    )
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--fixed-t", type=int, default=0, help="train at this timestep only (0: U{t_min..t_max-1})")

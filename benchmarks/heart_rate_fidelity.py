@@ -34,8 +34,15 @@ def main():
     for rate in args.rates:
         measured, missing = [], 0
         for seed in args.seeds:
-            out = pipe(args.report, age=args.age, sex=args.sex, heart_rate=rate,
-                       num_samples=args.num_samples, seed=seed, num_steps=args.num_steps)
+            out = pipe(
+                args.report,
+                age=args.age,
+                sex=args.sex,
+                heart_rate=rate,
+                num_samples=args.num_samples,
+                seed=seed,
+                num_steps=args.num_steps,
+            )
             for i, signal in enumerate(out.signals):
                 try:
                     measured.append(detect_heart_rate(signal, FS, record_id=f"hr{rate:g}-seed{seed}-{i}"))
@@ -43,10 +50,12 @@ def main():
                     missing += 1
         m = np.array(measured)
         rows.append((rate, len(m), missing, m.mean(), m.std(), np.median(m), np.abs(m - rate).mean()))
-    print(f"report {args.report!r}, age {args.age:g}, sex {args.sex}, seeds {args.seeds}, "
-          f"{args.num_samples} ECGs each, "
-          f"{pipe.config.sampling.num_steps if args.num_steps is None else args.num_steps} steps "
-          f"({time.perf_counter() - start:.0f} s)\n")
+    print(
+        f"report {args.report!r}, age {args.age:g}, sex {args.sex}, seeds {args.seeds}, "
+        f"{args.num_samples} ECGs each, "
+        f"{pipe.config.sampling.num_steps if args.num_steps is None else args.num_steps} steps "
+        f"({time.perf_counter() - start:.0f} s)\n"
+    )
     print("| requested bpm | ECGs measured | no rhythm found | measured mean ± sd | median | MAE |")
     print("|---|---|---|---|---|---|")
     for rate, n, missing, mean, sd, median, mae in rows:

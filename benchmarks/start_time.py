@@ -33,8 +33,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from benchmark_speed import cpu_busy_fraction  # noqa: E402
 
-ARGS = ["generate", "--report", "Sinus rhythm", "--age", "60", "--sex", "M", "--hr", "70", "--num-samples", "1",
-        "--sampler", "ddim", "--num-steps", "50", "--guidance-scale", "3", "--overwrite"]
+ARGS = [
+    "generate",
+    "--report",
+    "Sinus rhythm",
+    "--age",
+    "60",
+    "--sex",
+    "M",
+    "--hr",
+    "70",
+    "--num-samples",
+    "1",
+    "--sampler",
+    "ddim",
+    "--num-steps",
+    "50",
+    "--guidance-scale",
+    "3",
+    "--overwrite",
+]
 
 PHASES = r"""
 import json, sys, time
@@ -89,19 +107,27 @@ def main(argv=None) -> int:
 
     busy = cpu_busy_fraction()
     print("# `diffusets-jax generate`: cold and warm start (one ECG, DDIM 50, guidance 3)\n")
-    print(f"- {os.cpu_count()} CPUs; CPU busy with other work at start: "
-          f"{'unknown' if busy is None else f'{100 * busy:.0f}%'}\n")
+    print(
+        f"- {os.cpu_count()} CPUs; CPU busy with other work at start: "
+        f"{'unknown' if busy is None else f'{100 * busy:.0f}%'}\n"
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="diffusets-start-") as tmp:
         tmp = Path(tmp)
-        env = {**os.environ, "DIFFUSETS_JAX_CACHE_DIR": str(tmp / "cache"), "TF_CPP_MIN_LOG_LEVEL": "2",
-               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "DIFFUSETS_JAX_EMBEDDING_CACHE_DIR": str(tmp / "embeddings")}
+        env = {
+            **os.environ,
+            "DIFFUSETS_JAX_CACHE_DIR": str(tmp / "cache"),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "DIFFUSETS_JAX_EMBEDDING_CACHE_DIR": str(tmp / "embeddings"),
+        }
         env.pop("JAX_COMPILATION_CACHE_DIR", None)
         out = tmp / "out"
         cmd = [sys.executable, "-m", "diffusets_jax.cli", *ARGS, "--out", str(out)]
-        help_text = subprocess.run([sys.executable, "-m", "diffusets_jax.cli", "--help"], env=env, cwd=ROOT,
-                                   capture_output=True, text=True).stdout
+        help_text = subprocess.run(
+            [sys.executable, "-m", "diffusets_jax.cli", "--help"], env=env, cwd=ROOT, capture_output=True, text=True
+        ).stdout
         if not args.no_uncached and "--no-compile-cache" in help_text:
             uncached = {**env, "DIFFUSETS_JAX_EMBEDDING_CACHE_DIR": str(tmp / "embeddings-uncached-run")}
             rows.append(("no cache (`--no-compile-cache`)", *run(cmd + ["--no-compile-cache"], uncached, out)))
@@ -112,9 +138,14 @@ def main(argv=None) -> int:
         for i, w in enumerate(warm):
             print(f"  warm {i}: {w}", file=sys.stderr, flush=True)
         if warm:
-            rows.append((f"warm (median of {len(warm)})", statistics.median(w[0] for w in warm),
-                         statistics.median(w[1] for w in warm if w[1] is not None) if any(w[1] for w in warm) else None,
-                         max(w[2] for w in warm)))
+            rows.append(
+                (
+                    f"warm (median of {len(warm)})",
+                    statistics.median(w[0] for w in warm),
+                    statistics.median(w[1] for w in warm if w[1] is not None) if any(w[1] for w in warm) else None,
+                    max(w[2] for w in warm),
+                )
+            )
         cache_files = [p for p in (tmp / "cache").rglob("*") if p.is_file()]
         cache_mib = sum(p.stat().st_size for p in cache_files) / 2**20
 
@@ -124,14 +155,15 @@ def main(argv=None) -> int:
         print(f"\nCache after the runs: {len(cache_files)} files, {cache_mib:.1f} MiB.")
 
         if not args.no_phases:
-            proc = subprocess.run([sys.executable, "-c", PHASES, str(tmp / "phases")], env=env, cwd=ROOT,
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, "-c", PHASES, str(tmp / "phases")], env=env, cwd=ROOT, capture_output=True, text=True
+            )
             line = next((out for out in proc.stdout.splitlines() if out.startswith("PHASES ")), None)
             if line is None:
                 print(proc.stderr[-2000:], file=sys.stderr)
             else:
                 print("\n| phase of a warm start (one process) | seconds |\n|---|---|")
-                for name, seconds in json.loads(line[len("PHASES "):]).items():
+                for name, seconds in json.loads(line[len("PHASES ") :]).items():
                     print(f"| {name} | {seconds:.2f} |")
     busy = cpu_busy_fraction()
     print(f"\nCPU busy with other work at the end: {'unknown' if busy is None else f'{100 * busy:.0f}%'}.")

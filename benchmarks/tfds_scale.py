@@ -39,20 +39,34 @@ def build_once(run: str, corpus: str, data_dir: str, n: int) -> None:
     mode, workers, *rest = run.split(":")
     buffer = int(rest[0].removeprefix("buf")) if rest else None
     ids = [str(i) for i in pd.read_csv(Path(corpus) / "record_list.csv")["study_id"][:n]]
-    options = ({"beam_runner": "DirectRunner", "beam_workers": int(workers)} if mode == "beam"
-               else {"num_workers": int(workers)})
+    options = (
+        {"beam_runner": "DirectRunner", "beam_workers": int(workers)}
+        if mode == "beam"
+        else {"num_workers": int(workers)}
+    )
     start = time.perf_counter()
     info = build_dataset("mimic", corpus, data_dir, record_ids=ids, shuffle_buffer_mib=buffer, **options)
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "examples": sum(s.num_examples for s in info.splits.values()),
-                      "skipped": len(info.metadata["skipped"])}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "examples": sum(s.num_examples for s in info.splits.values()),
+                "skipped": len(info.metadata["skipped"]),
+            }
+        )
+    )
 
 
 def measure(run: str, corpus: Path, n: int) -> dict:
     """Run one build in a child process, sampling the RSS of it and its descendants."""
     with tempfile.TemporaryDirectory() as data_dir:
-        child = subprocess.Popen([sys.executable, __file__, "--build", run, str(corpus), data_dir, str(n)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        child = subprocess.Popen(
+            [sys.executable, __file__, "--build", run, str(corpus), data_dir, str(n)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         process, main_peak, total_peak = psutil.Process(child.pid), 0, 0
         while child.poll() is None:
             try:
@@ -66,8 +80,14 @@ def measure(run: str, corpus: Path, n: int) -> dict:
     if child.returncode != 0:
         raise RuntimeError(f"build {run} of {n} records failed (exit {child.returncode})")
     result = json.loads(out.strip().splitlines()[-1])
-    return {"run": run, "records": n, **result, "records_per_s": n / result["seconds"],
-            "peak_rss_main_mib": main_peak / 2**20, "peak_rss_total_mib": total_peak / 2**20}
+    return {
+        "run": run,
+        "records": n,
+        **result,
+        "records_per_s": n / result["seconds"],
+        "peak_rss_main_mib": main_peak / 2**20,
+        "peak_rss_total_mib": total_peak / 2**20,
+    }
 
 
 def _rss(process: psutil.Process) -> int:
@@ -92,8 +112,10 @@ def main(argv=None) -> None:
     from make_mimic_corpus import make_corpus
 
     n_max = max(args.sizes)
-    if not (args.corpus / "record_list.csv").exists() or \
-            sum(1 for _ in open(args.corpus / "record_list.csv")) - 1 < n_max:
+    if (
+        not (args.corpus / "record_list.csv").exists()
+        or sum(1 for _ in open(args.corpus / "record_list.csv")) - 1 < n_max
+    ):
         print(f"writing a {n_max}-study corpus to {args.corpus} ...", flush=True)
         make_corpus(args.corpus, n_max)
     rows = []
@@ -103,9 +125,11 @@ def main(argv=None) -> None:
         for n in args.sizes:
             row = measure(run, args.corpus, n)
             rows.append(row)
-            print(f"| {run} | {n} | {row['examples']} | {row['skipped']} | {row['seconds']:.0f} | "
-                  f"{row['records_per_s']:.1f} | {row['peak_rss_main_mib']:.0f} | {row['peak_rss_total_mib']:.0f} |",
-                  flush=True)
+            print(
+                f"| {run} | {n} | {row['examples']} | {row['skipped']} | {row['seconds']:.0f} | "
+                f"{row['records_per_s']:.1f} | {row['peak_rss_main_mib']:.0f} | {row['peak_rss_total_mib']:.0f} |",
+                flush=True,
+            )
             if args.out:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(rows, indent=1))

@@ -56,8 +56,12 @@ def profile(compiled, args, calls: int = 2) -> list[tuple[str, float, float]]:
         name = e.get("name", "")
         if e.get("ph") != "X" or name.startswith(("$", "Thunk", "end:", "Threadpool", "Pjit", "Common", "Slinky")):
             continue
-        if name in ("ParseArguments", "Handle inputs", "Handle input event recording",
-                    "AllocateOutputBuffersWithInputReuse"):
+        if name in (
+            "ParseArguments",
+            "Handle inputs",
+            "Handle input event recording",
+            "AllocateOutputBuffersWithInputReuse",
+        ):
             continue
         kinds[re.sub(r"\.\d+$", "", name)] += e.get("dur", 0.0)
     total = sum(kinds.values()) or 1.0
@@ -87,6 +91,7 @@ def main(argv=None) -> int:
                 if plain_norm and type(module) is GroupNorm:
                     module.__class__ = nnx.GroupNorm
             return vae.decoder(vae.encoder(x, noise)[0])
+
         return encode_decode
 
     variants = {

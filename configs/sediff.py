@@ -46,10 +46,18 @@ def get_config():
     # Per-view weights. The diagnostic content (report embedding, statement and code sets)
     # dominates; age, sex and heart rate break ties between diagnostically similar records.
     # SE-Diff's lambda_1..3 are not published; diagnoses count double the medications and procedures.
-    r.weights = ml_collections.ConfigDict({
-        "text": 1.0, "statements": 1.0, "age": 0.2, "sex": 0.1, "heart_rate": 0.3,
-        "diagnoses": 1.0, "medications": 0.5, "procedures": 0.5,
-    })
+    r.weights = ml_collections.ConfigDict(
+        {
+            "text": 1.0,
+            "statements": 1.0,
+            "age": 0.2,
+            "sex": 0.1,
+            "heart_rate": 0.3,
+            "diagnoses": 1.0,
+            "medications": 0.5,
+            "procedures": 0.5,
+        }
+    )
     r.summariser = "keyword"  # or "llm" (OpenAI-style chat; needs OPENAI_API_KEY)
     r.max_statements = 6  # statements per augmented report (the query's own are kept)
     r.min_support = 0.4  # keyword: fraction of neighbours stating a finding

@@ -44,15 +44,16 @@ def time_warp(signal: np.ndarray, s: float) -> np.ndarray:
     while filled < NUM_SAMPLES:
         piece = warped[: NUM_SAMPLES - filled + CROSSFADE]
         n = len(piece) - CROSSFADE
-        joint = out[filled - CROSSFADE: filled]
-        out[filled - CROSSFADE: filled] = (1.0 - fade) * joint + fade * piece[:CROSSFADE]
-        out[filled: filled + n] = piece[CROSSFADE:]
+        joint = out[filled - CROSSFADE : filled]
+        out[filled - CROSSFADE : filled] = (1.0 - fade) * joint + fade * piece[:CROSSFADE]
+        out[filled : filled + n] = piece[CROSSFADE:]
         filled += n
     return out
 
 
-def augment_heart_rate(arrays: dict[str, np.ndarray], copies: int, s_range: tuple[float, float],
-                       hr_range: tuple[float, float], seed: int) -> dict[str, np.ndarray]:
+def augment_heart_rate(
+    arrays: dict[str, np.ndarray], copies: int, s_range: tuple[float, float], hr_range: tuple[float, float], seed: int
+) -> dict[str, np.ndarray]:
     """`arrays` (fields of a processed set, `signal` `(N, 1024, 12)`, `heart_rate` `(N,)` bpm) with
     `copies` time-warped copies of each record appended.
 

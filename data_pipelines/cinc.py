@@ -67,9 +67,18 @@ DUPLICATE_FOLDERS = ("ptb-xl",)
 #: Record name -> record it duplicates (byte-identical `.mat`, same age, sex and Dx).
 KNOWN_DUPLICATES = {"E07510": "E07509"}
 #: PTB Challenge record -> PTB patient (checked by age/sex; see the module docstring).
-PTB_PATIENTS = {"S0001": "patient001", "S0002": "patient001", "S0003": "patient001", "S0004": "patient002",
-                "S0005": "patient003", "S0006": "patient004", "S0007": "patient004", "S0008": "patient005",
-                "S0009": "patient005", "S0010": "patient005"}
+PTB_PATIENTS = {
+    "S0001": "patient001",
+    "S0002": "patient001",
+    "S0003": "patient001",
+    "S0004": "patient002",
+    "S0005": "patient003",
+    "S0006": "patient004",
+    "S0007": "patient004",
+    "S0008": "patient005",
+    "S0009": "patient005",
+    "S0010": "patient005",
+}
 _WINDOW_ID = re.compile(r"^(?P<record>.+)_w(?P<window>\d+)$")
 
 
@@ -223,38 +232,71 @@ def load_record(root, record_id: str) -> ECGRecord:
     record, window = split_window_id(record_id)
     name = Path(record).name
     if name in KNOWN_DUPLICATES:
-        raise RecordError(record_id, f"duplicate of record {KNOWN_DUPLICATES[name]} (byte-identical signal file, "
-                                     "same age, sex and Dx)")
+        raise RecordError(
+            record_id,
+            f"duplicate of record {KNOWN_DUPLICATES[name]} (byte-identical signal file, same age, sex and Dx)",
+        )
     mapping = dx_mapping(str(root))
     raw = _read(str(Path(root) / record), record)
     windows = window_count(raw.signal.shape[0], raw.fs)
     duration = f"{raw.signal.shape[0] / raw.fs:.1f} s"
     if window is None and windows:
-        raise RecordError(record_id, f"record is {duration} long: load its 10 s windows "
-                                     f"{record}_w0 .. {record}_w{windows - 1}")
+        raise RecordError(
+            record_id, f"record is {duration} long: load its 10 s windows {record}_w0 .. {record}_w{windows - 1}"
+        )
     if window is not None and not windows:
         raise RecordError(record_id, f"record {record} is {duration} long, not split into windows: use its plain id")
     if window is not None and window >= windows:
-        raise RecordError(record_id, f"record {record} ({duration}) has {windows} complete 10 s window(s); "
-                                     f"window {window} does not exist")
+        raise RecordError(
+            record_id,
+            f"record {record} ({duration}) has {windows} complete 10 s window(s); window {window} does not exist",
+        )
     if window is not None:
         n = window_length(raw.fs)
-        raw = RawSignal(raw.signal[window * n:(window + 1) * n], raw.fs, raw.lead_names, raw.comments, raw.path)
+        raw = RawSignal(raw.signal[window * n : (window + 1) * n], raw.fs, raw.lead_names, raw.comments, raw.path)
     info = parse_comments(raw.comments)
     statements, codes, unknown = statements_from_dx(info.get("dx", ""), mapping)
     patient = patient_of(record)
-    metadata = {"record": record, "database": Path(record).parts[0] if len(Path(record).parts) > 1 else "",
-                "window": window, "start_s": (window or 0) * DURATION_S, "dx_codes": codes,
-                "dx_abbreviations": [mapping[c][1] if c in mapping else "" for c in codes]}
+    metadata = {
+        "record": record,
+        "database": Path(record).parts[0] if len(Path(record).parts) > 1 else "",
+        "window": window,
+        "start_s": (window or 0) * DURATION_S,
+        "dx_codes": codes,
+        "dx_abbreviations": [mapping[c][1] if c in mapping else "" for c in codes],
+    }
     if unknown:
         metadata["unknown_dx_codes"] = unknown
     if window is not None:
-        metadata["notes"] = [f"10 s window {window} ({metadata['start_s']:g}-{metadata['start_s'] + DURATION_S:g} s) "
-                             f"of a {duration} record"]
-    return build_record(record_id=record_id, patient_id=patient, raw=raw, age=info.get("age"), sex=info.get("sex"),
-                        statements=statements, fold=patient_fold(patient), source=NAME, metadata=metadata)
+        metadata["notes"] = [
+            f"10 s window {window} ({metadata['start_s']:g}-{metadata['start_s'] + DURATION_S:g} s) "
+            f"of a {duration} record"
+        ]
+    return build_record(
+        record_id=record_id,
+        patient_id=patient,
+        raw=raw,
+        age=info.get("age"),
+        sex=info.get("sex"),
+        statements=statements,
+        fold=patient_fold(patient),
+        source=NAME,
+        metadata=metadata,
+    )
 
 
-__all__ = ["NAME", "DUPLICATE_FOLDERS", "KNOWN_DUPLICATES", "PTB_PATIENTS", "dx_mapping", "list_records",
-           "list_record_names", "load_record", "parse_comments", "patient_of", "split_window_id",
-           "statements_from_dx", "window_count"]
+__all__ = [
+    "NAME",
+    "DUPLICATE_FOLDERS",
+    "KNOWN_DUPLICATES",
+    "PTB_PATIENTS",
+    "dx_mapping",
+    "list_records",
+    "list_record_names",
+    "load_record",
+    "parse_comments",
+    "patient_of",
+    "split_window_id",
+    "statements_from_dx",
+    "window_count",
+]

@@ -40,8 +40,11 @@ from diffusets_jax.constants import LATENT_CHANNELS, LATENT_LENGTH, NUM_LEADS, N
 #: Condition keys every batch holds, with the shape of one row (`None`: the embedding size D).
 CONDITION_SHAPES = {"text_embedding": (None,), "sex": (), "age": (), "heart_rate": ()}
 SIGNAL_SHAPES = {"signal": (NUM_SAMPLES, NUM_LEADS), **CONDITION_SHAPES}
-LATENT_SHAPES = {"mean": (LATENT_LENGTH, LATENT_CHANNELS), "log_variance": (LATENT_LENGTH, LATENT_CHANNELS),
-                 **CONDITION_SHAPES}
+LATENT_SHAPES = {
+    "mean": (LATENT_LENGTH, LATENT_CHANNELS),
+    "log_variance": (LATENT_LENGTH, LATENT_CHANNELS),
+    **CONDITION_SHAPES,
+}
 #: Optional in memory: one scaled latent sampled per record, the official latent cache.
 CACHED_LATENT_SHAPE = {"latents": (LATENT_LENGTH, LATENT_CHANNELS)}
 #: Name of the latent dataset description written by `diffusets_jax.data_pipelines.latents.write_latents()`.
@@ -55,15 +58,17 @@ class BatchSource(Protocol):
 
     num_examples: int
 
-    def batches(self, global_batch_size: int, start_step: int, *, seed: int, shuffle: bool
-                ) -> Iterator[dict[str, np.ndarray]]: ...
+    def batches(
+        self, global_batch_size: int, start_step: int, *, seed: int, shuffle: bool
+    ) -> Iterator[dict[str, np.ndarray]]: ...
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
     """Rows per process, `global_batch_size // process_count`; ValueError unless it divides evenly."""
     if global_batch_size <= 0 or global_batch_size % process_count:
-        raise ValueError(f"global batch size {global_batch_size} must be a positive multiple of the "
-                         f"process count {process_count}")
+        raise ValueError(
+            f"global batch size {global_batch_size} must be a positive multiple of the process count {process_count}"
+        )
     return global_batch_size // process_count
 
 
@@ -80,8 +85,9 @@ def batch_indices(num_examples: int, batch_size: int, step: int, seed: int, shuf
     return order[offset * batch_size : (offset + 1) * batch_size]
 
 
-def to_global(local_batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh, axis: str | None = None
-              ) -> dict[str, jax.Array]:
+def to_global(
+    local_batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh, axis: str | None = None
+) -> dict[str, jax.Array]:
     """This process's rows of a batch -> one global `jax.Array` per numeric key, sharded along the
     batch (first) dimension over `axis` of `mesh`.
 
@@ -103,8 +109,11 @@ def to_global(local_batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh, ax
     """
     sharding = NamedSharding(mesh, P(mesh.axis_names[0] if axis is None else axis))
     arrays = {key: np.asarray(value) for key, value in local_batch.items()}
-    return {key: jax.make_array_from_process_local_data(sharding, value)
-            for key, value in arrays.items() if value.dtype.kind not in "OSU"}
+    return {
+        key: jax.make_array_from_process_local_data(sharding, value)
+        for key, value in arrays.items()
+        if value.dtype.kind not in "OSU"
+    }
 
 
 def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -131,8 +140,10 @@ def _check_shapes(shapes: Mapping[str, Sequence[int]], expected: Mapping[str, tu
             raise ValueError(f"{where} has no field {key!r} (fields: {', '.join(sorted(shapes))})")
         got = tuple(shapes[key])
         if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want)):
-            raise ValueError(f"field {key!r} of {where} has shape {got} per record, expected "
-                             f"{tuple('D' if w is None else w for w in want)}")
+            raise ValueError(
+                f"field {key!r} of {where} has shape {got} per record, expected "
+                f"{tuple('D' if w is None else w for w in want)}"
+            )
 
 
 class ArraySource:
@@ -151,8 +162,15 @@ class ArraySource:
             values (naming the field and record).
     """
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], *, record_ids: Sequence[str] | None = None,
-                 with_ids: bool = False, process_index: int | None = None, process_count: int | None = None):
+    def __init__(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        *,
+        record_ids: Sequence[str] | None = None,
+        with_ids: bool = False,
+        process_index: int | None = None,
+        process_count: int | None = None,
+    ):
         expected = LATENT_SHAPES if "mean" in arrays else SIGNAL_SHAPES
         if "mean" in arrays and "latents" in arrays:
             expected = {**expected, **CACHED_LATENT_SHAPE}
@@ -162,8 +180,9 @@ class ArraySource:
         if len(set(lengths.values())) != 1:
             raise ValueError(f"arrays have different numbers of records: {lengths}")
         self.num_examples = next(iter(lengths.values()))
-        self.record_ids = np.asarray(record_ids if record_ids is not None else
-                                     [str(i) for i in range(self.num_examples)])
+        self.record_ids = np.asarray(
+            record_ids if record_ids is not None else [str(i) for i in range(self.num_examples)]
+        )
         _check_finite(self.arrays, self.record_ids, "the arrays")
         self.with_ids = with_ids
         self.process_index, self.process_count = _processes(process_index, process_count)
@@ -174,8 +193,13 @@ class ArraySource:
         from diffusets_jax.data_pipelines.processed import load_processed
 
         data = load_processed(dirs, folds)
-        arrays = {"signal": data.signals, "text_embedding": data.text_embeddings, "sex": data.sex_codes,
-                  "age": data.age, "heart_rate": data.heart_rate}
+        arrays = {
+            "signal": data.signals,
+            "text_embedding": data.text_embeddings,
+            "sex": data.sex_codes,
+            "age": data.age,
+            "heart_rate": data.heart_rate,
+        }
         return cls(arrays, record_ids=data.record_ids, **kwargs)
 
     def steps_per_epoch(self, global_batch_size: int) -> int:
@@ -184,8 +208,9 @@ class ArraySource:
             raise ValueError(f"{self.num_examples} records are fewer than one batch of {global_batch_size}")
         return self.num_examples // global_batch_size
 
-    def batches(self, global_batch_size: int, start_step: int, *, seed: int, shuffle: bool
-                ) -> Iterator[dict[str, np.ndarray]]:
+    def batches(
+        self, global_batch_size: int, start_step: int, *, seed: int, shuffle: bool
+    ) -> Iterator[dict[str, np.ndarray]]:
         local = local_batch_size(global_batch_size, self.process_count)
         self.steps_per_epoch(global_batch_size)
         rows = slice(self.process_index * local, (self.process_index + 1) * local)
@@ -238,11 +263,20 @@ class TFRecordSource:
         FileNotFoundError: a shard file is missing. ValueError: fewer shard files than processes.
     """
 
-    def __init__(self, files: Sequence[str | Path], lengths: Sequence[int], shapes: Mapping[str, tuple], *,
-                 where: str, int64_fields: Sequence[str] = (), deterministic: bool = True,
-                 with_ids: bool = False,
-                 shuffle_buffer: int | None = None, process_index: int | None = None,
-                 process_count: int | None = None):
+    def __init__(
+        self,
+        files: Sequence[str | Path],
+        lengths: Sequence[int],
+        shapes: Mapping[str, tuple],
+        *,
+        where: str,
+        int64_fields: Sequence[str] = (),
+        deterministic: bool = True,
+        with_ids: bool = False,
+        shuffle_buffer: int | None = None,
+        process_index: int | None = None,
+        process_count: int | None = None,
+    ):
         self.files = [str(f) for f in files]
         for file in self.files:
             if not Path(file).is_file():
@@ -253,8 +287,10 @@ class TFRecordSource:
         self.where, self.deterministic, self.with_ids = where, deterministic, with_ids
         self.process_index, self.process_count = _processes(process_index, process_count)
         if len(self.files) < self.process_count:
-            raise ValueError(f"{where} has {len(self.files)} shard file(s), fewer than the {self.process_count} "
-                             "processes reading it; rebuild it with more shards (num_shards)")
+            raise ValueError(
+                f"{where} has {len(self.files)} shard file(s), fewer than the {self.process_count} "
+                "processes reading it; rebuild it with more shards (num_shards)"
+            )
         self.num_examples = sum(self.lengths)
         self.local_files = self.files[self.process_index :: self.process_count]
         self.local_examples = [sum(self.lengths[p :: self.process_count]) for p in range(self.process_count)]
@@ -290,35 +326,38 @@ class TFRecordSource:
         """
         info_path = Path(directory) / LATENT_INFO
         if not info_path.is_file():
-            raise FileNotFoundError(f"{info_path} not found: write the latent dataset with "
-                                    "diffusets_jax.data_pipelines.latents.write_latents first")
+            raise FileNotFoundError(
+                f"{info_path} not found: write the latent dataset with "
+                "diffusets_jax.data_pipelines.latents.write_latents first"
+            )
         info = json.loads(info_path.read_text())
         where = f"latent dataset {directory}"
         _check_shapes(info["shapes"], LATENT_SHAPES, where)
         files = [Path(directory) / shard["file"] for shard in info["shards"]]
         lengths = [shard["count"] for shard in info["shards"]]
-        return cls(files, lengths, {key: tuple(info["shapes"][key]) for key in LATENT_SHAPES}, where=where,
-                   **kwargs)
+        return cls(files, lengths, {key: tuple(info["shapes"][key]) for key in LATENT_SHAPES}, where=where, **kwargs)
 
     def steps_per_epoch(self, global_batch_size: int) -> int:
         """Steps per epoch, the same on every process: its fewest examples // local batch size."""
         local = local_batch_size(global_batch_size, self.process_count)
         steps = min(self.local_examples) // local
         if steps == 0:
-            raise ValueError(f"{self.where}: a process has {min(self.local_examples)} examples, fewer than "
-                             f"one local batch of {local}")
+            raise ValueError(
+                f"{self.where}: a process has {min(self.local_examples)} examples, fewer than "
+                f"one local batch of {local}"
+            )
         return steps
 
     def _parse(self, serialized):
         """Parse a (b,) batch of serialized examples into float32 fields + record_id."""
         tf = cpu_tensorflow()
-        spec = {key: tf.io.FixedLenFeature([math.prod(shape)],
-                                           tf.int64 if key in self.int64_fields else tf.float32)
-                for key, shape in self.shapes.items()}
+        spec = {
+            key: tf.io.FixedLenFeature([math.prod(shape)], tf.int64 if key in self.int64_fields else tf.float32)
+            for key, shape in self.shapes.items()
+        }
         spec["record_id"] = tf.io.FixedLenFeature([], tf.string)
         parsed = tf.io.parse_example(serialized, spec)
-        batch = {key: tf.reshape(tf.cast(parsed[key], tf.float32), (-1, *shape))
-                 for key, shape in self.shapes.items()}
+        batch = {key: tf.reshape(tf.cast(parsed[key], tf.float32), (-1, *shape)) for key, shape in self.shapes.items()}
         batch["record_id"] = parsed["record_id"]
         return batch
 
@@ -335,33 +374,43 @@ class TFRecordSource:
             epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
             ordered = tf.random.experimental.stateless_shuffle(files, seed=epoch_seed) if shuffle else files
             records = tf.data.Dataset.from_tensor_slices(ordered).interleave(
-                tf.data.TFRecordDataset, cycle_length=read_parallelism, block_length=16,
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=self.deterministic)
+                tf.data.TFRecordDataset,
+                cycle_length=read_parallelism,
+                block_length=16,
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=self.deterministic,
+            )
             if shuffle:
-                records = records.shuffle(self.shuffle_buffer, seed=seed * 1_000_003 + epoch,
-                                          reshuffle_each_iteration=False)
+                records = records.shuffle(
+                    self.shuffle_buffer, seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False
+                )
             skip = tf.where(epoch == start_epoch, tf.constant(offset * local, tf.int64), 0)
             # every process: the same steps per epoch; then the batches before start_step are skipped
             return records.take(steps * local).skip(skip)
 
         options = tf.data.Options()
         options.deterministic = self.deterministic
-        return (tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_records)
-                .batch(local, drop_remainder=True)
-                .map(self._parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=self.deterministic)
-                .prefetch(tf.data.AUTOTUNE)
-                .with_options(options))
+        return (
+            tf.data.Dataset.range(start_epoch, 2**62)
+            .flat_map(epoch_records)
+            .batch(local, drop_remainder=True)
+            .map(self._parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=self.deterministic)
+            .prefetch(tf.data.AUTOTUNE)
+            .with_options(options)
+        )
 
-    def batches(self, global_batch_size: int, start_step: int, *, seed: int, shuffle: bool
-                ) -> Iterator[dict[str, np.ndarray]]:
+    def batches(
+        self, global_batch_size: int, start_step: int, *, seed: int, shuffle: bool
+    ) -> Iterator[dict[str, np.ndarray]]:
         tf = cpu_tensorflow()
         iterator = self.dataset(global_batch_size, start_step, seed=seed, shuffle=shuffle).as_numpy_iterator()
         while True:
             try:
                 batch = next(iterator)
             except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:  # wrong size, truncated file
-                raise ValueError(f"cannot read a record of {self.where} (files {self.local_files}): "
-                                 f"{err.message}") from None
+                raise ValueError(
+                    f"cannot read a record of {self.where} (files {self.local_files}): {err.message}"
+                ) from None
             record_ids = batch["record_id"] if self.with_ids else batch.pop("record_id")
             _check_finite({k: v for k, v in batch.items() if k != "record_id"}, record_ids, self.where)
             yield batch

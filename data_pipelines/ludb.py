@@ -24,9 +24,17 @@ from .records import ECGRecord, RecordError, build_record, parse_age, patient_fo
 
 NAME = "ludb"
 AMPLITUDE_NOTE = "LUDB leads are stored rescaled to 1 mV peak-to-peak each; amplitudes are not physical"
-_CSV_DIAGNOSIS_COLUMNS = ("Rhythms", "Electric axis of the heart", "Conduction abnormalities", "Extrasystolies",
-                          "Hypertrophies", "Cardiac pacing", "Ischemia",
-                          "Non-specific repolarization abnormalities", "Other states")
+_CSV_DIAGNOSIS_COLUMNS = (
+    "Rhythms",
+    "Electric axis of the heart",
+    "Conduction abnormalities",
+    "Extrasystolies",
+    "Hypertrophies",
+    "Cardiac pacing",
+    "Ischemia",
+    "Non-specific repolarization abnormalities",
+    "Other states",
+)
 
 
 def list_records(root) -> list[str]:
@@ -42,7 +50,7 @@ def list_records(root) -> list[str]:
 def clean_diagnosis(line: str) -> str:
     """`'Rhythm: Sinus bradycardia. '` -> `'Sinus bradycardia'` (strip, drop trailing '.', 'Rhythm: ')."""
     text = line.strip().rstrip(".").strip()
-    return text[len("Rhythm:"):].strip() if text.startswith("Rhythm:") else text
+    return text[len("Rhythm:") :].strip() if text.startswith("Rhythm:") else text
 
 
 def parse_comments(comments: list[str]) -> dict:
@@ -77,10 +85,18 @@ def _csv_info(root, record_id: str) -> dict:
     if table is None or record_id not in table.index:
         return {}
     row = table.loc[record_id]
-    diagnoses = [clean_diagnosis(part) for col in _CSV_DIAGNOSIS_COLUMNS if col in row.index
-                 for part in row[col].splitlines() if clean_diagnosis(part)]
-    return {"age": row.get("Age", "").strip() or None, "sex": row.get("Sex", "").strip() or None,
-            "diagnoses": diagnoses}
+    diagnoses = [
+        clean_diagnosis(part)
+        for col in _CSV_DIAGNOSIS_COLUMNS
+        if col in row.index
+        for part in row[col].splitlines()
+        if clean_diagnosis(part)
+    ]
+    return {
+        "age": row.get("Age", "").strip() or None,
+        "sex": row.get("Sex", "").strip() or None,
+        "diagnoses": diagnoses,
+    }
 
 
 def load_record(root, record_id: str) -> ECGRecord:
@@ -102,9 +118,17 @@ def load_record(root, record_id: str) -> ECGRecord:
     for key in used_csv:
         info[key] = fallback[key]
     notes = [AMPLITUDE_NOTE] + ([f"{', '.join(used_csv)} from ludb.csv"] if used_csv else [])
-    return build_record(record_id=record_id, patient_id=record_id, raw=raw, age=parse_age(info["age"]),
-                        sex=info["sex"], statements=info["diagnoses"], fold=patient_fold(record_id),
-                        source=NAME, metadata={"notes": notes})
+    return build_record(
+        record_id=record_id,
+        patient_id=record_id,
+        raw=raw,
+        age=parse_age(info["age"]),
+        sex=info["sex"],
+        statements=info["diagnoses"],
+        fold=patient_fold(record_id),
+        source=NAME,
+        metadata={"notes": notes},
+    )
 
 
 def annotated_heart_rate(root, record_id: str, lead: str = "ii") -> float:

@@ -37,8 +37,7 @@ def _tables(root: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]
     root_path = Path(root)
     try:
         records = pd.read_csv(root_path / "record_list.csv", dtype={"study_id": str})
-        measurements = pd.read_csv(root_path / "machine_measurements.csv", dtype={"study_id": str},
-                                   low_memory=False)
+        measurements = pd.read_csv(root_path / "machine_measurements.csv", dtype={"study_id": str}, low_memory=False)
         patients_path = root_path / "patients.csv"
         patients = pd.read_csv(patients_path).set_index("subject_id") if patients_path.exists() else None
     except (OSError, ValueError, KeyError) as err:
@@ -100,8 +99,20 @@ def load_record(root, record_id: str) -> ECGRecord:
     rr = meas_row.get("rr_interval")
     heart_rate = rr_heart_rate(rr)
     raw = read_wfdb(Path(root) / rec_row["path"], record_id)
-    metadata = {"subject_id": subject_id, "rr_interval": _number(rr),
-                "hr_source": "xqrs" if heart_rate is None else "rr_interval"}
-    return build_record(record_id=record_id, patient_id=str(subject_id), raw=raw, age=age, sex=sex,
-                        statements=statements, fold=patient_fold(str(subject_id)), source=NAME,
-                        heart_rate=heart_rate, metadata=metadata)
+    metadata = {
+        "subject_id": subject_id,
+        "rr_interval": _number(rr),
+        "hr_source": "xqrs" if heart_rate is None else "rr_interval",
+    }
+    return build_record(
+        record_id=record_id,
+        patient_id=str(subject_id),
+        raw=raw,
+        age=age,
+        sex=sex,
+        statements=statements,
+        fold=patient_fold(str(subject_id)),
+        source=NAME,
+        heart_rate=heart_rate,
+        metadata=metadata,
+    )

@@ -41,24 +41,35 @@ def write_hosp_codes(processed_dir: str | Path, codes: Mapping[str, Mapping[str,
     path = Path(processed_dir) / HOSP_CODES_FILE
     with open(path, "w") as f:
         for record_id, views in codes.items():
-            f.write(json.dumps({"record_id": str(record_id), **{v: sorted(views[v]) for v in CODE_VIEWS if v in views}})
-                    + "\n")
+            f.write(
+                json.dumps({"record_id": str(record_id), **{v: sorted(views[v]) for v in CODE_VIEWS if v in views}})
+                + "\n"
+            )
     return path
 
 
 def _hosp_table(hosp_root: Path, name: str, columns: Sequence[str]):
     import pandas as pd
 
-    for candidate in (hosp_root / f"{name}.csv", hosp_root / f"{name}.csv.gz",
-                      hosp_root / "hosp" / f"{name}.csv", hosp_root / "hosp" / f"{name}.csv.gz"):
+    for candidate in (
+        hosp_root / f"{name}.csv",
+        hosp_root / f"{name}.csv.gz",
+        hosp_root / "hosp" / f"{name}.csv",
+        hosp_root / "hosp" / f"{name}.csv.gz",
+    ):
         if candidate.is_file():
             return pd.read_csv(candidate, usecols=list(columns), dtype={"icd_code": str}, low_memory=False)
     return None
 
 
-def link_hosp_codes(ecg_root: str | Path, hosp_root: str | Path, record_ids: Sequence[str] | None = None, *,
-                    hours_before_admission: float = 24.0, icd_chars: int | None = None
-                    ) -> dict[str, dict[str, list[str]]]:
+def link_hosp_codes(
+    ecg_root: str | Path,
+    hosp_root: str | Path,
+    record_ids: Sequence[str] | None = None,
+    *,
+    hours_before_admission: float = 24.0,
+    icd_chars: int | None = None,
+) -> dict[str, dict[str, list[str]]]:
     """SE-Diff's tri-view profiles: the MIMIC-IV hospital code sets of each MIMIC-IV-ECG study.
 
     An ECG (`ecg_root/record_list.csv`: `subject_id, study_id, ecg_time`) is linked to the
@@ -78,8 +89,9 @@ def link_hosp_codes(ecg_root: str | Path, hosp_root: str | Path, record_ids: Seq
     ecg_root, hosp_root = Path(ecg_root), Path(hosp_root)
     if not (ecg_root / "record_list.csv").is_file():
         raise FileNotFoundError(f"{ecg_root / 'record_list.csv'} not found (MIMIC-IV-ECG root)")
-    ecgs = pd.read_csv(ecg_root / "record_list.csv", usecols=["subject_id", "study_id", "ecg_time"],
-                       dtype={"study_id": str})
+    ecgs = pd.read_csv(
+        ecg_root / "record_list.csv", usecols=["subject_id", "study_id", "ecg_time"], dtype={"study_id": str}
+    )
     if record_ids is not None:
         ecgs = ecgs[ecgs["study_id"].isin([str(r) for r in record_ids])]
     admissions = _hosp_table(hosp_root, "admissions", ["subject_id", "hadm_id", "admittime", "dischtime"])
@@ -89,7 +101,8 @@ def link_hosp_codes(ecg_root: str | Path, hosp_root: str | Path, record_ids: Seq
     for column in ("ecg_time", "admittime", "dischtime"):
         merged[column] = pd.to_datetime(merged[column])
     inside = (merged["ecg_time"] >= merged["admittime"] - pd.Timedelta(hours=hours_before_admission)) & (
-        merged["ecg_time"] <= merged["dischtime"])
+        merged["ecg_time"] <= merged["dischtime"]
+    )
     merged = merged[inside].copy()
     merged["started_before"] = merged["admittime"] <= merged["ecg_time"]
     merged = merged.sort_values(["study_id", "started_before", "admittime"], ascending=[True, False, True])
@@ -100,13 +113,16 @@ def link_hosp_codes(ecg_root: str | Path, hosp_root: str | Path, record_ids: Seq
     hadm_of = dict(zip(link["study_id"], link["hadm_id"]))
 
     sets: dict[str, dict] = {}
+
     def icd(row_version, code) -> str:
         code = str(code).strip()
         return f"ICD{int(row_version)}:{code[:icd_chars] if icd_chars else code}"
 
-    for view, name, columns in (("diagnoses", "diagnoses_icd", ["hadm_id", "icd_code", "icd_version"]),
-                                ("procedures", "procedures_icd", ["hadm_id", "icd_code", "icd_version"]),
-                                ("medications", "prescriptions", ["hadm_id", "drug"])):
+    for view, name, columns in (
+        ("diagnoses", "diagnoses_icd", ["hadm_id", "icd_code", "icd_version"]),
+        ("procedures", "procedures_icd", ["hadm_id", "icd_code", "icd_version"]),
+        ("medications", "prescriptions", ["hadm_id", "drug"]),
+    ):
         table = _hosp_table(hosp_root, name, columns)
         if table is None:
             continue
@@ -120,8 +136,9 @@ def link_hosp_codes(ecg_root: str | Path, hosp_root: str | Path, record_ids: Seq
     return {study: {v: sorted(s) for v, s in sets.get(hadm, {}).items()} for study, hadm in hadm_of.items()}
 
 
-def attach_hosp_codes(processed_dir: str | Path, hosp_root: str | Path, ecg_root: str | Path | None = None,
-                      **options) -> Path:
+def attach_hosp_codes(
+    processed_dir: str | Path, hosp_root: str | Path, ecg_root: str | Path | None = None, **options
+) -> Path:
     """Link a processed MIMIC-IV-ECG set to MIMIC-IV hosp (`link_hosp_codes()`) and write
     `processed_dir/hosp_codes.jsonl`; `ecg_root` defaults to `info.json`'s `root`."""
     info = json.loads((Path(processed_dir) / "info.json").read_text())

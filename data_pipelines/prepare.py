@@ -14,8 +14,14 @@ from . import get_reader
 from .records import ECGRecord, RecordError
 
 
-def load_records(source: str, root, record_ids: Iterable[str] | None = None, progress: bool = True,
-                 num_workers: int = 1, **reader_options) -> tuple[list[ECGRecord], list[tuple[str, str]]]:
+def load_records(
+    source: str,
+    root,
+    record_ids: Iterable[str] | None = None,
+    progress: bool = True,
+    num_workers: int = 1,
+    **reader_options,
+) -> tuple[list[ECGRecord], list[tuple[str, str]]]:
     """Load records of `source` (`'ptbxl'`, `'ludb'`, `'mimic'`, `'cinc'`) from `root`.
 
     Args:

@@ -38,8 +38,16 @@ from diffusets_jax.errors import DataError, MissingFileError
 MANIFEST_FILES = ("dataset.npz", "info.json", "records.jsonl", "skipped.csv")
 
 ARRAY_FIELDS = (
-    "signals", "text_embeddings", "age", "sex", "heart_rate", "fold", "reports", "prompts",
-    "record_ids", "patient_ids",
+    "signals",
+    "text_embeddings",
+    "age",
+    "sex",
+    "heart_rate",
+    "fold",
+    "reports",
+    "prompts",
+    "record_ids",
+    "patient_ids",
 )
 
 
@@ -72,8 +80,16 @@ class ProcessedDataset:
         return ProcessedDataset(**fields, embedder=self.embedder)
 
 
-def save_processed(records, skipped: Sequence[tuple[str, str]], out_dir: str | Path, embedder,
-                   *, source: str, root: str, cache_path: str | Path | None = None) -> Path:
+def save_processed(
+    records,
+    skipped: Sequence[tuple[str, str]],
+    out_dir: str | Path,
+    embedder,
+    *,
+    source: str,
+    root: str,
+    cache_path: str | Path | None = None,
+) -> Path:
     """Embed the reports of `records` (ECGRecord list) and write the processed set to `out_dir`.
 
     `cache_path` (default `out_dir/embedding_cache.npz`) keeps prompt embeddings between runs.
@@ -103,15 +119,21 @@ def save_processed(records, skipped: Sequence[tuple[str, str]], out_dir: str | P
         patient_ids=np.array([str(r.patient_id) for r in records]),
     )
     atomic_write(out_dir / "dataset.npz", lambda f: np.savez(f, **arrays))
-    atomic_write_text(out_dir / "records.jsonl", "".join(
-        json.dumps({"record_id": str(r.record_id), **_jsonable(r.metadata)}) + "\n" for r in records))
+    atomic_write_text(
+        out_dir / "records.jsonl",
+        "".join(json.dumps({"record_id": str(r.record_id), **_jsonable(r.metadata)}) + "\n" for r in records),
+    )
     with atomic_open(out_dir / "skipped.csv", "w") as f:
         writer = csv.writer(f)
         writer.writerow(["record_id", "reason"])
         writer.writerows(skipped)
     info = {
-        "source": source, "root": str(root), "embedder": embedder.name, "embed_dim": embedder.dim,
-        "num_records": len(records), "num_skipped": len(skipped),
+        "source": source,
+        "root": str(root),
+        "embedder": embedder.name,
+        "embed_dim": embedder.dim,
+        "num_records": len(records),
+        "num_skipped": len(skipped),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     atomic_write_text(out_dir / "info.json", json.dumps(info, indent=2))
@@ -123,8 +145,7 @@ def _jsonable(metadata: dict) -> dict:
     return json.loads(json.dumps(metadata, default=str))
 
 
-def load_processed(dirs: str | Path | Sequence[str | Path], folds: Sequence[int] | None = None
-                   ) -> ProcessedDataset:
+def load_processed(dirs: str | Path | Sequence[str | Path], folds: Sequence[int] | None = None) -> ProcessedDataset:
     """Read and concatenate processed sets, keeping only `folds` if given.
 
     Checks `dataset.npz` and `info.json` against the set's `MANIFEST.json` when it has one (sets
@@ -157,8 +178,9 @@ def load_processed(dirs: str | Path | Sequence[str | Path], folds: Sequence[int]
         except KeyError as error:
             raise DataError(f"{path} lacks the array {error}") from None
         except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
-            raise DataError(f"{path} is not a readable .npz (truncated or garbled?): "
-                            f"{type(error).__name__}: {error}") from None
+            raise DataError(
+                f"{path} is not a readable .npz (truncated or garbled?): {type(error).__name__}: {error}"
+            ) from None
     if len(embedders) > 1:
         raise ValueError(f"datasets {dirs} were embedded with different text embedders: {sorted(embedders)}")
     merged = {name: np.concatenate([p[name] for p in parts]) for name in ARRAY_FIELDS}

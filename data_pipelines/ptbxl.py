@@ -36,8 +36,9 @@ def _tables(root: str) -> tuple[pd.DataFrame, dict[str, str]]:
         raise RecordError(root, f"cannot read PTB-XL tables in {root}: {err}") from err
     needed = ("patient_id", "age", "sex", "scp_codes", "report", "strat_fold")
     if missing := [c for c in needed if c not in db.columns]:
-        raise RecordError(root, f"{Path(root) / 'ptbxl_database.csv'} lacks the column(s) {', '.join(missing)} "
-                                "of PTB-XL 1.0.3")
+        raise RecordError(
+            root, f"{Path(root) / 'ptbxl_database.csv'} lacks the column(s) {', '.join(missing)} of PTB-XL 1.0.3"
+        )
     if "description" not in scp.columns:
         raise RecordError(root, f"{Path(root) / 'scp_statements.csv'} lacks the column description")
     return db, scp["description"].to_dict()
@@ -90,6 +91,15 @@ def load_record(root, record_id: str, sampling_rate: int = 500) -> ECGRecord:
     if unknown:
         metadata["unknown_scp_codes"] = unknown
     raw = read_wfdb(Path(root) / row[_FILE_COLUMN[sampling_rate]], record_id)
-    return build_record(record_id=record_id, patient_id=f"{row['patient_id']:.0f}", raw=raw, age=row["age"],
-                        sex=row["sex"], numeric_sex=SEX_CODES, statements=statements,
-                        fold=int(row["strat_fold"]), source=NAME, metadata=metadata)
+    return build_record(
+        record_id=record_id,
+        patient_id=f"{row['patient_id']:.0f}",
+        raw=raw,
+        age=row["age"],
+        sex=row["sex"],
+        numeric_sex=SEX_CODES,
+        statements=statements,
+        fold=int(row["strat_fold"]),
+        source=NAME,
+        metadata=metadata,
+    )

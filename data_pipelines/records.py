@@ -101,11 +101,14 @@ class ECGRecord:
 
     def __post_init__(self):
         if self.signal.shape != (NUM_SAMPLES, len(LEADS)) or self.signal.dtype != np.float32:
-            raise RecordError(self.record_id, f"signal must be float32 {(NUM_SAMPLES, len(LEADS))}, "
-                                              f"got {self.signal.dtype} {self.signal.shape}")
+            raise RecordError(
+                self.record_id,
+                f"signal must be float32 {(NUM_SAMPLES, len(LEADS))}, got {self.signal.dtype} {self.signal.shape}",
+            )
         if self.sex not in ("M", "F") or not 1 <= self.fold <= 10 or not self.statements:
-            raise RecordError(self.record_id, f"invalid sex {self.sex!r}, fold {self.fold} "
-                                              f"or statements {self.statements!r}")
+            raise RecordError(
+                self.record_id, f"invalid sex {self.sex!r}, fold {self.fold} or statements {self.statements!r}"
+            )
 
     @property
     def report(self) -> str:
@@ -143,8 +146,9 @@ def clean_signal(signal: np.ndarray, fs: float, record_id: str = "<unknown>") ->
     notes = []
     n_10s = round(DURATION_S * fs)
     if x.shape[0] < n_10s - 1:
-        raise RecordError(record_id, f"signal is {x.shape[0] / fs:.2f} s long ({x.shape[0]} samples at "
-                                     f"{fs:g} Hz); 10 s needed")
+        raise RecordError(
+            record_id, f"signal is {x.shape[0] / fs:.2f} s long ({x.shape[0]} samples at {fs:g} Hz); 10 s needed"
+        )
     if x.shape[0] > n_10s:
         if x.shape[0] > n_10s + 1:
             notes.append(f"cropped to the first 10 s ({x.shape[0]} -> {n_10s} samples)")
@@ -153,8 +157,7 @@ def clean_signal(signal: np.ndarray, fs: float, record_id: str = "<unknown>") ->
     if bad.all(axis=0).any():
         raise RecordError(record_id, f"no finite samples in {_lead_list(bad.all(axis=0))}")
     if bad.mean() > MAX_NAN_FRACTION:
-        raise RecordError(record_id, f"{bad.mean():.1%} of samples are NaN/inf "
-                                     f"(more than {MAX_NAN_FRACTION:.0%})")
+        raise RecordError(record_id, f"{bad.mean():.1%} of samples are NaN/inf (more than {MAX_NAN_FRACTION:.0%})")
     if bad.any():
         notes.append(f"{int(bad.sum())} NaN/inf samples set to 0")
         x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
@@ -335,8 +338,13 @@ def read_wfdb(path: str | os.PathLike, record_id: str | None = None) -> RawSigna
     if unknown:
         raise RecordError(record_id, f"WFDB record {path} has unsupported units {unknown}")
     scale = np.array([_UNIT_TO_MV[u] for u in units])
-    return RawSignal(np.asarray(rec.p_signal, dtype=np.float64) * scale, float(rec.fs),
-                     list(rec.sig_name), list(rec.comments or []), path)
+    return RawSignal(
+        np.asarray(rec.p_signal, dtype=np.float64) * scale,
+        float(rec.fs),
+        list(rec.sig_name),
+        list(rec.comments or []),
+        path,
+    )
 
 
 def _check_checksums(rec, path: str, record_id: str) -> None:
@@ -345,11 +353,17 @@ def _check_checksums(rec, path: str, record_id: str) -> None:
     if not any(c is not None for c in stored):
         return
     computed = rec.calc_checksum()
-    bad = [name for name, want, got in zip(rec.sig_name, stored, computed)
-           if want is not None and (int(got) - int(want)) % 65536]
+    bad = [
+        name
+        for name, want, got in zip(rec.sig_name, stored, computed)
+        if want is not None and (int(got) - int(want)) % 65536
+    ]
     if bad:
-        raise RecordError(record_id, f"WFDB record {path}: the samples of {', '.join(bad)} do not match the "
-                                     "header's checksums (the .dat file is corrupt)")
+        raise RecordError(
+            record_id,
+            f"WFDB record {path}: the samples of {', '.join(bad)} do not match the "
+            "header's checksums (the .dat file is corrupt)",
+        )
 
 
 def parse_age(value) -> float | None:
@@ -364,8 +378,12 @@ def parse_age(value) -> float | None:
     return age + 1 if text.startswith(">") else age
 
 
-def validate_patient(age, sex, record_id: str, numeric_sex: Mapping[int, str] | None = None,
-                     ) -> tuple[float, str, list[str]]:
+def validate_patient(
+    age,
+    sex,
+    record_id: str,
+    numeric_sex: Mapping[int, str] | None = None,
+) -> tuple[float, str, list[str]]:
     """Check and normalise patient age and sex.
 
     Args:
@@ -414,9 +432,20 @@ def require_statements(statements: Sequence[str], record_id: str) -> list[str]:
     return kept
 
 
-def build_record(*, record_id: str, patient_id: str, raw: RawSignal, age, sex, statements: Sequence[str],
-                 fold: int, source: str, heart_rate: float | None = None,
-                 numeric_sex: Mapping[int, str] | None = None, metadata: dict | None = None) -> ECGRecord:
+def build_record(
+    *,
+    record_id: str,
+    patient_id: str,
+    raw: RawSignal,
+    age,
+    sex,
+    statements: Sequence[str],
+    fold: int,
+    source: str,
+    heart_rate: float | None = None,
+    numeric_sex: Mapping[int, str] | None = None,
+    metadata: dict | None = None,
+) -> ECGRecord:
     """Shared final step of every reader: validate, reorder, clean, get HR, resample.
 
     `heart_rate` given (e.g. MIMIC machine RR) is used as is; otherwise `detect_heart_rate()`
@@ -429,6 +458,15 @@ def build_record(*, record_id: str, patient_id: str, raw: RawSignal, age, sex, s
     if heart_rate is None:
         heart_rate, meta["hr_lead"] = heart_rate_and_lead(native, raw.fs, record_id)
     meta["notes"] = meta.get("notes", []) + notes + signal_notes
-    return ECGRecord(record_id=str(record_id), patient_id=str(patient_id), signal=_to_model_rate(native),
-                     age=age, sex=sex, heart_rate=float(heart_rate), statements=statements, fold=int(fold),
-                     source=source, metadata=meta)
+    return ECGRecord(
+        record_id=str(record_id),
+        patient_id=str(patient_id),
+        signal=_to_model_rate(native),
+        age=age,
+        sex=sex,
+        heart_rate=float(heart_rate),
+        statements=statements,
+        fold=int(fold),
+        source=source,
+        metadata=meta,
+    )

@@ -27,12 +27,34 @@ from tqdm.auto import tqdm
 
 from diffusets_jax.constants import SEX_CODES
 from diffusets_jax.errors import DataError, InputError, MissingFileError
-from diffusets_jax.pipeline import (Pipeline, Sampling, check_batch_size, check_seed, prepare_output_dir, row_keys,
-                                    short_repr, validate_conditions)
+from diffusets_jax.pipeline import (
+    Pipeline,
+    Sampling,
+    check_batch_size,
+    check_seed,
+    prepare_output_dir,
+    row_keys,
+    short_repr,
+    validate_conditions,
+)
 
 REQUIRED_COLUMNS = ("report", "age", "sex", "hr")
-INDEX_COLUMNS = ("row", "record", "status", "message", "report", "age", "sex", "hr", "seed",
-                 "sampler", "num_steps", "guidance_scale", "eta", "exact_limb_leads")
+INDEX_COLUMNS = (
+    "row",
+    "record",
+    "status",
+    "message",
+    "report",
+    "age",
+    "sex",
+    "hr",
+    "seed",
+    "sampler",
+    "num_steps",
+    "guidance_scale",
+    "eta",
+    "exact_limb_leads",
+)
 
 
 @dataclass
@@ -83,8 +105,10 @@ def read_conditions(path: str | Path, base_seed: int = 0) -> list[Row]:
             columns = [_printable(c).strip().lower() for c in reader.fieldnames or []]
             missing = [c for c in REQUIRED_COLUMNS if c not in columns]
             if missing:
-                raise DataError(f"{path}: missing column(s) {', '.join(missing)}; need {', '.join(REQUIRED_COLUMNS)} "
-                                f"(and optionally seed), found {short_repr(', '.join(columns) or 'none')}")
+                raise DataError(
+                    f"{path}: missing column(s) {', '.join(missing)}; need {', '.join(REQUIRED_COLUMNS)} "
+                    f"(and optionally seed), found {short_repr(', '.join(columns) or 'none')}"
+                )
             for i, raw in enumerate(reader):
                 values = {_printable(k).strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
                 rows.append(_parse_row(i, values, base_seed))
@@ -128,11 +152,22 @@ def _number(values: dict, name: str) -> float:
 
 
 def _index_entry(row: Row, options: Sampling, status: str, message: str = "") -> dict:
-    return {"row": row.row, "record": row.record if status == "ok" else "", "status": status, "message": message,
-            "report": row.report, "age": "" if row.age is None else f"{row.age:g}", "sex": row.sex or "",
-            "hr": "" if row.hr is None else f"{row.hr:g}", "seed": "" if row.seed is None else row.seed,
-            "sampler": options.sampler, "num_steps": options.num_steps, "guidance_scale": f"{options.guidance_scale:g}",
-            "eta": f"{options.eta:g}", "exact_limb_leads": options.exact_limb_leads}
+    return {
+        "row": row.row,
+        "record": row.record if status == "ok" else "",
+        "status": status,
+        "message": message,
+        "report": row.report,
+        "age": "" if row.age is None else f"{row.age:g}",
+        "sex": row.sex or "",
+        "hr": "" if row.hr is None else f"{row.hr:g}",
+        "seed": "" if row.seed is None else row.seed,
+        "sampler": options.sampler,
+        "num_steps": options.num_steps,
+        "guidance_scale": f"{options.guidance_scale:g}",
+        "eta": f"{options.eta:g}",
+        "exact_limb_leads": options.exact_limb_leads,
+    }
 
 
 def _read_index(path: Path) -> dict[int, dict]:
@@ -145,15 +180,17 @@ def _read_index(path: Path) -> dict[int, dict]:
             reader = csv.DictReader(file)
             missing = [c for c in ("row", "status") if c not in (reader.fieldnames or [])]
             if missing:
-                raise DataError(f"{path} is not the index of a `generate --from-csv` run (no column "
-                                f"{', '.join(missing)}): {advice}")
+                raise DataError(
+                    f"{path} is not the index of a `generate --from-csv` run (no column {', '.join(missing)}): {advice}"
+                )
             entries = {}
             for entry in reader:
                 try:
                     entries[int(entry["row"])] = entry
                 except (TypeError, ValueError):
-                    raise DataError(f"{path}, line {reader.line_num}: row {short_repr(entry['row'])} is not a row "
-                                    f"number: {advice}") from None
+                    raise DataError(
+                        f"{path}, line {reader.line_num}: row {short_repr(entry['row'])} is not a row number: {advice}"
+                    ) from None
             return entries
     except (UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{path} is not a readable index ({type(error).__name__}): {advice}") from None
@@ -164,12 +201,20 @@ def _done(entry: dict | None, row: Row, options: Sampling) -> bool:
     if entry is None or entry.get("status") != "ok":
         return False
     return {k: str(v) for k, v in _index_entry(row, options, "ok").items()} == {
-        k: entry.get(k, "") for k in INDEX_COLUMNS}
+        k: entry.get(k, "") for k in INDEX_COLUMNS
+    }
 
 
 def generate_from_csv(
-    pipeline: Pipeline, csv_path: str | Path, out_dir: str | Path, *, sampling: Sampling | None = None,
-    seed: int = 0, batch_size: int | None = None, png: bool = True, progress: bool = True,
+    pipeline: Pipeline,
+    csv_path: str | Path,
+    out_dir: str | Path,
+    *,
+    sampling: Sampling | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    png: bool = True,
+    progress: bool = True,
 ) -> BatchReport:
     """Generate one ECG per valid row of `csv_path` into `out_dir` (see the module docstring).
 
@@ -214,27 +259,48 @@ def generate_from_csv(
     unique = sorted(set(prompts))
     embeddings = dict(zip(unique, pipeline.embedder.embed(unique))) if unique else {}
     generated = []
-    with tqdm(total=len(pending), desc=f"generating ({options.sampler}, {options.num_steps} steps)", unit="ECG",
-              disable=not progress) as bar:
+    with tqdm(
+        total=len(pending),
+        desc=f"generating ({options.sampler}, {options.num_steps} steps)",
+        unit="ECG",
+        disable=not progress,
+    ) as bar:
         for first in range(0, len(pending), batch_size):
             batch = pending[first : first + batch_size]
-            keys = row_keys(np.array([seed if r.seed is None else r.seed for r in batch]),
-                            np.array([r.row if r.seed is None else 0 for r in batch]))
+            keys = row_keys(
+                np.array([seed if r.seed is None else r.seed for r in batch]),
+                np.array([r.row if r.seed is None else 0 for r in batch]),
+            )
             signals = pipeline.generate_for_conditions(
                 np.stack([embeddings[p] for p in prompts[first : first + batch_size]]),
-                np.array([SEX_CODES[r.sex] for r in batch], np.float32), np.array([r.age for r in batch], np.float32),
-                np.array([r.hr for r in batch], np.float32), keys=keys, sampling=options, batch_size=len(batch),
+                np.array([SEX_CODES[r.sex] for r in batch], np.float32),
+                np.array([r.age for r in batch], np.float32),
+                np.array([r.hr for r in batch], np.float32),
+                keys=keys,
+                sampling=options,
+                batch_size=len(batch),
             )
             for r, signal in zip(batch, signals):
-                comments = {"report": r.report, "age": f"{r.age:g}", "sex": r.sex, "heart_rate_bpm": f"{r.hr:g}",
-                            "seed": str(seed if r.seed is None else r.seed), "row": str(r.row),
-                            "sampler": options.sampler, "num_steps": str(options.num_steps),
-                            "guidance_scale": f"{options.guidance_scale:g}", "generator": "diffusets-jax"}
+                comments = {
+                    "report": r.report,
+                    "age": f"{r.age:g}",
+                    "sex": r.sex,
+                    "heart_rate_bpm": f"{r.hr:g}",
+                    "seed": str(seed if r.seed is None else r.seed),
+                    "row": str(r.row),
+                    "sampler": options.sampler,
+                    "num_steps": str(options.num_steps),
+                    "guidance_scale": f"{options.guidance_scale:g}",
+                    "generator": "diffusets-jax",
+                }
                 try:
                     write_wfdb(signal, out_dir, r.record, comments=comments)
                     if png:
-                        plot_ecg(signal, title=f"row {r.row}: {r.report} | {r.sex}, {r.age:g} y, {r.hr:g} bpm",
-                                 path=out_dir / f"{r.record}.png")
+                        plot_ecg(
+                            signal,
+                            title=f"row {r.row}: {r.report} | {r.sex}, {r.age:g} y, {r.hr:g} bpm",
+                            path=out_dir / f"{r.record}.png",
+                        )
                 except ValueError as error:  # e.g. non-finite values: list the row, write the others
                     r.error = f"could not write the record: {error}"
                     bad.append(r)
@@ -254,8 +320,9 @@ def _write_manifest(out_dir: Path, entries: dict[int, dict]) -> None:
     from diffusets_jax.checkpoints import write_manifest
 
     records = {entry["record"] for entry in entries.values() if entry.get("status") == "ok"}
-    names = [path.name for path in out_dir.iterdir()
-             if path.suffix in (".hea", ".dat", ".png") and path.stem in records]
+    names = [
+        path.name for path in out_dir.iterdir() if path.suffix in (".hea", ".dat", ".png") and path.stem in records
+    ]
     write_manifest(out_dir, ["index.csv", *names])
 
 

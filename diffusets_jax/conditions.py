@@ -19,7 +19,6 @@ from typing import Mapping, Sequence
 import numpy as np
 
 
-
 @dataclasses.dataclass(frozen=True)
 class ConditionKeywords:
     """One keyword-defined condition: the report (lower-cased) matches if any `include` regex is
@@ -84,8 +83,9 @@ CONDITION_KEYWORDS: dict[str, ConditionKeywords] = {
     "pvc": ConditionKeywords((r"\bpvcs?\b", r"\bventricular premature", r"\bpremature ventricular"), (), "pvc"),
     "pac": ConditionKeywords((r"\bpacs?\b", r"\batrial premature", r"\bpremature atrial"), (), "pac"),
     "lbbb": ConditionKeywords((r"(?<!incomplete )\bleft bundle branch block", r"(?<!incomplete )\blbbb\b"), (), "lbbb"),
-    "rbbb": ConditionKeywords((r"(?<!incomplete )\bright bundle branch block", r"(?<!incomplete )\brbbb\b"), (),
-                              "rbbb"),
+    "rbbb": ConditionKeywords(
+        (r"(?<!incomplete )\bright bundle branch block", r"(?<!incomplete )\brbbb\b"), (), "rbbb"
+    ),
     "av_block_1": ConditionKeywords((r"\b(?:first|1st|i)[ -]degree a-?v[ -]?block",), (), "avbi"),
     "mi": ConditionKeywords((r"infarct",), (), "mi"),
     "st_changes": ConditionKeywords((r"\bst\b",), (), "st"),
@@ -94,8 +94,9 @@ CONDITION_KEYWORDS: dict[str, ConditionKeywords] = {
 }
 
 
-def condition_labels(reports: Sequence[str],
-                     keywords: Mapping[str, ConditionKeywords] | None = None) -> dict[str, np.ndarray]:
+def condition_labels(
+    reports: Sequence[str], keywords: Mapping[str, ConditionKeywords] | None = None
+) -> dict[str, np.ndarray]:
     """Keyword-defined condition masks of report texts (a report can have several labels).
 
     Args:
@@ -120,11 +121,16 @@ def condition_labels(reports: Sequence[str],
         if not isinstance(report, str):
             raise TypeError(f"reports must be strings, got {type(report).__name__}")
         texts.append(report.lower())
-    compiled = {name: ([re.compile(p) for p in rule.include], [re.compile(p) for p in rule.exclude])
-                for name, rule in keywords.items()}
-    return {name: np.array([any(p.search(t) for p in include) and not any(p.search(t) for p in exclude)
-                            for t in texts], dtype=bool)
-            for name, (include, exclude) in compiled.items()}
+    compiled = {
+        name: ([re.compile(p) for p in rule.include], [re.compile(p) for p in rule.exclude])
+        for name, rule in keywords.items()
+    }
+    return {
+        name: np.array(
+            [any(p.search(t) for p in include) and not any(p.search(t) for p in exclude) for t in texts], dtype=bool
+        )
+        for name, (include, exclude) in compiled.items()
+    }
 
 
 #: Classes beyond `CONDITION_KEYWORDS`: SE-Diff's
@@ -148,16 +154,40 @@ EXTRA_CLASS_KEYWORDS: dict[str, ConditionKeywords] = {
 
 #: Order in which a report's classes are tried (most beat-specific first); `all` catches the rest.
 CLASS_PRIORITY = (
-    "pacing", "lbbb", "rbbb", "wpw", "pvc", "atrial_fibrillation", "atrial_flutter", "pac", "av_block_1",
-    "st_elevation", "st_depression", "mi", "lvh", "rvh", "prolonged_qt", "ischemia", "t_wave_abnormal",
-    "st_changes", "incomplete_rbbb", "lafb", "left_axis_deviation", "left_atrial_hypertrophy",
-    "sinus_tachycardia", "sinus_bradycardia", "sinus_arrhythmia", "normal", "sinus_rhythm",
+    "pacing",
+    "lbbb",
+    "rbbb",
+    "wpw",
+    "pvc",
+    "atrial_fibrillation",
+    "atrial_flutter",
+    "pac",
+    "av_block_1",
+    "st_elevation",
+    "st_depression",
+    "mi",
+    "lvh",
+    "rvh",
+    "prolonged_qt",
+    "ischemia",
+    "t_wave_abnormal",
+    "st_changes",
+    "incomplete_rbbb",
+    "lafb",
+    "left_axis_deviation",
+    "left_atrial_hypertrophy",
+    "sinus_tachycardia",
+    "sinus_bradycardia",
+    "sinus_arrhythmia",
+    "normal",
+    "sinus_rhythm",
 )
 FALLBACK_CLASS = "all"
 
 
-def class_masks(reports: Sequence[str], keywords: Mapping[str, ConditionKeywords] | None = None
-                ) -> dict[str, np.ndarray]:
+def class_masks(
+    reports: Sequence[str], keywords: Mapping[str, ConditionKeywords] | None = None
+) -> dict[str, np.ndarray]:
     """`{class: (N,) bool}`: `all`, the curated condition labels and `EXTRA_CLASS_KEYWORDS`."""
     masks = {"all": np.ones(len(reports), bool)}
     masks.update(condition_labels(reports))

@@ -66,8 +66,9 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
         old = node[leaf]
         if isinstance(old, ml_collections.ConfigDict):
             raise ConfigError(f"--set {override}: {key} is a section of the config; set one of its fields") from None
-        raise ConfigError(f"--set {override}: {key} must be of type {type(old).__name__} (like {old!r}), "
-                          f"got {value!r}") from None
+        raise ConfigError(
+            f"--set {override}: {key} must be of type {type(old).__name__} (like {old!r}), got {value!r}"
+        ) from None
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> str:
@@ -92,8 +93,9 @@ def config_from_json(text: str, source: str | Path = "config JSON") -> ml_collec
 MODEL_SECTIONS = ("text", "vae", "unet", "diffusion")
 
 
-def read_config_json(path: str | Path, reference: ml_collections.ConfigDict | None = None,
-                     sections: Sequence[str] = ()) -> ml_collections.ConfigDict:
+def read_config_json(
+    path: str | Path, reference: ml_collections.ConfigDict | None = None, sections: Sequence[str] = ()
+) -> ml_collections.ConfigDict:
     """Read a `config.json`, checked: each of `sections` present, and each field that `reference`
     also has of the same kind of value (`check_config`).
 
@@ -128,8 +130,13 @@ def check_config(config, reference, source: str | Path = "config", prefix: str =
                 raise ConfigError(f"{source}: {name} must be a section (a JSON object), got {value!r}")
             check_config(value, expected, source, f"{name}.")
             continue
-        kinds = ((bool, "true or false"), (int, "an integer"), (float, "a number"), (str, "text"),
-                 ((list, tuple), "a list"))
+        kinds = (
+            (bool, "true or false"),
+            (int, "an integer"),
+            (float, "a number"),
+            (str, "text"),
+            ((list, tuple), "a list"),
+        )
         kind, label = next(((k, label) for k, label in kinds if isinstance(expected, k)), (None, None))
         if kind is None:
             continue

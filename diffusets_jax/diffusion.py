@@ -71,8 +71,13 @@ def make_schedule(
     return Schedule(jnp.asarray(betas), jnp.asarray(alphas_cumprod), clip_sample, clip_sample_range)
 
 
-def schedule_arrays(beta_start: float = 0.00085, beta_end: float = 0.012, num_train_timesteps: int = 1000,
-                    beta_schedule: str = "linear", snr_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def schedule_arrays(
+    beta_start: float = 0.00085,
+    beta_end: float = 0.012,
+    num_train_timesteps: int = 1000,
+    beta_schedule: str = "linear",
+    snr_scale: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """`(betas, alphas_cumprod)` of `make_schedule` as float32 NumPy arrays (usable while tracing)."""
     if beta_schedule == "linear":
         betas = np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float32)
@@ -97,7 +102,12 @@ def schedule_from_config(d) -> Schedule:
     """The schedule of a config's `diffusion` group (`configs/common.py`); `snr_scale` may be absent
     (model directories written before it existed) and then is 1."""
     return make_schedule(
-        d.beta_start, d.beta_end, d.num_train_timesteps, d.beta_schedule, d.clip_sample, d.clip_sample_range,
+        d.beta_start,
+        d.beta_end,
+        d.num_train_timesteps,
+        d.beta_schedule,
+        d.clip_sample,
+        d.clip_sample_range,
         d.get("snr_scale", 1.0),
     )
 
@@ -156,9 +166,7 @@ def predict_x0(schedule: Schedule, eps: Array, t: Array, x: Array) -> Array:
     return x0
 
 
-def ddpm_step(
-    schedule: Schedule, eps: Array, t: Array, x: Array, noise: Array, step_ratio: int
-) -> Array:
+def ddpm_step(schedule: Schedule, eps: Array, t: Array, x: Array, noise: Array, step_ratio: int) -> Array:
     """One ancestral step x_t -> x_{t - step_ratio}, as `DDPMScheduler.step` (diffusers 0.27.2).
 
     `t` is a scalar int; `noise` `(B, 128, C)` is the variance noise (used only when t > 0).
@@ -174,16 +182,12 @@ def ddpm_step(
     x0 = (x - jnp.sqrt(beta_prod_t) * eps) / jnp.sqrt(abar_t)
     if schedule.clip_sample:
         x0 = jnp.clip(x0, -schedule.clip_sample_range, schedule.clip_sample_range)
-    mean = (jnp.sqrt(abar_prev) * beta_t / beta_prod_t) * x0 + (
-        jnp.sqrt(alpha_t) * beta_prod_prev / beta_prod_t
-    ) * x
+    mean = (jnp.sqrt(abar_prev) * beta_t / beta_prod_t) * x0 + (jnp.sqrt(alpha_t) * beta_prod_prev / beta_prod_t) * x
     variance = jnp.maximum(beta_t * beta_prod_prev / beta_prod_t, 1e-20)
     return mean + jnp.where(t > 0, jnp.sqrt(variance), 0.0) * noise
 
 
-def sample_ddpm(
-    model_fn: ModelFn, schedule: Schedule, x_T: Array, key: Array, num_steps: int = 1000
-) -> Array:
+def sample_ddpm(model_fn: ModelFn, schedule: Schedule, x_T: Array, key: Array, num_steps: int = 1000) -> Array:
     """Ancestral DDPM sampling from `x_T` `(B, 128, C)` down to x_0, compiled as one `lax.scan`.
 
     `key` seeds the variance noise (`step_noise`: step i uses `fold_in(key, i)`, per row if `key`
@@ -205,8 +209,13 @@ def sample_ddpm(
 
 
 def sample_ddim(
-    model_fn: ModelFn, schedule: Schedule, x_T: Array, key: Array, num_steps: int = 50,
-    eta: float = 0.0, spacing: str = "trailing",
+    model_fn: ModelFn,
+    schedule: Schedule,
+    x_T: Array,
+    key: Array,
+    num_steps: int = 50,
+    eta: float = 0.0,
+    spacing: str = "trailing",
 ) -> Array:
     """DDIM sampling (Song et al. 2021, eq. 12) from `x_T` `(B, 128, C)`, as diffusers' `DDIMScheduler.step`.
 
@@ -282,8 +291,13 @@ def sample_dpm_solver(
 
 
 def sample(
-    model_fn: ModelFn, schedule: Schedule, x_T: Array, key: Array, num_steps: int,
-    sampler: str = "ddpm", eta: float = 0.0,
+    model_fn: ModelFn,
+    schedule: Schedule,
+    x_T: Array,
+    key: Array,
+    num_steps: int,
+    sampler: str = "ddpm",
+    eta: float = 0.0,
 ) -> Array:
     """Latents `(B, 128, C)` from `x_T` by `sampler` in SAMPLERS ('ddpm': the official ancestral
     sampler, 'leading' steps; 'ddim' with `eta`; 'dpm-solver++': 2M), `num_steps` model calls.
@@ -299,8 +313,12 @@ def sample(
     raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
 
 
-def guided(conditional_fn: Callable[[Array, Array, Array], Array], condition: Array, null_condition: Array,
-           guidance_scale: float = 1.0) -> ModelFn:
+def guided(
+    conditional_fn: Callable[[Array, Array, Array], Array],
+    condition: Array,
+    null_condition: Array,
+    guidance_scale: float = 1.0,
+) -> ModelFn:
     """Classifier-free guidance (Ho & Salimans 2022): `eps_null + s (eps_cond - eps_null)`.
 
     `conditional_fn(x, t, condition) -> eps`; `condition` and `null_condition` `(B, D + 3)`. The two
@@ -311,8 +329,9 @@ def guided(conditional_fn: Callable[[Array, Array, Array], Array], condition: Ar
         return lambda x, t: conditional_fn(x, t, condition)
 
     def model_fn(x, t):
-        eps = conditional_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-                             jnp.concatenate([condition, null_condition]))
+        eps = conditional_fn(
+            jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([condition, null_condition])
+        )
         eps_condition, eps_null = jnp.split(eps, 2)
         return eps_null + guidance_scale * (eps_condition - eps_null)
 

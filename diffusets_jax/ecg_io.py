@@ -24,9 +24,7 @@ _RECORD_NAME = re.compile(r"[A-Za-z0-9_-]+")
 def _check_signal(signal) -> np.ndarray:
     signal = np.asarray(signal, dtype=np.float64)
     if signal.ndim != 2 or signal.shape[1] != NUM_LEADS:
-        raise ValueError(
-            f"signal must have shape (num_samples, {NUM_LEADS}) in mV, got {signal.shape}"
-        )
+        raise ValueError(f"signal must have shape (num_samples, {NUM_LEADS}) in mV, got {signal.shape}")
     if not np.isfinite(signal).all():
         raise ValueError("signal contains NaN or infinite values")
     return signal
@@ -68,9 +66,7 @@ def write_wfdb(
     import wfdb
 
     if not _RECORD_NAME.fullmatch(record_name):
-        raise ValueError(
-            f"record_name {record_name!r} may only contain letters, digits, '-' and '_'"
-        )
+        raise ValueError(f"record_name {record_name!r} may only contain letters, digits, '-' and '_'")
     signal = _check_signal(signal)
     if isinstance(comments, Mapping):
         comments = [f"{key}: {value}" for key, value in comments.items()]
@@ -162,9 +158,12 @@ def wfdb_record_is_complete(path: str | Path, num_samples: int = NUM_SAMPLES) ->
 
     try:
         record = wfdb.rdrecord(str(path), physical=False)
-        return (record.n_sig == NUM_LEADS and record.sig_len == num_samples
-                and record.d_signal.shape == (num_samples, NUM_LEADS)
-                and list(record.checksum) == list(record.calc_checksum()))
+        return (
+            record.n_sig == NUM_LEADS
+            and record.sig_len == num_samples
+            and record.d_signal.shape == (num_samples, NUM_LEADS)
+            and list(record.checksum) == list(record.calc_checksum())
+        )
     except Exception:  # noqa: BLE001 - whatever wfdb raises on a broken file, the record is not complete
         return False
 
@@ -187,9 +186,7 @@ def write_npz(path: str | Path, signals, **metadata) -> Path:
     """
     signals = np.asarray(signals, dtype=np.float32)
     if signals.ndim != 3 or signals.shape[1:] != (NUM_SAMPLES, NUM_LEADS):
-        raise ValueError(
-            f"signals must have shape (B, {NUM_SAMPLES}, {NUM_LEADS}) in mV, got {signals.shape}"
-        )
+        raise ValueError(f"signals must have shape (B, {NUM_SAMPLES}, {NUM_LEADS}) in mV, got {signals.shape}")
     if "signals" in metadata:
         raise ValueError("'signals' is reserved for the ECG array")
     arrays = {key: np.asarray(value) for key, value in metadata.items()}

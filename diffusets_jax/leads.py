@@ -30,8 +30,12 @@ def derive_limb_leads(signals):
     """
     _check(signals)
     lead_i, lead_ii = signals[..., I], signals[..., II]
-    derived = {III: lead_ii - lead_i, AVR: -(lead_i + lead_ii) / 2, AVL: lead_i - lead_ii / 2,
-               AVF: lead_ii - lead_i / 2}
+    derived = {
+        III: lead_ii - lead_i,
+        AVR: -(lead_i + lead_ii) / 2,
+        AVL: lead_i - lead_ii / 2,
+        AVF: lead_ii - lead_i / 2,
+    }
     if isinstance(signals, np.ndarray):
         out = signals.copy()
         for index, lead in derived.items():
@@ -53,5 +57,12 @@ def identity_residuals(signals):
     _check(signals)
     xp = signals.__array_namespace__()
     lead_i, lead_ii = signals[..., I], signals[..., II]
-    return xp.stack([signals[..., III] - (lead_ii - lead_i), signals[..., AVR] + (lead_i + lead_ii) / 2,
-                     signals[..., AVL] - (lead_i - lead_ii / 2), signals[..., AVF] - (lead_ii - lead_i / 2)], axis=-1)
+    return xp.stack(
+        [
+            signals[..., III] - (lead_ii - lead_i),
+            signals[..., AVR] + (lead_i + lead_ii) / 2,
+            signals[..., AVL] - (lead_i - lead_ii / 2),
+            signals[..., AVF] - (lead_ii - lead_i / 2),
+        ],
+        axis=-1,
+    )

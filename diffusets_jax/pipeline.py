@@ -98,22 +98,31 @@ def validate_conditions(report, age, sex, heart_rate, num_samples: int = 1):
         byte = f" (byte 0x{ord(bad) - 0xDC00:02x})" if "\udc80" <= bad <= "\udcff" else ""
         raise InputError(f"report is not UTF-8 text{byte}: {short_repr(text)}")
     # A line break inside a report separates statements, like '|' (WFDB header comments are single lines).
-    parts = "|".join(text.splitlines()).split("|") if isinstance(report, str) else \
-        [p for s in report for p in s.splitlines()]
+    parts = (
+        "|".join(text.splitlines()).split("|")
+        if isinstance(report, str)
+        else [p for s in report for p in s.splitlines()]
+    )
     statements = [p.strip() for p in parts if p.strip()]
     if bad := next((c for s in statements for c in s if c != "\t" and (c < " " or "\x7f" <= c < "\xa0")), None):
         raise InputError(f"report holds the control character U+{ord(bad):04X} (binary data?): {short_repr(text)}")
     if not statements:
-        raise InputError(f"report has no statements: {short_repr(report)}" if isinstance(report, str) else
-                         "report is empty: give at least one statement, e.g. 'Sinus rhythm'")
+        raise InputError(
+            f"report has no statements: {short_repr(report)}"
+            if isinstance(report, str)
+            else "report is empty: give at least one statement, e.g. 'Sinus rhythm'"
+        )
     sex_code = str(sex).strip().upper()[:1] if str(sex).strip().lower() in ("m", "f", "male", "female") else None
     if sex_code not in SEX_CODES:
         raise InputError(f"sex must be 'M' or 'F' (or male/female), got {short_repr(sex)}")
     for name, value, (low, high) in (("age", age, AGE_RANGE), ("heart_rate", heart_rate, HEART_RATE_RANGE)):
         if not is_real(value) or not low <= value <= high:
             raise InputError(f"{name} must be a number in [{low:g}, {high:g}], got {short_repr(value)}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or \
-            not 1 <= num_samples <= MAX_SAMPLES:
+    if (
+        isinstance(num_samples, bool)
+        or not isinstance(num_samples, (int, np.integer))
+        or not 1 <= num_samples <= MAX_SAMPLES
+    ):
         raise InputError(f"num_samples must be an integer in [1, {MAX_SAMPLES}], got {short_repr(num_samples)}")
     return statements, sex_code
 
@@ -121,8 +130,10 @@ def validate_conditions(report, age, sex, heart_rate, num_samples: int = 1):
 def _sampling_value(sampling) -> Sampling:
     """`sampling` if it is a `Sampling`; TypeError otherwise (e.g. a dict of options)."""
     if not isinstance(sampling, Sampling):
-        raise TypeError(f"sampling must be a Sampling (made by Pipeline.sampling(...) or Sampling.from_config), "
-                        f"got {type(sampling).__name__}")
+        raise TypeError(
+            f"sampling must be a Sampling (made by Pipeline.sampling(...) or Sampling.from_config), "
+            f"got {type(sampling).__name__}"
+        )
     return sampling
 
 
@@ -169,8 +180,14 @@ class Pipeline:
         """Whether the U-Net saw the null condition in training (condition dropout > 0)."""
         return trained_for_guidance(self.config)
 
-    def sampling(self, sampler: str | None = None, num_steps: int | None = None, eta: float | None = None,
-                 guidance_scale: float | None = None, exact_limb_leads: bool | None = None) -> Sampling:
+    def sampling(
+        self,
+        sampler: str | None = None,
+        num_steps: int | None = None,
+        eta: float | None = None,
+        guidance_scale: float | None = None,
+        exact_limb_leads: bool | None = None,
+    ) -> Sampling:
         """This model's sampling options, checked once (`Sampling.from_config(self.config, ...)`):
         None takes the model's `config.sampling` value. `sampler` one of `diffusion.SAMPLERS`,
         `num_steps` an int in [1, num_train_timesteps], `eta` in [0, 1], `guidance_scale` in [0, 50].
@@ -178,8 +195,15 @@ class Pipeline:
         Raises InputError (a ValueError) naming a bad one; warns if guidance_scale != 1 and the
         model was trained without condition dropout.
         """
-        return Sampling.from_config(self.config, sampler=sampler, num_steps=num_steps, eta=eta,
-                                    guidance_scale=guidance_scale, exact_limb_leads=exact_limb_leads, stacklevel=3)
+        return Sampling.from_config(
+            self.config,
+            sampler=sampler,
+            num_steps=num_steps,
+            eta=eta,
+            guidance_scale=guidance_scale,
+            exact_limb_leads=exact_limb_leads,
+            stacklevel=3,
+        )
 
     def _sampler(self, options: Sampling):
         """`(vae_state, unet_state, condition (B, D+3), keys (B,)) -> (B, 1024, 12)`, compiled once per options."""
@@ -192,10 +216,12 @@ class Pipeline:
                 unet = nnx.merge(unet_def, unet_state)
                 noise_keys, step_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
                 x_T = jax.vmap(lambda k: jax.random.normal(k, (LATENT_LENGTH, channels)))(noise_keys)
-                model_fn = diffusion.guided(unet, condition, null_condition(condition, patient_mean),
-                                            options.guidance_scale)
-                latents = diffusion.sample(model_fn, schedule, x_T, step_keys, options.num_steps,
-                                           options.sampler, options.eta)
+                model_fn = diffusion.guided(
+                    unet, condition, null_condition(condition, patient_mean), options.guidance_scale
+                )
+                latents = diffusion.sample(
+                    model_fn, schedule, x_T, step_keys, options.num_steps, options.sampler, options.eta
+                )
                 signals = nnx.merge(vae_def, vae_state).decoder(latents)
                 return derive_limb_leads(signals) if options.exact_limb_leads else signals
 
@@ -212,10 +238,22 @@ class Pipeline:
         return self.embedder.embed([prompt])[0], prompt
 
     def __call__(
-        self, report: str | Sequence[str], *, age: float, sex: str, heart_rate: float,
-        num_samples: int = 1, seed: int = 0, sampling: Sampling | None = None, num_steps: int | None = None,
-        sampler: str | None = None, guidance_scale: float | None = None, eta: float | None = None,
-        exact_limb_leads: bool | None = None, batch_size: int | None = None, progress: bool = False,
+        self,
+        report: str | Sequence[str],
+        *,
+        age: float,
+        sex: str,
+        heart_rate: float,
+        num_samples: int = 1,
+        seed: int = 0,
+        sampling: Sampling | None = None,
+        num_steps: int | None = None,
+        sampler: str | None = None,
+        guidance_scale: float | None = None,
+        eta: float | None = None,
+        exact_limb_leads: bool | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
     ) -> GenerationResult:
         """Generate `num_samples` ECGs `(B, 1024, 12)` in mV for one report and patient.
 
@@ -234,8 +272,13 @@ class Pipeline:
           InputError (a ValueError) naming the argument at fault; TypeError for `sampling` that is
           not a `Sampling`, or given together with one of the separate options.
         """
-        separate = dict(sampler=sampler, num_steps=num_steps, eta=eta, guidance_scale=guidance_scale,
-                        exact_limb_leads=exact_limb_leads)
+        separate = dict(
+            sampler=sampler,
+            num_steps=num_steps,
+            eta=eta,
+            guidance_scale=guidance_scale,
+            exact_limb_leads=exact_limb_leads,
+        )
         if sampling is None:
             options = self.sampling(**separate)
         elif given := [name for name, value in separate.items() if value is not None]:
@@ -247,21 +290,41 @@ class Pipeline:
         seed = check_seed(seed)
         embedding, prompt = self.embed(statements)
         signals = self.generate_for_conditions(
-            np.repeat(embedding[None], num_samples, 0), np.full(num_samples, SEX_CODES[sex_code], np.float32),
-            np.full(num_samples, age, np.float32), np.full(num_samples, heart_rate, np.float32),
-            seed=seed, sampling=options, batch_size=batch_size, progress=progress,
+            np.repeat(embedding[None], num_samples, 0),
+            np.full(num_samples, SEX_CODES[sex_code], np.float32),
+            np.full(num_samples, age, np.float32),
+            np.full(num_samples, heart_rate, np.float32),
+            seed=seed,
+            sampling=options,
+            batch_size=batch_size,
+            progress=progress,
         )
         return GenerationResult(
-            signals=signals, report="|".join(statements), age=float(age), sex=sex_code,
-            heart_rate=float(heart_rate), seed=seed, num_steps=options.num_steps, prompt=prompt,
-            sampler=options.sampler, guidance_scale=options.guidance_scale,
+            signals=signals,
+            report="|".join(statements),
+            age=float(age),
+            sex=sex_code,
+            heart_rate=float(heart_rate),
+            seed=seed,
+            num_steps=options.num_steps,
+            prompt=prompt,
+            sampler=options.sampler,
+            guidance_scale=options.guidance_scale,
             exact_limb_leads=options.exact_limb_leads,
         )
 
     def generate_for_conditions(
-        self, text_embeddings: np.ndarray, sex: np.ndarray, age: np.ndarray, heart_rate: np.ndarray, *,
-        seed: int = 0, keys: jax.Array | None = None, sampling: Sampling | None = None,
-        batch_size: int | None = None, progress: bool = False,
+        self,
+        text_embeddings: np.ndarray,
+        sex: np.ndarray,
+        age: np.ndarray,
+        heart_rate: np.ndarray,
+        *,
+        seed: int = 0,
+        keys: jax.Array | None = None,
+        sampling: Sampling | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
     ) -> np.ndarray:
         """One ECG per condition row: `(N, 1024, 12)` mV for text embeddings `(N, D)` (already
         embedded, e.g. a processed set's), sex `(N,)` (1.0 male, 0.0 female), age (years) and heart
@@ -281,12 +344,15 @@ class Pipeline:
         n = len(text_embeddings)
         lengths = {len(sex), len(age), len(heart_rate)} | ({len(keys)} if keys is not None else set())
         if lengths != {n}:
-            raise ValueError(f"condition arrays have different lengths: text {n}, sex {len(sex)}, "
-                             f"age {len(age)}, heart_rate {len(heart_rate)}"
-                             + (f", keys {len(keys)}" if keys is not None else ""))
+            raise ValueError(
+                f"condition arrays have different lengths: text {n}, sex {len(sex)}, "
+                f"age {len(age)}, heart_rate {len(heart_rate)}" + (f", keys {len(keys)}" if keys is not None else "")
+            )
         if text_embeddings.ndim != 2 or text_embeddings.shape[1] != self.config.text.embed_dim:
-            raise ValueError(f"text embeddings have shape {text_embeddings.shape}; the model takes "
-                             f"(N, {self.config.text.embed_dim}) ({self.config.text.embedder})")
+            raise ValueError(
+                f"text embeddings have shape {text_embeddings.shape}; the model takes "
+                f"(N, {self.config.text.embed_dim}) ({self.config.text.embedder})"
+            )
         options = self.sampling() if sampling is None else _sampling_value(sampling)
         batch_size = compiled_batch_size(n, batch_size or self.config.sampling.batch_size)
         condition = np.asarray(make_condition(text_embeddings, sex, age, heart_rate))
@@ -294,14 +360,19 @@ class Pipeline:
         sampler_fn = self._sampler(options)
         (_, vae_state), (_, unet_state) = self._graphs
         chunks = []
-        with tqdm(total=n, desc=f"generating ({options.sampler}, {options.num_steps} steps)", unit="ECG",
-                  disable=not progress) as bar:
+        with tqdm(
+            total=n, desc=f"generating ({options.sampler}, {options.num_steps} steps)", unit="ECG", disable=not progress
+        ) as bar:
             for first in range(0, n, batch_size):
                 rows = slice(first, first + batch_size)
                 size = len(condition[rows])
                 pad = lambda a: np.concatenate([a, np.repeat(a[-1:], batch_size - size, 0)])  # noqa: E731
-                signals = sampler_fn(vae_state, unet_state, pad(condition[rows]), jax.numpy.concatenate(
-                    [keys[rows], jax.numpy.repeat(keys[rows][-1:], batch_size - size, 0)]))
+                signals = sampler_fn(
+                    vae_state,
+                    unet_state,
+                    pad(condition[rows]),
+                    jax.numpy.concatenate([keys[rows], jax.numpy.repeat(keys[rows][-1:], batch_size - size, 0)]),
+                )
                 chunks.append(np.asarray(signals)[:size])
                 bar.update(size)
         return np.concatenate(chunks).astype(np.float32)
@@ -322,7 +393,8 @@ def compiled_batch_size(n: int, batch_size: int) -> int:
 def row_keys(seeds: np.ndarray, indices: np.ndarray) -> jax.Array:
     """`(N,)` PRNG keys `fold_in(key(seeds[j]), indices[j])`, the per-ECG keys of the samplers."""
     return jax.vmap(lambda s, i: jax.random.fold_in(jax.random.key(s), i))(
-        jax.numpy.asarray(seeds, jax.numpy.uint32), jax.numpy.asarray(indices, jax.numpy.uint32))
+        jax.numpy.asarray(seeds, jax.numpy.uint32), jax.numpy.asarray(indices, jax.numpy.uint32)
+    )
 
 
 #: The files a `generate` run writes into its output directory (`write_outputs`, `generate_from_csv`).
@@ -352,13 +424,16 @@ def prepare_output_dir(out_dir: str | Path, *, overwrite: bool = False, resume: 
         for path in earlier:
             path.unlink()
     elif earlier and not (resume and (out_dir / "index.csv").is_file()):
-        raise ValueError(f"output directory {out_dir} holds an earlier run's files ({earlier[0].name}, ...): "
-                         "use --overwrite to replace them, or another --out")
+        raise ValueError(
+            f"output directory {out_dir} holds an earlier run's files ({earlier[0].name}, ...): "
+            "use --overwrite to replace them, or another --out"
+        )
     return out_dir
 
 
-def write_outputs(result: GenerationResult, out_dir: str | Path, png: bool = True,
-                  overwrite: bool = False) -> list[Path]:
+def write_outputs(
+    result: GenerationResult, out_dir: str | Path, png: bool = True, overwrite: bool = False
+) -> list[Path]:
     """Write `ecg_000.hea/.dat` (+ `.png`) per ECG and `samples.npz`; returns the record paths.
 
     An earlier run's files in `out_dir` are refused, or with `overwrite` deleted (`prepare_output_dir`).
@@ -368,9 +443,14 @@ def write_outputs(result: GenerationResult, out_dir: str | Path, png: bool = Tru
 
     out_dir = prepare_output_dir(out_dir, overwrite=overwrite)
     comments = {
-        "report": result.report, "age": f"{result.age:g}", "sex": result.sex,
-        "heart_rate_bpm": f"{result.heart_rate:g}", "seed": str(result.seed), "num_steps": str(result.num_steps),
-        "sampler": result.sampler, "guidance_scale": f"{result.guidance_scale:g}",
+        "report": result.report,
+        "age": f"{result.age:g}",
+        "sex": result.sex,
+        "heart_rate_bpm": f"{result.heart_rate:g}",
+        "seed": str(result.seed),
+        "num_steps": str(result.num_steps),
+        "sampler": result.sampler,
+        "guidance_scale": f"{result.guidance_scale:g}",
         "exact_limb_leads": str(result.exact_limb_leads),
         "generator": "diffusets-jax",
     }
@@ -379,15 +459,25 @@ def write_outputs(result: GenerationResult, out_dir: str | Path, png: bool = Tru
         name = f"ecg_{i:03d}"
         paths.append(write_wfdb(signal, out_dir, name, fs=result.fs, comments={**comments, "index": str(i)}))
         if png:
-            title = (f"{result.report}  |  {result.sex}, {result.age:g} y, {result.heart_rate:g} bpm  |  "
-                     f"seed {result.seed} #{i}")
+            title = (
+                f"{result.report}  |  {result.sex}, {result.age:g} y, {result.heart_rate:g} bpm  |  "
+                f"seed {result.seed} #{i}"
+            )
             fig = plot_ecg(signal, fs=result.fs, title=title, path=out_dir / f"{name}.png")
             del fig
     write_npz(
-        out_dir / "samples.npz", result.signals, report=np.array(result.report), age=np.float32(result.age),
-        sex=np.array(result.sex), heart_rate=np.float32(result.heart_rate), seed=np.int64(result.seed),
-        num_steps=np.int64(result.num_steps), sampler=np.array(result.sampler),
-        guidance_scale=np.float32(result.guidance_scale), fs=np.float32(result.fs), leads=np.array(result.leads),
+        out_dir / "samples.npz",
+        result.signals,
+        report=np.array(result.report),
+        age=np.float32(result.age),
+        sex=np.array(result.sex),
+        heart_rate=np.float32(result.heart_rate),
+        seed=np.int64(result.seed),
+        num_steps=np.int64(result.num_steps),
+        sampler=np.array(result.sampler),
+        guidance_scale=np.float32(result.guidance_scale),
+        fs=np.float32(result.fs),
+        leads=np.array(result.leads),
     )
     from diffusets_jax.checkpoints import write_manifest
 

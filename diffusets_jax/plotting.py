@@ -38,10 +38,7 @@ def _check_signal(signal, fs: float, name: str = "signal") -> np.ndarray:
     signal = np.asarray(signal, dtype=np.float64)
     expected = (round(DURATION_S * fs), NUM_LEADS)
     if signal.shape != expected:
-        raise ValueError(
-            f"{name} must have shape {expected} (10 s at {fs} Hz, mV, leads {LEADS}), "
-            f"got {signal.shape}"
-        )
+        raise ValueError(f"{name} must have shape {expected} (10 s at {fs} Hz, mV, leads {LEADS}), got {signal.shape}")
     return signal
 
 

@@ -21,7 +21,13 @@ from pathlib import Path
 import ml_collections
 
 from diffusets_jax.checkpoints import (  # noqa: F401 - flatten_params, load_params_into: public here too
-    ModelDir, flatten_params, load_model_dir, load_params_into, module_arrays, read_model_dir_config, save_model_dir,
+    ModelDir,
+    flatten_params,
+    load_model_dir,
+    load_params_into,
+    module_arrays,
+    read_model_dir_config,
+    save_model_dir,
 )
 from diffusets_jax.config import MODEL_SECTIONS, load_config
 from diffusets_jax.errors import ConfigError
@@ -35,13 +41,17 @@ MODEL_NAMES = ("vae", "unet")
 
 
 def save_pretrained(
-    directory: str | Path, config: ml_collections.ConfigDict, vae: VAE, unet: UNet,
+    directory: str | Path,
+    config: ml_collections.ConfigDict,
+    vae: VAE,
+    unet: UNet,
     model_card: str | None = None,
 ) -> Path:
     """Write `config.json`, `vae.npz`, `unet.npz` (and `MODEL_CARD.md`), then `MANIFEST.json`, into
     `directory`, each file atomically; returns `directory`."""
-    return save_model_dir(directory, config, {"vae": module_arrays(vae), "unet": module_arrays(unet)},
-                          model_card=model_card)
+    return save_model_dir(
+        directory, config, {"vae": module_arrays(vae), "unet": module_arrays(unet)}, model_card=model_card
+    )
 
 
 @functools.cache
@@ -58,8 +68,12 @@ def read_model_config(directory: str | Path | None = None) -> ml_collections.Con
     naming `config.json` and the key if it is not JSON, lacks a section (`MODEL_SECTIONS`) or has
     a field of the wrong kind.
     """
-    return read_model_dir_config(DEFAULT_MODEL_DIR if directory is None else directory, MODEL_NAMES,
-                                 sections=MODEL_SECTIONS, reference=_reference_config())
+    return read_model_dir_config(
+        DEFAULT_MODEL_DIR if directory is None else directory,
+        MODEL_NAMES,
+        sections=MODEL_SECTIONS,
+        reference=_reference_config(),
+    )
 
 
 def read_pretrained(directory: str | Path) -> ModelDir:

@@ -25,8 +25,10 @@ from diffusets_jax.errors import InputError
 #: The fields of `Sampling`, in order: also the names of the keyword arguments that override them.
 FIELDS = ("sampler", "num_steps", "eta", "guidance_scale", "exact_limb_leads")
 MAX_GUIDANCE_SCALE = 50.0
-GUIDANCE_WARNING = ("guidance_scale != 1 but this model was trained without condition dropout: its null "
-                    "condition is untrained and guidance may not help")
+GUIDANCE_WARNING = (
+    "guidance_scale != 1 but this model was trained without condition dropout: its null "
+    "condition is untrained and guidance may not help"
+)
 
 
 def short_repr(value, limit: int = 80) -> str:
@@ -37,8 +39,11 @@ def short_repr(value, limit: int = 80) -> str:
 
 def is_real(value) -> bool:
     """Whether `value` is a finite int or float (NumPy's included), not a bool."""
-    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-            and math.isfinite(value))
+    return (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, (bool, np.bool_))
+        and math.isfinite(value)
+    )
 
 
 def trained_for_guidance(config) -> bool:
@@ -80,15 +85,26 @@ class Sampling:
         for name, value, high in (("eta", self.eta, 1.0), ("guidance_scale", self.guidance_scale, MAX_GUIDANCE_SCALE)):
             if not is_real(value) or not 0.0 <= value <= high:
                 raise InputError(f"{name} must be a number in [0, {high:g}], got {short_repr(value)}")
-        for name, value in (("num_steps", int(self.num_steps)), ("eta", float(self.eta)),
-                            ("guidance_scale", float(self.guidance_scale)),
-                            ("exact_limb_leads", bool(self.exact_limb_leads))):
+        for name, value in (
+            ("num_steps", int(self.num_steps)),
+            ("eta", float(self.eta)),
+            ("guidance_scale", float(self.guidance_scale)),
+            ("exact_limb_leads", bool(self.exact_limb_leads)),
+        ):
             object.__setattr__(self, name, value)
 
     @classmethod
-    def from_config(cls, config, *, sampler: str | None = None, num_steps: int | None = None,
-                    eta: float | None = None, guidance_scale: float | None = None,
-                    exact_limb_leads: bool | None = None, stacklevel: int = 1) -> "Sampling":
+    def from_config(
+        cls,
+        config,
+        *,
+        sampler: str | None = None,
+        num_steps: int | None = None,
+        eta: float | None = None,
+        guidance_scale: float | None = None,
+        exact_limb_leads: bool | None = None,
+        stacklevel: int = 1,
+    ) -> "Sampling":
         """The options of a model: each one given here, or else (None) the model's
         `config.sampling` value (else the field's default), checked once.
 
@@ -101,10 +117,17 @@ class Sampling:
           InputError (a ValueError) naming the option at fault, as `Sampling`.
         """
         defaults = config.get("sampling", {})
-        given = {"sampler": sampler, "num_steps": num_steps, "eta": eta, "guidance_scale": guidance_scale,
-                 "exact_limb_leads": exact_limb_leads}
-        values = {f.name: defaults.get(f.name, f.default) if given[f.name] is None else given[f.name]
-                  for f in dataclasses.fields(cls)}
+        given = {
+            "sampler": sampler,
+            "num_steps": num_steps,
+            "eta": eta,
+            "guidance_scale": guidance_scale,
+            "exact_limb_leads": exact_limb_leads,
+        }
+        values = {
+            f.name: defaults.get(f.name, f.default) if given[f.name] is None else given[f.name]
+            for f in dataclasses.fields(cls)
+        }
         if isinstance(values["sampler"], str) and values["sampler"] in SAMPLERS:  # else the sampler is named first
             _check_num_steps(values["num_steps"], int(config.diffusion.num_train_timesteps))
         options = cls(**values)
@@ -128,7 +151,11 @@ class Sampling:
 
 
 def _check_num_steps(value, high: int | None = None) -> None:
-    if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
-            or (high is not None and value > high)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or value < 1
+        or (high is not None and value > high)
+    ):
         bound = f"in [1, {high}]" if high is not None else "of at least 1"
         raise InputError(f"num_steps must be an integer {bound}, got {short_repr(value)}")

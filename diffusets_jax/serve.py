@@ -69,8 +69,16 @@ WARMUP_SIZES = (1, 2)
 MODEL_CARD_LINES = 12
 
 REQUIRED = ("report", "age", "sex", "heart_rate")
-OPTIONAL = ("num_samples", "seed", "sampler", "num_steps", "guidance_scale", "eta", "exact_limb_leads",
-            "return_signals")
+OPTIONAL = (
+    "num_samples",
+    "seed",
+    "sampler",
+    "num_steps",
+    "guidance_scale",
+    "eta",
+    "exact_limb_leads",
+    "return_signals",
+)
 _RUN_ID = re.compile(r"[0-9a-f]{16}")
 _FILE_NAME = re.compile(r"ecg_\d{3}\.(png|zip)|samples\.npz")
 _MEDIA_TYPES = {".png": "image/png", ".zip": "application/zip", ".npz": "application/octet-stream"}
@@ -93,8 +101,10 @@ class ServeError(Exception):
 class GenerateRequest(BaseModel):
     """What to generate. Numbers may also be given as strings ("63"), as an HTML form sends them."""
 
-    report: str = Field(description="report statements separated by '|', most important first",
-                        examples=["Sinus tachycardia|Left ventricular hypertrophy"])
+    report: str = Field(
+        description="report statements separated by '|', most important first",
+        examples=["Sinus tachycardia|Left ventricular hypertrophy"],
+    )
     age: float = Field(description="age in years, 0-120", examples=[63])
     sex: str = Field(description="M or F (or male / female)", examples=["M"])
     heart_rate: float = Field(description="heart rate in bpm, 20-300 (also accepted as `hr`)", examples=[110])
@@ -141,7 +151,7 @@ class GenerateResponse(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    detail: str = Field(description="what is wrong, e.g. \"age must be a number in [0, 120], got 130.0\"")
+    detail: str = Field(description='what is wrong, e.g. "age must be a number in [0, 120], got 130.0"')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,8 +196,11 @@ def _flag(name: str, value) -> bool | None:
 def parse_request(payload) -> dict[str, Any]:
     """Field names, presence and types of a generate request; values are checked by the library."""
     if not isinstance(payload, dict):
-        raise ServeError(400, "the request body must be a JSON object, e.g. "
-                              '{"report": "Sinus rhythm", "age": 50, "sex": "F", "heart_rate": 70}')
+        raise ServeError(
+            400,
+            "the request body must be a JSON object, e.g. "
+            '{"report": "Sinus rhythm", "age": 50, "sex": "F", "heart_rate": 70}',
+        )
     payload = dict(payload)
     if "hr" in payload:
         if "heart_rate" in payload:
@@ -195,8 +208,9 @@ def parse_request(payload) -> dict[str, Any]:
         payload["heart_rate"] = payload.pop("hr")
     unknown = sorted(set(payload) - set(REQUIRED) - set(OPTIONAL))
     if unknown:
-        raise ServeError(422, f"unknown field(s) {', '.join(map(repr, unknown))}; "
-                              f"the fields are {', '.join(REQUIRED + OPTIONAL)}")
+        raise ServeError(
+            422, f"unknown field(s) {', '.join(map(repr, unknown))}; the fields are {', '.join(REQUIRED + OPTIONAL)}"
+        )
     missing = [name for name in REQUIRED if payload.get(name) is None or (name != "report" and _blank(payload[name]))]
     if missing:
         raise ServeError(422, f"give {', '.join(missing)}")
@@ -205,7 +219,9 @@ def parse_request(payload) -> dict[str, Any]:
         raise ServeError(422, f"report must be text (statements separated by '|'), got {report!r:.80}")
     sampler = payload.get("sampler")
     return dict(
-        report=report, age=_number(payload["age"]), sex=payload["sex"],
+        report=report,
+        age=_number(payload["age"]),
+        sex=payload["sex"],
         heart_rate=_number(payload["heart_rate"]),
         num_samples=1 if _blank(payload.get("num_samples")) else _number(payload["num_samples"], integer=True),
         seed=0 if _blank(payload.get("seed")) else _number(payload["seed"], integer=True),
@@ -226,8 +242,13 @@ def parse_request(payload) -> dict[str, Any]:
 class ECGService:
     """Holds the model, serialises its calls and keeps the generated files."""
 
-    def __init__(self, checkpoint: str | Path | None = None, max_samples: int = DEFAULT_MAX_SAMPLES,
-                 warmup_sizes=WARMUP_SIZES, warmup_options: dict | None = None):
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        max_samples: int = DEFAULT_MAX_SAMPLES,
+        warmup_sizes=WARMUP_SIZES,
+        warmup_options: dict | None = None,
+    ):
         from diffusets_jax.pretrained import DEFAULT_MODEL_DIR, read_model_config
         from diffusets_jax.sampling import Sampling
 
@@ -302,13 +323,23 @@ class ECGService:
     # -- summaries ----------------------------------------------------------------------------
 
     def health(self) -> dict:
-        message = {"warming up": "warming up: loading and compiling the model",
-                   "ready": "ready", "failed": f"the model could not be loaded: {self.error}"}[self.status]
-        return {"status": self.status, "ready": self.status == "ready", "message": message,
-                "model": self.config.get("name", ""), "checkpoint": str(self.checkpoint),
-                "queued": self._waiting, "served": self.served, "max_samples": self.max_samples,
-                "uptime_s": round(time.time() - self.started, 1),
-                "warmup_s": None if self.warmup_seconds is None else round(self.warmup_seconds, 1)}
+        message = {
+            "warming up": "warming up: loading and compiling the model",
+            "ready": "ready",
+            "failed": f"the model could not be loaded: {self.error}",
+        }[self.status]
+        return {
+            "status": self.status,
+            "ready": self.status == "ready",
+            "message": message,
+            "model": self.config.get("name", ""),
+            "checkpoint": str(self.checkpoint),
+            "queued": self._waiting,
+            "served": self.served,
+            "max_samples": self.max_samples,
+            "uptime_s": round(time.time() - self.started, 1),
+            "warmup_s": None if self.warmup_seconds is None else round(self.warmup_seconds, 1),
+        }
 
     def model_info(self) -> dict:
         from diffusets_jax import diffusion
@@ -319,16 +350,26 @@ class ECGService:
         defaults = {**self.defaults.as_dict(), "batch_size": self.config.get("sampling", {}).get("batch_size", 16)}
         card = self.model_card
         return {
-            "checkpoint": str(self.checkpoint), "config_name": self.config.get("name", ""),
-            "status": self.status, "sampling": defaults, "samplers": list(diffusion.SAMPLERS),
+            "checkpoint": str(self.checkpoint),
+            "config_name": self.config.get("name", ""),
+            "status": self.status,
+            "sampling": defaults,
+            "samplers": list(diffusion.SAMPLERS),
             "max_steps": int(self.config.diffusion.num_train_timesteps),
             "trained_for_guidance": trained_for_guidance(self.config),
-            "text_embedder": self.config.text.embedder, "fs": FS, "leads": list(LEADS),
-            "limits": {"age": list(AGE_RANGE), "heart_rate": list(HEART_RATE_RANGE),
-                       "report_chars": MAX_REPORT_CHARS, "num_samples": [1, self.max_samples],
-                       "seed": [0, MAX_SEED]},
+            "text_embedder": self.config.text.embedder,
+            "fs": FS,
+            "leads": list(LEADS),
+            "limits": {
+                "age": list(AGE_RANGE),
+                "heart_rate": list(HEART_RATE_RANGE),
+                "report_chars": MAX_REPORT_CHARS,
+                "num_samples": [1, self.max_samples],
+                "seed": [0, MAX_SEED],
+            },
             "model_card_title": next((line.lstrip("# ").strip() for line in card if line.startswith("#")), None)
-            if card else None,
+            if card
+            else None,
             "model_card": "\n".join(card[:MODEL_CARD_LINES]) if card else None,
         }
 
@@ -342,13 +383,17 @@ class ECGService:
         try:
             options = Sampling.from_config(self.config, **{name: request[name] for name in FIELDS})
             statements, sex = validate_conditions(
-                request["report"], request["age"], request["sex"], request["heart_rate"], request["num_samples"])
+                request["report"], request["age"], request["sex"], request["heart_rate"], request["num_samples"]
+            )
             seed = check_seed(request["seed"])
         except ValueError as error:
             raise ServeError(422, str(error)) from None
         if request["num_samples"] > self.max_samples:
-            raise ServeError(422, f"num_samples must be at most {self.max_samples} on this server "
-                                  f"(serve --max-samples), got {request['num_samples']}")
+            raise ServeError(
+                422,
+                f"num_samples must be at most {self.max_samples} on this server "
+                f"(serve --max-samples), got {request['num_samples']}",
+            )
         message = options.guidance_warning(self.config)
         return options, statements, sex, seed, [message] if message else []
 
@@ -369,9 +414,15 @@ class ECGService:
         try:
             with self._model_lock:
                 started = time.perf_counter()
-                result = self.pipeline(statements, age=float(request["age"]), sex=sex,
-                                       heart_rate=float(request["heart_rate"]), num_samples=self.bucket(n),
-                                       seed=seed, sampling=options)
+                result = self.pipeline(
+                    statements,
+                    age=float(request["age"]),
+                    sex=sex,
+                    heart_rate=float(request["heart_rate"]),
+                    num_samples=self.bucket(n),
+                    seed=seed,
+                    sampling=options,
+                )
             generated = time.perf_counter()
         finally:
             with self._count_lock:
@@ -385,17 +436,39 @@ class ECGService:
 
         url = f"/api/files/{run_id}"
         answer = {
-            "id": run_id, "report": result.report, "prompt": result.prompt, "age": result.age, "sex": result.sex,
-            "heart_rate": result.heart_rate, "num_samples": n, "seed": result.seed, "sampler": result.sampler,
-            "num_steps": result.num_steps, "guidance_scale": result.guidance_scale, "eta": options.eta,
-            "exact_limb_leads": result.exact_limb_leads, "fs": result.fs, "leads": list(result.leads),
+            "id": run_id,
+            "report": result.report,
+            "prompt": result.prompt,
+            "age": result.age,
+            "sex": result.sex,
+            "heart_rate": result.heart_rate,
+            "num_samples": n,
+            "seed": result.seed,
+            "sampler": result.sampler,
+            "num_steps": result.num_steps,
+            "guidance_scale": result.guidance_scale,
+            "eta": options.eta,
+            "exact_limb_leads": result.exact_limb_leads,
+            "fs": result.fs,
+            "leads": list(result.leads),
             "npz": f"{url}/samples.npz",
-            "ecgs": [{"index": i, "record": f"ecg_{i:03d}", "requested_heart_rate": result.heart_rate,
-                      "measured_heart_rate": None if not math.isfinite(rate) else round(float(rate), 1),
-                      "png": f"{url}/ecg_{i:03d}.png", "wfdb_zip": f"{url}/ecg_{i:03d}.zip"}
-                     for i, rate in enumerate(measured)],
-            "seconds": {"queued": round(started - arrived, 3), "generate": round(generated - started, 3),
-                        "files": round(done - generated, 3), "total": round(done - arrived, 3)},
+            "ecgs": [
+                {
+                    "index": i,
+                    "record": f"ecg_{i:03d}",
+                    "requested_heart_rate": result.heart_rate,
+                    "measured_heart_rate": None if not math.isfinite(rate) else round(float(rate), 1),
+                    "png": f"{url}/ecg_{i:03d}.png",
+                    "wfdb_zip": f"{url}/ecg_{i:03d}.zip",
+                }
+                for i, rate in enumerate(measured)
+            ],
+            "seconds": {
+                "queued": round(started - arrived, 3),
+                "generate": round(generated - started, 3),
+                "files": round(done - generated, 3),
+                "total": round(done - arrived, 3),
+            },
             "warnings": warnings,
             "signals": np.round(result.signals, 5).tolist() if request["return_signals"] else None,
         }
@@ -424,8 +497,9 @@ class ECGService:
             raise ServeError(404, "no such file")
         path = self.root / run_id / name
         if not path.is_file():
-            raise ServeError(404, f"no such file (the server keeps the files of the last {KEEP_RUNS} generations "
-                                  "until it stops)")
+            raise ServeError(
+                404, f"no such file (the server keeps the files of the last {KEEP_RUNS} generations until it stops)"
+            )
         return path
 
 
@@ -434,8 +508,12 @@ class ECGService:
 # ----------------------------------------------------------------------------------------------
 
 
-def create_app(checkpoint: str | Path | None = None, max_samples: int = DEFAULT_MAX_SAMPLES,
-               warmup_sizes=WARMUP_SIZES, warmup_options: dict | None = None) -> FastAPI:
+def create_app(
+    checkpoint: str | Path | None = None,
+    max_samples: int = DEFAULT_MAX_SAMPLES,
+    warmup_sizes=WARMUP_SIZES,
+    warmup_options: dict | None = None,
+) -> FastAPI:
     """The FastAPI app; the model loads when the app starts (its lifespan), files go when it stops.
 
     Args:
@@ -462,13 +540,17 @@ def create_app(checkpoint: str | Path | None = None, max_samples: int = DEFAULT_
             service.close()
 
     app = FastAPIOffline(
-        title="diffusets-jax", version=__version__, lifespan=lifespan,
+        title="diffusets-jax",
+        version=__version__,
+        lifespan=lifespan,
         description="12-lead ECGs from report text, age, sex and heart rate (DiffuSETS in JAX). "
-                    "The page is at /; errors are `{\"detail\": message}` with a 4xx or 503 status.",
+        'The page is at /; errors are `{"detail": message}` with a 4xx or 503 status.',
     )
     app.state.service = service
-    errors = {422: {"model": ErrorBody, "description": "a bad value, with the same message as the CLI"},
-              503: {"model": ErrorBody, "description": "warming up, or too many requests waiting"}}
+    errors = {
+        422: {"model": ErrorBody, "description": "a bad value, with the same message as the CLI"},
+        503: {"model": ErrorBody, "description": "warming up, or too many requests waiting"},
+    }
 
     @app.exception_handler(ServeError)
     async def serve_error(request: Request, error: ServeError):
@@ -483,8 +565,9 @@ def create_app(checkpoint: str | Path | None = None, max_samples: int = DEFAULT_
     async def limit_body(request: Request, call_next):
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return JSONResponse({"detail": f"request body too large: {int(length)} bytes, at most {MAX_BODY_BYTES}"},
-                                status_code=413)
+            return JSONResponse(
+                {"detail": f"request body too large: {int(length)} bytes, at most {MAX_BODY_BYTES}"}, status_code=413
+            )
         return await call_next(request)
 
     @app.get("/", include_in_schema=False)
@@ -505,11 +588,21 @@ def create_app(checkpoint: str | Path | None = None, max_samples: int = DEFAULT_
         return service.model_info()
 
     @app.post(
-        "/api/generate", summary="Generate ECGs", tags=["api"], response_model=GenerateResponse,
-        responses={400: {"model": ErrorBody, "description": "not a JSON object"},
-                   413: {"model": ErrorBody, "description": "body over 1 MiB"}, **errors},
-        openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": GenerateRequest.model_json_schema()}}}},
+        "/api/generate",
+        summary="Generate ECGs",
+        tags=["api"],
+        response_model=GenerateResponse,
+        responses={
+            400: {"model": ErrorBody, "description": "not a JSON object"},
+            413: {"model": ErrorBody, "description": "body over 1 MiB"},
+            **errors,
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": GenerateRequest.model_json_schema()}},
+            }
+        },
     )
     async def generate(request: Request):
         """Generate `num_samples` ECGs for one report and patient, one request at a time.
@@ -526,8 +619,12 @@ def create_app(checkpoint: str | Path | None = None, max_samples: int = DEFAULT_
             payload = None
         return await run_in_threadpool(service.generate, payload)
 
-    @app.get("/api/files/{run_id}/{name}", summary="A generated file", tags=["api"],
-             responses={200: {"content": {"image/png": {}, "application/zip": {}}}, 404: {"model": ErrorBody}})
+    @app.get(
+        "/api/files/{run_id}/{name}",
+        summary="A generated file",
+        tags=["api"],
+        responses={200: {"content": {"image/png": {}, "application/zip": {}}}, 404: {"model": ErrorBody}},
+    )
     async def files(run_id: str, name: str):
         """`ecg_000.png`, `ecg_000.zip` (WFDB `ecg_000.hea` + `.dat`) or `samples.npz` of one generation."""
         path = service.file(run_id, name)
@@ -537,8 +634,12 @@ def create_app(checkpoint: str | Path | None = None, max_samples: int = DEFAULT_
     return app
 
 
-def serve(checkpoint: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
-          max_samples: int = DEFAULT_MAX_SAMPLES) -> None:
+def serve(
+    checkpoint: str | Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_samples: int = DEFAULT_MAX_SAMPLES,
+) -> None:
     """Run the server until interrupted (Ctrl-C); ValueError / FileNotFoundError for bad arguments."""
     import uvicorn
 
@@ -550,9 +651,15 @@ def serve(checkpoint: str | Path | None = None, host: str = "127.0.0.1", port: i
     app = create_app(checkpoint, max_samples)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     shown = f"[{host}]" if ":" in host else host
-    print(f"diffusets-jax serve: http://{shown}:{port}/ (model {app.state.service.checkpoint}; "
-          "warming up in the background, API docs at /docs)", flush=True)
+    print(
+        f"diffusets-jax serve: http://{shown}:{port}/ (model {app.state.service.checkpoint}; "
+        "warming up in the background, API docs at /docs)",
+        flush=True,
+    )
     if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {host}: anyone who can reach this address can use the server "
-              "(it has no authentication)", flush=True)
+        print(
+            f"warning: listening on {host}: anyone who can reach this address can use the server "
+            "(it has no authentication)",
+            flush=True,
+        )
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -59,9 +59,7 @@ def build_prompt(statements: Sequence[str] | str) -> str:
             sentences.append(f"Most importantly, the 1st diagnosis is {{{statement}}}.")
         else:
             ordinal = _ORDINALS[c] if c < len(_ORDINALS) else f"{c + 1}th"
-            sentences.append(
-                f"As a supplementary condition, the {ordinal} diagnosis is {{{statement}}}."
-            )
+            sentences.append(f"As a supplementary condition, the {ordinal} diagnosis is {{{statement}}}.")
     return "".join(sentences)
 
 
@@ -90,8 +88,10 @@ def truncation_warning(statements: Sequence[str], embedder) -> str | None:
         return None
     fits = embedder.count_tokens([build_prompt(statements[:k]) for k in range(1, len(statements))])
     kept = sum(n <= limit for n in fits)
-    return (f"the report's prompt is {total} tokens long, but the text model {embedder.name} reads only the first "
-            f"{limit}: it reads {kept} of the {len(statements)} statements in full and ignores the rest")
+    return (
+        f"the report's prompt is {total} tokens long, but the text model {embedder.name} reads only the first "
+        f"{limit}: it reads {kept} of the {len(statements)} statements in full and ignores the rest"
+    )
 
 
 @runtime_checkable
@@ -189,21 +189,15 @@ class OpenAIEmbedder:
     def __init__(self, api_key: str | None = None, batch_size: int = 256):
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         if not api_key:
-            raise EmbedderError(
-                "OpenAIEmbedder needs an API key: set the OPENAI_API_KEY environment variable"
-            )
+            raise EmbedderError("OpenAIEmbedder needs an API key: set the OPENAI_API_KEY environment variable")
         try:
             import openai
         except ImportError as err:
-            raise ImportError(
-                "OpenAIEmbedder needs the 'openai' package: pip install diffusets-jax[openai]"
-            ) from err
+            raise ImportError("OpenAIEmbedder needs the 'openai' package: pip install diffusets-jax[openai]") from err
         self.batch_size = batch_size
         self._client = openai.OpenAI(api_key=api_key)
         # The client's own errors (connection, authentication, rate limit, server) and the network's.
-        self._request_errors = tuple(
-            e for e in (getattr(openai, "OpenAIError", None), OSError) if isinstance(e, type)
-        )
+        self._request_errors = tuple(e for e in (getattr(openai, "OpenAIError", None), OSError) if isinstance(e, type))
 
     def __repr__(self) -> str:
         return f"OpenAIEmbedder(model={self.model!r}, batch_size={self.batch_size})"
@@ -243,9 +237,7 @@ def get_embedder(name: str) -> TextEmbedder:
     try:
         return EMBEDDERS[name]()
     except KeyError:
-        raise ValueError(
-            f"unknown text embedder {name!r}; choose one of {sorted(EMBEDDERS)}"
-        ) from None
+        raise ValueError(f"unknown text embedder {name!r}; choose one of {sorted(EMBEDDERS)}") from None
 
 
 class EmbeddingCache:
@@ -307,8 +299,14 @@ class EmbeddingCache:
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, prompts=prompts, vectors=vectors.astype(np.float32),
-                         embedder=np.array(self.embedder_name), dim=np.array(self.dim), **extra)
+                np.savez(
+                    f,
+                    prompts=prompts,
+                    vectors=vectors.astype(np.float32),
+                    embedder=np.array(self.embedder_name),
+                    dim=np.array(self.dim),
+                    **extra,
+                )
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -329,8 +327,7 @@ class EmbeddingCache:
             vectors = np.asarray(embedder.embed(missing), dtype=np.float32)
             if vectors.shape != (len(missing), self.dim):
                 raise ValueError(
-                    f"embedder {embedder.name!r} returned shape {vectors.shape}, "
-                    f"expected {(len(missing), self.dim)}"
+                    f"embedder {embedder.name!r} returned shape {vectors.shape}, expected {(len(missing), self.dim)}"
                 )
             self._vectors.update(zip(missing, vectors))
         if not prompts:
@@ -392,8 +389,10 @@ class CachedEmbedder:
                 max_tokens = int(data["max_tokens"]) if int(data["max_tokens"]) > 0 else None
             return cache, tokens, max_tokens
         except Exception as error:  # a cache: anything unreadable is recomputed
-            warnings.warn(f"embedding cache {self.path} is unreadable ({type(error).__name__}: {error}); "
-                          "starting a new one", stacklevel=3)
+            warnings.warn(
+                f"embedding cache {self.path} is unreadable ({type(error).__name__}: {error}); starting a new one",
+                stacklevel=3,
+            )
             try:
                 self.path.replace(self.path.with_suffix(".npz.unreadable"))
             except OSError:
@@ -406,11 +405,14 @@ class CachedEmbedder:
         vectors = self._cache._vectors
         for text in list(vectors)[: max(0, len(vectors) - self.max_entries)]:
             del vectors[text]
-        tokens = dict(list(self._tokens.items())[-self.max_entries:])
+        tokens = dict(list(self._tokens.items())[-self.max_entries :])
         try:
-            self._cache.save(self.path, token_texts=np.array(list(tokens), dtype=str),
-                             token_counts=np.array(list(tokens.values()), np.int64),
-                             max_tokens=np.array(self._max_tokens or 0))
+            self._cache.save(
+                self.path,
+                token_texts=np.array(list(tokens), dtype=str),
+                token_counts=np.array(list(tokens.values()), np.int64),
+                max_tokens=np.array(self._max_tokens or 0),
+            )
         except OSError as error:
             warnings.warn(f"embedding cache not written to {self.path} ({error})", stacklevel=3)
 

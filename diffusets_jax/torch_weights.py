@@ -79,7 +79,7 @@ def _to_numpy(value, path: Path, key: str) -> np.ndarray:
 def _strip_module_prefix(state: dict) -> dict:
     """`torch.nn.DataParallel` checkpoints prefix every key with `module.`: drop it."""
     if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
+        return {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -256,7 +256,7 @@ from the official DiffuSETS checkpoints (PyTorch; published on Hugging Face as `
 | `{unet_path.name}` (U-Net `ECGconditional`) | `{_sha256(unet_path)}` |
 | `{vae_path.name}` (VAE encoder + decoder) | `{_sha256(vae_path)}` |
 
-- Configuration: `{config.get('name', '?')}`; text embedder `{config.text.embedder}` ({config.text.embed_dim}-d):
+- Configuration: `{config.get("name", "?")}`; text embedder `{config.text.embedder}` ({config.text.embed_dim}-d):
   generating with these weights needs the embedder the official model was trained with.
 - Parameters: U-Net {n_unet:,} (the official unused `Block.down` convolutions and the frozen
   time-embedding tables are not kept), VAE {n_vae:,}.
@@ -280,17 +280,38 @@ _ORDER = {
     "downsampling_blocks": ["down", "block"],
     "upsampling_blocks": ["block", "up"],
     "block": [
-        "pre_shortcut_convs", "shortcut_convs", "post_shortcut_convs", "down", "layer_norm1",
-        "layer_norm2", "res_conv", "self_attention", "cross_attention", "attention_norm", "time_emb",
+        "pre_shortcut_convs",
+        "shortcut_convs",
+        "post_shortcut_convs",
+        "down",
+        "layer_norm1",
+        "layer_norm2",
+        "res_conv",
+        "self_attention",
+        "cross_attention",
+        "attention_norm",
+        "time_emb",
     ],
     "bottelneck": [
-        "time_emb", "bottleneck_conv1", "bottleneck_conv1_2", "bottleneck_conv2",
-        "bottleneck_layer_norm1", "bottleneck_layer_norm2", "attention_norm", "self_attention",
+        "time_emb",
+        "bottleneck_conv1",
+        "bottleneck_conv1_2",
+        "bottleneck_conv2",
+        "bottleneck_layer_norm1",
+        "bottleneck_layer_norm2",
+        "attention_norm",
+        "self_attention",
         "cross_attention",
     ],
     "self_attention": ["to_q", "to_k", "to_v", "to_out", "attention", "norm"],
     "cross_attention": [
-        "to_q", "to_k", "to_v", "to_out", "attention", "normalization", "value_combiner",
+        "to_q",
+        "to_k",
+        "to_v",
+        "to_out",
+        "attention",
+        "normalization",
+        "value_combiner",
         "condition_normalization",
     ],
     "attention": ["in_proj_weight", "in_proj_bias", "in_proj", "out_proj"],

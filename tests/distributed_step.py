@@ -31,8 +31,11 @@ def latent_batch(batch):
     """Stand-in VAE posteriors of the real ECGs: the first 4 leads averaged over 8 samples."""
     signal = batch["signal"]
     mean = signal.reshape(len(signal), 128, 8, 12).mean(axis=2)[..., :4] * 5.0
-    return {**{k: v for k, v in batch.items() if k != "signal"}, "mean": mean.astype(np.float32),
-            "log_variance": np.full_like(mean, -4.0, dtype=np.float32)}
+    return {
+        **{k: v for k, v in batch.items() if k != "signal"},
+        "mean": mean.astype(np.float32),
+        "log_variance": np.full_like(mean, -4.0, dtype=np.float32),
+    }
 
 
 def main(batch_path: str, out_dir: str) -> None:
@@ -47,14 +50,19 @@ def main(batch_path: str, out_dir: str) -> None:
     vae = build_vae(config)
     graphdef, params = nnx.split(vae, nnx.Param)
     tx = vae_training.vae_optimizer(config.vae_train, 10)
-    state = common.replicate(common.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                               opt_state=tx.init(params)), mesh)
+    state = common.replicate(
+        common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)), mesh
+    )
     step = vae_training.make_train_step(graphdef, tx, 10, config.vae_train, jax.random.key(0), mesh)
     global_signal = to_global(batch, mesh)
     weight = vae_training.kl_weight(0, 10, config.vae_train.kl_anneal_stages, config.vae_train.kl_weight_max)
-    grads = jax.jit(jax.grad(lambda p: vae_training._loss(
-        graphdef, p, global_signal["signal"], jax.random.fold_in(jax.random.key(0), 0), weight, jnp.float32)[0]
-    ))(state.params)
+    grads = jax.jit(
+        jax.grad(
+            lambda p: vae_training._loss(
+                graphdef, p, global_signal["signal"], jax.random.fold_in(jax.random.key(0), 0), weight, jnp.float32
+            )[0]
+        )
+    )(state.params)
     result.update({f"vae_grad/{k}": np.asarray(v) for k, v in flatten_params(grads).items()})
     state, metrics = step(state, global_signal)
     result.update({f"vae/{k}": np.asarray(v) for k, v in flatten_params(state.params).items()})
@@ -63,8 +71,12 @@ def main(batch_path: str, out_dir: str) -> None:
     unet = build_unet(config)
     graphdef, params = nnx.split(unet, nnx.Param)
     tx = diffusion_training.unet_optimizer(config.unet_train, 10)
-    state = common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                              ema_params=jax.tree.map(jnp.copy, params))
+    state = common.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        ema_params=jax.tree.map(jnp.copy, params),
+    )
     state = common.replicate(state, mesh)
     schedule = diffusion.schedule_from_config(config.diffusion)
     step = diffusion_training.make_train_step(graphdef, tx, schedule, config, jax.random.key(1), mesh)
@@ -74,8 +86,9 @@ def main(batch_path: str, out_dir: str) -> None:
         latent_key, loss_key = jax.random.split(jax.random.fold_in(jax.random.key(1), 0))
         x0 = diffusion_training.clean_latents(global_latents, latent_key, config.unet_train.sample_posterior)
         condition = diffusion_training.batch_condition(global_latents)
-        return diffusion_training._loss(graphdef, params, x0, condition, loss_key, schedule, config.diffusion,
-                                        jnp.float32)[0]
+        return diffusion_training._loss(
+            graphdef, params, x0, condition, loss_key, schedule, config.diffusion, jnp.float32
+        )[0]
 
     grads = jax.jit(jax.grad(unet_loss))(state.params)
     result.update({f"unet_grad/{k}": np.asarray(v) for k, v in flatten_params(grads).items()})

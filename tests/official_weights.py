@@ -38,8 +38,7 @@ def rebuild(key: str, shape: tuple[int, ...]) -> np.ndarray:
 
 def official_state_dicts() -> dict[str, dict[str, np.ndarray]]:
     return {
-        module: {key: rebuild(key, shape) for key, shape in keys.items()}
-        for module, keys in official_shapes().items()
+        module: {key: rebuild(key, shape) for key, shape in keys.items()} for module, keys in official_shapes().items()
     }
 
 

@@ -52,31 +52,64 @@ def base_workdir(tmp_path_factory):
     config.data.val_folds = ()  # no validation loss to compile
     del config.sediff  # as in workdirs saved before SE-Diff: the ablation must supply the group
     (workdir / "config.json").write_text(config_to_json(config))
-    for name, model, tx, step in (("vae", build_vae(config), vae_optimizer(config.vae_train, 1), 1),
-                                  ("unet", build_unet(config), unet_optimizer(config.unet_train, 1), BASE_STEPS)):
+    for name, model, tx, step in (
+        ("vae", build_vae(config), vae_optimizer(config.vae_train, 1), 1),
+        ("unet", build_unet(config), unet_optimizer(config.unet_train, 1), BASE_STEPS),
+    ):
         params = nnx.state(model, nnx.Param)
-        state = common.TrainState(step=jnp.full((), step, jnp.int32), params=params, opt_state=tx.init(params),
-                                  ema_params=params if name == "unet" else None)
+        state = common.TrainState(
+            step=jnp.full((), step, jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            ema_params=params if name == "unet" else None,
+        )
         checkpoints = common.Checkpoints(workdir / name, 2)
         checkpoints.save(step, state, None)
         checkpoints.wait_until_finished()
-    save_beat_decoder(workdir / "beat_decoder", BeatDecoder(16, 8, rngs=nnx.Rngs(0)),
-                      {"architecture": {"base": 16, "num_groups": 8}, "training": {"vae_step": 1}})
+    save_beat_decoder(
+        workdir / "beat_decoder",
+        BeatDecoder(16, 8, rngs=nnx.Rngs(0)),
+        {"architecture": {"base": 16, "num_groups": 8}, "training": {"vae_step": 1}},
+    )
     return workdir
 
 
 def snapshot(directory):
     """{relative path: SHA-256} of every file under `directory`."""
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def ablate(base_workdir, processed_dirs, out, *extra):
     data = [arg for d in processed_dirs for arg in ("--dataset", str(d))]
-    return cli.main(["ablate", "--base-workdir", str(base_workdir), *data, "--out", str(out), "--steps", str(STEPS),
-                          "--learning-rate", str(LEARNING_RATE), "--interlead-weight", "1000",
-                          "--num-samples", "8", "--folds", ",".join(map(str, range(1, 11))), "--num-steps", "2",
-                          "--batch-size", "8", *extra])
+    return cli.main(
+        [
+            "ablate",
+            "--base-workdir",
+            str(base_workdir),
+            *data,
+            "--out",
+            str(out),
+            "--steps",
+            str(STEPS),
+            "--learning-rate",
+            str(LEARNING_RATE),
+            "--interlead-weight",
+            "1000",
+            "--num-samples",
+            "8",
+            "--folds",
+            ",".join(map(str, range(1, 11))),
+            "--num-steps",
+            "2",
+            "--batch-size",
+            "8",
+            *extra,
+        ]
+    )
 
 
 def test_ablation_trains_each_variant_on_one_budget_and_resumes(base_workdir, processed_dirs, tmp_path, capsys):
@@ -99,12 +132,22 @@ def test_ablation_trains_each_variant_on_one_budget_and_resumes(base_workdir, pr
     summary = json.loads((out / "ablation.json").read_text())
     rows = {r["variant"]: r for r in summary["variants"]}
     assert list(rows) == ["base", "interlead", "released"]
-    logged = {name: [json.loads(line) for line in (out / name / "unet_metrics.jsonl").read_text().splitlines()]
-              for name in rows}
+    logged = {
+        name: [json.loads(line) for line in (out / name / "unet_metrics.jsonl").read_text().splitlines()]
+        for name in rows
+    }
     for name, row in rows.items():
         assert row["unet_step"] == BASE_STEPS + STEPS == ablation.latest_step(out / name / "unet"), name
-        for key in ("fid", "rfid_arxiv_v1", "precision", "recall", "clip_score", "lead_residual_mV", "loss",
-                    "diffusion_loss"):
+        for key in (
+            "fid",
+            "rfid_arxiv_v1",
+            "precision",
+            "recall",
+            "clip_score",
+            "lead_residual_mV",
+            "loss",
+            "diffusion_loss",
+        ):
             assert math.isfinite(row[key]), (name, key, row[key])
         assert math.isfinite(row["hr_mae"]) or row["hr_undetected"] == 8, row
         assert [r["step"] for r in logged[name]] == list(range(BASE_STEPS + 1, BASE_STEPS + STEPS + 1))
@@ -116,15 +159,17 @@ def test_ablation_trains_each_variant_on_one_budget_and_resumes(base_workdir, pr
     assert "| released |" in table and "| real (reference) |" in table and "| released |" in second
 
     # every variant starts from the same parameters on the same batch and noise: equal first losses
-    diffusion = {name: np.array([r.get("diffusion_loss", r["loss"]) for r in records])
-                 for name, records in logged.items()}
+    diffusion = {
+        name: np.array([r.get("diffusion_loss", r["loss"]) for r in records]) for name, records in logged.items()
+    }
     assert diffusion["interlead"][0] == pytest.approx(diffusion["base"][0], rel=1e-6)
     # `released` (losses under stop_gradient) then trains like `base`, `interlead` does not
     np.testing.assert_allclose(diffusion["released"], diffusion["base"], rtol=1e-5)
     assert not np.allclose(diffusion["interlead"][1:], diffusion["base"][1:], rtol=1e-5)
     unet = {name: np.load(out / name / "model" / "unet.npz") for name in rows}
-    distance = lambda a, b: math.sqrt(sum(float(np.sum((unet[a][k] - unet[b][k]) ** 2))  # noqa: E731
-                                          for k in unet[a].files))
+    distance = lambda a, b: math.sqrt(  # noqa: E731
+        sum(float(np.sum((unet[a][k] - unet[b][k]) ** 2)) for k in unet[a].files)
+    )
     assert distance("base", "interlead") > 1e-3
     # not bit-identical: XLA orders the two programs' sums differently and Adam magnifies it
     assert distance("base", "released") < 0.05 * distance("base", "interlead")
@@ -160,12 +205,21 @@ def test_variant_configs_set_the_objective_on_a_constant_learning_rate(base_work
     base = ablation.load_base(base_workdir, None, needs_decoder=True)
     assert base.unet_step == BASE_STEPS and base.vae_step == 1
     assert base.decoder_dir == base_workdir / "beat_decoder"
-    expected = {"base": (0, 0, True), "euler": (0.5, 0, True), "interlead": (0, 7.0, True),
-                "retrieval": (0, 0, True), "full": (0.5, 7.0, True), "released": (0.5, 7.0, False)}
+    expected = {
+        "base": (0, 0, True),
+        "euler": (0.5, 0, True),
+        "interlead": (0, 7.0, True),
+        "retrieval": (0, 0, True),
+        "full": (0.5, 7.0, True),
+        "released": (0.5, 7.0, False),
+    }
     for name, (euler, interlead, gradient) in expected.items():
         config = ablation.variant_config(base, ablation.VARIANTS[name], 10, 3e-4, 0.5, 7.0)
-        assert (config.sediff.euler_weight, config.sediff.interlead_weight, config.sediff.physics_gradient) \
-            == (euler, interlead, gradient), name
+        assert (config.sediff.euler_weight, config.sediff.interlead_weight, config.sediff.physics_gradient) == (
+            euler,
+            interlead,
+            gradient,
+        ), name
         tc = config.unet_train
         assert (tc.num_steps, tc.learning_rate, tc.final_lr_fraction) == (BASE_STEPS + 10, 3e-4, 1.0), name
     assert base.config.sediff.euler_weight == 0.0 and base.config.unet_train.final_lr_fraction == 0.1  # copies
@@ -216,9 +270,11 @@ def test_a_pretrained_model_directory_becomes_the_base_workdir(tmp_path, capsys)
     assert (base.vae_step, base.unet_step) == (5, 12)
     weights = lambda module: flatten_params(nnx.state(module, nnx.Param))  # noqa: E731
     expected = {"vae": weights(vae), "unet": weights(unet)}
-    loaded = {"vae": weights(load_trained_vae(base.config, workdir)[0]),
-              "unet_ema": weights(load_trained_unet(base.config, workdir, use_ema=True)[0]),
-              "unet_raw": weights(load_trained_unet(base.config, workdir, use_ema=False)[0])}
+    loaded = {
+        "vae": weights(load_trained_vae(base.config, workdir)[0]),
+        "unet_ema": weights(load_trained_unet(base.config, workdir, use_ema=True)[0]),
+        "unet_raw": weights(load_trained_unet(base.config, workdir, use_ema=False)[0]),
+    }
     for name, flat in loaded.items():
         reference = expected[name.split("_")[0]]
         assert flat.keys() == reference.keys(), name

@@ -12,8 +12,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Source folder -> the package it installs as (setup.cfg `package_dir`).
-PACKAGES = {"diffusets_jax": "diffusets_jax", "data_pipelines": "diffusets_jax.data_pipelines",
-            "configs": "diffusets_jax.configs"}
+PACKAGES = {
+    "diffusets_jax": "diffusets_jax",
+    "data_pipelines": "diffusets_jax.data_pipelines",
+    "configs": "diffusets_jax.configs",
+}
 EXTENSIONS = ("diffusets_jax.sediff", "diffusets_jax.cli")
 MAX_LINES = 600
 
@@ -108,10 +111,18 @@ def test_the_core_imports_no_extension(graph):
 
 
 def test_argument_parsing_lives_in_the_cli_package():
-    parsers = sorted(name for name, path in _modules().items()
-                     if not name.startswith("diffusets_jax.cli") and "argparse" in {
-                         alias.name for node in ast.walk(ast.parse(path.read_text()))
-                         if isinstance(node, ast.Import) for alias in node.names})
+    parsers = sorted(
+        name
+        for name, path in _modules().items()
+        if not name.startswith("diffusets_jax.cli")
+        and "argparse"
+        in {
+            alias.name
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+    )
     assert parsers == []
 
 

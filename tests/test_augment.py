@@ -46,9 +46,11 @@ def test_bad_factors_and_shapes_are_refused(records):
 
 
 def test_augment_heart_rate_appends_labelled_copies_within_the_rate_range(records):
-    arrays = {"signal": np.stack([r.signal for r in records]),
-              "heart_rate": np.array([r.heart_rate for r in records], np.float32),
-              "age": np.array([r.age for r in records], np.float32)}
+    arrays = {
+        "signal": np.stack([r.signal for r in records]),
+        "heart_rate": np.array([r.heart_rate for r in records], np.float32),
+        "age": np.array([r.age for r in records], np.float32),
+    }
     out = augment_heart_rate(arrays, 3, (0.7, 1.4), (50.0, 120.0), seed=0)
     assert out["signal"].shape == (8, 1024, 12)
     np.testing.assert_array_equal(out["signal"][:2], arrays["signal"])

@@ -10,17 +10,39 @@ import pytest
 import wfdb
 
 from diffusets_jax import Pipeline, cli
-from diffusets_jax.errors import (CheckpointError, ConfigError, DataError, DiffusetsError, InputError, IntegrityError,
-                                  MissingFileError)
+from diffusets_jax.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DiffusetsError,
+    InputError,
+    IntegrityError,
+    MissingFileError,
+)
 from diffusets_jax.text import EmbedderError
 
 
 def generate(model_dir, out, *extra, report="Sinus rhythm"):
     """`diffusets-jax generate` of one ECG with 2 sampler steps (plus `extra` arguments); the exit status."""
-    conditions = [] if "--from-csv" in extra else ["--report", report, "--age", "50", "--sex", "F", "--hr", "70",
-                                                   "--num-samples", "1"]
-    return cli.main(["generate", *conditions, "--num-steps", "2", "--no-png", "--checkpoint", str(model_dir),
-                     "--out", str(out), *extra])
+    conditions = (
+        []
+        if "--from-csv" in extra
+        else ["--report", report, "--age", "50", "--sex", "F", "--hr", "70", "--num-samples", "1"]
+    )
+    return cli.main(
+        [
+            "generate",
+            *conditions,
+            "--num-steps",
+            "2",
+            "--no-png",
+            "--checkpoint",
+            str(model_dir),
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def one_error_line(capsys) -> str:
@@ -78,8 +100,9 @@ def test_a_resumed_csv_run_regenerates_incomplete_or_corrupt_records(tiny_model_
 
 
 def test_a_line_break_in_a_report_separates_statements(tiny_model_dir, tmp_path, capsys):
-    (tmp_path / "c.csv").write_text('report,age,sex,hr\n"Sinus rhythm\nNormal ECG",50,F,70\n'
-                                    "Atrial fibrillation,60,M,90\n")
+    (tmp_path / "c.csv").write_text(
+        'report,age,sex,hr\n"Sinus rhythm\nNormal ECG",50,F,70\nAtrial fibrillation,60,M,90\n'
+    )
     assert generate(tiny_model_dir, tmp_path / "out", "--from-csv", str(tmp_path / "c.csv")) == 0
     assert "wrote 2 ECGs" in capsys.readouterr().out
     assert "report: Sinus rhythm|Normal ECG" in wfdb.rdrecord(str(tmp_path / "out" / "ecg_00000")).comments
@@ -100,10 +123,18 @@ def test_a_row_that_cannot_be_written_is_listed_and_the_rest_are_written(tiny_pi
 
     monkeypatch.setattr(ecg_io, "write_wfdb", failing)
     (tmp_path / "c.csv").write_text(CSV)
-    done = generate_from_csv(tiny_pipeline, tmp_path / "c.csv", tmp_path / "out", sampling=tiny_pipeline.sampling(),
-                             batch_size=3, png=False, progress=False)
+    done = generate_from_csv(
+        tiny_pipeline,
+        tmp_path / "c.csv",
+        tmp_path / "out",
+        sampling=tiny_pipeline.sampling(),
+        batch_size=3,
+        png=False,
+        progress=False,
+    )
     assert done.generated == [0, 2] and [(r.row, r.error) for r in done.bad] == [
-        (1, "could not write the record: signal contains NaN or infinite values")]
+        (1, "could not write the record: signal contains NaN or infinite values")
+    ]
     assert _signal(tmp_path / "out", "ecg_00002").shape == (1024, 12)
 
 
@@ -133,8 +164,7 @@ def test_an_unreadable_csv_is_named_with_its_line(tiny_model_dir, tmp_path, caps
 # ------------------------------------------------------------------------------ options (items 8, 9)
 
 
-@pytest.mark.parametrize("flags", [["--num-samples", "2"], ["--experience-index", "index.npz"],
-                                   ["--retrieval-k", "3"]])
+@pytest.mark.parametrize("flags", [["--num-samples", "2"], ["--experience-index", "index.npz"], ["--retrieval-k", "3"]])
 def test_from_csv_refuses_the_options_it_does_not_use(tiny_model_dir, tmp_path, capsys, flags):
     (tmp_path / "c.csv").write_text(CSV)
     assert generate(tiny_model_dir, tmp_path / "out", "--from-csv", str(tmp_path / "c.csv"), *flags) == 2
@@ -148,8 +178,9 @@ def test_retrieval_k_without_an_experience_index_is_refused(tiny_model_dir, tmp_
     assert "--retrieval-k needs --experience-index" in one_error_line(capsys)
 
 
-def test_an_output_path_that_cannot_be_written_is_refused_before_generating(tiny_model_dir, tmp_path, capsys,
-                                                                             monkeypatch):
+def test_an_output_path_that_cannot_be_written_is_refused_before_generating(
+    tiny_model_dir, tmp_path, capsys, monkeypatch
+):
     calls = []
     monkeypatch.setattr(Pipeline, "generate_for_conditions", lambda *args, **kwargs: calls.append(1))
     (tmp_path / "a_file").write_text("")
@@ -185,15 +216,20 @@ def test_an_output_directory_holding_an_earlier_run_needs_overwrite(tiny_model_d
     assert (out / "ecg_000.dat").read_bytes() == first and (out / "ecg_001.hea").is_file()
 
     assert generate(tiny_model_dir, out, "--overwrite", report="Atrial fibrillation") == 0
-    assert sorted(p.name for p in out.iterdir()) == ["MANIFEST.json", "ecg_000.dat", "ecg_000.hea", "notes.txt",
-                                                     "samples.npz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "MANIFEST.json",
+        "ecg_000.dat",
+        "ecg_000.hea",
+        "notes.txt",
+        "samples.npz",
+    ]
     with np.load(out / "samples.npz") as saved:
         assert saved["signals"].shape[0] == 1 and str(saved["report"]) == "Atrial fibrillation"
 
 
 # ------------------------------------------------------------------------------ report text (items 10, 11)
 
-UNICODE_REPORT = "Sinus rhythm ✓ 😀|نظم جيبي|קצב סינוס|Ä\\u00e9 \"quoted\""
+UNICODE_REPORT = 'Sinus rhythm ✓ 😀|نظم جيبي|קצב סינוס|Ä\\u00e9 "quoted"'
 
 
 def test_non_ascii_report_text_round_trips_through_the_wfdb_header(tiny_model_dir, tmp_path):
@@ -207,8 +243,9 @@ def test_non_ascii_report_text_round_trips_through_the_wfdb_header(tiny_model_di
     with np.load(tmp_path / "out" / "samples.npz") as saved:
         assert str(saved["report"]) == UNICODE_REPORT
 
-    (tmp_path / "c.csv").write_text(f'report,age,sex,hr\n"{UNICODE_REPORT.replace(chr(34), 2 * chr(34))}",50,F,70\n',
-                                    encoding="utf-8")
+    (tmp_path / "c.csv").write_text(
+        f'report,age,sex,hr\n"{UNICODE_REPORT.replace(chr(34), 2 * chr(34))}",50,F,70\n', encoding="utf-8"
+    )
     assert generate(tiny_model_dir, tmp_path / "batch", "--from-csv", str(tmp_path / "c.csv")) == 0
     comments = wfdb.rdrecord(str(tmp_path / "batch" / "ecg_00000")).comments
     assert comment_values(comments)["report"] == UNICODE_REPORT
@@ -223,8 +260,11 @@ def test_a_report_longer_than_the_text_model_reads_is_warned_about(tiny_model_di
     from diffusets_jax.text import build_prompt
 
     statements = LONG_REPORT.split("|")
-    with pytest.warns(UserWarning, match=r"tokens long, but the text model minilm reads only the first 256: "
-                                         r"it reads \d+ of the 20 statements"):
+    with pytest.warns(
+        UserWarning,
+        match=r"tokens long, but the text model minilm reads only the first 256: "
+        r"it reads \d+ of the 20 statements",
+    ):
         tiny_pipeline(LONG_REPORT, age=50, sex="F", heart_rate=70, num_steps=2)
     # What the warning says is true: the statements past the limit do not change the embedding.
     full, *_ = tiny_pipeline.embedder.embed([build_prompt(statements)])
@@ -252,17 +292,33 @@ def one_warning_line(capsys) -> str:
 # ------------------------------------------------------------------------------ configs and model files (item 13)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("vae_train.num_steps=abc", "--set vae_train.num_steps=abc: vae_train.num_steps must be of type int"),
-    ("vae_train.num_steps=1.5", "--set vae_train.num_steps=1.5: vae_train.num_steps must be of type int"),
-    ("vae_train=3", "--set vae_train=3: vae_train is a section of the config"),
-    ("vae_train.num_steps.x=1", "override 'vae_train.num_steps.x=1': config has no field 'vae_train.num_steps.x'"),
-    ("vae_train.nope=1", "override 'vae_train.nope=1': config has no field 'vae_train.nope'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("vae_train.num_steps=abc", "--set vae_train.num_steps=abc: vae_train.num_steps must be of type int"),
+        ("vae_train.num_steps=1.5", "--set vae_train.num_steps=1.5: vae_train.num_steps must be of type int"),
+        ("vae_train=3", "--set vae_train=3: vae_train is a section of the config"),
+        ("vae_train.num_steps.x=1", "override 'vae_train.num_steps.x=1': config has no field 'vae_train.num_steps.x'"),
+        ("vae_train.nope=1", "override 'vae_train.nope=1': config has no field 'vae_train.nope'"),
+    ],
+)
 def test_a_config_override_of_the_wrong_type_is_named(tmp_path, capsys, override, message):
     (tmp_path / "weights.pth").write_bytes(b"")
-    status = cli.main(["convert-torch", "--unet", str(tmp_path / "weights.pth"), "--vae", str(tmp_path / "weights.pth"),
-                       "--out", str(tmp_path / "out"), "--config", "small", "--set", override])
+    status = cli.main(
+        [
+            "convert-torch",
+            "--unet",
+            str(tmp_path / "weights.pth"),
+            "--vae",
+            str(tmp_path / "weights.pth"),
+            "--out",
+            str(tmp_path / "out"),
+            "--config",
+            "small",
+            "--set",
+            override,
+        ]
+    )
     assert status == 2
     assert message in one_error_line(capsys)
 
@@ -297,18 +353,26 @@ def _damage(model, damage):
     return model / "config.json"
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("empty unet.npz", ("bytes, its manifest says", "is not a readable .npz")),
-    ("truncated vae.npz", ("bytes, its manifest says", "is not a readable .npz")),
-    ("config.json not JSON", "is not JSON (line 1, column 2: Expecting property name"),
-    ("config.json in Latin-1", "is not UTF-8 text (byte 13)"),
-    ("config.json a list", "is not a config: a JSON list, not an object"),
-    ("config.json without vae", "lacks the section(s) vae"),
-    ("config.json without diffusion.beta_start", ("bytes, its manifest says", "config lacks the field 'beta_start'")),
-    ("config.json vae.channels as text", ": vae.channels must be a list (like (16, 32, 64)), got '8, 16'"),
-    ("config.json diffusion.num_train_timesteps a float",
-     ": diffusion.num_train_timesteps must be an integer (like 1000), got 999.5"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("empty unet.npz", ("bytes, its manifest says", "is not a readable .npz")),
+        ("truncated vae.npz", ("bytes, its manifest says", "is not a readable .npz")),
+        ("config.json not JSON", "is not JSON (line 1, column 2: Expecting property name"),
+        ("config.json in Latin-1", "is not UTF-8 text (byte 13)"),
+        ("config.json a list", "is not a config: a JSON list, not an object"),
+        ("config.json without vae", "lacks the section(s) vae"),
+        (
+            "config.json without diffusion.beta_start",
+            ("bytes, its manifest says", "config lacks the field 'beta_start'"),
+        ),
+        ("config.json vae.channels as text", ": vae.channels must be a list (like (16, 32, 64)), got '8, 16'"),
+        (
+            "config.json diffusion.num_train_timesteps a float",
+            ": diffusion.num_train_timesteps must be an integer (like 1000), got 999.5",
+        ),
+    ],
+)
 def test_a_damaged_model_directory_is_named(tiny_model_dir, tmp_path, capsys, damage, message):
     import shutil
 
@@ -326,17 +390,28 @@ def test_a_damaged_model_directory_is_named(tiny_model_dir, tmp_path, capsys, da
 def _raise(error):
     def fail(*args, **kwargs):
         raise error
+
     return fail
 
 
-@pytest.mark.parametrize("error", [
-    DiffusetsError("base kind"), InputError("an input"), ConfigError("a config"), DataError("a dataset file"),
-    CheckpointError("a checkpoint"), IntegrityError("a sha-256"), MissingFileError("a missing file"),
-    EmbedderError("an embedder"), PermissionError(13, "Permission denied", "/some/file"),
-    ValueError("first line\nsecond line"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        DiffusetsError("base kind"),
+        InputError("an input"),
+        ConfigError("a config"),
+        DataError("a dataset file"),
+        CheckpointError("a checkpoint"),
+        IntegrityError("a sha-256"),
+        MissingFileError("a missing file"),
+        EmbedderError("an embedder"),
+        PermissionError(13, "Permission denied", "/some/file"),
+        ValueError("first line\nsecond line"),
+    ],
+)
 def test_every_expected_error_is_one_line_with_status_2_and_no_empty_output_directory(
-        tiny_model_dir, tmp_path, capsys, monkeypatch, error):
+    tiny_model_dir, tmp_path, capsys, monkeypatch, error
+):
     monkeypatch.setattr(Pipeline, "generate_for_conditions", _raise(error))  # after --out is created
     out = tmp_path / "new" / "out"
     assert generate(tiny_model_dir, out) == 2
@@ -346,8 +421,9 @@ def test_every_expected_error_is_one_line_with_status_2_and_no_empty_output_dire
     assert not (tmp_path / "new").exists()  # both directories the run created, and left empty, are gone
 
 
-def test_a_failed_run_keeps_an_output_directory_it_did_not_create_or_wrote_into(tiny_model_dir, tmp_path,
-                                                                                capsys, monkeypatch):
+def test_a_failed_run_keeps_an_output_directory_it_did_not_create_or_wrote_into(
+    tiny_model_dir, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setattr(Pipeline, "generate_for_conditions", _raise(DataError("broken")))
     (tmp_path / "existing").mkdir()
     assert generate(tiny_model_dir, tmp_path / "existing") == 2
@@ -357,12 +433,14 @@ def test_a_failed_run_keeps_an_output_directory_it_did_not_create_or_wrote_into(
     assert generate(tiny_model_dir, tmp_path / "new") == 2  # fails after writing the WFDB record
     err = capsys.readouterr().err  # the progress bar, then the error
     assert "Traceback" not in err and err.strip().splitlines()[-1] == (
-        "diffusets-jax generate: error: [Errno 28] No space left on device: 'x.npz'")
+        "diffusets-jax generate: error: [Errno 28] No space left on device: 'x.npz'"
+    )
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["ecg_000.dat", "ecg_000.hea"]
 
 
-def test_ctrl_c_is_one_line_with_status_130_and_debug_shows_the_traceback(tiny_model_dir, tmp_path, capsys,
-                                                                         monkeypatch):
+def test_ctrl_c_is_one_line_with_status_130_and_debug_shows_the_traceback(
+    tiny_model_dir, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setattr(Pipeline, "generate_for_conditions", _raise(KeyboardInterrupt()))
     assert generate(tiny_model_dir, tmp_path / "out") == 130
     assert one_error_line(capsys) == "diffusets-jax generate: interrupted"
@@ -396,8 +474,12 @@ def test_a_real_sigint_is_one_line_with_status_130(tmp_path, debug):
     import subprocess
     import sys
 
-    process = subprocess.Popen([sys.executable, "-c", SIGINT_SCRIPT, str(tmp_path / "out"), *(["--debug"] * debug)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", SIGINT_SCRIPT, str(tmp_path / "out"), *(["--debug"] * debug)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert process.stdout.readline().strip() == "ready"
         process.send_signal(signal.SIGINT)
@@ -422,13 +504,16 @@ def test_non_utf8_bytes_in_the_report_argument_are_named(tiny_model_dir, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--batch-size", "-1"], "--batch-size must be an integer of at least 1, got -1"),
-    (["--batch-size", "0"], "--batch-size must be an integer of at least 1, got 0"),
-    (["--from-csv", "c.csv", "--batch-size", "-1"], "--batch-size must be an integer of at least 1, got -1"),
-    (["--experience-index", "random.npz"], "random.npz is not an experience index saved by `augment-dataset"),
-    (["--from-csv", "bom.csv"], None),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size", "-1"], "--batch-size must be an integer of at least 1, got -1"),
+        (["--batch-size", "0"], "--batch-size must be an integer of at least 1, got 0"),
+        (["--from-csv", "c.csv", "--batch-size", "-1"], "--batch-size must be an integer of at least 1, got -1"),
+        (["--experience-index", "random.npz"], "random.npz is not an experience index saved by `augment-dataset"),
+        (["--from-csv", "bom.csv"], None),
+    ],
+)
 def test_generate_names_the_option_or_file_at_fault(tiny_model_dir, tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "c.csv").write_text(CSV)
@@ -445,30 +530,43 @@ def test_generate_names_the_option_or_file_at_fault(tiny_model_dir, tmp_path, ca
 
 
 def test_csv_rows_with_a_bad_seed_or_binary_bytes_are_listed_and_the_rest_written(tiny_model_dir, tmp_path, capsys):
-    (tmp_path / "c.csv").write_bytes(b"report,age,sex,hr,seed\nSinus rhythm,50,F,70,-1\n"
-                                     b"Sinus rhythm,50,F,70,4294967296\nSinus rhythm,50,F,70,1.5\n"
-                                     b"Sinus\x00\x07rhythm,50,F,70,1\nSinus rhythm,50,F,70,4294967295\n")
+    (tmp_path / "c.csv").write_bytes(
+        b"report,age,sex,hr,seed\nSinus rhythm,50,F,70,-1\n"
+        b"Sinus rhythm,50,F,70,4294967296\nSinus rhythm,50,F,70,1.5\n"
+        b"Sinus\x00\x07rhythm,50,F,70,1\nSinus rhythm,50,F,70,4294967295\n"
+    )
     assert generate(tiny_model_dir, tmp_path / "out", "--from-csv", str(tmp_path / "c.csv")) == 0
     printed = capsys.readouterr().out
     assert [line.strip() for line in printed.splitlines() if line.startswith("  row")] == [
-        *(f"row {i}: seed must be an integer in [0, 4294967295], got '{s}'" for i, s in
-          enumerate(["-1", str(2**32), "1.5"])),
-        "row 3: report holds the control character U+0000 (binary data?): 'Sinus\\x00\\x07rhythm'"]
+        *(
+            f"row {i}: seed must be an integer in [0, 4294967295], got '{s}'"
+            for i, s in enumerate(["-1", str(2**32), "1.5"])
+        ),
+        "row 3: report holds the control character U+0000 (binary data?): 'Sinus\\x00\\x07rhythm'",
+    ]
     assert "wrote 1 ECGs" in printed
     assert sorted(p.name for p in (tmp_path / "out").glob("ecg_*")) == ["ecg_00004.dat", "ecg_00004.hea"]
 
 
-@pytest.mark.parametrize("index, message", [
-    ("x,y\n1,2\n", "index.csv is not the index of a `generate --from-csv` run (no column row, status): "
-                   "use --overwrite"),
-    ("row,status\nabc,ok\n", "index.csv, line 2: row 'abc' is not a row number: use --overwrite"),
-    (b"row,status\n0,\xff\xfe\n", "index.csv is not a readable index (UnicodeDecodeError): use --overwrite"),
-])
+@pytest.mark.parametrize(
+    "index, message",
+    [
+        (
+            "x,y\n1,2\n",
+            "index.csv is not the index of a `generate --from-csv` run (no column row, status): use --overwrite",
+        ),
+        ("row,status\nabc,ok\n", "index.csv, line 2: row 'abc' is not a row number: use --overwrite"),
+        (b"row,status\n0,\xff\xfe\n", "index.csv is not a readable index (UnicodeDecodeError): use --overwrite"),
+    ],
+)
 def test_a_garbled_index_of_an_earlier_csv_run_is_named(tiny_model_dir, tmp_path, capsys, index, message):
     (tmp_path / "c.csv").write_text(CSV)
     (tmp_path / "out").mkdir()
-    write = (tmp_path / "out" / "index.csv").write_bytes if isinstance(index, bytes) else \
-        (tmp_path / "out" / "index.csv").write_text
+    write = (
+        (tmp_path / "out" / "index.csv").write_bytes
+        if isinstance(index, bytes)
+        else (tmp_path / "out" / "index.csv").write_text
+    )
     write(index)
     assert generate(tiny_model_dir, tmp_path / "out", "--from-csv", str(tmp_path / "c.csv")) == 2
     assert message in one_error_line(capsys)
@@ -481,8 +579,7 @@ def test_a_ptbxl_database_without_strat_fold_is_named(ptbxl_root, tmp_path, caps
     import pandas as pd
 
     root = shutil.copytree(ptbxl_root, tmp_path / "ptb-xl")
-    pd.read_csv(root / "ptbxl_database.csv").drop(columns="strat_fold").to_csv(root / "ptbxl_database.csv",
-                                                                                index=False)
+    pd.read_csv(root / "ptbxl_database.csv").drop(columns="strat_fold").to_csv(root / "ptbxl_database.csv", index=False)
     assert cli.main(["prepare", "--dataset", "ptbxl", "--root", str(root), "--out", str(tmp_path / "out")]) == 2
     line = one_error_line(capsys)
     assert f"{root / 'ptbxl_database.csv'} lacks the column(s) strat_fold" in line
@@ -514,8 +611,10 @@ def test_an_openai_connection_failure_is_one_line(monkeypatch):
     with pytest.raises(EmbedderError) as raised:
         embedder.embed(["Most importantly, the 1st diagnosis is {Sinus rhythm}."])
     message = str(raised.value)
-    assert message == ("the OpenAI embedding request (text-embedding-ada-002) failed: APIConnectionError: Connection "
-                       "error. (details of the proxy); check the network connection and OPENAI_API_KEY")
+    assert message == (
+        "the OpenAI embedding request (text-embedding-ada-002) failed: APIConnectionError: Connection "
+        "error. (details of the proxy); check the network connection and OPENAI_API_KEY"
+    )
     assert isinstance(raised.value, RuntimeError) and "sk-secret" not in message
 
 
@@ -545,37 +644,55 @@ def _samples(path, kind):
     return path
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("no signals", "has no 'signals' array (it holds ecgs)"),
-    ("8 leads", "signals have shape (4, 1024, 8); need (N, 1024, 12)"),
-    ("2-D", "signals have shape (1024, 12); need (N, 1024, 12)"),
-    ("NaN", "1 of the 4 ECGs hold NaN or infinite values (the first is ECG 2)"),
-    ("random bytes", "is not a readable .npz (truncated, or another kind of file)"),
-    ("5 ECGs", "holds 5 ECGs, not --num-samples 4"),
-    (".npy", "is a .npy array, not an .npz with 'signals'"),
-    ("text", "signals are of type <U1, not real numbers (mV)"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("no signals", "has no 'signals' array (it holds ecgs)"),
+        ("8 leads", "signals have shape (4, 1024, 8); need (N, 1024, 12)"),
+        ("2-D", "signals have shape (1024, 12); need (N, 1024, 12)"),
+        ("NaN", "1 of the 4 ECGs hold NaN or infinite values (the first is ECG 2)"),
+        ("random bytes", "is not a readable .npz (truncated, or another kind of file)"),
+        ("5 ECGs", "holds 5 ECGs, not --num-samples 4"),
+        (".npy", "is a .npy array, not an .npz with 'signals'"),
+        ("text", "signals are of type <U1, not real numbers (mV)"),
+    ],
+)
 def test_evaluate_names_unusable_samples_before_loading_anything(tmp_path, capsys, kind, message):
     samples = _samples(tmp_path / "samples.npz", kind)
-    status = cli.main(["evaluate", "--dataset", str(tmp_path / "no-such-set"), "--num-samples", "4",
-                       "--samples", str(samples), "--out", str(tmp_path / "out")])
+    status = cli.main(
+        [
+            "evaluate",
+            "--dataset",
+            str(tmp_path / "no-such-set"),
+            "--num-samples",
+            "4",
+            "--samples",
+            str(samples),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert status == 2
     line = one_error_line(capsys)
     assert f"{samples}" in line and message in line
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--seed", "-1"], "--seed must be an integer in [0, 4294967295], got -1"),
-    (["--seed", str(2**32)], f"--seed must be an integer in [0, 4294967295], got {2**32}"),
-    (["--batch-size", "-1"], "--batch-size must be an integer of at least 1, got -1"),
-    (["--samples", "s.npz", "--sampler", "ddim", "--num-steps", "5"],
-     "--samples scores ECGs already generated; drop --sampler, --num-steps"),
-    (["--samples", "s.npz", "--batch-size", "2"], "--samples scores ECGs already generated; drop --batch-size"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seed", "-1"], "--seed must be an integer in [0, 4294967295], got -1"),
+        (["--seed", str(2**32)], f"--seed must be an integer in [0, 4294967295], got {2**32}"),
+        (["--batch-size", "-1"], "--batch-size must be an integer of at least 1, got -1"),
+        (
+            ["--samples", "s.npz", "--sampler", "ddim", "--num-steps", "5"],
+            "--samples scores ECGs already generated; drop --sampler, --num-steps",
+        ),
+        (["--samples", "s.npz", "--batch-size", "2"], "--samples scores ECGs already generated; drop --batch-size"),
+    ],
+)
 def test_evaluate_refuses_bad_or_inapplicable_options(tmp_path, capsys, args, message):
-    status = cli.main(["evaluate", "--dataset", str(tmp_path / "no-such-set"), "--out", str(tmp_path / "out"),
-                       *args])
+    status = cli.main(["evaluate", "--dataset", str(tmp_path / "no-such-set"), "--out", str(tmp_path / "out"), *args])
     assert status == 2
     assert message in one_error_line(capsys)
     assert not (tmp_path / "out").exists()

@@ -136,7 +136,7 @@ def test_save_writes_a_manifest_and_loading_checks_it(tiny_model_dir, tmp_path):
     assert not list(model.glob(".*tmp"))  # no temporary file left behind
     path = model / "unet.npz"
     data = bytearray(path.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 4800] = bytes(4800)  # same size, 4.8 kB overwritten
+    data[len(data) // 2 : len(data) // 2 + 4800] = bytes(4800)  # same size, 4.8 kB overwritten
     path.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match=f"{path}: SHA-256 differs"):
         load_pretrained(model)

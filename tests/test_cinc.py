@@ -22,8 +22,16 @@ from diffusets_jax.data_pipelines.processed import load_processed
 from diffusets_jax.data_pipelines.records import RecordError, detect_heart_rate, patient_fold
 from diffusets_jax import cli
 
-WINDOW_IDS = ["cpsc_2018/A0005_w0", "cpsc_2018/A0005_w1", "georgia/E00001", "georgia/E00004", "ningbo/JS20006",
-              "ptb/S0001_w0", "ptb/S0001_w1", "ptb/S0001_w2"]
+WINDOW_IDS = [
+    "cpsc_2018/A0005_w0",
+    "cpsc_2018/A0005_w1",
+    "georgia/E00001",
+    "georgia/E00004",
+    "ningbo/JS20006",
+    "ptb/S0001_w0",
+    "ptb/S0001_w1",
+    "ptb/S0001_w2",
+]
 LOADED_IDS = [i for i in WINDOW_IDS if i != "georgia/E00001"]
 NAN_AGE_SKIP = ("georgia/E00001", "age is missing or not a number ('NaN')")
 
@@ -48,6 +56,7 @@ def copy_records(src_root, dst_root, *records):
 
 # ------------------------------------------------------------------------------- listing and windows
 
+
 def test_list_records_lists_windows_and_leaves_out_ptbxl(cinc_root):
     assert get_reader("cinc") is cinc
     assert cinc.list_records(cinc_root) == WINDOW_IDS
@@ -55,7 +64,10 @@ def test_list_records_lists_windows_and_leaves_out_ptbxl(cinc_root):
     assert everything == sorted(WINDOW_IDS + ["ptb-xl/HR06002"])
     # the excluded folder's record still loads when asked for explicitly
     assert cinc.load_record(cinc_root, "ptb-xl/HR06002").statements == [
-        "sinus bradycardia", "sinus rhythm", "incomplete right bundle branch block"]
+        "sinus bradycardia",
+        "sinus rhythm",
+        "incomplete right bundle branch block",
+    ]
 
 
 def test_list_records_follows_records_file(cinc_root, tmp_path):
@@ -65,14 +77,16 @@ def test_list_records_follows_records_file(cinc_root, tmp_path):
     assert cinc.list_records(root, exclude=())[-1] == "ptb-xl/HR06002"
 
 
-@pytest.mark.parametrize("record, fs, seconds, windows",
-                         [("ptb/S0001", 1000, 38.4, 3), ("cpsc_2018/A0005", 500, 25, 2)])
+@pytest.mark.parametrize(
+    "record, fs, seconds, windows", [("ptb/S0001", 1000, 38.4, 3), ("cpsc_2018/A0005", 500, 25, 2)]
+)
 def test_window_count_is_floor_of_duration(cinc_root, record, fs, seconds, windows):
     header = wfdb.rdheader(str(cinc_root / record))
     assert (header.fs, header.sig_len / header.fs) == (fs, seconds)
     assert windows == int(header.sig_len / header.fs // 10)
     assert [i for i in cinc.list_records(cinc_root) if i.startswith(record)] == [
-        f"{record}_w{k}" for k in range(windows)]
+        f"{record}_w{k}" for k in range(windows)
+    ]
 
 
 @pytest.mark.parametrize("record, windows", [("ptb/S0001", 3), ("cpsc_2018/A0005", 2)])
@@ -82,12 +96,12 @@ def test_window_signal_is_resampled_slice_of_raw_record(cinc_root, loaded, recor
     n = 10 * raw.fs
     for k in range(windows):
         rec = loaded[0][f"{record}_w{k}"]
-        expected = scipy.signal.resample(raw.p_signal[k * n:(k + 1) * n], 1024, axis=0)
+        expected = scipy.signal.resample(raw.p_signal[k * n : (k + 1) * n], 1024, axis=0)
         np.testing.assert_allclose(rec.signal, expected, rtol=0, atol=1e-5)
         assert rec.metadata["window"] == k and rec.metadata["start_s"] == 10 * k
         assert rec.metadata["fs"] == raw.fs and rec.metadata["record"] == record
         # heart rate is detected on this window alone (native rate)
-        assert rec.heart_rate == pytest.approx(detect_heart_rate(raw.p_signal[k * n:(k + 1) * n], raw.fs))
+        assert rec.heart_rate == pytest.approx(detect_heart_rate(raw.p_signal[k * n : (k + 1) * n], raw.fs))
     assert not np.allclose(loaded[0][f"{record}_w0"].signal, loaded[0][f"{record}_w1"].signal)
 
 
@@ -110,12 +124,17 @@ def test_all_windows_of_a_record_share_one_fold(loaded):
 
 # ------------------------------------------------------------------------------- header fields
 
+
 def test_statements_are_english_names_of_dx_codes(loaded):
     rec = loaded[0]["georgia/E00004"]
     # #Dx: 426177001,425623009,164934002,164873001 looked up by hand in dx_mapping_*.csv:
     # SB (scored), LIs (unscored), TAb (scored), LVH (unscored)
-    assert rec.statements == ["sinus bradycardia", "lateral ischaemia", "t wave abnormal",
-                              "left ventricular hypertrophy"]
+    assert rec.statements == [
+        "sinus bradycardia",
+        "lateral ischaemia",
+        "t wave abnormal",
+        "left ventricular hypertrophy",
+    ]
     assert rec.metadata["dx_codes"] == ["426177001", "425623009", "164934002", "164873001"]
     assert rec.metadata["dx_abbreviations"] == ["SB", "LIs", "TAb", "LVH"]
     assert rec.report == "sinus bradycardia|lateral ischaemia|t wave abnormal|left ventricular hypertrophy"
@@ -134,14 +153,26 @@ def test_statements_match_mapping_csvs(cinc_root, loaded):
 
 def test_unknown_code_becomes_a_statement_naming_it(loaded):
     rec = loaded[0]["ningbo/JS20006"]
-    assert rec.statements == ["premature atrial contraction", "sinus tachycardia", "left ventricular high voltage",
-                              "unknown diagnosis (SNOMED CT 251238007)", "premature ventricular contractions"]
+    assert rec.statements == [
+        "premature atrial contraction",
+        "sinus tachycardia",
+        "left ventricular high voltage",
+        "unknown diagnosis (SNOMED CT 251238007)",
+        "premature ventricular contractions",
+    ]
     assert rec.metadata["unknown_dx_codes"] == ["251238007"]
     assert rec.metadata["dx_abbreviations"][3] == ""
 
 
-@pytest.mark.parametrize("record_id, age, sex", [("georgia/E00004", 75, "M"), ("ningbo/JS20006", 61, "M"),
-                                                  ("cpsc_2018/A0005_w1", 53, "M"), ("ptb/S0001_w2", 81, "F")])
+@pytest.mark.parametrize(
+    "record_id, age, sex",
+    [
+        ("georgia/E00004", 75, "M"),
+        ("ningbo/JS20006", 61, "M"),
+        ("cpsc_2018/A0005_w1", 53, "M"),
+        ("ptb/S0001_w2", 81, "F"),
+    ],
+)
 def test_age_and_sex(loaded, record_id, age, sex):
     rec = loaded[0][record_id]
     assert (rec.age, rec.sex, rec.source) == (age, sex, "cinc")
@@ -161,10 +192,14 @@ def test_parse_comments_both_header_styles():
     assert cinc.parse_comments(challenge) == {"age": "85", "sex": "Male", "dx": "164889003,59118001", "rx": "Unknown"}
     assert cinc.parse_comments(rewritten) == {"age": "78", "sex": "Female", "dx": "67741000119109,426177001"}
     assert cinc.statements_from_dx("426177001, 426177001,1", {"426177001": ("sinus bradycardia", "SB")}) == (
-        ["sinus bradycardia", "unknown diagnosis (SNOMED CT 1)"], ["426177001", "1"], ["1"])
+        ["sinus bradycardia", "unknown diagnosis (SNOMED CT 1)"],
+        ["426177001", "1"],
+        ["1"],
+    )
 
 
 # ------------------------------------------------------------------------------- skipped records
+
 
 def test_nan_age_is_skipped_with_reason(loaded):
     assert loaded[1] == [NAN_AGE_SKIP]
@@ -217,13 +252,16 @@ def test_bad_window_is_skipped_alone(cinc_root, tmp_path):
     assert skipped == [("cpsc_2018/A0005_w1", "flat lead V3 (peak-to-peak < 0.01 mV)")]
 
 
-@pytest.mark.parametrize("record_id, message", [
-    ("cpsc_2018/A0005", r"record is 25.0 s long: load its 10 s windows cpsc_2018/A0005_w0 .. cpsc_2018/A0005_w1"),
-    ("cpsc_2018/A0005_w2", r"has 2 complete 10 s window\(s\); window 2 does not exist"),
-    ("georgia/E00004_w0", r"is 10.0 s long, not split into windows: use its plain id"),
-    ("georgia/E07510", r"duplicate of record E07509"),
-    ("georgia/E99999", r"cannot read WFDB record"),
-])
+@pytest.mark.parametrize(
+    "record_id, message",
+    [
+        ("cpsc_2018/A0005", r"record is 25.0 s long: load its 10 s windows cpsc_2018/A0005_w0 .. cpsc_2018/A0005_w1"),
+        ("cpsc_2018/A0005_w2", r"has 2 complete 10 s window\(s\); window 2 does not exist"),
+        ("georgia/E00004_w0", r"is 10.0 s long, not split into windows: use its plain id"),
+        ("georgia/E07510", r"duplicate of record E07509"),
+        ("georgia/E99999", r"cannot read WFDB record"),
+    ],
+)
 def test_bad_ids_are_rejected(cinc_root, record_id, message):
     with pytest.raises(RecordError, match=message):
         cinc.load_record(cinc_root, record_id)
@@ -236,6 +274,7 @@ def test_missing_mapping_files_are_reported(cinc_root, tmp_path):
 
 
 # ------------------------------------------------------------------------------- prepare and TFDS
+
 
 def test_prepare_cli_writes_the_windows(cinc_root, tmp_path, capsys):
     out = tmp_path / "cinc"

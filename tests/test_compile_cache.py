@@ -36,8 +36,9 @@ CHILD = textwrap.dedent("""
 
 def run_child(arg: str, env_extra: dict | None = None) -> dict:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env_extra or {})}
-    out = subprocess.run([sys.executable, "-c", CHILD, arg], capture_output=True, text=True, env=env,
-                         timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, arg], capture_output=True, text=True, env=env, timeout=300, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -17,9 +17,17 @@ import wfdb
 
 from diffusets_jax.data_pipelines import READERS, get_reader, ludb, mimic, ptbxl
 from diffusets_jax.data_pipelines.prepare import format_skipped, load_records
-from diffusets_jax.data_pipelines.records import (ECGRecord, RecordError, clean_signal, detect_heart_rate,
-                                                  patient_fold, read_wfdb, reorder_leads, resample_signal,
-                                                  validate_patient)
+from diffusets_jax.data_pipelines.records import (
+    ECGRecord,
+    RecordError,
+    clean_signal,
+    detect_heart_rate,
+    patient_fold,
+    read_wfdb,
+    reorder_leads,
+    resample_signal,
+    validate_patient,
+)
 from diffusets_jax.constants import LEADS, NUM_SAMPLES
 
 PTBXL_IDS = ["1", "2", "103", "321"]
@@ -41,8 +49,10 @@ def limb_lead_residuals(signal: np.ndarray) -> dict[str, float]:
     """RMS of each limb-lead identity's residual relative to the RMS of the lead it predicts."""
     i, ii, iii = lead(signal, "I"), lead(signal, "II"), lead(signal, "III")
     expected = {"III": ii - i, "aVR": -(i + ii) / 2, "aVL": (i - iii) / 2, "aVF": (ii + iii) / 2}
-    return {name: float(np.sqrt(np.mean((lead(signal, name) - pred) ** 2) / np.mean(lead(signal, name) ** 2)))
-            for name, pred in expected.items()}
+    return {
+        name: float(np.sqrt(np.mean((lead(signal, name) - pred) ** 2) / np.mean(lead(signal, name) ** 2)))
+        for name, pred in expected.items()
+    }
 
 
 def limb_lead_signs(signal: np.ndarray) -> dict[str, tuple[int, int]]:
@@ -73,6 +83,7 @@ def csv_rows(path, key: str) -> dict[str, dict]:
 
 
 # ----------------------------------------------------------------------------------------- PTB-XL
+
 
 @pytest.mark.parametrize("rate", [500, 100])
 @pytest.mark.parametrize("record_id", PTBXL_IDS)
@@ -105,14 +116,22 @@ def test_ptbxl_statements_are_english_descriptions_by_likelihood(ptbxl_root, rec
 def test_ptbxl_statement_examples(ptbxl_root):
     # ties (LVOLT 0, SR 0) keep the csv order; likelihoods 100 > 15 > 0 are ordered
     assert load("ptbxl", ptbxl_root, "1").statements == [
-        "normal ECG", "low QRS voltages in the frontal and horizontal leads", "sinus rhythm"]
+        "normal ECG",
+        "low QRS voltages in the frontal and horizontal leads",
+        "sinus rhythm",
+    ]
     assert load("ptbxl", ptbxl_root, "103").statements == [
-        "left anterior fascicular block", "inferior myocardial infarction", "abnormal QRS", "sinus tachycardia"]
+        "left anterior fascicular block",
+        "inferior myocardial infarction",
+        "abnormal QRS",
+        "sinus tachycardia",
+    ]
 
 
 def test_ptbxl_unknown_scp_code_is_skipped(ptbxl_root):
-    statements, unknown = ptbxl.statements_from_scp({"XYZ": 100.0, "SR": 0.0, "NORM": 50.0},
-                                                    {"SR": "sinus rhythm", "NORM": "normal ECG"})
+    statements, unknown = ptbxl.statements_from_scp(
+        {"XYZ": 100.0, "SR": 0.0, "NORM": 50.0}, {"SR": "sinus rhythm", "NORM": "normal ECG"}
+    )
     assert statements == ["normal ECG", "sinus rhythm"] and unknown == ["XYZ"]
 
 
@@ -149,9 +168,10 @@ def test_ptbxl_bad_arguments(ptbxl_root):
 
 # ------------------------------------------------------------------------------------------- LUDB
 
+
 def header_diagnoses(hea_path) -> list[str]:
     lines = [line[1:].strip() for line in hea_path.read_text().splitlines() if line.startswith("#")]
-    diagnoses = lines[lines.index("<diagnoses>:") + 1:]
+    diagnoses = lines[lines.index("<diagnoses>:") + 1 :]
     return [d.rstrip(".").strip().removeprefix("Rhythm: ") for d in diagnoses]
 
 
@@ -171,9 +191,13 @@ def test_ludb_record_fields_and_lead_order(ludb_root, record_id):
 def test_ludb_patient_and_statement_examples(ludb_root):
     r1 = load("ludb", ludb_root, "1")
     assert (r1.age, r1.sex) == (51.0, "F")
-    assert r1.statements == ["Sinus bradycardia", "Electric axis of the heart: left axis deviation",
-                             "Left ventricular hypertrophy", "Left ventricular overload",
-                             "Non-specific repolarization abnormalities: posterior wall"]
+    assert r1.statements == [
+        "Sinus bradycardia",
+        "Electric axis of the heart: left axis deviation",
+        "Left ventricular hypertrophy",
+        "Left ventricular overload",
+        "Non-specific repolarization abnormalities: posterior wall",
+    ]
     r35 = load("ludb", ludb_root, "35")
     assert r35.statements[0] == "Atrial flutter, typical" and r35.sex == "F"
     assert load("ludb", ludb_root, "34").age == 90.0
@@ -189,8 +213,9 @@ def test_ludb_annotated_heart_rate_is_from_qrs_marks(ludb_root):
     ann = wfdb.rdann(str(ludb_root / "data" / "1"), "ii")
     peaks = ann.sample[np.array(ann.symbol) == "N"]
     assert len(peaks) >= 5
-    assert ludb.annotated_heart_rate(ludb_root, "1") == pytest.approx(60 * 500 * (len(peaks) - 1)
-                                                                      / (peaks[-1] - peaks[0]))
+    assert ludb.annotated_heart_rate(ludb_root, "1") == pytest.approx(
+        60 * 500 * (len(peaks) - 1) / (peaks[-1] - peaks[0])
+    )
 
 
 def copy_ludb(ludb_root, tmp_path, record_id, header_filter=None, with_csv=True):
@@ -226,13 +251,15 @@ def test_ludb_unknown_sex_is_rejected(ludb_root, tmp_path):
 
 
 def test_ludb_empty_report_is_rejected(ludb_root, tmp_path):
-    root = copy_ludb(ludb_root, tmp_path, "70", lambda line: not line.startswith("#") or line.startswith("#<"),
-                     with_csv=False)
+    root = copy_ludb(
+        ludb_root, tmp_path, "70", lambda line: not line.startswith("#") or line.startswith("#<"), with_csv=False
+    )
     with pytest.raises(RecordError, match=r"record 70: report is empty"):
         ludb.load_record(root, "70")
 
 
 # ------------------------------------------------------------------------------------------ MIMIC
+
 
 def test_mimic_fixture_files_are_in_mimic_lead_order(mimic_root):
     raw = read_wfdb(mimic_root / "files/p9000/p90000001/s50000001/50000001")
@@ -317,13 +344,23 @@ def test_mimic_nan_lead_in_file_is_rejected(mimic_root, tmp_path):
     raw = read_wfdb(rec_dir / "50000003")
     signal = raw.signal.copy()
     signal[:, raw.lead_names.index("V3")] = np.nan  # WFDB stores NaN as the invalid-sample code
-    wfdb.wrsamp("50000003", fs=500, units=["mV"] * 12, sig_name=raw.lead_names, p_signal=signal,
-                fmt=["16"] * 12, adc_gain=[200.0] * 12, baseline=[0] * 12, write_dir=str(rec_dir))
+    wfdb.wrsamp(
+        "50000003",
+        fs=500,
+        units=["mV"] * 12,
+        sig_name=raw.lead_names,
+        p_signal=signal,
+        fmt=["16"] * 12,
+        adc_gain=[200.0] * 12,
+        baseline=[0] * 12,
+        write_dir=str(rec_dir),
+    )
     with pytest.raises(RecordError, match="record 50000003: no finite samples in lead V3"):
         mimic.load_record(root, "50000003")
 
 
 # ------------------------------------------------------------------------------------ bad files
+
 
 def test_missing_dat_file_is_rejected(ludb_root, tmp_path):
     root = copy_ludb(ludb_root, tmp_path, "1", lambda line: True)
@@ -347,8 +384,17 @@ def test_truncated_header_is_rejected(ludb_root, tmp_path):
 
 def test_eleven_lead_file_is_rejected(ludb_root, tmp_path):
     raw = read_wfdb(ludb_root / "data" / "1")
-    wfdb.wrsamp("short", fs=500, units=["mV"] * 11, sig_name=raw.lead_names[:11], p_signal=raw.signal[:, :11],
-                fmt=["16"] * 11, adc_gain=[1000.0] * 11, baseline=[0] * 11, write_dir=str(tmp_path))
+    wfdb.wrsamp(
+        "short",
+        fs=500,
+        units=["mV"] * 11,
+        sig_name=raw.lead_names[:11],
+        p_signal=raw.signal[:, :11],
+        fmt=["16"] * 11,
+        adc_gain=[1000.0] * 11,
+        baseline=[0] * 11,
+        write_dir=str(tmp_path),
+    )
     raw11 = read_wfdb(tmp_path / "short", "short")
     with pytest.raises(RecordError, match="record short: missing lead.*V6"):
         reorder_leads(raw11.signal, raw11.lead_names, "short")
@@ -357,6 +403,7 @@ def test_eleven_lead_file_is_rejected(ludb_root, tmp_path):
 
 
 # ---------------------------------------------------------------------------- signal functions
+
 
 @pytest.fixture(scope="module")
 def ptbxl_raw(ptbxl_root):
@@ -421,8 +468,11 @@ def test_detect_heart_rate_needs_qrs_complexes():
 def test_validate_patient():
     assert validate_patient("51", "F", "r") == (51.0, "F", [])
     assert validate_patient(60.0, "male", "r")[:2] == (60.0, "M")
-    assert validate_patient(300, 1, "r", {0: "M", 1: "F"}) == (90.0, "F", ["age 300 (PTB-XL code for > 89 years) "
-                                                                        "mapped to 90"])
+    assert validate_patient(300, 1, "r", {0: "M", 1: "F"}) == (
+        90.0,
+        "F",
+        ["age 300 (PTB-XL code for > 89 years) mapped to 90"],
+    )
     with pytest.raises(RecordError, match=r"record r: age 130 is outside \[0, 120\]"):
         validate_patient(130, "M", "r")
     with pytest.raises(RecordError, match=r"record r: age -1 is outside"):
@@ -448,11 +498,11 @@ def test_record_error_message_and_pickle():
 
 # ------------------------------------------------------------------------------- prepare / registry
 
+
 def test_load_records_skips_bad_records(mimic_root):
     records, skipped = load_records("mimic", mimic_root, progress=False)
     assert [r.record_id for r in records] == ["50000001", "50000002", "50000003"]
-    assert skipped == [("50000004", "subject_id 90000004 has no row in "
-                                    f"{mimic_root / 'patients.csv'}")]
+    assert skipped == [("50000004", f"subject_id 90000004 has no row in {mimic_root / 'patients.csv'}")]
     text = format_skipped(skipped)
     assert text.startswith("skipped 1 record(s):") and "50000004: subject_id 90000004" in text
 

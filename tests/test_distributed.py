@@ -34,8 +34,12 @@ TESTS = Path(__file__).resolve().parent
 
 
 def run_python(args, devices: int, **kwargs):
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(TESTS.parent)}
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(TESTS.parent),
+    }
     return subprocess.Popen([sys.executable, *args], env=env, **kwargs)
 
 
@@ -44,14 +48,25 @@ def step_results(tmp_path_factory, processed_dirs):
     """`{devices: (result dict, output dir)}` of tests/distributed_step.py on 1 and 8 devices."""
     dataset = load_processed(processed_dirs)
     root = tmp_path_factory.mktemp("distributed")
-    np.savez(root / "batch.npz", signal=dataset.signals[:8], text_embedding=dataset.text_embeddings[:8],
-             sex=dataset.sex_codes[:8], age=dataset.age[:8], heart_rate=dataset.heart_rate[:8])
+    np.savez(
+        root / "batch.npz",
+        signal=dataset.signals[:8],
+        text_embedding=dataset.text_embeddings[:8],
+        sex=dataset.sex_codes[:8],
+        age=dataset.age[:8],
+        heart_rate=dataset.heart_rate[:8],
+    )
     results = {}
     for devices in (1, 8):
         out = root / f"devices_{devices}"
         out.mkdir()
-        process = run_python([str(TESTS / "distributed_step.py"), str(root / "batch.npz"), str(out)], devices,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process = run_python(
+            [str(TESTS / "distributed_step.py"), str(root / "batch.npz"), str(out)],
+            devices,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         log, _ = process.communicate(timeout=600)
         assert process.returncode == 0, log
         with np.load(out / "result.npz") as data:
@@ -65,15 +80,22 @@ def test_eight_devices_give_the_single_device_step(step_results):
     for name in ("vae_loss", "vae_grad_norm", "unet_loss", "unet_grad_norm"):
         np.testing.assert_allclose(eight[name], one[name], rtol=1e-5, err_msg=name)
     config = tiny_config()
-    first_lr = {"vae": vae_training.vae_learning_rate(config.vae_train, 10)(0),
-                "unet": diffusion_training.unet_learning_rate(config.unet_train, 10)(0)}
+    first_lr = {
+        "vae": vae_training.vae_learning_rate(config.vae_train, 10)(0),
+        "unet": diffusion_training.unet_learning_rate(config.unet_train, 10)(0),
+    }
     params = [k for k in one if k.startswith(("vae/", "unet/"))]
     assert len(params) > 100
     for key in params:
         model = key.split("/")[0]
-        grad, grad_norm = one[f"{model}_grad/{key[len(model) + 1:]}"], float(one[f"{model}_grad_norm"])
-        np.testing.assert_allclose(eight[f"{model}_grad/{key[len(model) + 1:]}"], grad, rtol=1e-4,
-                                   atol=1e-6 * grad_norm, err_msg=f"gradient of {key}")
+        grad, grad_norm = one[f"{model}_grad/{key[len(model) + 1 :]}"], float(one[f"{model}_grad_norm"])
+        np.testing.assert_allclose(
+            eight[f"{model}_grad/{key[len(model) + 1 :]}"],
+            grad,
+            rtol=1e-4,
+            atol=1e-6 * grad_norm,
+            err_msg=f"gradient of {key}",
+        )
         # Adam's first step moves every entry by about lr * sign(gradient). Entries whose exact
         # gradient is 0 (biases cancelled by a following normalisation, attention key biases)
         # carry float32 rounding noise whose sign depends on the reduction order: they may move
@@ -89,8 +111,10 @@ def test_checkpoint_from_eight_devices_restores_on_one(step_results):
     graphdef, params = nnx.split(build_unet(config), nnx.Param)
     tx = diffusion_training.unet_optimizer(config.unet_train, 10)
     mesh = common.make_mesh()
-    template = common.replicate(common.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                                  opt_state=tx.init(params), ema_params=params), mesh)
+    template = common.replicate(
+        common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=params),
+        mesh,
+    )
     restored = common.Checkpoints(out / "unet", keep=1).restore(template)
     assert int(restored.step) == 1 and jax.device_count() == 1
     for key, value in flatten_params(restored.params).items():
@@ -117,9 +141,12 @@ def test_sigkill_mid_run_resumes_with_the_same_losses(tmp_path, processed_dirs):
     )
     killed = tmp_path / "killed"
     data_args = [arg for d in processed_dirs for arg in ("--data", str(d))]
-    process = run_python(["-m", "diffusets_jax.cli", "train-vae", "--config", str(config_file),
-                          "--workdir", str(killed), *data_args], 1,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = run_python(
+        ["-m", "diffusets_jax.cli", "train-vae", "--config", str(config_file), "--workdir", str(killed), *data_args],
+        1,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 600
     while len(metrics(killed / "vae_metrics.jsonl")) < 35 and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)

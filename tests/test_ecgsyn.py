@@ -15,8 +15,9 @@ import scipy.signal
 from diffusets_jax.sediff import ecgsyn
 
 FS = ecgsyn.FS
-jax_simulate = jax.jit(ecgsyn.simulate, static_argnames=("num_samples", "fs", "internal_factor",
-                                                         "scale_params", "rescale"))
+jax_simulate = jax.jit(
+    ecgsyn.simulate, static_argnames=("num_samples", "fs", "internal_factor", "scale_params", "rescale")
+)
 
 
 def r_peak_indices(ecg, fs=FS):
@@ -28,7 +29,7 @@ def r_peak_indices(ecg, fs=FS):
 
 def mean_beat(ecg, peaks, before=20, after=40):
     peaks = peaks[(peaks >= before) & (peaks + after < len(ecg))]
-    return np.mean([ecg[p - before:p + after + 1] for p in peaks], axis=0)
+    return np.mean([ecg[p - before : p + after + 1] for p in peaks], axis=0)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,11 @@ def neurokit():
 def test_mean_rr_and_beat_shape_match_neurokit(neurokit, heart_rate):
     # 60 s at 102.4 Hz (RK4 at 512 Hz inside); neurokit at 512 Hz, every 5th sample = 102.4 Hz
     ours = np.asarray(jax_simulate(jax.random.PRNGKey(3), heart_rate, num_samples=6144).ecg)
-    theirs = np.asarray(neurokit.ecg_simulate(duration=60, sampling_rate=512, heart_rate=heart_rate,
-                                              method="ecgsyn", noise=0, random_state=3))[::5]
+    theirs = np.asarray(
+        neurokit.ecg_simulate(
+            duration=60, sampling_rate=512, heart_rate=heart_rate, method="ecgsyn", noise=0, random_state=3
+        )
+    )[::5]
     ours_peaks, theirs_peaks = r_peak_indices(ours), r_peak_indices(theirs)
     measured = 60.0 / (np.mean(np.diff(ours_peaks)) / FS)
     assert measured == pytest.approx(heart_rate, rel=0.02)
@@ -63,7 +67,7 @@ def test_rr_process_spectrum_has_mayer_and_rsa_peaks():
     rr = jax.vmap(lambda k: ecgsyn.rr_process(k, n, 75.0, hr_std=2.0))(keys)
     rr = np.asarray(rr, np.float64)
     assert np.allclose(rr.mean(1), 60.0 / 75.0, atol=1e-5)
-    assert np.allclose(rr.std(1), 60.0 * 2.0 / 75.0 ** 2, rtol=1e-3)
+    assert np.allclose(rr.std(1), 60.0 * 2.0 / 75.0**2, rtol=1e-3)
     power = np.mean(np.abs(np.fft.rfft(rr - rr.mean(1, keepdims=True), axis=1)) ** 2, axis=0)
     freqs = np.fft.rfftfreq(n, d=1.0)
     lf = power[(freqs > 0.05) & (freqs < 0.15)].sum()
@@ -77,7 +81,7 @@ def test_rr_process_spectrum_has_mayer_and_rsa_peaks():
 def test_heart_rate_scaling_follows_ecgsyn():
     scaled = ecgsyn.scale_for_heart_rate(ecgsyn.default_params(), 120.0)
     hrfact = np.sqrt(2.0)
-    expected_theta = np.deg2rad([-70 * hrfact ** 0.5, -15 * hrfact, 0.0, 15 * hrfact, 100 * hrfact ** 0.5])
+    expected_theta = np.deg2rad([-70 * hrfact**0.5, -15 * hrfact, 0.0, 15 * hrfact, 100 * hrfact**0.5])
     np.testing.assert_allclose(scaled.theta, expected_theta, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(scaled.b, np.array([0.25, 0.1, 0.1, 0.1, 0.4]) * hrfact, rtol=1e-6)
     np.testing.assert_allclose(scaled.a, [1.2, -5, 30, -7.5, 0.75])
@@ -87,19 +91,21 @@ def test_heart_rate_scaling_follows_ecgsyn():
 def test_steady_state_beat_matches_rk4_simulation(heart_rate, period):
     # RR = period samples exactly; constant RR and no baseline wander: after a few beats the RK4
     # trajectory is the periodic steady state that simulate_beat computes without a loop
-    ecg = np.asarray(jax_simulate(jax.random.PRNGKey(0), heart_rate, num_samples=6144, hr_std=0.0,
-                                  baseline_amplitude=0.0).ecg)
+    ecg = np.asarray(
+        jax_simulate(jax.random.PRNGKey(0), heart_rate, num_samples=6144, hr_std=0.0, baseline_amplitude=0.0).ecg
+    )
     beat = np.asarray(ecgsyn.simulate_beat(ecgsyn.default_params(), heart_rate))
     for k in (8, 12, 20):
         r = k * period
-        np.testing.assert_allclose(ecg[r - 20:r + 41], beat, atol=2e-3)
+        np.testing.assert_allclose(ecg[r - 20 : r + 41], beat, atol=2e-3)
 
 
 def test_mv_gain_gives_ecgsyn_range_at_60_bpm():
     # the default 60 bpm steady-state cycle spans ECGSYN's [-0.4, 1.2] mV = 1.6 mV; at 102.4 Hz the
     # sample phase moves by 0.4 sample per beat, so 40 beats sample the cycle on a 0.2-sample grid
-    sixty = np.asarray(jax_simulate(jax.random.PRNGKey(0), 60.0, num_samples=6144, hr_std=0.0,
-                                    baseline_amplitude=0.0).ecg)
+    sixty = np.asarray(
+        jax_simulate(jax.random.PRNGKey(0), 60.0, num_samples=6144, hr_std=0.0, baseline_amplitude=0.0).ecg
+    )
     assert np.ptp(sixty[-4096:]) == pytest.approx(1.6, rel=0.005)
 
 
@@ -122,8 +128,9 @@ def test_gradients_are_finite_nonzero_and_match_finite_differences():
     params = ecgsyn.default_params()
 
     def sim_loss(p):  # 2.5 s, RK4 at 512 Hz, every internal sample output
-        return jnp.sum(ecgsyn.simulate(jax.random.PRNGKey(0), 70.0, p, num_samples=1280, fs=512.0,
-                                       internal_factor=1).ecg ** 2)
+        return jnp.sum(
+            ecgsyn.simulate(jax.random.PRNGKey(0), 70.0, p, num_samples=1280, fs=512.0, internal_factor=1).ecg ** 2
+        )
 
     grads = jax.jit(jax.grad(sim_loss))(params)
     for name in ("theta", "a", "b"):
@@ -144,10 +151,13 @@ def test_gradients_are_finite_nonzero_and_match_finite_differences():
         for i in range(5):  # central differences, float32: check the large components
             step = 1e-3 * max(1.0, abs(x64[name][i]))
             plus, minus = dict(x64), dict(x64)
-            plus[name] = x64[name].copy(); plus[name][i] += step  # noqa: E702
-            minus[name] = x64[name].copy(); minus[name][i] -= step  # noqa: E702
-            fd = (beat_loss(ecgsyn.WaveParams(**{k: jnp.asarray(v, jnp.float32) for k, v in plus.items()}))
-                  - beat_loss(ecgsyn.WaveParams(**{k: jnp.asarray(v, jnp.float32) for k, v in minus.items()})))
+            plus[name] = x64[name].copy()
+            plus[name][i] += step  # noqa: E702
+            minus[name] = x64[name].copy()
+            minus[name][i] -= step  # noqa: E702
+            fd = beat_loss(ecgsyn.WaveParams(**{k: jnp.asarray(v, jnp.float32) for k, v in plus.items()})) - beat_loss(
+                ecgsyn.WaveParams(**{k: jnp.asarray(v, jnp.float32) for k, v in minus.items()})
+            )
             fd = float(fd) / (2 * step)
             if abs(fd) > 1e-3 * np.abs(g).max():
                 assert g[i] == pytest.approx(fd, rel=0.05, abs=1e-6), (name, i)

@@ -12,8 +12,22 @@ from diffusets_jax import cli
 def test_evaluate_command_writes_metrics_and_report(tmp_path, processed_dirs):
     out = tmp_path / "evaluation"
     data = [arg for d in processed_dirs for arg in ("--dataset", str(d))]
-    status = cli.main(["evaluate", *data, "--folds", ",".join(map(str, range(1, 11))), "--num-samples", "8",
-                       "--num-steps", "3", "--batch-size", "4", "--out", str(out)])
+    status = cli.main(
+        [
+            "evaluate",
+            *data,
+            "--folds",
+            ",".join(map(str, range(1, 11))),
+            "--num-samples",
+            "8",
+            "--num-steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     assert status == 0
     metrics = json.loads((out / "metrics.json").read_text())
     generated, real = metrics["generated"], metrics["real_reference"]
@@ -30,14 +44,29 @@ def test_evaluate_command_writes_metrics_and_report(tmp_path, processed_dirs):
 
     # Scoring saved samples again gives the same numbers without generating.
     again = tmp_path / "again"
-    assert cli.main(["evaluate", *data, "--folds", ",".join(map(str, range(1, 11))), "--num-samples", "8",
-                     "--samples", str(out / "samples.npz"), "--no-intervals", "--out", str(again)]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                *data,
+                "--folds",
+                ",".join(map(str, range(1, 11))),
+                "--num-samples",
+                "8",
+                "--samples",
+                str(out / "samples.npz"),
+                "--no-intervals",
+                "--out",
+                str(again),
+            ]
+        )
+        == 0
+    )
     assert json.loads((again / "metrics.json").read_text())["generated"]["fid"] == generated["fid"]
 
 
 def test_evaluate_names_bad_arguments(tmp_path, processed_dirs, capsys):
-    assert cli.main(["evaluate", "--dataset", str(processed_dirs[0]), "--folds", "nine",
-                     "--out", str(tmp_path)]) == 2
+    assert cli.main(["evaluate", "--dataset", str(processed_dirs[0]), "--folds", "nine", "--out", str(tmp_path)]) == 2
     assert "--folds" in capsys.readouterr().err
     assert cli.main(["evaluate", "--dataset", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
     assert "missing" in capsys.readouterr().err

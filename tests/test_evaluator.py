@@ -15,7 +15,12 @@ from diffusets_jax.config import load_config
 from diffusets_jax.evaluation.clip import build_evaluator, contrastive_loss, retrieval_accuracy
 from diffusets_jax.evaluation.net1d import BasicBlock, Net1D, paper_net1d_kwargs
 from diffusets_jax.evaluation.train_clip import (
-    DEFAULT_EVALUATOR_DIR, evaluator_features, load_evaluator, load_trained_evaluator, save_evaluator, train_clip,
+    DEFAULT_EVALUATOR_DIR,
+    evaluator_features,
+    load_evaluator,
+    load_trained_evaluator,
+    save_evaluator,
+    train_clip,
 )
 
 
@@ -70,8 +75,18 @@ def test_net1d_halves_time_per_stage_and_returns_the_last_width():
 
 
 def test_downsampling_block_identity_is_max_pooled_and_channel_padded():
-    block = BasicBlock(4, 8, ratio=1.0, kernel_size=16, stride=2, groups=1, downsample=True, is_first_block=False,
-                       dropout=0.5, rngs=nnx.Rngs(0))
+    block = BasicBlock(
+        4,
+        8,
+        ratio=1.0,
+        kernel_size=16,
+        stride=2,
+        groups=1,
+        downsample=True,
+        is_first_block=False,
+        dropout=0.5,
+        rngs=nnx.Rngs(0),
+    )
     block.conv3.kernel[...] = jnp.zeros_like(block.conv3.kernel[...])  # residual branch off: output = identity
     block.conv3.bias[...] = jnp.zeros_like(block.conv3.bias[...])
     x = np.random.default_rng(3).normal(size=(2, 6, 4)).astype(np.float32)

@@ -49,7 +49,7 @@ def test_record_beats_are_r_aligned(fixture_records):
         assert 0.7 * expected - 1 <= len(beats) <= expected + 1, (record.record_id, len(beats), record.heart_rate)
         # the R peak (largest positive deflection of lead II within 40 ms, or the negative one for QS
         # complexes such as PTB-XL 103, inferior MI) sits at index 20
-        window = beats.mean(0)[ecgsyn.BEAT_R_INDEX - 4:ecgsyn.BEAT_R_INDEX + 5, LEADS.index("II")]
+        window = beats.mean(0)[ecgsyn.BEAT_R_INDEX - 4 : ecgsyn.BEAT_R_INDEX + 5, LEADS.index("II")]
         assert min(abs(int(np.argmax(window)) - 4), abs(int(np.argmin(window)) - 4)) <= 1, record.record_id
 
 
@@ -100,19 +100,39 @@ def test_main_writes_json(tmp_path, fixture_records):
     data_dir = tmp_path / "fixture"
     data_dir.mkdir()
     n = len(fixture_records)
-    np.savez(data_dir / "dataset.npz", signals=np.stack([r.signal for r in fixture_records]),
-             text_embeddings=np.zeros((n, 4), np.float32), age=np.array([r.age for r in fixture_records], np.float32),
-             sex=np.array([r.sex for r in fixture_records]),
-             heart_rate=np.array([r.heart_rate for r in fixture_records], np.float32),
-             fold=np.array([r.fold for r in fixture_records], np.int32),
-             reports=np.array(["|".join(r.statements) for r in fixture_records]),
-             prompts=np.array(["" for _ in fixture_records]),
-             record_ids=np.array([r.record_id for r in fixture_records]),
-             patient_ids=np.array([r.patient_id for r in fixture_records]))
+    np.savez(
+        data_dir / "dataset.npz",
+        signals=np.stack([r.signal for r in fixture_records]),
+        text_embeddings=np.zeros((n, 4), np.float32),
+        age=np.array([r.age for r in fixture_records], np.float32),
+        sex=np.array([r.sex for r in fixture_records]),
+        heart_rate=np.array([r.heart_rate for r in fixture_records], np.float32),
+        fold=np.array([r.fold for r in fixture_records], np.int32),
+        reports=np.array(["|".join(r.statements) for r in fixture_records]),
+        prompts=np.array(["" for _ in fixture_records]),
+        record_ids=np.array([r.record_id for r in fixture_records]),
+        patient_ids=np.array([r.patient_id for r in fixture_records]),
+    )
     (data_dir / "info.json").write_text(json.dumps({"source": "fixture", "embedder": "none"}))
     out = tmp_path / "params.json"
-    assert cli.main(["fit-ecgsyn", "--dataset", str(data_dir), "--out", str(out), "--steps", "20", "--min-records", "3",
-                            "--folds", ",".join(map(str, range(1, 11)))]) == 0
+    assert (
+        cli.main(
+            [
+                "fit-ecgsyn",
+                "--dataset",
+                str(data_dir),
+                "--out",
+                str(out),
+                "--steps",
+                "20",
+                "--min-records",
+                "3",
+                "--folds",
+                ",".join(map(str, range(1, 11))),
+            ]
+        )
+        == 0
+    )
     data = json.loads(out.read_text())
     assert data["format"] == fit_params.FORMAT and data["classes"]["all"]["records"] == n
     assert set(data["classes"]["all"]["leads"]) == set(LEADS)

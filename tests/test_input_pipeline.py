@@ -15,8 +15,14 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from diffusets_jax.data_pipelines.input_pipeline import (LATENT_INFO, ArraySource, TFRecordSource, batch_indices,
-                                                         local_batch_size, to_global)
+from diffusets_jax.data_pipelines.input_pipeline import (
+    LATENT_INFO,
+    ArraySource,
+    TFRecordSource,
+    batch_indices,
+    local_batch_size,
+    to_global,
+)
 from diffusets_jax.data_pipelines.latents import write_latents
 from diffusets_jax.data_pipelines.tfds import build_dataset
 
@@ -58,16 +64,24 @@ def write_latent_shards(directory: Path, arrays: dict, sizes=SHARD_SIZES, shapes
         name = f"latents-train.tfrecord-{i:05d}-of-{len(sizes):05d}"
         with tf.io.TFRecordWriter(str(directory / name)) as writer:
             for row in range(start, start + size):
-                feature = {key: tf.train.Feature(float_list=tf.train.FloatList(value=np.ravel(value[row])))
-                           for key, value in arrays.items()}
+                feature = {
+                    key: tf.train.Feature(float_list=tf.train.FloatList(value=np.ravel(value[row])))
+                    for key, value in arrays.items()
+                }
                 for key in ("record_id", "patient_id"):
                     feature[key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[f"r{row}".encode()]))
                 writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
         shards.append({"file": name, "count": size})
         ids.append([f"r{row}" for row in range(start, start + size)])
         start += size
-    shapes = shapes or {"mean": [128, 4], "log_variance": [128, 4], "text_embedding": [EMBED_DIM], "sex": [],
-                        "age": [], "heart_rate": []}
+    shapes = shapes or {
+        "mean": [128, 4],
+        "log_variance": [128, 4],
+        "text_embedding": [EMBED_DIM],
+        "sex": [],
+        "age": [],
+        "heart_rate": [],
+    }
     (directory / LATENT_INFO).write_text(json.dumps({"count": start, "shapes": shapes, "shards": shards}))
     return ids
 
@@ -93,6 +107,7 @@ def row_index(batch):
 
 # ------------------------------------------------------------------------------------------ ArraySource
 
+
 def array_source(**kwargs):
     arrays = synthetic_latents()
     return ArraySource(arrays, record_ids=[f"r{i}" for i in range(NUM_RECORDS)], **kwargs), arrays
@@ -102,8 +117,13 @@ def test_array_source_shapes_and_values():
     source, arrays = array_source(process_count=1, process_index=0)
     batch = next(source.batches(8, 0, seed=1, shuffle=True))
     assert {k: v.shape for k, v in batch.items()} == {
-        "mean": (8, 128, 4), "log_variance": (8, 128, 4), "text_embedding": (8, EMBED_DIM), "sex": (8,),
-        "age": (8,), "heart_rate": (8,)}
+        "mean": (8, 128, 4),
+        "log_variance": (8, 128, 4),
+        "text_embedding": (8, EMBED_DIM),
+        "sex": (8,),
+        "age": (8,),
+        "heart_rate": (8,),
+    }
     assert all(v.dtype == np.float32 for v in batch.values())
     rows = row_index(batch)
     for key, value in arrays.items():
@@ -115,8 +135,10 @@ def test_array_source_sees_every_record_once_per_epoch(shuffle):
     source, _ = array_source(process_count=1, process_index=0)
     steps = source.steps_per_epoch(8)
     assert steps == NUM_RECORDS // 8
-    epochs = [np.concatenate([row_index(b) for b in take(source.batches(8, e * steps, seed=3, shuffle=shuffle),
-                                                          steps)]) for e in range(2)]
+    epochs = [
+        np.concatenate([row_index(b) for b in take(source.batches(8, e * steps, seed=3, shuffle=shuffle), steps)])
+        for e in range(2)
+    ]
     for rows in epochs:
         assert len(set(rows)) == steps * 8  # no repeat; only the last partial batch is dropped
     assert (not np.array_equal(epochs[0], epochs[1])) == shuffle  # reshuffled each epoch
@@ -126,8 +148,7 @@ def test_array_source_resume_and_seed():
     source, _ = array_source(process_count=1, process_index=0)
     uninterrupted = take(source.batches(8, 0, seed=5, shuffle=True), 11)
     for start in (3, 4, 9):
-        assert_batches_equal(take(source.batches(8, start, seed=5, shuffle=True), 11 - start),
-                             uninterrupted[start:])
+        assert_batches_equal(take(source.batches(8, start, seed=5, shuffle=True), 11 - start), uninterrupted[start:])
     other_seed = next(source.batches(8, 0, seed=6, shuffle=True))
     assert not np.array_equal(other_seed["age"], uninterrupted[0]["age"])
 
@@ -156,8 +177,13 @@ def test_array_source_bad_input():
     arrays["mean"][3, 7, 1] = np.nan
     with pytest.raises(ValueError, match=r"'mean' of record\(s\) d"):
         ArraySource(arrays, record_ids=list("abcde"))
-    signals = {"signal": np.zeros((5, 1024, 8), np.float32), "text_embedding": np.zeros((5, 3)),
-               "sex": np.zeros(5), "age": np.zeros(5), "heart_rate": np.zeros(5)}
+    signals = {
+        "signal": np.zeros((5, 1024, 8), np.float32),
+        "text_embedding": np.zeros((5, 3)),
+        "sex": np.zeros(5),
+        "age": np.zeros(5),
+        "heart_rate": np.zeros(5),
+    }
     with pytest.raises(ValueError, match=r"'signal'.*\(1024, 8\).*expected \(1024, 12\)"):
         ArraySource(signals)
     signals["signal"] = np.zeros((4, 1024, 12), np.float32)
@@ -178,6 +204,7 @@ def test_array_source_from_processed(processed_dirs):
 
 # --------------------------------------------------------------------------------------- TFRecordSource
 
+
 def latent_source(latent_dir, **kwargs):
     directory, _, _ = latent_dir
     return TFRecordSource.from_latents(directory, **{"process_count": 1, "process_index": 0, **kwargs})
@@ -189,9 +216,13 @@ def test_latent_source_shapes_and_values(latent_dir):
     assert source.num_examples == NUM_RECORDS
     batch = next(source.batches(8, 0, seed=0, shuffle=True))
     assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
-        "mean": ((8, 128, 4), np.float32), "log_variance": ((8, 128, 4), np.float32),
-        "text_embedding": ((8, EMBED_DIM), np.float32), "sex": ((8,), np.float32), "age": ((8,), np.float32),
-        "heart_rate": ((8,), np.float32)}
+        "mean": ((8, 128, 4), np.float32),
+        "log_variance": ((8, 128, 4), np.float32),
+        "text_embedding": ((8, EMBED_DIM), np.float32),
+        "sex": ((8,), np.float32),
+        "age": ((8,), np.float32),
+        "heart_rate": ((8,), np.float32),
+    }
     rows = row_index(batch)
     for key, value in arrays.items():
         np.testing.assert_array_equal(batch[key], value[rows])
@@ -245,8 +276,14 @@ def test_latent_source_bad_input(tmp_path, latent_dir):
     (tmp_path / "missing" / "latents-train.tfrecord-00001-of-00002").unlink()
     with pytest.raises(FileNotFoundError, match="latents-train.tfrecord-00001-of-00002"):
         TFRecordSource.from_latents(tmp_path / "missing")
-    shapes = {"mean": [128, 8], "log_variance": [128, 8], "text_embedding": [EMBED_DIM], "sex": [], "age": [],
-              "heart_rate": []}
+    shapes = {
+        "mean": [128, 8],
+        "log_variance": [128, 8],
+        "text_embedding": [EMBED_DIM],
+        "sex": [],
+        "age": [],
+        "heart_rate": [],
+    }
     write_latent_shards(tmp_path / "shape", arrays, sizes=(4,), shapes=shapes)
     with pytest.raises(ValueError, match=r"'mean'.*\(128, 8\)"):
         TFRecordSource.from_latents(tmp_path / "shape")
@@ -267,8 +304,10 @@ def test_latent_source_bad_input(tmp_path, latent_dir):
 def test_signal_source_from_tfds(ptbxl_tfds):
     data_dir, info = ptbxl_tfds
     source = TFRecordSource.from_tfds("ptbxl", "train", data_dir, process_count=1, process_index=0, with_ids=True)
-    stored = {e["record_id"].decode(): e for e in tfds.as_numpy(
-        tfds.builder_from_directory(info.data_dir).as_dataset(split="train"))}
+    stored = {
+        e["record_id"].decode(): e
+        for e in tfds.as_numpy(tfds.builder_from_directory(info.data_dir).as_dataset(split="train"))
+    }
     assert source.num_examples == len(stored) == 4
     uninterrupted = take(source.batches(2, 0, seed=0, shuffle=True), 5)
     for batch in uninterrupted:
@@ -303,12 +342,13 @@ def test_latents_round_trip(tmp_path, ptbxl_tfds):
         assert signals.shape == (3, 1024, 12)  # always the full batch size (padded)
         return signals[:, ::8, :4] * 2.0, signals[:, ::8, 4:8] - 1.0
 
-    written = write_latents(encode, "ptbxl", "train", tmp_path / "lat", data_dir=data_dir, batch_size=3,
-                            num_shards=2)
+    written = write_latents(encode, "ptbxl", "train", tmp_path / "lat", data_dir=data_dir, batch_size=3, num_shards=2)
     assert written["count"] == 4 and [s["count"] for s in written["shards"]] == [2, 2]
     assert written["embedder"] == "minilm" and written["source"]["split"] == "train"
-    stored = {e["record_id"].decode(): e for e in tfds.as_numpy(
-        tfds.builder_from_directory(info.data_dir).as_dataset(split="train"))}
+    stored = {
+        e["record_id"].decode(): e
+        for e in tfds.as_numpy(tfds.builder_from_directory(info.data_dir).as_dataset(split="train"))
+    }
     source = TFRecordSource.from_latents(tmp_path / "lat", process_count=1, process_index=0, with_ids=True)
     seen = set()
     for batch in take(source.batches(2, 0, seed=0, shuffle=True), 2):
@@ -318,7 +358,10 @@ def test_latents_round_trip(tmp_path, ptbxl_tfds):
             np.testing.assert_array_equal(batch["log_variance"][row], example["signal"][::8, 4:8] - 1.0)
             np.testing.assert_array_equal(batch["text_embedding"][row], example["text_embedding"])
             assert (batch["sex"][row], batch["age"][row], batch["heart_rate"][row]) == (
-                float(example["sex"]), example["age"], example["heart_rate"])
+                float(example["sex"]),
+                example["age"],
+                example["heart_rate"],
+            )
             seen.add(record_id)
     assert seen == set(stored)
 
@@ -334,8 +377,11 @@ def test_latents_with_tiny_vae(tmp_path, ptbxl_tfds):
     graph, state = nnx.split(vae.encoder)
     encode = jax.jit(lambda x: nnx.merge(graph, state).moments(x))
     written = write_latents(encode, "ptbxl", "train", tmp_path / "vae", data_dir=data_dir, batch_size=4)
-    batch = next(TFRecordSource.from_latents(tmp_path / "vae", process_count=1, process_index=0)
-                 .batches(4, 0, seed=0, shuffle=False))
+    batch = next(
+        TFRecordSource.from_latents(tmp_path / "vae", process_count=1, process_index=0).batches(
+            4, 0, seed=0, shuffle=False
+        )
+    )
     assert written["count"] == 4 and batch["mean"].shape == (4, 128, 4) and np.isfinite(batch["mean"]).all()
 
     def bad_encode(signals):
@@ -346,6 +392,7 @@ def test_latents_with_tiny_vae(tmp_path, ptbxl_tfds):
 
 
 # -------------------------------------------------------------------------------------------- to_global
+
 
 def test_to_global_and_local_batch_size():
     mesh = jax.make_mesh((jax.device_count(),), ("data",))

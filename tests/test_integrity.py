@@ -17,7 +17,7 @@ RECORD = "records500/00000/00001_hr"
 def _garble(dat, start=40_000, length=4_800, seed=0):
     """Overwrite `length` bytes of `dat` in place (same size), as a bad copy or sector would."""
     data = bytearray(dat.read_bytes())
-    data[start:start + length] = np.random.default_rng(seed).integers(0, 256, length, np.uint8).tobytes()
+    data[start : start + length] = np.random.default_rng(seed).integers(0, 256, length, np.uint8).tobytes()
     dat.write_bytes(bytes(data))
 
 

@@ -19,9 +19,18 @@ from diffusets_jax.data_pipelines.records import read_wfdb, reorder_leads, resam
 from diffusets_jax.constants import FS, LEADS, NUM_SAMPLES
 from diffusets_jax.evaluation import metrics
 from diffusets_jax.conditions import OFFICIAL_CONDITION_KEYWORDS, condition_labels
-from diffusets_jax.evaluation.metrics import (clip_score, frechet_distance, heart_rate_mae, heart_rates,
-                                              interval_errors, lead_residuals, paired_errors, precision_recall, rclip,
-                                              rfid)
+from diffusets_jax.evaluation.metrics import (
+    clip_score,
+    frechet_distance,
+    heart_rate_mae,
+    heart_rates,
+    interval_errors,
+    lead_residuals,
+    paired_errors,
+    precision_recall,
+    rclip,
+    rfid,
+)
 from diffusets_jax.evaluation.report import write_report
 
 LUDB_IDS = ["1", "8", "34", "35", "70"]
@@ -71,8 +80,11 @@ def ptbxl_signals(root, ids=PTBXL_IDS):
 def ptbxl_reports(root):
     db, descriptions = ptbxl._tables(str(root))
     import ast
-    return {rid: "|".join(ptbxl.statements_from_scp(ast.literal_eval(db.loc[rid, "scp_codes"]), descriptions)[0])
-            for rid in db.index}
+
+    return {
+        rid: "|".join(ptbxl.statements_from_scp(ast.literal_eval(db.loc[rid, "scp_codes"]), descriptions)[0])
+        for rid in db.index
+    }
 
 
 # ---------------------------------------------------------------- FID / rFID
@@ -135,6 +147,7 @@ def test_rfid_variants_on_constructed_halves():
 
 def brute_force_precision_recall(real, generated, k):
     """Direct re-implementation of the official definition with full distance matrices."""
+
     def radii(points):
         distances = np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(-1))
         return np.sort(distances, axis=1)[:, k]
@@ -207,7 +220,7 @@ def test_precision_recall_needs_more_than_k_points():
 def test_clip_score_is_mean_cosine_of_matching_rows():
     ecg = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0], [1.0, 1.0]])
     text = np.array([[5.0, 0.0], [1.0, 0.0], [-3.0, -4.0], [1.0, 0.0]])  # cos 1, 0, -1, 1/sqrt 2
-    assert clip_score(ecg, text) == pytest.approx((1 + 0 - 1 + 2 ** -0.5) / 4)
+    assert clip_score(ecg, text) == pytest.approx((1 + 0 - 1 + 2**-0.5) / 4)
     assert clip_score(ecg, 7 * ecg) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="row for row"):
         clip_score(ecg, text[:3])
@@ -241,7 +254,7 @@ def tiled_beats(ludb_root, rate_bpm, stretch=1.0):
     ann = wfdb.rdann(str(ludb_root / "data" / "1"), "ii")
     r_peak = int(ann.sample[np.array(ann.symbol) == "N"][2])
     fs = raw.fs
-    beat = signal[r_peak - int(0.3 * fs): r_peak + int(0.7 * fs)]
+    beat = signal[r_peak - int(0.3 * fs) : r_peak + int(0.7 * fs)]
     ramp = np.linspace(0, 1, len(beat))[:, None]
     beat = (beat - (beat[0] + ramp * (beat[-1] - beat[0]))) * scipy.signal.windows.tukey(len(beat), 0.2)[:, None]
     if stretch != 1.0:
@@ -249,8 +262,8 @@ def tiled_beats(ludb_root, rate_bpm, stretch=1.0):
     out = np.zeros((int(10 * fs) + len(beat), len(LEADS)))
     rr = 60.0 / rate_bpm * fs
     for start in np.arange(0.1 * fs, 10 * fs, rr).astype(int):
-        out[start:start + len(beat)] += beat
-    return scipy.signal.resample(out[:int(10 * fs)], NUM_SAMPLES, axis=0)
+        out[start : start + len(beat)] += beat
+    return scipy.signal.resample(out[: int(10 * fs)], NUM_SAMPLES, axis=0)
 
 
 def test_heart_rate_of_tiled_beats(ludb_root):
@@ -361,26 +374,40 @@ def test_condition_labels_on_ptbxl_reports(ptbxl_root):
     reports = ptbxl_reports(ptbxl_root)
     ids = list(reports)
     masks = condition_labels([reports[i] for i in ids])
-    expected = {"1": {"normal", "sinus_rhythm"}, "2": {"normal", "sinus_bradycardia"},
-                "103": {"mi", "sinus_tachycardia"}, "108": {"normal", "sinus_tachycardia"},
-                "321": {"st_changes", "atrial_fibrillation"}}
+    expected = {
+        "1": {"normal", "sinus_rhythm"},
+        "2": {"normal", "sinus_bradycardia"},
+        "103": {"mi", "sinus_tachycardia"},
+        "108": {"normal", "sinus_tachycardia"},
+        "321": {"st_changes", "atrial_fibrillation"},
+    }
     assert {rid: labelled(masks, k) for k, rid in enumerate(ids)} == expected
 
 
 def test_condition_labels_on_ludb_and_mimic_reports(ludb_root, mimic_root):
-    reports = {rid: "|".join(ludb.parse_comments(wfdb.rdheader(str(ludb_root / "data" / rid)).comments)["diagnoses"])
-               for rid in LUDB_IDS}
+    reports = {
+        rid: "|".join(ludb.parse_comments(wfdb.rdheader(str(ludb_root / "data" / rid)).comments)["diagnoses"])
+        for rid in LUDB_IDS
+    }
     import csv
+
     with open(mimic_root / "machine_measurements.csv") as f:
         for row in csv.DictReader(f):
             reports["mimic " + row["study_id"]] = "|".join(row[f"report_{i}"] for i in range(18) if row[f"report_{i}"])
     ids = list(reports)
     curated = condition_labels([reports[i] for i in ids])
     official = condition_labels([reports[i] for i in ids], OFFICIAL_CONDITION_KEYWORDS)
-    expected = {"1": {"sinus_bradycardia", "lvh"}, "8": {"atrial_fibrillation", "pacing"},
-                "34": {"sinus_rhythm", "pacing"}, "35": {"atrial_flutter"}, "70": {"sinus_tachycardia"},
-                "mimic 50000001": {"atrial_fibrillation"}, "mimic 50000002": {"atrial_fibrillation", "pacing"},
-                "mimic 50000003": {"normal", "sinus_bradycardia"}, "mimic 50000004": {"pacing"}}
+    expected = {
+        "1": {"sinus_bradycardia", "lvh"},
+        "8": {"atrial_fibrillation", "pacing"},
+        "34": {"sinus_rhythm", "pacing"},
+        "35": {"atrial_flutter"},
+        "70": {"sinus_tachycardia"},
+        "mimic 50000001": {"atrial_fibrillation"},
+        "mimic 50000002": {"atrial_fibrillation", "pacing"},
+        "mimic 50000003": {"normal", "sinus_bradycardia"},
+        "mimic 50000004": {"pacing"},
+    }
     assert {rid: labelled(curated, k) for k, rid in enumerate(ids)} == expected
     # The official substring rules: 'degree' takes LUDB 34's third-degree block as AV block I,
     # and 'right bundle branch block' matches LUDB 70's incomplete RBBB; no LVH label.
@@ -391,17 +418,36 @@ def test_condition_labels_on_ludb_and_mimic_reports(ludb_root, mimic_root):
 
 
 def test_condition_keyword_edge_cases():
-    reports = ["Sinus rhythm with PAC(s)|1st degree A-V block", "I degree AV block|Complete RBBB",
-               "Abnormal ECG|post-infarct changes", "Sinus rhythm|PVCs|ST-T changes", "Paced rhythm"]
+    reports = [
+        "Sinus rhythm with PAC(s)|1st degree A-V block",
+        "I degree AV block|Complete RBBB",
+        "Abnormal ECG|post-infarct changes",
+        "Sinus rhythm|PVCs|ST-T changes",
+        "Paced rhythm",
+    ]
     masks = condition_labels(reports)
     assert labelled(masks, 0) == {"sinus_rhythm", "pac", "av_block_1"}
     assert labelled(masks, 1) == {"av_block_1", "rbbb"}
     assert labelled(masks, 2) == {"mi"}
     assert labelled(masks, 3) == {"sinus_rhythm", "pvc", "st_changes"}
     assert labelled(masks, 4) == {"pacing"}
-    assert set(masks) >= {"normal", "sinus_bradycardia", "sinus_tachycardia", "sinus_arrhythmia",
-                          "atrial_fibrillation", "atrial_flutter", "pvc", "pac", "lbbb", "rbbb",
-                          "av_block_1", "mi", "st_changes", "lvh", "pacing"}
+    assert set(masks) >= {
+        "normal",
+        "sinus_bradycardia",
+        "sinus_tachycardia",
+        "sinus_arrhythmia",
+        "atrial_fibrillation",
+        "atrial_flutter",
+        "pvc",
+        "pac",
+        "lbbb",
+        "rbbb",
+        "av_block_1",
+        "mi",
+        "st_changes",
+        "lvh",
+        "pacing",
+    }
     assert len(OFFICIAL_CONDITION_KEYWORDS) == 15
 
 
@@ -414,16 +460,33 @@ def test_write_report_produces_files_and_sections(tmp_path, ptbxl_root):
     requested = np.array([64.0, 47.0, 105.0, 121.0, 96.0])
     measured = np.array([62.0, np.nan, 100.0, 125.0, 96.0])
     labels = condition_labels(list(ptbxl_reports(ptbxl_root).values()))
-    metrics_in = {"generated": {"fid": 1.5, "rfid": {"rfid_iclr2026": 0.6}, "clip_score": 0.41},
-                  "real_reference": {"fid": 1.0, "clip_score": 0.44},
-                  "per_condition": {"normal": {"fid": 2.0}}, "model": "test"}
-    path = write_report(tmp_path / "eval", metrics_in, real_signals=real, generated_signals=generated,
-                        requested_hr=requested, measured_hr=measured, labels=labels,
-                        titles=[f"record {i}" for i in PTBXL_IDS], num_examples=2)
+    metrics_in = {
+        "generated": {"fid": 1.5, "rfid": {"rfid_iclr2026": 0.6}, "clip_score": 0.41},
+        "real_reference": {"fid": 1.0, "clip_score": 0.44},
+        "per_condition": {"normal": {"fid": 2.0}},
+        "model": "test",
+    }
+    path = write_report(
+        tmp_path / "eval",
+        metrics_in,
+        real_signals=real,
+        generated_signals=generated,
+        requested_hr=requested,
+        measured_hr=measured,
+        labels=labels,
+        titles=[f"record {i}" for i in PTBXL_IDS],
+        num_examples=2,
+    )
     assert path == tmp_path / "eval" / "report.md"
     text = path.read_text()
-    for heading in ("## Metrics", "## Signal checks", "## Heart rate", "## Per condition", "## Examples",
-                    "## Lead residuals"):
+    for heading in (
+        "## Metrics",
+        "## Signal checks",
+        "## Heart rate",
+        "## Per condition",
+        "## Examples",
+        "## Lead residuals",
+    ):
         assert heading in text
     assert "| fid | 1.5 | 1 |" in text and "| rfid.rfid_iclr2026 | 0.6 | – |" in text
     for png in ("heart_rate.png", "per_condition.png", "examples.png", "lead_residuals.png"):
@@ -440,5 +503,6 @@ def test_write_report_produces_files_and_sections(tmp_path, ptbxl_root):
 def test_write_report_rejects_misaligned_inputs(tmp_path):
     signals = np.zeros((2, NUM_SAMPLES, 12))
     with pytest.raises(ValueError, match="requested"):
-        write_report(tmp_path, {}, real_signals=signals, generated_signals=signals, requested_hr=[60.0],
-                     measured_hr=[60.0, 61.0])
+        write_report(
+            tmp_path, {}, real_signals=signals, generated_signals=signals, requested_hr=[60.0], measured_hr=[60.0, 61.0]
+        )

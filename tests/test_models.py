@@ -77,6 +77,7 @@ def test_vae_loss_is_the_official_sum_mse_plus_kl():
 
 # The U-Net's fast layers against the reference computations they replace (float32, tight tolerances).
 
+
 def _normal(rng, shape, scale=1.0):
     return jnp.asarray(rng.standard_normal(shape) * scale, jnp.float32)
 
@@ -90,8 +91,14 @@ def _assert_close(out, reference, tolerance=1e-5):
 
 @pytest.mark.parametrize(
     "kernel_size, stride, padding, length",
-    [(7, 1, "SAME", 128), (7, 1, "SAME", 5), (3, 1, "SAME", 16), (1, 1, "SAME", 8),
-     (3, 2, (1, 1), 128), (3, 2, (1, 1), 7)],
+    [
+        (7, 1, "SAME", 128),
+        (7, 1, "SAME", 5),
+        (3, 1, "SAME", 16),
+        (1, 1, "SAME", 8),
+        (3, 2, (1, 1), 128),
+        (3, 2, (1, 1), 7),
+    ],
 )
 def test_im2col_conv_equals_nnx_conv(kernel_size, stride, padding, length):
     fast = conv1d(6, 5, kernel_size, stride=stride, padding=padding, im2col=True, rngs=nnx.Rngs(0))
@@ -124,10 +131,17 @@ def test_conv_transpose_equals_input_dilated_convolution(kernel_size, stride, pa
     x = _normal(rng, (2, 9, 6))
     # PyTorch's definition: dilate the input by the stride, pad k - 1 - padding, flipped kernel.
     edge = kernel_size - 1 - padding
-    expected = jax.lax.conv_general_dilated(
-        x, layer.kernel[...][::-1], window_strides=(1,), padding=[(edge, edge)], lhs_dilation=(stride,),
-        dimension_numbers=("NWC", "WIO", "NWC"),
-    ) + layer.bias[...]
+    expected = (
+        jax.lax.conv_general_dilated(
+            x,
+            layer.kernel[...][::-1],
+            window_strides=(1,),
+            padding=[(edge, edge)],
+            lhs_dilation=(stride,),
+            dimension_numbers=("NWC", "WIO", "NWC"),
+        )
+        + layer.bias[...]
+    )
     out = layer(x)
     assert out.shape == (2, (9 - 1) * stride - 2 * padding + kernel_size, 5) == expected.shape
     np.testing.assert_allclose(np.asarray(out), np.asarray(expected), rtol=1e-5, atol=1e-6)
@@ -172,8 +186,10 @@ def test_self_attention_equals_the_official_stack_of_projections(batch, length):
     h = layer.norm(x)
     mha = layer.attention
     w, b = np.asarray(mha.in_proj.kernel[...]), np.asarray(mha.in_proj.bias[...])
-    q, k, v = (dense(p, h) @ w[:, 32 * i : 32 * (i + 1)] + b[32 * i : 32 * (i + 1)]
-               for i, p in enumerate((layer.to_q, layer.to_k, layer.to_v)))
+    q, k, v = (
+        dense(p, h) @ w[:, 32 * i : 32 * (i + 1)] + b[32 * i : 32 * (i + 1)]
+        for i, p in enumerate((layer.to_q, layer.to_k, layer.to_v))
+    )
     heads = _reference_attention(*(y.reshape(batch, length, 4, 8) for y in (q, k, v)))
     expected = x + dense(layer.to_out, dense(mha.out_proj, heads.reshape(batch, length, 32)))
     _assert_close(layer(x), expected)
@@ -199,8 +215,9 @@ def test_output_options_keep_the_parameter_tree_and_change_only_the_head():
     assert not np.allclose(a, b)
     first, last = linear.output_conv  # without the Mish, the head is affine: doubling its input's
     h = jax.random.normal(jax.random.key(1), (2, 128, 4))  # deviation from 0 doubles the output's
-    np.testing.assert_allclose(last(first(2 * h)) - last(first(0 * h)), 2 * (last(first(h)) - last(first(0 * h))),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        last(first(2 * h)) - last(first(0 * h)), 2 * (last(first(h)) - last(first(0 * h))), rtol=1e-4, atol=1e-5
+    )
     with pytest.raises(ValueError, match="preconditioning"):
         build_unet(_tiny_unet_config(preconditioning="karras"))
 
@@ -216,11 +233,14 @@ def test_edm_preconditioning_builds_in_the_wiener_estimate_of_the_noise():
     schedule = diffusion.schedule_from_config(config.diffusion)
     x0 = 0.18 * jax.random.normal(jax.random.key(0), (64, 128, 4))
     ts = (20, 300, 900)
-    errors = np.asarray(diffusion.eps_mse_by_timestep(lambda x, t: unet(x, t, jnp.zeros((64, 387))),
-                                                      schedule, x0, jax.random.key(1), ts))
+    errors = np.asarray(
+        diffusion.eps_mse_by_timestep(
+            lambda x, t: unet(x, t, jnp.zeros((64, 387))), schedule, x0, jax.random.key(1), ts
+        )
+    )
     a = np.asarray(schedule.alphas_cumprod)[list(ts)]
     np.testing.assert_allclose(errors, a * 0.0324 / (a * 0.0324 + 1 - a), rtol=0.05)  # the Gaussian optimum
     c_in, c_skip, c_out = diffusion.eps_preconditioning(schedule.alphas_cumprod, 0.18)
     np.testing.assert_allclose(c_out[list(ts)] ** 2, a * 0.0324 / (a * 0.0324 + 1 - a), rtol=1e-5)
     abar = np.asarray(schedule.alphas_cumprod)
-    np.testing.assert_allclose(c_in ** -2, abar * 0.0324 + 1 - abar, rtol=1e-5)
+    np.testing.assert_allclose(c_in**-2, abar * 0.0324 + 1 - abar, rtol=1e-5)

@@ -115,8 +115,11 @@ def test_ddpm_steps(ref, num_steps):
     schedule = diffusion.make_schedule()
     for i, t in enumerate(ref[f"ddpm{num_steps}_picks"]):
         prev = diffusion.ddpm_step(
-            schedule, jnp.asarray(ref[f"ddpm{num_steps}_eps"][i]), jnp.asarray(t),
-            jnp.asarray(ref[f"ddpm{num_steps}_x"][i]), jnp.asarray(ref[f"ddpm{num_steps}_noise"][i]),
+            schedule,
+            jnp.asarray(ref[f"ddpm{num_steps}_eps"][i]),
+            jnp.asarray(t),
+            jnp.asarray(ref[f"ddpm{num_steps}_x"][i]),
+            jnp.asarray(ref[f"ddpm{num_steps}_noise"][i]),
             1000 // num_steps,
         )
         assert relative_error(prev, ref[f"ddpm{num_steps}_prev"][i]) < TOLERANCE, f"t={t}"

@@ -42,10 +42,27 @@ def test_bad_arguments_are_named(tiny_pipeline, kwargs, field):
 
 def test_generate_command_writes_records_and_pictures(tiny_model_dir, tmp_path):
     out = tmp_path / "samples"
-    status = cli.main([
-        "generate", "--report", "Sinus rhythm|Normal ECG", "--age", "50", "--sex", "F", "--hr", "70",
-        "--num-samples", "2", "--seed", "1", "--checkpoint", str(tiny_model_dir), "--out", str(out),
-    ])
+    status = cli.main(
+        [
+            "generate",
+            "--report",
+            "Sinus rhythm|Normal ECG",
+            "--age",
+            "50",
+            "--sex",
+            "F",
+            "--hr",
+            "70",
+            "--num-samples",
+            "2",
+            "--seed",
+            "1",
+            "--checkpoint",
+            str(tiny_model_dir),
+            "--out",
+            str(out),
+        ]
+    )
     assert status == 0
     for i in range(2):
         record = wfdb.rdrecord(str(out / f"ecg_{i:03d}"))
@@ -60,10 +77,23 @@ def test_generate_command_writes_records_and_pictures(tiny_model_dir, tmp_path):
 
 
 def test_generate_command_names_a_bad_argument(tiny_model_dir, tmp_path, capsys):
-    status = cli.main([
-        "generate", "--report", "Sinus rhythm", "--age", "50", "--sex", "unknown", "--hr", "70",
-        "--checkpoint", str(tiny_model_dir), "--out", str(tmp_path),
-    ])
+    status = cli.main(
+        [
+            "generate",
+            "--report",
+            "Sinus rhythm",
+            "--age",
+            "50",
+            "--sex",
+            "unknown",
+            "--hr",
+            "70",
+            "--checkpoint",
+            str(tiny_model_dir),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert status == 2
     assert "sex" in capsys.readouterr().err
 
@@ -86,11 +116,20 @@ def test_an_ecg_does_not_depend_on_the_batch_size(tiny_pipeline):
     np.testing.assert_allclose(together, one_by_one, atol=1e-5)
 
 
-@pytest.mark.parametrize("sampler", [pytest.param("ddpm", marks=pytest.mark.slow), "ddim",
-                                     pytest.param("dpm-solver++", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "sampler",
+    [pytest.param("ddpm", marks=pytest.mark.slow), "ddim", pytest.param("dpm-solver++", marks=pytest.mark.slow)],
+)
 def test_every_sampler_with_and_without_guidance(tiny_pipeline, sampler):
-    run = lambda scale: tiny_pipeline("Sinus rhythm", num_samples=2, seed=1, sampler=sampler, num_steps=4,  # noqa: E731
-                                      guidance_scale=scale, **CONDITIONS)
+    run = lambda scale: tiny_pipeline(  # noqa: E731
+        "Sinus rhythm",
+        num_samples=2,
+        seed=1,
+        sampler=sampler,
+        num_steps=4,
+        guidance_scale=scale,
+        **CONDITIONS,
+    )
     plain, guided = run(1.0), run(3.0)
     assert plain.signals.shape == (2, 1024, 12) and np.all(np.isfinite(guided.signals))
     assert plain.sampler == sampler and guided.guidance_scale == 3.0
@@ -108,9 +147,15 @@ def test_exact_limb_leads_change_only_the_derived_leads(tiny_pipeline):
     assert np.abs(lead_identity_residuals(plain)).max() > 1e-3  # the untrained model ignores the identities
 
 
-@pytest.mark.parametrize("kwargs, field", [(dict(sampler="euler"), "sampler"),
-                                           (dict(guidance_scale=-1.0), "guidance_scale"),
-                                           (dict(eta=2.0), "eta"), (dict(num_steps=0), "num_steps")])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(sampler="euler"), "sampler"),
+        (dict(guidance_scale=-1.0), "guidance_scale"),
+        (dict(eta=2.0), "eta"),
+        (dict(num_steps=0), "num_steps"),
+    ],
+)
 def test_bad_sampling_arguments_are_named(tiny_pipeline, kwargs, field):
     with pytest.raises(ValueError, match=field):
         tiny_pipeline("Sinus rhythm", **kwargs, **CONDITIONS)
@@ -132,8 +177,9 @@ def test_one_sampling_value_is_passed_through_and_not_checked_again(tiny_pipelin
     with pytest.raises(TypeError, match="not both"):
         tiny_pipeline("Sinus rhythm", sampling=options, num_steps=3, **CONDITIONS)
     with pytest.raises(TypeError, match="sampling must be a Sampling"):
-        tiny_pipeline.generate_for_conditions(np.zeros((1, tiny_pipeline.config.text.embed_dim)), [1.0], [50.0],
-                                              [70.0], sampling={"num_steps": 2})
+        tiny_pipeline.generate_for_conditions(
+            np.zeros((1, tiny_pipeline.config.text.embed_dim)), [1.0], [50.0], [70.0], sampling={"num_steps": 2}
+        )
 
 
 def test_a_sampling_is_checked_when_made(tiny_pipeline):
@@ -149,7 +195,12 @@ def test_a_sampling_is_checked_when_made(tiny_pipeline):
     with pytest.raises(InputError, match="sampler must be one of"):
         Sampling("ddim").replace(sampler="euler")
     assert Sampling(num_steps=np.int64(3), guidance_scale=2).as_dict() == {
-        "sampler": "ddpm", "num_steps": 3, "eta": 0.0, "guidance_scale": 2.0, "exact_limb_leads": False}
+        "sampler": "ddpm",
+        "num_steps": 3,
+        "eta": 0.0,
+        "guidance_scale": 2.0,
+        "exact_limb_leads": False,
+    }
     with pytest.warns(UserWarning, match="trained without condition dropout"):
         tiny_pipeline.sampling(guidance_scale=2.0)  # the tiny model has no condition dropout
 
@@ -169,8 +220,20 @@ def _record(directory, row):
 
 def test_generate_from_csv_lists_bad_rows_and_generates_the_rest(tiny_model_dir, tiny_pipeline, tmp_path, capsys):
     (tmp_path / "conditions.csv").write_text(CSV)
-    status = cli.main(["generate", "--from-csv", str(tmp_path / "conditions.csv"), "--checkpoint", str(tiny_model_dir),
-                       "--batch-size", "2", "--no-png", "--out", str(tmp_path / "out")])
+    status = cli.main(
+        [
+            "generate",
+            "--from-csv",
+            str(tmp_path / "conditions.csv"),
+            "--checkpoint",
+            str(tiny_model_dir),
+            "--batch-size",
+            "2",
+            "--no-png",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert status == 0
     printed = capsys.readouterr().out
     assert "row 1: age must be a number" in printed and "row 3: sex must be" in printed
@@ -190,8 +253,15 @@ def test_generate_from_csv_resumes_after_an_interruption(tiny_pipeline, tmp_path
 
     (tmp_path / "conditions.csv").write_text(CSV)
     options = tiny_pipeline.sampling()
-    clean = generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "clean", sampling=options,
-                              batch_size=1, png=False, progress=False)
+    clean = generate_from_csv(
+        tiny_pipeline,
+        tmp_path / "conditions.csv",
+        tmp_path / "clean",
+        sampling=options,
+        batch_size=1,
+        png=False,
+        progress=False,
+    )
     assert clean.generated == [0, 2, 4] and [r.row for r in clean.bad] == [1, 3]
 
     calls, original = [], tiny_pipeline.generate_for_conditions
@@ -204,21 +274,49 @@ def test_generate_from_csv_resumes_after_an_interruption(tiny_pipeline, tmp_path
 
     monkeypatch.setattr(tiny_pipeline, "generate_for_conditions", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "out", sampling=options,
-                          batch_size=1, png=False, progress=False)
+        generate_from_csv(
+            tiny_pipeline,
+            tmp_path / "conditions.csv",
+            tmp_path / "out",
+            sampling=options,
+            batch_size=1,
+            png=False,
+            progress=False,
+        )
     monkeypatch.setattr(tiny_pipeline, "generate_for_conditions", original)
-    resumed = generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "out", sampling=options,
-                                batch_size=1, png=False, progress=False)
+    resumed = generate_from_csv(
+        tiny_pipeline,
+        tmp_path / "conditions.csv",
+        tmp_path / "out",
+        sampling=options,
+        batch_size=1,
+        png=False,
+        progress=False,
+    )
     assert resumed.already_done == [0] and resumed.generated == [2, 4]
     for row in (0, 2, 4):  # the same ECGs; float rounding may move a value across one 1 uV WFDB step
         np.testing.assert_allclose(_record(tmp_path / "out", row), _record(tmp_path / "clean", row), atol=1.5e-3)
     # A changed row is generated again; other sampling options redo everything.
     (tmp_path / "conditions.csv").write_text(CSV.replace("50,F,70", "50,F,75"))
-    again = generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "out", sampling=options,
-                              batch_size=2, png=False, progress=False)
+    again = generate_from_csv(
+        tiny_pipeline,
+        tmp_path / "conditions.csv",
+        tmp_path / "out",
+        sampling=options,
+        batch_size=2,
+        png=False,
+        progress=False,
+    )
     assert again.generated == [0] and again.already_done == [2, 4]
-    other = generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "out",
-                              sampling=options.replace(num_steps=3), batch_size=2, png=False, progress=False)
+    other = generate_from_csv(
+        tiny_pipeline,
+        tmp_path / "conditions.csv",
+        tmp_path / "out",
+        sampling=options.replace(num_steps=3),
+        batch_size=2,
+        png=False,
+        progress=False,
+    )
     assert other.generated == [0, 2, 4]
 
 
@@ -227,8 +325,14 @@ def test_generate_from_csv_refuses_a_file_without_a_required_column(tiny_pipelin
 
     (tmp_path / "conditions.csv").write_text("report,age,sex\nSinus rhythm,50,F\n")
     with pytest.raises(ValueError, match="missing column.*hr"):
-        generate_from_csv(tiny_pipeline, tmp_path / "conditions.csv", tmp_path / "out",
-                          sampling=tiny_pipeline.sampling(), png=False, progress=False)
+        generate_from_csv(
+            tiny_pipeline,
+            tmp_path / "conditions.csv",
+            tmp_path / "out",
+            sampling=tiny_pipeline.sampling(),
+            png=False,
+            progress=False,
+        )
 
 
 def test_generate_command_refuses_csv_and_single_conditions_together(tiny_model_dir, tmp_path, capsys):
@@ -249,9 +353,30 @@ def test_generate_with_an_experience_index_augments_the_report(tiny_model_dir, p
     from diffusets_jax.sediff.retrieval import ExperienceIndex
 
     index = ExperienceIndex.from_processed(processed_dirs).save(tmp_path / "index.npz")
-    status = cli.main(["generate", "--report", "Sinus rhythm", "--age", "60", "--sex", "M", "--hr", "70",
-                       "--num-samples", "1", "--experience-index", str(index), "--retrieval-k", "3",
-                       "--checkpoint", str(tiny_model_dir), "--no-png", "--out", str(tmp_path / "out")])
+    status = cli.main(
+        [
+            "generate",
+            "--report",
+            "Sinus rhythm",
+            "--age",
+            "60",
+            "--sex",
+            "M",
+            "--hr",
+            "70",
+            "--num-samples",
+            "1",
+            "--experience-index",
+            str(index),
+            "--retrieval-k",
+            "3",
+            "--checkpoint",
+            str(tiny_model_dir),
+            "--no-png",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert status == 0
     augmented = capsys.readouterr().out.split("retrieval-augmented report: ")[1].splitlines()[0]
     assert augmented.split("|")[0] == "Sinus rhythm"  # the request first, then what neighbours share

@@ -20,9 +20,7 @@ def synthetic_ecg(seed: int = 0) -> np.ndarray:
     t = np.arange(NUM_SAMPLES) / FS
     beats = np.exp(-(((t % (60 / 72)) - 0.3) ** 2) / (2 * 0.01**2))
     gains = np.linspace(-1.0, 2.0, len(LEADS))
-    return (beats[:, None] * gains + 0.05 * rng.normal(size=(NUM_SAMPLES, len(LEADS)))).astype(
-        np.float32
-    )
+    return (beats[:, None] * gains + 0.05 * rng.normal(size=(NUM_SAMPLES, len(LEADS)))).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------ WFDB
@@ -44,9 +42,7 @@ def test_wfdb_round_trip(tmp_path):
     assert record.units == ["mV"] * 12
     assert record.fmt == ["16"] * 12 and record.baseline == [0] * 12
     np.testing.assert_allclose(record.p_signal, signal, atol=1e-3)
-    assert record.comments == [
-        "report: Sinus rhythm|Borderline ECG", "age: 63", "sex: M", "hr: 72.0", "seed: 0"
-    ]
+    assert record.comments == ["report: Sinus rhythm|Borderline ECG", "age: 63", "sex: M", "hr: 72.0", "seed: 0"]
 
     read, fs, read_comments = read_wfdb(path.with_suffix(".hea"))
     assert read.shape == (NUM_SAMPLES, 12) and read.dtype == np.float32

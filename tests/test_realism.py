@@ -38,8 +38,9 @@ def test_c2st_cannot_tell_a_set_from_itself_and_can_tell_distorted_ecgs(real):
     # the fixture's 9 records and 3 time-warped copies of each: enough ECGs for 5-fold AUROC
     from diffusets_jax.data_pipelines.augment import augment_heart_rate
 
-    real = augment_heart_rate({"signal": real, "heart_rate": np.full(len(real), 70.0)}, 3, (0.8, 1.25),
-                              (40.0, 180.0), seed=0)["signal"]
+    real = augment_heart_rate(
+        {"signal": real, "heart_rate": np.full(len(real), 70.0)}, 3, (0.8, 1.25), (40.0, 180.0), seed=0
+    )["signal"]
     assert R.c2st_auroc(real, real) <= 0.6
     assert R.c2st_auroc(real, 2.0 * real) >= 0.9
     noisy = real + 0.05 * np.random.default_rng(0).standard_normal(real.shape)

@@ -24,17 +24,32 @@ def _twin_dir(processed_dirs, tmp_path):
     data = load_processed(processed_dirs)
     out = tmp_path / "twins"
     out.mkdir()
-    np.savez(out / "dataset.npz", signals=data.signals, text_embeddings=data.text_embeddings, age=data.age + 15,
-             sex=np.where(data.sex == "M", "F", "M"), heart_rate=data.heart_rate * 1.2, fold=data.fold,
-             reports=data.reports, prompts=data.prompts, record_ids=np.array([f"twin{i}" for i in range(len(data))]),
-             patient_ids=np.array([f"twin{i}" for i in range(len(data))]))
+    np.savez(
+        out / "dataset.npz",
+        signals=data.signals,
+        text_embeddings=data.text_embeddings,
+        age=data.age + 15,
+        sex=np.where(data.sex == "M", "F", "M"),
+        heart_rate=data.heart_rate * 1.2,
+        fold=data.fold,
+        reports=data.reports,
+        prompts=data.prompts,
+        record_ids=np.array([f"twin{i}" for i in range(len(data))]),
+        patient_ids=np.array([f"twin{i}" for i in range(len(data))]),
+    )
     (out / "info.json").write_text(json.dumps({"source": "twins", "root": "", "embedder": data.embedder}))
     return out, data
 
 
 def _query_of(data, i, exclude=()):
-    return Query.from_report(data.reports[i], data.age[i], data.sex[i], data.heart_rate[i],
-                             text_embedding=data.text_embeddings[i], exclude=exclude)
+    return Query.from_report(
+        data.reports[i],
+        data.age[i],
+        data.sex[i],
+        data.heart_rate[i],
+        text_embedding=data.text_embeddings[i],
+        exclude=exclude,
+    )
 
 
 def test_retrieval_ranks_same_statements_first(processed_dirs, tmp_path):
@@ -59,8 +74,12 @@ def test_shared_statements_rank_above_unrelated(processed_dirs):
     data = load_processed(processed_dirs)
     index = ExperienceIndex.from_processed(processed_dirs)
     i = int(np.flatnonzero(data.record_ids == "34")[0])
-    result = retrieve(index, _query_of(data, i, exclude=["ludb/34"]), k=len(index),
-                      weights={v: 0.0 for v in rag.VIEWS} | {"statements": 1.0})
+    result = retrieve(
+        index,
+        _query_of(data, i, exclude=["ludb/34"]),
+        k=len(index),
+        weights={v: 0.0 for v in rag.VIEWS} | {"statements": 1.0},
+    )
     assert result.weights == {"statements": 1.0}
     assert result.keys[:2] == ["ptbxl/1", "ludb/8"]  # Jaccard 1/5 and 1/8
     np.testing.assert_allclose(result.scores[:2], [1 / 5, 1 / 8], rtol=1e-6)
@@ -100,14 +119,18 @@ class _HashEmbedder:
     name, dim = "hash8", 8
 
     def embed(self, texts):
-        return np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=8).astype(np.float32)
-                         for t in texts]) if texts else np.zeros((0, 8), np.float32)
+        return (
+            np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=8).astype(np.float32) for t in texts])
+            if texts
+            else np.zeros((0, 8), np.float32)
+        )
 
 
 def test_query_record_excluded_when_augmenting_itself(processed_dirs, tmp_path):
     recorder = _Recorder()
-    out = augment_dataset(processed_dirs, tmp_path / "out", k=20, summariser=recorder, embedder=_HashEmbedder(),
-                          progress=False)
+    out = augment_dataset(
+        processed_dirs, tmp_path / "out", k=20, summariser=recorder, embedder=_HashEmbedder(), progress=False
+    )
     data = load_processed(processed_dirs)
     assert len(recorder.calls) == len(data)
     for (query, result), record_id, fold in zip(recorder.calls, data.record_ids, data.fold):
@@ -121,13 +144,18 @@ def test_query_record_excluded_when_augmenting_itself(processed_dirs, tmp_path):
 
 
 def _index(reports, age=None, sex=None, heart_rate=None, embeddings=None, codes=None):
-    return ExperienceIndex(reports, embeddings, age, sex, heart_rate, [f"r{i}" for i in range(len(reports))],
-                           codes=codes)
+    return ExperienceIndex(
+        reports, embeddings, age, sex, heart_rate, [f"r{i}" for i in range(len(reports))], codes=codes
+    )
 
 
 def test_weights_change_rankings():
-    index = _index(["Sinus rhythm|Left ventricular hypertrophy", "Atrial fibrillation"], age=[80, 40], sex=["M", "F"],
-                   heart_rate=[60, 110])
+    index = _index(
+        ["Sinus rhythm|Left ventricular hypertrophy", "Atrial fibrillation"],
+        age=[80, 40],
+        sex=["M", "F"],
+        heart_rate=[60, 110],
+    )
     query = Query.from_report("sinus rhythm|left ventricular hypertrophy", age=41, sex="F", heart_rate=108)
     default = retrieve(index, query, 2)  # statements (weight 1) beat age, sex and heart rate (0.6)
     assert default.keys == ["r0", "r1"] and default.scores[0] == pytest.approx(1 / 1.6, rel=1e-3)
@@ -144,8 +172,9 @@ def test_weights_change_rankings():
 def test_missing_views_get_zero_weight():
     index = _index(["Sinus rhythm", "Sinus rhythm|PVC", "Atrial fibrillation"], age=[50, np.nan, 70])
     assert index.views == ("statements", "age")
-    query = Query.from_report("Sinus rhythm", age=52, sex="M", heart_rate=70, text_embedding=np.ones(4),
-                              codes={"diagnoses": ["ICD10:I48"]})
+    query = Query.from_report(
+        "Sinus rhythm", age=52, sex="M", heart_rate=70, text_embedding=np.ones(4), codes={"diagnoses": ["ICD10:I48"]}
+    )
     assert index.effective_weights(query) == pytest.approx({"statements": 1 / 1.2, "age": 0.2 / 1.2})
     result = retrieve(index, query, 3)
     assert result.keys == ["r0", "r1", "r2"]
@@ -168,10 +197,19 @@ def test_missing_views_get_zero_weight():
 def _neighbours(reports):
     """A Retrieval of `reports` with scores 0.9, 0.8, ..., 0.5 (no demographics, no codes)."""
     n = len(reports)
-    return rag.Retrieval(rows=np.arange(n), keys=[f"r{i}" for i in range(n)], record_ids=[f"r{i}" for i in range(n)],
-                         reports=list(reports), scores=np.linspace(0.9, 0.5, n).astype(np.float32),
-                         view_scores={}, weights={"statements": 1.0}, age=np.full(n, np.nan), sex=np.full(n, ""),
-                         heart_rate=np.full(n, np.nan), codes=[{} for _ in range(n)])
+    return rag.Retrieval(
+        rows=np.arange(n),
+        keys=[f"r{i}" for i in range(n)],
+        record_ids=[f"r{i}" for i in range(n)],
+        reports=list(reports),
+        scores=np.linspace(0.9, 0.5, n).astype(np.float32),
+        view_scores={},
+        weights={"statements": 1.0},
+        age=np.full(n, np.nan),
+        sex=np.full(n, ""),
+        heart_rate=np.full(n, np.nan),
+        codes=[{} for _ in range(n)],
+    )
 
 
 NEIGHBOURS = [
@@ -191,8 +229,10 @@ def test_keyword_summariser_deterministic_query_first_capped():
     # query first; then LVH (3 neighbours), ST depression and PVCs (2 each, higher score first);
     # skipped: rhythms (the query has one), "normal ECG" (a verdict), the axis (the query has one),
     # low QRS voltage (contradicts LVH), the rare statement (1 of 5)
-    assert report == ("Sinus rhythm|Right axis deviation|Incomplete right bundle branch block|"
-                      "Left ventricular hypertrophy|ST depression|Premature ventricular contractions")
+    assert report == (
+        "Sinus rhythm|Right axis deviation|Incomplete right bundle branch block|"
+        "Left ventricular hypertrophy|ST depression|Premature ventricular contractions"
+    )
     assert summariser.summarise(query, _neighbours(NEIGHBOURS)) == report  # deterministic
     assert KeywordSummariser(max_statements=4).summarise(query, neighbours).split("|") == report.split("|")[:4]
     # a statement common in the whole index (prevalence 0.7) needs min(1, 1.5 x 0.7) = all 5 neighbours
@@ -203,8 +243,11 @@ def test_keyword_summariser_deterministic_query_first_capped():
     long_query = Query.from_report("|".join(f"finding {i}" for i in range(8)))
     assert KeywordSummariser(max_statements=4).summarise(long_query, neighbours) == "|".join(long_query.statements)
     # no rhythm in the query: the neighbours' majority rhythm is added, unless the heart rate contradicts it
-    assert KeywordSummariser().summarise(Query.from_report("ST depression", heart_rate=50), neighbours).startswith(
-        "ST depression|Sinus bradycardia|Left ventricular hypertrophy")
+    assert (
+        KeywordSummariser()
+        .summarise(Query.from_report("ST depression", heart_rate=50), neighbours)
+        .startswith("ST depression|Sinus bradycardia|Left ventricular hypertrophy")
+    )
     fast = KeywordSummariser().summarise(Query.from_report("ST depression", heart_rate=95), neighbours)
     assert "Sinus bradycardia" not in fast and fast.startswith("ST depression|Left ventricular hypertrophy")
     # an empty query is filled from the neighbours; min_support 1 keeps only what all five state
@@ -258,20 +301,26 @@ def test_hospital_code_views(mimic_root, tmp_path):
     )
     (hosp / "diagnoses_icd.csv").write_text(
         "subject_id,hadm_id,seq_num,icd_code,icd_version\n"
-        "90000001,1,1,I480,10\n90000001,1,2,I10,10\n90000002,2,1,I4891,10\n90000002,2,2,I10,10\n90000001,9,1,Z00,10\n")
-    (hosp / "prescriptions.csv").write_text("subject_id,hadm_id,drug\n90000001,1,Metoprolol\n90000002,2,metoprolol \n"
-                                            "90000002,2,Heparin\n")
+        "90000001,1,1,I480,10\n90000001,1,2,I10,10\n90000002,2,1,I4891,10\n90000002,2,2,I10,10\n90000001,9,1,Z00,10\n"
+    )
+    (hosp / "prescriptions.csv").write_text(
+        "subject_id,hadm_id,drug\n90000001,1,Metoprolol\n90000002,2,metoprolol \n90000002,2,Heparin\n"
+    )
     codes = mimic_hosp.link_hosp_codes(mimic_root, hosp)
-    assert codes == {"50000001": {"diagnoses": ["ICD10:I10", "ICD10:I480"], "medications": ["metoprolol"]},
-                     "50000002": {"diagnoses": ["ICD10:I10", "ICD10:I4891"], "medications": ["heparin", "metoprolol"]}}
+    assert codes == {
+        "50000001": {"diagnoses": ["ICD10:I10", "ICD10:I480"], "medications": ["metoprolol"]},
+        "50000002": {"diagnoses": ["ICD10:I10", "ICD10:I4891"], "medications": ["heparin", "metoprolol"]},
+    }
     three_chars = mimic_hosp.link_hosp_codes(mimic_root, hosp, icd_chars=3)
     assert three_chars["50000002"]["diagnoses"] == ["ICD10:I10", "ICD10:I48"]
     mimic_hosp.write_hosp_codes(tmp_path, codes)
     assert mimic_hosp.read_hosp_codes(tmp_path)["50000002"]["medications"] == frozenset({"heparin", "metoprolol"})
 
     # code views: present in the index -> used; the paper's diagnosis Jaccard decides the ranking
-    index = _index(["Atrial fibrillation", "Atrial fibrillation", "Atrial fibrillation"],
-                   codes=[{"diagnoses": ["I48"]}, {"diagnoses": ["E11"], "medications": ["insulin"]}, {}])
+    index = _index(
+        ["Atrial fibrillation", "Atrial fibrillation", "Atrial fibrillation"],
+        codes=[{"diagnoses": ["I48"]}, {"diagnoses": ["E11"], "medications": ["insulin"]}, {}],
+    )
     assert index.views == ("statements", "diagnoses", "medications")
     query = Query.from_report("Atrial fibrillation", codes={"diagnoses": ["I48"], "medications": ["insulin"]})
     assert retrieve(index, query, 3).keys == ["r0", "r1", "r2"]  # diagnoses weigh 1, medications 0.5
@@ -283,9 +332,23 @@ def test_hospital_code_views(mimic_root, tmp_path):
 def test_augment_dataset_writes_reembedded_set(processed_dirs, tmp_path):
     from diffusets_jax.text import get_embedder
 
-    cli.main(["augment-dataset", "--dataset", str(processed_dirs[0]), "--dataset", str(processed_dirs[1]),
-              "--out", str(tmp_path / "rag"), "--k", "3", "--weights", "text=0.5",
-              "--save-index", str(tmp_path / "index.npz")])
+    cli.main(
+        [
+            "augment-dataset",
+            "--dataset",
+            str(processed_dirs[0]),
+            "--dataset",
+            str(processed_dirs[1]),
+            "--out",
+            str(tmp_path / "rag"),
+            "--k",
+            "3",
+            "--weights",
+            "text=0.5",
+            "--save-index",
+            str(tmp_path / "index.npz"),
+        ]
+    )
     out = load_processed(tmp_path / "rag")
     src = load_processed(processed_dirs)
     assert len(out) == len(src) and out.embedder == "minilm"
@@ -297,7 +360,7 @@ def test_augment_dataset_writes_reembedded_set(processed_dirs, tmp_path):
     assert info["reports_changed"] == len(changed) > 0
     for i in range(len(out)):
         before, after = src.reports[i].split("|"), out.reports[i].split("|")
-        assert after[:len(before)] == before and len(after) <= max(6, len(before))
+        assert after[: len(before)] == before and len(after) <= max(6, len(before))
         assert out.prompts[i] == build_prompt(out.reports[i])
     embedded = get_embedder("minilm").embed([build_prompt(out.reports[i]) for i in changed])
     np.testing.assert_allclose(out.text_embeddings[changed], embedded, atol=1e-5)
@@ -310,10 +373,21 @@ def test_augment_dataset_writes_reembedded_set(processed_dirs, tmp_path):
     assert len(index) == 8 and index.views[:2] == ("text", "statements")
     i = int(changed[0])
     record_key = f"{'ptbxl' if i < 4 else 'ludb'}/{src.record_ids[i]}"
-    result = index.retrieve(index.query(src.reports[i], src.age[i], src.sex[i], src.heart_rate[i],
-                                        embedder=get_embedder("minilm"), exclude=[record_key]), 3, {"text": 0.5})
+    result = index.retrieve(
+        index.query(
+            src.reports[i],
+            src.age[i],
+            src.sex[i],
+            src.heart_rate[i],
+            embedder=get_embedder("minilm"),
+            exclude=[record_key],
+        ),
+        3,
+        {"text": 0.5},
+    )
     summary = KeywordSummariser().summarise(
-        Query.from_report(src.reports[i], src.age[i], src.sex[i], src.heart_rate[i]), result)
+        Query.from_report(src.reports[i], src.age[i], src.sex[i], src.heart_rate[i]), result
+    )
     assert summary == out.reports[i]
     report = augment_report(index, "Sinus tachycardia", 40, "M", 120, k=3)
     assert report.split("|")[0] == "Sinus tachycardia"
@@ -336,8 +410,9 @@ class _FlakyLLM:
 def test_llm_fallback_is_recorded_per_record_and_counted_in_info(processed_dirs, tmp_path):
     llm = LLMSummariser(_FlakyLLM(), max_statements=4)
     with pytest.warns(UserWarning, match="TimeoutError: the API did not answer"):
-        out = augment_dataset(processed_dirs, tmp_path / "out", k=3, summariser=llm, embedder=_HashEmbedder(),
-                              progress=False)
+        out = augment_dataset(
+            processed_dirs, tmp_path / "out", k=3, summariser=llm, embedder=_HashEmbedder(), progress=False
+        )
     rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     methods = [r["summariser"] for r in rows]
     used = json.loads((out / "info.json").read_text())["augmentation"]["summariser_used"]

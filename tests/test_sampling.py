@@ -36,8 +36,12 @@ def gaussian_samples():
     x_T = jax.random.normal(jax.random.key(0), (256, 128, 4))
     model = _gaussian_eps(schedule)
     runs = {("ddpm", 1000), ("ddim", 50), ("dpm-solver++", 50), ("dpm-solver++", 20)}
-    return {run: np.asarray(jax.jit(lambda k, run=run: diffusion.sample(model, schedule, x_T, k, run[1], run[0]))(
-        jax.random.key(1))) for run in runs}
+    return {
+        run: np.asarray(
+            jax.jit(lambda k, run=run: diffusion.sample(model, schedule, x_T, k, run[1], run[0]))(jax.random.key(1))
+        )
+        for run in runs
+    }
 
 
 def _denoised_std(num_steps):
@@ -62,8 +66,9 @@ def test_ddpm_1000_steps_samples_the_gaussian(gaussian_samples):
     assert abs(out.std() / SD - 1) < 0.02
 
 
-@pytest.mark.parametrize("sampler, num_steps, tolerance", [("dpm-solver++", 50, 0.01), ("dpm-solver++", 20, 0.025),
-                                                           ("ddim", 50, 0.05)])
+@pytest.mark.parametrize(
+    "sampler, num_steps, tolerance", [("dpm-solver++", 50, 0.01), ("dpm-solver++", 20, 0.025), ("ddim", 50, 0.05)]
+)
 def test_ode_samplers_match_the_closed_form(gaussian_samples, sampler, num_steps, tolerance):
     out = gaussian_samples[(sampler, num_steps)]
     assert abs(out.mean() - MU) < 0.01
@@ -117,8 +122,9 @@ def test_guidance_extrapolates_from_the_null_to_the_conditional_prediction():
     # A "model" whose prediction is its condition's first entry, broadcast.
     model = lambda x, t, c: jnp.broadcast_to(c[:, :1, None], x.shape)  # noqa: E731
     x, t = jnp.zeros((2, 128, 4)), jnp.zeros((2,), jnp.int32)
-    np.testing.assert_array_equal(np.asarray(diffusion.guided(model, condition, null, 1.0)(x, t)),
-                                  np.asarray(model(x, t, condition)))
+    np.testing.assert_array_equal(
+        np.asarray(diffusion.guided(model, condition, null, 1.0)(x, t)), np.asarray(model(x, t, condition))
+    )
     guided = np.asarray(diffusion.guided(model, condition, null, 3.0)(x, t))
     np.testing.assert_allclose(guided[:, 0, 0], [3.0, 9.0])  # 0 + 3 * (c - 0)
     np.testing.assert_allclose(np.asarray(diffusion.guided(model, condition, null, 0.0)(x, t)), 0.0)
@@ -154,8 +160,9 @@ def test_derived_limb_leads_obey_the_identities_and_match_a_recorded_ecg(ptbxl_r
 
     record = wfdb.rdrecord(str(ptbxl_root / "records500" / "00000" / "00001_hr"))
     leads = [name.upper() for name in record.sig_name]
-    signal = record.p_signal[:, [leads.index(n.upper()) for n in
-                                 ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")]]
+    signal = record.p_signal[
+        :, [leads.index(n.upper()) for n in ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")]
+    ]
     derived = derive_limb_leads(signal)
     assert np.abs(lead_identity_residuals(derived)).max() < 1e-12
     np.testing.assert_array_equal(derived[:, [0, 1, 6, 7, 8, 9, 10, 11]], signal[:, [0, 1, 6, 7, 8, 9, 10, 11]])

@@ -37,8 +37,9 @@ def vae_workdir(tmp_path_factory):
     config = small_config()
     (workdir / "config.json").write_text(config_to_json(config))
     params = nnx.state(build_vae(config), nnx.Param)
-    state = common.TrainState(step=jnp.ones((), jnp.int32), params=params,
-                              opt_state=vae_optimizer(config.vae_train, 1).init(params))
+    state = common.TrainState(
+        step=jnp.ones((), jnp.int32), params=params, opt_state=vae_optimizer(config.vae_train, 1).init(params)
+    )
     checkpoints = common.Checkpoints(workdir / "vae", 1)
     checkpoints.save(1, state, None)
     checkpoints.wait_until_finished()
@@ -47,8 +48,17 @@ def vae_workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def decoder_record(vae_workdir, processed_dirs):
-    return beat_decoder.train_beat_decoder(vae_workdir, processed_dirs, steps=150, batch_size=8, base=16,
-                                           num_groups=8, learning_rate=3e-3, log_every=1, progress=False)
+    return beat_decoder.train_beat_decoder(
+        vae_workdir,
+        processed_dirs,
+        steps=150,
+        batch_size=8,
+        base=16,
+        num_groups=8,
+        learning_rate=3e-3,
+        log_every=1,
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +90,9 @@ def test_beat_decoder_training_reduces_its_loss(decoder_record, vae_workdir):
     assert not np.allclose(loaded(z), decoder(z))  # trained != initial
 
 
-def test_interrupted_beat_decoder_training_resumes_to_the_same_parameters(vae_workdir, processed_dirs, tmp_path,
-                                                                          capsys):
+def test_interrupted_beat_decoder_training_resumes_to_the_same_parameters(
+    vae_workdir, processed_dirs, tmp_path, capsys
+):
     """6 steps in one go, and 3 steps, "interrupted", then resumed to 6 in a second call: the same
     losses at every step and bit-identical parameters; a finished run is not retrained or
     overwritten, and other settings or another run's decoder are refused."""
@@ -97,9 +108,21 @@ def test_interrupted_beat_decoder_training_resumes_to_the_same_parameters(vae_wo
         return path
 
     def train(path, **kwargs):
-        return beat_decoder.train_beat_decoder(path, processed_dirs, **{
-            "steps": 6, "batch_size": 8, "base": 16, "num_groups": 8, "shifts": 1, "log_every": 1,
-            "checkpoint_every": 2, "progress": False, **kwargs})
+        return beat_decoder.train_beat_decoder(
+            path,
+            processed_dirs,
+            **{
+                "steps": 6,
+                "batch_size": 8,
+                "base": 16,
+                "num_groups": 8,
+                "shifts": 1,
+                "log_every": 1,
+                "checkpoint_every": 2,
+                "progress": False,
+                **kwargs,
+            },
+        )
 
     def metrics(path):
         return [json.loads(line) for line in (path / "beat_decoder_metrics.jsonl").read_text().splitlines()]
@@ -110,8 +133,10 @@ def test_interrupted_beat_decoder_training_resumes_to_the_same_parameters(vae_wo
     assert not (parts / "beat_decoder").exists() and (parts / "beat_decoder_checkpoints" / "3").is_dir()
     capsys.readouterr()
     record = train(parts)
-    assert f"resumed from checkpoint at step 3 in {(parts / 'beat_decoder_checkpoints').absolute()}" in \
-        capsys.readouterr().out
+    assert (
+        f"resumed from checkpoint at step 3 in {(parts / 'beat_decoder_checkpoints').absolute()}"
+        in capsys.readouterr().out
+    )
     assert record["training"]["resumed_from"] == 3 and record["training"]["steps"] == 6
     assert [h["step"] for h in record["history"]] == list(range(1, 7))
     for key in ("loss", "beat_mse", "spectral", "grad_norm"):
@@ -184,9 +209,11 @@ def test_euler_loss_prefers_simulated_beats_of_the_class(table):
         simulated = class_beat(table, name, 70.0)[None]
         scale = float(jnp.std(simulated))
         noise = scale * jax.random.normal(jax.random.key(3), simulated.shape)
-        losses[name] = (float(physics.euler_loss(simulated, index, hr, table)),
-                        float(physics.euler_loss(noise, index, hr, table)),
-                        float(physics.euler_loss(jnp.zeros_like(simulated), index, hr, table)))
+        losses[name] = (
+            float(physics.euler_loss(simulated, index, hr, table)),
+            float(physics.euler_loss(noise, index, hr, table)),
+            float(physics.euler_loss(jnp.zeros_like(simulated), index, hr, table)),
+        )
         sim, noisy, flat = losses[name]
         assert sim < 0.2 * noisy and sim < 0.5 * flat, (name, losses[name])
     # the class parameters matter: an LBBB beat fits the LBBB field better than the 'all' field
@@ -213,13 +240,18 @@ def _gradients(config, table, decoder, x0, condition, batch, key, plain=None):
     schedule, d, dtype = schedule_from_config(config.diffusion), config.diffusion, compute_dtype(config.unet_train)
     terms = physics.PhysicsLoss(decoder, table)
     if plain is None:
-        plain = jax.jit(jax.value_and_grad(
-            lambda p: _loss(graphdef, p, x0, condition, key, schedule, d, dtype)[0]))(params)
+        plain = jax.jit(jax.value_and_grad(lambda p: _loss(graphdef, p, x0, condition, key, schedule, d, dtype)[0]))(
+            params
+        )
     plain_value, plain_grads = plain
-    (value, parts), grads = jax.jit(jax.value_and_grad(
-        lambda p: _loss(graphdef, p, x0, condition, key, schedule, d, dtype, [physics.physics_aux_loss(terms, config)],
-                        batch),
-        has_aux=True))(params)
+    (value, parts), grads = jax.jit(
+        jax.value_and_grad(
+            lambda p: _loss(
+                graphdef, p, x0, condition, key, schedule, d, dtype, [physics.physics_aux_loss(terms, config)], batch
+            ),
+            has_aux=True,
+        )
+    )(params)
     np.testing.assert_allclose(float(parts["diffusion_loss"]), float(plain_value), rtol=1e-6)
     return plain, grads, value, parts
 
@@ -228,8 +260,12 @@ def relative_changes(grads, reference):
     """Per parameter array: |grads - reference| / (|reference| + 1e-3 |all of reference|), Frobenius
     norms (the floor keeps arrays with a vanishing gradient from dividing by ~0)."""
     floor = 1e-3 * float(optax.tree.norm(reference))
-    return np.array([float(jnp.linalg.norm(a - c) / (jnp.linalg.norm(c) + floor))
-                     for a, c in zip(jax.tree.leaves(grads), jax.tree.leaves(reference))])
+    return np.array(
+        [
+            float(jnp.linalg.norm(a - c) / (jnp.linalg.norm(c) + floor))
+            for a, c in zip(jax.tree.leaves(grads), jax.tree.leaves(reference))
+        ]
+    )
 
 
 @pytest.mark.slow

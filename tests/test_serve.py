@@ -109,8 +109,16 @@ def test_generate_signals_and_files(api, tmp_path):
     import wfdb
 
     client, service, _ = api
-    request = {"report": " Sinus tachycardia | Left ventricular hypertrophy|", "age": "63", "sex": "male", "hr": 110,
-               "num_samples": 2, "seed": 7, "num_steps": STEPS, "return_signals": True}
+    request = {
+        "report": " Sinus tachycardia | Left ventricular hypertrophy|",
+        "age": "63",
+        "sex": "male",
+        "hr": 110,
+        "num_samples": 2,
+        "seed": 7,
+        "num_steps": STEPS,
+        "return_signals": True,
+    }
     response = client.post("/api/generate", json=request)
     assert response.status_code == 200, response.text
     answer = response.json()
@@ -120,8 +128,15 @@ def test_generate_signals_and_files(api, tmp_path):
     signals = np.asarray(answer["signals"], np.float32)
     assert signals.shape == (2, NUM_SAMPLES, len(LEADS)) and np.isfinite(signals).all()
     # The same ECGs as the library gives for the same arguments.
-    expected = service.pipeline("Sinus tachycardia|Left ventricular hypertrophy", age=63, sex="M", heart_rate=110,
-                                num_samples=2, seed=7, num_steps=STEPS).signals
+    expected = service.pipeline(
+        "Sinus tachycardia|Left ventricular hypertrophy",
+        age=63,
+        sex="M",
+        heart_rate=110,
+        num_samples=2,
+        seed=7,
+        num_steps=STEPS,
+    ).signals
     np.testing.assert_allclose(signals, expected, atol=2e-5)
     for ecg in answer["ecgs"]:
         assert ecg["requested_heart_rate"] == 110.0
@@ -191,8 +206,21 @@ def test_bad_input_same_message_as_cli(api, change, message, tmp_path, monkeypat
     # The command line with the same values (the loaded model stands in for from_pretrained).
     monkeypatch.setattr(Pipeline, "from_pretrained", classmethod(lambda cls, *a, **k: service.pipeline))
     values = {**_ok(), **change}
-    argv = ["generate", "--report", values["report"], "--age", str(values["age"]), "--sex", values["sex"],
-            "--hr", str(values["heart_rate"]), "--num-steps", str(values["num_steps"]), "--out", str(tmp_path)]
+    argv = [
+        "generate",
+        "--report",
+        values["report"],
+        "--age",
+        str(values["age"]),
+        "--sex",
+        values["sex"],
+        "--hr",
+        str(values["heart_rate"]),
+        "--num-steps",
+        str(values["num_steps"]),
+        "--out",
+        str(tmp_path),
+    ]
     for name in ("num_samples", "guidance_scale"):
         if name in values:
             argv += [f"--{name.replace('_', '-')}", str(values[name])]
@@ -320,12 +348,21 @@ def server(tmp_path_factory):
     tmpdir = base / "tmp"
     tmpdir.mkdir()
     port = _free_port()
-    env = {**os.environ, "TMPDIR": str(tmpdir), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {
+        **os.environ,
+        "TMPDIR": str(tmpdir),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
     log = base / "server.log"
     with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "diffusets_jax.cli", "serve", "--port", str(port),
-                                    "--max-samples", "4"], stdout=out, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "diffusets_jax.cli", "serve", "--port", str(port), "--max-samples", "4"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:  # the socket opens before the model is loaded
@@ -359,9 +396,18 @@ def browser(tmp_path_factory):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                     f"--user-data-dir={tmp_path_factory.mktemp('chromium')}", "--window-size=1400,1000"):
+    for argument in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
     driver.set_script_timeout(60)
@@ -404,7 +450,8 @@ def test_page_in_browser(server, browser, tmp_path):
         assert "warming up" in by_id("status").text
         assert not by_id("generate-button").is_enabled()
     WebDriverWait(browser, READY_TIMEOUT_S, poll_frequency=1).until(
-        EC.text_to_be_present_in_element((By.ID, "status"), "ready"))
+        EC.text_to_be_present_in_element((By.ID, "status"), "ready")
+    )
     assert by_id("generate-button").is_enabled()
 
     # A report from the examples, a patient, two ECGs.
@@ -415,9 +462,18 @@ def test_page_in_browser(server, browser, tmp_path):
     by_id("age").send_keys("71")
     Select(by_id("sex")).select_by_value("F")
     by_id("generate-button").click()
-    images = WebDriverWait(browser, 300).until(lambda d: (lambda imgs: imgs if len(imgs) == 2 and all(
-        d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i) for i in imgs)
-        else False)(d.find_elements(By.CSS_SELECTOR, "#results img.ecg-image")))
+    images = WebDriverWait(browser, 300).until(
+        lambda d: (
+            lambda imgs: (
+                imgs
+                if len(imgs) == 2
+                and all(
+                    d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i) for i in imgs
+                )
+                else False
+            )
+        )(d.find_elements(By.CSS_SELECTOR, "#results img.ecg-image"))
+    )
     assert by_id("error").is_displayed() is False
     captions = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results .heart-rate")]
     assert len(captions) == 2 and all(c.startswith("requested 48 bpm · measured ") for c in captions), captions
@@ -426,8 +482,9 @@ def test_page_in_browser(server, browser, tmp_path):
     assert png.startswith(PNG_MAGIC)
     size = Image.open(io.BytesIO(png)).size
     assert size == _expected_png_size(1)
-    assert browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]",
-                                  images[0]) == list(size)
+    assert browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", images[0]) == list(
+        size
+    )
 
     zip_link = browser.find_element(By.XPATH, "//div[@id='results']//a[contains(., 'WFDB')]")
     with zipfile.ZipFile(io.BytesIO(_get(zip_link.get_attribute("href")))) as z:
@@ -458,9 +515,14 @@ def test_page_in_browser(server, browser, tmp_path):
     by_id("tab-compare-button").click()
     browser.find_element(By.XPATH, "//button[@class='preset'][contains(., 'heart rates')]").click()
     by_id("compare-button").click()
-    WebDriverWait(browser, 300).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#compare-results img")) == 2
-                                      and all(i.get_attribute("naturalWidth") != "0" for i in
-                                              d.find_elements(By.CSS_SELECTOR, "#compare-results img")))
+    WebDriverWait(browser, 300).until(
+        lambda d: (
+            len(d.find_elements(By.CSS_SELECTOR, "#compare-results img")) == 2
+            and all(
+                i.get_attribute("naturalWidth") != "0" for i in d.find_elements(By.CSS_SELECTOR, "#compare-results img")
+            )
+        )
+    )
     titles = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#compare-results h3")]
     assert titles == ["A: Sinus rhythm · 50 bpm", "B: Sinus rhythm · 120 bpm"]
 
@@ -470,10 +532,23 @@ def test_load_four_clients(server):
     """20 requests from 4 concurrent clients: every one answered, with its own conditions."""
     server.wait_ready()
     served_before = server.health()["served"]
-    reports = ["Sinus rhythm|Normal ECG", "Atrial fibrillation", "Sinus tachycardia|Left ventricular hypertrophy",
-               "Sinus bradycardia|First degree AV block"]
-    jobs = [{"report": reports[i % 4], "age": 30 + 2 * i, "sex": "MF"[i % 2], "heart_rate": 50 + 5 * i,
-             "seed": i, "return_signals": True} for i in range(19)]
+    reports = [
+        "Sinus rhythm|Normal ECG",
+        "Atrial fibrillation",
+        "Sinus tachycardia|Left ventricular hypertrophy",
+        "Sinus bradycardia|First degree AV block",
+    ]
+    jobs = [
+        {
+            "report": reports[i % 4],
+            "age": 30 + 2 * i,
+            "sex": "MF"[i % 2],
+            "heart_rate": 50 + 5 * i,
+            "seed": i,
+            "return_signals": True,
+        }
+        for i in range(19)
+    ]
     jobs.append(dict(jobs[3]))  # the same request twice gives the same ECG
     answers: list = [None] * len(jobs)
     latency = np.zeros(len(jobs))
@@ -492,7 +567,11 @@ def test_load_four_clients(server):
     assert [status for status, _ in answers] == [200] * len(jobs), [a for s, a in answers if s != 200][:3]
     for job, (_, answer) in zip(jobs, answers):
         assert (answer["report"], answer["age"], answer["heart_rate"], answer["seed"]) == (
-            job["report"], job["age"], job["heart_rate"], job["seed"])
+            job["report"],
+            job["age"],
+            job["heart_rate"],
+            job["seed"],
+        )
         assert np.asarray(answer["signals"]).shape == (1, NUM_SAMPLES, len(LEADS))
         assert _get(server.url + answer["ecgs"][0]["png"]).startswith(PNG_MAGIC)
     assert len({answer["id"] for _, answer in answers}) == len(jobs)
@@ -500,12 +579,19 @@ def test_load_four_clients(server):
     assert server.health()["served"] == served_before + len(jobs)
 
     status = Path(f"/proc/{server.process.pid}/status")
-    peak = next((line.split()[1] for line in status.read_text().splitlines() if line.startswith("VmHWM")), None) \
-        if status.exists() else None
+    peak = (
+        next((line.split()[1] for line in status.read_text().splitlines() if line.startswith("VmHWM")), None)
+        if status.exists()
+        else None
+    )
     generate = np.array([answer["seconds"]["generate"] for _, answer in answers])
     files = np.array([answer["seconds"]["files"] for _, answer in answers])
-    print(f"\nload test: {len(jobs)} requests from 4 clients in {wall:.1f} s ({len(jobs) / wall:.2f} requests/s); "
-          f"latency per request median {np.median(latency):.2f} s, mean {latency.mean():.2f} s, "
-          f"max {latency.max():.2f} s; per request: model {np.median(generate):.2f} s, "
-          f"files + heart rate {np.median(files):.2f} s (medians); server peak memory "
-          f"{int(peak) / 1024:.0f} MiB" if peak else "server peak memory: unknown (no /proc)")
+    print(
+        f"\nload test: {len(jobs)} requests from 4 clients in {wall:.1f} s ({len(jobs) / wall:.2f} requests/s); "
+        f"latency per request median {np.median(latency):.2f} s, mean {latency.mean():.2f} s, "
+        f"max {latency.max():.2f} s; per request: model {np.median(generate):.2f} s, "
+        f"files + heart rate {np.median(files):.2f} s (medians); server peak memory "
+        f"{int(peak) / 1024:.0f} MiB"
+        if peak
+        else "server peak memory: unknown (no /proc)"
+    )

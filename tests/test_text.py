@@ -50,9 +50,19 @@ def test_prompt_ordinals_up_to_13th():
     prompt = build_prompt("|".join(f"s{i}" for i in range(13)))
     ordinals = re.findall(r"the (\w+) diagnosis is \{(s\d+)\}\.", prompt)
     assert ordinals == [
-        ("1st", "s0"), ("2nd", "s1"), ("3rd", "s2"), ("4th", "s3"), ("5th", "s4"),
-        ("6th", "s5"), ("7th", "s6"), ("8th", "s7"), ("9th", "s8"), ("10th", "s9"),
-        ("11th", "s10"), ("12th", "s11"), ("13th", "s12"),
+        ("1st", "s0"),
+        ("2nd", "s1"),
+        ("3rd", "s2"),
+        ("4th", "s3"),
+        ("5th", "s4"),
+        ("6th", "s5"),
+        ("7th", "s6"),
+        ("8th", "s7"),
+        ("9th", "s8"),
+        ("10th", "s9"),
+        ("11th", "s10"),
+        ("12th", "s11"),
+        ("13th", "s12"),
     ]
     assert prompt.endswith(f"{MORE}12th diagnosis is {{s11}}.{MORE}13th diagnosis is {{s12}}.")
     assert " As" not in prompt  # no separator between sentences
@@ -60,9 +70,7 @@ def test_prompt_ordinals_up_to_13th():
 
 def test_prompt_keeps_whitespace_and_middle_empty_statements_like_official():
     assert build_prompt(" a |b") == f"{FIRST}{{ a }}.{MORE}2nd diagnosis is {{b}}."
-    assert build_prompt("a||b") == (
-        f"{FIRST}{{a}}.{MORE}2nd diagnosis is {{}}.{MORE}3rd diagnosis is {{b}}."
-    )
+    assert build_prompt("a||b") == (f"{FIRST}{{a}}.{MORE}2nd diagnosis is {{}}.{MORE}3rd diagnosis is {{b}}.")
     assert build_prompt("|a") == f"{FIRST}{{}}.{MORE}2nd diagnosis is {{a}}."
 
 
@@ -117,11 +125,13 @@ def test_minilm_shape_norm_determinism(minilm):
 
 
 def test_minilm_is_semantically_sensible(minilm):
-    normal, normal2, afib = minilm.embed([
-        "Sinus rhythm. Normal ECG.",
-        "Normal sinus rhythm, normal ECG.",
-        "Atrial fibrillation with rapid ventricular response.",
-    ])
+    normal, normal2, afib = minilm.embed(
+        [
+            "Sinus rhythm. Normal ECG.",
+            "Normal sinus rhythm, normal ECG.",
+            "Atrial fibrillation with rapid ventricular response.",
+        ]
+    )
     assert normal @ normal2 > normal @ afib
 
 
@@ -209,10 +219,7 @@ def fake_openai(monkeypatch):
     class Embeddings:
         def create(self, model, input):
             calls.append((model, list(input)))
-            items = [
-                types.SimpleNamespace(index=i, embedding=[float(len(t))] * 1536)
-                for i, t in enumerate(input)
-            ]
+            items = [types.SimpleNamespace(index=i, embedding=[float(len(t))] * 1536) for i, t in enumerate(input)]
             return types.SimpleNamespace(data=items[::-1])
 
     class OpenAI:

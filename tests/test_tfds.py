@@ -29,9 +29,16 @@ def built(tmp_path_factory, roots):
     """`{source: DatasetInfo}`: each fixture set built with MiniLM; PTB-XL (train only) in 2 worker
     processes and 2 shards (every split gets `num_shards` files, so the 1-record splits get 1)."""
     data_dir = tmp_path_factory.mktemp("tfds")
-    return {source: build_dataset(source, roots[source], data_dir, num_workers=2 if source == "ptbxl" else 1,
-                                  num_shards=2 if source == "ptbxl" else None)
-            for source in SOURCES}
+    return {
+        source: build_dataset(
+            source,
+            roots[source],
+            data_dir,
+            num_workers=2 if source == "ptbxl" else 1,
+            num_shards=2 if source == "ptbxl" else None,
+        )
+        for source in SOURCES
+    }
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +147,7 @@ def test_configs_and_bad_arguments(tmp_path):
 def test_custom_embedder_object(tmp_path, ludb_root):
     class Hashing:
         """Tiny deterministic embedder: 8 byte-count features."""
+
         name, dim = "hashing8", 8
 
         def embed(self, texts):
@@ -148,5 +156,4 @@ def test_custom_embedder_object(tmp_path, ludb_root):
     info = build_dataset("ludb", ludb_root, tmp_path, embedder=Hashing(), record_ids=["1", "8"])
     assert info.metadata["embedder"] == "hashing8" and info.features["text_embedding"].shape == (8,)
     for example in tfds.as_numpy(tfds.builder_from_directory(info.data_dir).as_dataset(split="train")):
-        np.testing.assert_array_equal(example["text_embedding"],
-                                      Hashing().embed([example["prompt"].decode()])[0])
+        np.testing.assert_array_equal(example["text_embedding"], Hashing().embed([example["prompt"].decode()])[0])

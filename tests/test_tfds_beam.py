@@ -29,8 +29,19 @@ from make_mimic_corpus import make_corpus
 HAS_BEAM = importlib.util.find_spec("apache_beam") is not None
 needs_beam = pytest.mark.skipif(not HAS_BEAM, reason='needs Apache Beam: pip install -e ".[beam]"')
 SOURCES = ("ptbxl", "ludb", "mimic", "cinc")
-FIELDS = ("signal", "age", "sex", "heart_rate", "statements", "report", "prompt", "text_embedding",
-          "record_id", "patient_id", "fold")
+FIELDS = (
+    "signal",
+    "age",
+    "sex",
+    "heart_rate",
+    "statements",
+    "report",
+    "prompt",
+    "text_embedding",
+    "record_id",
+    "patient_id",
+    "fold",
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +81,9 @@ def skipped_file(info) -> list[dict]:
 
 def assert_same_build(info, expected_info) -> None:
     """Same splits, skipped records and counts, and every field of every example equal."""
-    assert {name: split.num_examples for name, split in info.splits.items()} == \
-        {name: split.num_examples for name, split in expected_info.splits.items()}
+    assert {name: split.num_examples for name, split in info.splits.items()} == {
+        name: split.num_examples for name, split in expected_info.splits.items()
+    }
     for key in ("skipped", "skipped_counts", "empty_splits", "embedder", "embed_dim"):
         assert info.metadata[key] == expected_info.metadata[key], key
     assert skipped_file(info) == skipped_file(expected_info)
@@ -99,16 +111,21 @@ def test_skipped_records_file_and_counts(reference, roots, tmp_path):
     reason = f"subject_id 90000004 has no row in {roots['mimic'] / 'patients.csv'}"
     assert info.metadata["skipped"] == [["50000004", reason]]
     assert info.metadata["skipped_counts"] == {"subject_id N has no row in <path>": 1}
-    assert skipped_file(info) == [{"record_id": "50000004", "reason": reason,
-                                   "kind": "subject_id N has no row in <path>"}]
+    assert skipped_file(info) == [
+        {"record_id": "50000004", "reason": reason, "kind": "subject_id N has no row in <path>"}
+    ]
     assert "test" in info.metadata["empty_splits"] and "test" not in info.splits
 
 
 def test_reason_kind():
-    assert reason_kind("cannot read WFDB record /d/files/p1/s2/2: FileNotFoundError: [Errno 2] x") == \
-        "cannot read WFDB record <path>"
-    assert reason_kind("no lead gave >= 2 R peaks at a plausible rate (20.0, 300.0) bpm") == \
-        "no lead gave >= N R peaks at a plausible rate (N, N) bpm"
+    assert (
+        reason_kind("cannot read WFDB record /d/files/p1/s2/2: FileNotFoundError: [Errno 2] x")
+        == "cannot read WFDB record <path>"
+    )
+    assert (
+        reason_kind("no lead gave >= 2 R peaks at a plausible rate (20.0, 300.0) bpm")
+        == "no lead gave >= N R peaks at a plausible rate (N, N) bpm"
+    )
     assert reason_kind("flat leads V3, V4 (peak-to-peak < 0.01 mV)") == "flat leads V3, V4 (peak-to-peak < N mV)"
 
 
@@ -123,9 +140,11 @@ def test_corpus_streaming_build_small_blocks(corpus, tmp_path, monkeypatch):
     info = build_dataset("mimic", corpus, tmp_path / "stream", num_workers=2, shuffle_buffer_mib=1)
     assert_same_build(info, expected)
     # counts written out independently from make_mimic_corpus's rules (k % 50 == 3, k % 101 == 50, 100)
-    assert info.metadata["skipped_counts"] == {"subject_id N has no row in <path>": 6,
-                                               "no lead gave >= N R peaks at a plausible rate (N, N) bpm": 3,
-                                               "cannot read WFDB record <path>": 2}
+    assert info.metadata["skipped_counts"] == {
+        "subject_id N has no row in <path>": 6,
+        "no lead gave >= N R peaks at a plausible rate (N, N) bpm": 3,
+        "cannot read WFDB record <path>": 2,
+    }
     assert sum(split.num_examples for split in info.splits.values()) == 289
     assert set(info.splits) == {"train", "validation", "test"}
 
@@ -150,8 +169,9 @@ def test_beam_build_one_worker_equals_in_memory_build(source, roots, reference, 
 @pytest.mark.slow
 @pytest.mark.parametrize("beam_write", [False, True], ids=["local-write", "beam-write"])
 def test_beam_build_two_workers_equals_in_memory_build(beam_write, roots, reference, tmp_path):
-    info = build_dataset("mimic", roots["mimic"], tmp_path, beam_runner="DirectRunner", beam_workers=2,
-                         beam_write=beam_write)
+    info = build_dataset(
+        "mimic", roots["mimic"], tmp_path, beam_runner="DirectRunner", beam_workers=2, beam_write=beam_write
+    )
     assert_same_build(info, reference["mimic"])
 
 

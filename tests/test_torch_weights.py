@@ -91,8 +91,11 @@ def test_npz_input_gives_the_same_model(tmp_path, official, converted):
     unet_npz = tmp_path / "unet_all.npz"
     vae_npz = tmp_path / "vae_model.npz"
     np.savez(unet_npz, **official["unet"])
-    np.savez(vae_npz, **{f"encoder.{k}": v for k, v in official["vae_encoder"].items()},
-             **{f"decoder.{k}": v for k, v in official["vae_decoder"].items()})
+    np.savez(
+        vae_npz,
+        **{f"encoder.{k}": v for k, v in official["vae_encoder"].items()},
+        **{f"decoder.{k}": v for k, v in official["vae_decoder"].items()},
+    )
     encoder, decoder = torch_weights.read_vae_state_dicts(vae_npz)
     assert set(encoder) == set(official["vae_encoder"]) and set(decoder) == set(official["vae_decoder"])
     out = torch_weights.convert_official(unet_npz, vae_npz, tmp_path / "model")
@@ -222,10 +225,20 @@ class FixedEmbedder:
 
 def test_convert_and_export_commands(tmp_path, official_files, official):
     model_dir = tmp_path / "official_model"
-    assert cli.main([
-        "convert-torch", "--unet", str(official_files["unet_pth"]), "--vae", str(official_files["vae_pth"]),
-        "--out", str(model_dir),
-    ]) == 0
+    assert (
+        cli.main(
+            [
+                "convert-torch",
+                "--unet",
+                str(official_files["unet_pth"]),
+                "--vae",
+                str(official_files["vae_pth"]),
+                "--out",
+                str(model_dir),
+            ]
+        )
+        == 0
+    )
     # The directory is what every command loads; the converted U-Net reproduces the official output.
     pipeline = Pipeline.from_pretrained(model_dir, embedder=FixedEmbedder())
     ref = parity_arrays()
@@ -244,13 +257,18 @@ def test_convert_and_export_commands(tmp_path, official_files, official):
 
 def test_convert_command_names_the_bad_key(tmp_path, official, official_files, capsys):
     bad = save_pth(tmp_path / "bad_unet.pth", {k: v for k, v in official["unet"].items() if k != "output_conv.0.bias"})
-    status = cli.main(["convert-torch", "--unet", str(bad), "--vae", str(official_files["vae_pth"]),
-                       "--out", str(tmp_path / "out")])
+    status = cli.main(
+        ["convert-torch", "--unet", str(bad), "--vae", str(official_files["vae_pth"]), "--out", str(tmp_path / "out")]
+    )
     assert status == 2
     error = capsys.readouterr().err
     assert "bad_unet.pth" in error and "output_conv.0.bias" in error
-    assert cli.main(["convert-torch", "--unet", str(tmp_path / "nope.pth"), "--vae", str(bad),
-                     "--out", str(tmp_path / "out")]) == 2
+    assert (
+        cli.main(
+            ["convert-torch", "--unet", str(tmp_path / "nope.pth"), "--vae", str(bad), "--out", str(tmp_path / "out")]
+        )
+        == 2
+    )
     assert "--unet" in capsys.readouterr().err
 
 
@@ -268,8 +286,9 @@ def _official_time_table(dtype_name: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("built_by", ["torch", "float64"])
-def test_time_tables_of_other_platforms_are_accepted_and_wrong_ones_refused(tmp_path, official, official_files,
-                                                                            built_by):
+def test_time_tables_of_other_platforms_are_accepted_and_wrong_ones_refused(
+    tmp_path, official, official_files, built_by
+):
     # issue 18, case 14: torch's float32 table differs from the port's by up to 1.5e-5, a rounded
     # float64 one by up to 5e-5; both are the official table.
     table = _official_time_table(built_by)

@@ -61,9 +61,7 @@ def test_interrupted_training_resumes_with_the_same_losses(tmp_path, processed_d
     resumed = read_metrics(tmp_path / "vae_metrics.jsonl")
     reference = read_metrics(trained_workdir / "vae_metrics.jsonl")
     assert [m["step"] for m in resumed] == list(range(1, 41))
-    np.testing.assert_allclose(
-        [m["loss"] for m in resumed], [m["loss"] for m in reference], rtol=1e-4
-    )
+    np.testing.assert_allclose([m["loss"] for m in resumed], [m["loss"] for m in reference], rtol=1e-4)
 
 
 @pytest.mark.slow
@@ -77,8 +75,9 @@ def test_export_writes_a_loadable_model(trained_workdir, tmp_path):
 
 
 @pytest.mark.slow
-def test_edm_preconditioning_and_heart_rate_augmentation_train_from_a_shipped_vae(tmp_path, processed_dirs,
-                                                                                 trained_workdir, capsys):
+def test_edm_preconditioning_and_heart_rate_augmentation_train_from_a_shipped_vae(
+    tmp_path, processed_dirs, trained_workdir, capsys
+):
     import shutil
 
     from diffusets_jax.training.diffusion import workdir_from_pretrained
@@ -180,7 +179,15 @@ def test_best_checkpoint_and_logs(trained_workdir):
     assert [p.name for p in (trained_workdir / "unet_best").iterdir() if p.name.isdigit()] == [str(best)]
     events = list((trained_workdir / "tensorboard" / "unet").glob("events.out.tfevents.*"))
     tags = {v.tag for e in tf.compat.v1.train.summary_iterator(str(events[0])) for v in e.summary.value}
-    assert {"loss", "learning_rate", "grad_norm", "examples_per_s", "step_time_s", "val_loss", "val_eps_mse_t900",
-            "unet/preview"} <= tags
+    assert {
+        "loss",
+        "learning_rate",
+        "grad_norm",
+        "examples_per_s",
+        "step_time_s",
+        "val_loss",
+        "val_eps_mse_t900",
+        "unet/preview",
+    } <= tags
     assert (trained_workdir / "previews" / "unet_step_0000040.png").stat().st_size > 20_000
     assert (trained_workdir / "previews" / "vae_step_0000040.png").stat().st_size > 20_000

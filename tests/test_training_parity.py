@@ -177,8 +177,9 @@ def official_steps(ref, config=None, noise=None) -> dict:
     graphdef, params = nnx.split(unet, nnx.Param)
     tx = diffusion_training.unet_optimizer(config.unet_train, SCHEDULE_STEPS)
     mesh = common.make_mesh(config.mesh.data_axis)
-    state = common.replicate(common.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                               opt_state=tx.init(params)), mesh)
+    state = common.replicate(
+        common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)), mesh
+    )
     schedule = diffusion.schedule_from_config(config.diffusion)
     root_key = jax.random.key(config.seed + 1)
     train_step = diffusion_training.make_train_step(graphdef, tx, schedule, config, root_key, mesh)
@@ -191,13 +192,14 @@ def official_steps(ref, config=None, noise=None) -> dict:
                 params_seen.append(jax.device_get(state.params))
                 opt_states.append(jax.device_get(state.opt_state))
         forward = jax.jit(lambda p, x, t, c: nnx.merge(graphdef, p)(x, t, c))
-        inputs = [(channels_last(ref["train_xt"][k]), ref["train_t"][k].astype(np.int32), step_condition(ref, k))
-                  for k in range(NUM_STEPS)]
+        inputs = [
+            (channels_last(ref["train_xt"][k]), ref["train_t"][k].astype(np.int32), step_condition(ref, k))
+            for k in range(NUM_STEPS)
+        ]
         eps = [np.asarray(forward(params_seen[k], *inputs[k])) for k in range(NUM_STEPS)]
         eps_after = np.asarray(forward(params_seen[-1], *inputs[0]))
     official = [convert.state_dict(nnx.merge(graphdef, p)) for p in params_seen]
-    return dict(recipe=recipe, official=official, metrics=metrics, opt_states=opt_states, eps=eps,
-                eps_after=eps_after)
+    return dict(recipe=recipe, official=official, metrics=metrics, opt_states=opt_states, eps=eps, eps_after=eps_after)
 
 
 @pytest.fixture(scope="module")
@@ -208,8 +210,12 @@ def run(ref):
 def test_add_noise(ref):
     schedule = diffusion.schedule_from_config(paper_config().diffusion)
     for k in range(NUM_STEPS):
-        xt = diffusion.add_noise(schedule, jnp.asarray(channels_last(ref["train_x0"][k])),
-                                 jnp.asarray(channels_last(ref["train_noise"][k])), jnp.asarray(ref["train_t"][k]))
+        xt = diffusion.add_noise(
+            schedule,
+            jnp.asarray(channels_last(ref["train_x0"][k])),
+            jnp.asarray(channels_last(ref["train_noise"][k])),
+            jnp.asarray(ref["train_t"][k]),
+        )
         assert relative_error(channels_last(np.asarray(xt)), ref["train_xt"][k]) < 1e-6, k
 
 
@@ -227,8 +233,11 @@ def test_noise_predictions(run, ref):
 
 def adam_moments(opt_state):
     """`(mu, nu)` of the optimizer state (`optax.ScaleByAdamState` inside `common.adamw`'s chain)."""
-    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
-             if isinstance(s, optax.ScaleByAdamState)]
+    found = [
+        s
+        for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
+        if isinstance(s, optax.ScaleByAdamState)
+    ]
     assert len(found) == 1
     return found[0].mu, found[0].nu
 
@@ -339,8 +348,11 @@ def default_init_rows() -> list[dict[str, str]]:
 def fresh_paper():
     config = load_config("paper")
     vae = build_vae(config)
-    return {"unet": convert.state_dict(build_unet(config)),
-            "vae_encoder": convert.state_dict(vae.encoder), "vae_decoder": convert.state_dict(vae.decoder)}
+    return {
+        "unet": convert.state_dict(build_unet(config)),
+        "vae_encoder": convert.state_dict(vae.encoder),
+        "vae_decoder": convert.state_dict(vae.decoder),
+    }
 
 
 def test_default_init_statistics(fresh_paper):

@@ -15,8 +15,17 @@ from hypothesis import strategies as st
 from diffusets_jax.batch_generation import _parse_row, read_conditions
 from diffusets_jax.diffusion import SAMPLERS
 from diffusets_jax.errors import DiffusetsError
-from diffusets_jax.pipeline import (AGE_RANGE, HEART_RATE_RANGE, MAX_REPORT_CHARS, MAX_SAMPLES, MAX_SEED, Pipeline,
-                                    Sampling, check_seed, validate_conditions)
+from diffusets_jax.pipeline import (
+    AGE_RANGE,
+    HEART_RATE_RANGE,
+    MAX_REPORT_CHARS,
+    MAX_SAMPLES,
+    MAX_SEED,
+    Pipeline,
+    Sampling,
+    check_seed,
+    validate_conditions,
+)
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MAX_STEPS = 1000
@@ -25,8 +34,12 @@ text = st.text(st.characters(codec=None), max_size=40)  # any code point, surrog
 reports = st.one_of(
     text,
     st.just(""),
-    st.lists(st.sampled_from(["Sinus rhythm", "|", "\n", "\r\n", " ", "Atrial fibrillation", "é", "😀", "\udce9",
-                              "\x00", "\u2028"]), max_size=12).map("".join),
+    st.lists(
+        st.sampled_from(
+            ["Sinus rhythm", "|", "\n", "\r\n", " ", "Atrial fibrillation", "é", "😀", "\udce9", "\x00", "\u2028"]
+        ),
+        max_size=12,
+    ).map("".join),
     st.builds(lambda part, n: part * n, st.text(min_size=1, max_size=4), st.integers(1, 2 * MAX_REPORT_CHARS)),
     st.lists(text, max_size=5),
     st.one_of(st.none(), st.integers(), st.floats(), st.binary(max_size=10), st.lists(st.integers(), max_size=3)),
@@ -39,12 +52,31 @@ numbers = st.one_of(
     st.none(),
     text,
 )
-sexes = st.one_of(st.sampled_from(["M", "F", "m", " f ", "male", "FEMALE", "x", "", "Mx"]), text, st.none(),
-                  st.integers(), st.floats())
-counts = st.one_of(st.integers(-(2**70), 2**70), st.booleans(), st.floats(), st.none(), text,
-                   st.sampled_from([np.int32(4), np.int64(-1), np.uint64(2**63)]))
-seeds = st.one_of(st.integers(-(2**70), 2**70), st.integers(0, MAX_SEED), st.booleans(), st.floats(), st.none(),
-                  text, st.integers(-(2**70), 2**70).map(str), st.sampled_from([np.uint32(7), np.int64(-3)]))
+sexes = st.one_of(
+    st.sampled_from(["M", "F", "m", " f ", "male", "FEMALE", "x", "", "Mx"]),
+    text,
+    st.none(),
+    st.integers(),
+    st.floats(),
+)
+counts = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.booleans(),
+    st.floats(),
+    st.none(),
+    text,
+    st.sampled_from([np.int32(4), np.int64(-1), np.uint64(2**63)]),
+)
+seeds = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.integers(0, MAX_SEED),
+    st.booleans(),
+    st.floats(),
+    st.none(),
+    text,
+    st.integers(-(2**70), 2**70).map(str),
+    st.sampled_from([np.uint32(7), np.int64(-3)]),
+)
 
 
 def assert_clean_refusal(error: BaseException) -> None:
@@ -108,17 +140,24 @@ def config_only_pipeline():
     return pipeline
 
 
-options = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**6), 10**6),
-                    st.booleans(), text)
+options = st.one_of(
+    st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**6), 10**6), st.booleans(), text
+)
 
 
 @SETTINGS
-@given(sampler=st.one_of(st.sampled_from([*SAMPLERS, "DDPM", ""]), text, st.none(), st.integers(),
-                         st.lists(st.integers(), max_size=2)),
-       num_steps=counts, eta=options, guidance_scale=options, exact_limb_leads=st.one_of(st.booleans(), st.none(),
-                                                                                         st.integers(0, 1)))
-def test_sampling_options_are_accepted_valid_or_refused_in_one_line(config_only_pipeline, sampler, num_steps, eta,
-                                                                    guidance_scale, exact_limb_leads):
+@given(
+    sampler=st.one_of(
+        st.sampled_from([*SAMPLERS, "DDPM", ""]), text, st.none(), st.integers(), st.lists(st.integers(), max_size=2)
+    ),
+    num_steps=counts,
+    eta=options,
+    guidance_scale=options,
+    exact_limb_leads=st.one_of(st.booleans(), st.none(), st.integers(0, 1)),
+)
+def test_sampling_options_are_accepted_valid_or_refused_in_one_line(
+    config_only_pipeline, sampler, num_steps, eta, guidance_scale, exact_limb_leads
+):
     import warnings
 
     with warnings.catch_warnings():
@@ -134,10 +173,16 @@ def test_sampling_options_are_accepted_valid_or_refused_in_one_line(config_only_
 
 
 @SETTINGS
-@given(sampler=st.one_of(st.sampled_from(SAMPLERS), text, st.none(), st.integers()), num_steps=counts, eta=options,
-       guidance_scale=options, exact_limb_leads=st.one_of(st.booleans(), st.none(), st.integers(0, 1)))
-def test_a_sampling_made_directly_is_valid_or_refused_in_one_line(sampler, num_steps, eta, guidance_scale,
-                                                                  exact_limb_leads):
+@given(
+    sampler=st.one_of(st.sampled_from(SAMPLERS), text, st.none(), st.integers()),
+    num_steps=counts,
+    eta=options,
+    guidance_scale=options,
+    exact_limb_leads=st.one_of(st.booleans(), st.none(), st.integers(0, 1)),
+)
+def test_a_sampling_made_directly_is_valid_or_refused_in_one_line(
+    sampler, num_steps, eta, guidance_scale, exact_limb_leads
+):
     result = run(Sampling, sampler, num_steps, eta, guidance_scale, exact_limb_leads)
     if result is None:
         return
@@ -152,10 +197,18 @@ cells = st.one_of(text, st.sampled_from(["50", "70", "M", "F", "nan", "inf", "-1
 
 
 @SETTINGS
-@given(values=st.fixed_dictionaries({"report": st.one_of(text, reports.filter(lambda r: isinstance(r, str))),
-                                     "age": cells, "sex": cells, "hr": cells},
-                                    optional={"seed": cells}),
-       base_seed=st.integers(0, MAX_SEED))
+@given(
+    values=st.fixed_dictionaries(
+        {
+            "report": st.one_of(text, reports.filter(lambda r: isinstance(r, str))),
+            "age": cells,
+            "sex": cells,
+            "hr": cells,
+        },
+        optional={"seed": cells},
+    ),
+    base_seed=st.integers(0, MAX_SEED),
+)
 def test_a_csv_row_is_parsed_valid_or_listed_with_a_one_line_error(values, base_seed):
     values = {k: v.strip() for k, v in values.items()}
     row = _parse_row(3, values, base_seed)
@@ -168,12 +221,21 @@ def test_a_csv_row_is_parsed_valid_or_listed_with_a_one_line_error(values, base_
     assert row.report and all(s.strip() == s and s for s in row.report.split("|"))
 
 
-header = st.sampled_from([b"report,age,sex,hr\n", b"\xef\xbb\xbfreport,age,sex,hr\r\n", b"Report, Age ,SEX,hr,seed\n",
-                          b"age,sex,hr\n", b"", b"report;age;sex;hr\n"])
+header = st.sampled_from(
+    [
+        b"report,age,sex,hr\n",
+        b"\xef\xbb\xbfreport,age,sex,hr\r\n",
+        b"Report, Age ,SEX,hr,seed\n",
+        b"age,sex,hr\n",
+        b"",
+        b"report;age;sex;hr\n",
+    ]
+)
 body = st.one_of(
     st.binary(max_size=300),
-    st.lists(st.tuples(cells, cells, cells, cells).map(lambda r: ",".join(r)), max_size=5)
-    .map(lambda rows: "\n".join(rows).encode("utf-8", "surrogatepass")),  # lone surrogates: invalid UTF-8
+    st.lists(st.tuples(cells, cells, cells, cells).map(lambda r: ",".join(r)), max_size=5).map(
+        lambda rows: "\n".join(rows).encode("utf-8", "surrogatepass")
+    ),  # lone surrogates: invalid UTF-8
     st.text(max_size=200).map(lambda t: t.encode("latin-1", "replace")),
 )
 

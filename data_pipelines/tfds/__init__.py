@@ -29,8 +29,16 @@ from .stream import SKIPPED_FILE
 BUILDERS: dict[str, type[ECGBuilder]] = {cls.SOURCE: cls for cls in (Ptbxl, Ludb, Mimic, Cinc)}
 
 
-def make_builder(name: str, data_dir, *, embedder: str | TextEmbedder = "minilm", num_workers: int = 1,
-                 sampling_rate: int | None = None, record_ids=None, **builder_options) -> ECGBuilder:
+def make_builder(
+    name: str,
+    data_dir,
+    *,
+    embedder: str | TextEmbedder = "minilm",
+    num_workers: int = 1,
+    sampling_rate: int | None = None,
+    record_ids=None,
+    **builder_options,
+) -> ECGBuilder:
     """The builder of source `name` (`'ptbxl'`, `'ludb'`, `'mimic'`) for `embedder`.
 
     `embedder` is a registry name (`'minilm'`, `'openai-ada-002'`) or an embedder object; an
@@ -55,22 +63,43 @@ def make_builder(name: str, data_dir, *, embedder: str | TextEmbedder = "minilm"
     if config is None and isinstance(embedder, str):
         raise ValueError(f"no {name} config {config_name!r}; known: {sorted(cls.builder_configs)}")
     if config is None:  # an unregistered embedder object
-        config = ECGConfig(name=config_name, embedder=embedder.name, embed_dim=embedder.dim,
-                           reader_options={"sampling_rate": sampling_rate or 500} if name == "ptbxl" else {})
-    return cls(config=config, data_dir=str(data_dir), num_workers=num_workers, record_ids=record_ids,
-               text_embedder=None if isinstance(embedder, str) else embedder, **builder_options)
+        config = ECGConfig(
+            name=config_name,
+            embedder=embedder.name,
+            embed_dim=embedder.dim,
+            reader_options={"sampling_rate": sampling_rate or 500} if name == "ptbxl" else {},
+        )
+    return cls(
+        config=config,
+        data_dir=str(data_dir),
+        num_workers=num_workers,
+        record_ids=record_ids,
+        text_embedder=None if isinstance(embedder, str) else embedder,
+        **builder_options,
+    )
 
 
 #: MiB of examples TFDS's writer holds before spilling to disk (TFDS's default, 1000, grows with the set).
 DEFAULT_SHUFFLE_BUFFER_MIB = 32
 
 
-def build_dataset(name: str, manual_dir, data_dir, *, embedder: str | TextEmbedder = "minilm",
-                  num_workers: int = 1, sampling_rate: int | None = None, num_shards: int | None = None,
-                  record_ids=None, beam_runner: str | None = None, beam_workers: int = 1,
-                  beam_options: Sequence[str] = (), beam_write: bool | None = None,
-                  shuffle_buffer_mib: int | None = DEFAULT_SHUFFLE_BUFFER_MIB,
-                  in_memory: bool = False) -> tfds.core.DatasetInfo:
+def build_dataset(
+    name: str,
+    manual_dir,
+    data_dir,
+    *,
+    embedder: str | TextEmbedder = "minilm",
+    num_workers: int = 1,
+    sampling_rate: int | None = None,
+    num_shards: int | None = None,
+    record_ids=None,
+    beam_runner: str | None = None,
+    beam_workers: int = 1,
+    beam_options: Sequence[str] = (),
+    beam_write: bool | None = None,
+    shuffle_buffer_mib: int | None = DEFAULT_SHUFFLE_BUFFER_MIB,
+    in_memory: bool = False,
+) -> tfds.core.DatasetInfo:
     """Build source `name` from the raw files in `manual_dir` into `data_dir` as TFRecord shards.
 
     Streams: memory does not grow with the number of records (see `diffusets_jax.data_pipelines.tfds.base`).
@@ -117,16 +146,26 @@ def build_dataset(name: str, manual_dir, data_dir, *, embedder: str | TextEmbedd
         try:
             from .beam_pipeline import pipeline_options
         except ImportError as err:
-            raise ImportError(f"beam_runner={beam_runner!r} needs Apache Beam: pip install -e \".[beam]\" "
-                              f"({err})") from err
+            raise ImportError(
+                f'beam_runner={beam_runner!r} needs Apache Beam: pip install -e ".[beam]" ({err})'
+            ) from err
         options = pipeline_options(beam_runner, beam_workers, beam_options)
         if beam_write is None:
             beam_write = beam_runner not in ("DirectRunner", "direct")
-    builder = make_builder(name, data_dir, embedder=embedder, num_workers=num_workers,
-                           sampling_rate=sampling_rate, record_ids=record_ids, beam_options=options,
-                           beam_write=bool(beam_write) and options is not None, in_memory=in_memory)
-    download_config = tfds.download.DownloadConfig(manual_dir=str(manual_dir), try_download_gcs=False,
-                                                   num_shards=num_shards, beam_options=options)
+    builder = make_builder(
+        name,
+        data_dir,
+        embedder=embedder,
+        num_workers=num_workers,
+        sampling_rate=sampling_rate,
+        record_ids=record_ids,
+        beam_options=options,
+        beam_write=bool(beam_write) and options is not None,
+        in_memory=in_memory,
+    )
+    download_config = tfds.download.DownloadConfig(
+        manual_dir=str(manual_dir), try_download_gcs=False, num_shards=num_shards, beam_options=options
+    )
     buffer = shuffle_buffer
     saved = buffer.MAX_MEM_BUFFER_SIZE
     if shuffle_buffer_mib is not None:
@@ -156,14 +195,31 @@ def load_builder(name: str, data_dir=None) -> tfds.core.DatasetBuilder:
             parts.append(BUILDERS[parts[0]].BUILDER_CONFIGS[0].name)  # the default config
         version_dir = Path(data_dir, *parts)
         if len(parts) == 2:  # newest version built
-            versions = sorted((d for d in version_dir.glob("*.*.*") if (d / "dataset_info.json").is_file()),
-                              key=lambda d: tfds.core.Version(d.name))
+            versions = sorted(
+                (d for d in version_dir.glob("*.*.*") if (d / "dataset_info.json").is_file()),
+                key=lambda d: tfds.core.Version(d.name),
+            )
             version_dir = versions[-1] if versions else version_dir
     if not (version_dir / "dataset_info.json").is_file():
-        raise FileNotFoundError(f"no TFDS dataset in {version_dir}: build it with "
-                                "diffusets_jax.data_pipelines.tfds.build_dataset (or diffusets-jax build-tfds)")
+        raise FileNotFoundError(
+            f"no TFDS dataset in {version_dir}: build it with "
+            "diffusets_jax.data_pipelines.tfds.build_dataset (or diffusets-jax build-tfds)"
+        )
     return tfds.builder_from_directory(str(version_dir))
 
 
-__all__ = ["BUILDERS", "SKIPPED_FILE", "SPLIT_FOLDS", "Cinc", "ECGBuilder", "ECGConfig", "Ludb", "Mimic", "Ptbxl",
-           "build_dataset", "load_builder", "make_builder", "split_of_fold"]
+__all__ = [
+    "BUILDERS",
+    "SKIPPED_FILE",
+    "SPLIT_FOLDS",
+    "Cinc",
+    "ECGBuilder",
+    "ECGConfig",
+    "Ludb",
+    "Mimic",
+    "Ptbxl",
+    "build_dataset",
+    "load_builder",
+    "make_builder",
+    "split_of_fold",
+]

@@ -89,13 +89,22 @@ def embedder_configs(rates: Sequence[int] | None = None) -> list[ECGConfig]:
     configs = []
     for name, cls in EMBEDDERS.items():
         if rates is None:
-            configs.append(ECGConfig(name=name, embedder=name, embed_dim=cls.dim,
-                                     description=f"text embedder {name} ({cls.dim}-d)"))
+            configs.append(
+                ECGConfig(
+                    name=name, embedder=name, embed_dim=cls.dim, description=f"text embedder {name} ({cls.dim}-d)"
+                )
+            )
         else:
-            configs += [ECGConfig(name=f"{name}-{rate}hz", embedder=name, embed_dim=cls.dim,
-                                  reader_options={"sampling_rate": rate},
-                                  description=f"{rate} Hz records, text embedder {name} ({cls.dim}-d)")
-                        for rate in rates]
+            configs += [
+                ECGConfig(
+                    name=f"{name}-{rate}hz",
+                    embedder=name,
+                    embed_dim=cls.dim,
+                    reader_options={"sampling_rate": rate},
+                    description=f"{rate} Hz records, text embedder {name} ({cls.dim}-d)",
+                )
+                for rate in rates
+            ]
     return configs
 
 
@@ -125,15 +134,24 @@ class ECGBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release: load_records processing, patient-wise fold splits."}
 
-    def __init__(self, *, text_embedder: TextEmbedder | None = None, num_workers: int = 1,
-                 record_ids: Sequence[str] | None = None, beam_options=None, beam_write: bool = False,
-                 in_memory: bool = False, **kwargs):
+    def __init__(
+        self,
+        *,
+        text_embedder: TextEmbedder | None = None,
+        num_workers: int = 1,
+        record_ids: Sequence[str] | None = None,
+        beam_options=None,
+        beam_write: bool = False,
+        in_memory: bool = False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         config = self.builder_config
-        if text_embedder is not None and (text_embedder.name, text_embedder.dim) != (config.embedder,
-                                                                                       config.embed_dim):
-            raise ValueError(f"embedder {text_embedder.name!r} ({text_embedder.dim}-d) does not match config "
-                             f"{config.name!r} ({config.embedder!r}, {config.embed_dim}-d)")
+        if text_embedder is not None and (text_embedder.name, text_embedder.dim) != (config.embedder, config.embed_dim):
+            raise ValueError(
+                f"embedder {text_embedder.name!r} ({text_embedder.dim}-d) does not match config "
+                f"{config.name!r} ({config.embedder!r}, {config.embed_dim}-d)"
+            )
         self._text_embedder = text_embedder
         self._num_workers = num_workers
         self._record_ids = None if record_ids is None else [str(i) for i in record_ids]
@@ -144,19 +162,21 @@ class ECGBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _info(self) -> tfds.core.DatasetInfo:
         config = self.builder_config
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "signal": tfds.features.Tensor(shape=(NUM_SAMPLES, NUM_LEADS), dtype=np.float32),
-                "age": tfds.features.Scalar(dtype=np.float32, doc="years"),
-                "sex": tfds.features.ClassLabel(names=SEX_NAMES),
-                "heart_rate": tfds.features.Scalar(dtype=np.float32, doc="beats per minute"),
-                "statements": tfds.features.Sequence(tfds.features.Text()),
-                "report": tfds.features.Text(),
-                "prompt": tfds.features.Text(),
-                "text_embedding": tfds.features.Tensor(shape=(config.embed_dim,), dtype=np.float32),
-                "record_id": tfds.features.Text(),
-                "patient_id": tfds.features.Text(),
-                "fold": tfds.features.Scalar(dtype=np.int32),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "signal": tfds.features.Tensor(shape=(NUM_SAMPLES, NUM_LEADS), dtype=np.float32),
+                    "age": tfds.features.Scalar(dtype=np.float32, doc="years"),
+                    "sex": tfds.features.ClassLabel(names=SEX_NAMES),
+                    "heart_rate": tfds.features.Scalar(dtype=np.float32, doc="beats per minute"),
+                    "statements": tfds.features.Sequence(tfds.features.Text()),
+                    "report": tfds.features.Text(),
+                    "prompt": tfds.features.Text(),
+                    "text_embedding": tfds.features.Tensor(shape=(config.embed_dim,), dtype=np.float32),
+                    "record_id": tfds.features.Text(),
+                    "patient_id": tfds.features.Text(),
+                    "fold": tfds.features.Scalar(dtype=np.int32),
+                }
+            ),
             supervised_keys=None,
             metadata=tfds.core.MetadataDict(),
         )
@@ -176,14 +196,16 @@ class ECGBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         spool_dir, skipped_path = self._spool_dir(), f"{self.data_dir}/{SKIPPED_FILE}"
         if self._beam_options is None:
             spool = SpoolWriter(spool_dir)
-            skipped = process_locally(self.SOURCE, root, ids, config.reader_options, embedder, spool,
-                                      num_workers=self._num_workers)
+            skipped = process_locally(
+                self.SOURCE, root, ids, config.reader_options, embedder, spool, num_workers=self._num_workers
+            )
             counts = {split: spool.counts[split] for split in SPLIT_FOLDS if spool.counts[split]}
         else:
             from . import beam_pipeline
 
-            counts = beam_pipeline.run(self.SOURCE, root, ids, config.reader_options, embedder, spool_dir,
-                                       skipped_path, self._beam_options)
+            counts = beam_pipeline.run(
+                self.SOURCE, root, ids, config.reader_options, embedder, spool_dir, skipped_path, self._beam_options
+            )
             skipped = _read_skipped(skipped_path)
         self._record_skipped(skipped, counts)
         if self._beam_write:
@@ -194,20 +216,28 @@ class ECGBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _record_skipped(self, skipped: list[tuple[str, str]], counts: dict[str, int]) -> None:
         """Write `SKIPPED_FILE` (input order, with the reason kind) and the build's metadata."""
-        lines = [json.dumps({"record_id": i, "reason": reason, "kind": reason_kind(reason)}) + "\n"
-                 for i, reason in skipped]
+        lines = [
+            json.dumps({"record_id": i, "reason": reason, "kind": reason_kind(reason)}) + "\n" for i, reason in skipped
+        ]
         epath.Path(self.data_dir, SKIPPED_FILE).write_text("".join(lines))  # empty file if none
         config = self.builder_config
-        self.info.metadata.update({
-            "source": self.SOURCE, "embedder": config.embedder, "embed_dim": config.embed_dim,
-            "reader_options": config.reader_options, "skipped": [list(s) for s in skipped],
-            "skipped_counts": skipped_counts(skipped), "skipped_file": SKIPPED_FILE,
-            "empty_splits": [split for split in SPLIT_FOLDS if not counts.get(split)],
-        })
+        self.info.metadata.update(
+            {
+                "source": self.SOURCE,
+                "embedder": config.embedder,
+                "embed_dim": config.embed_dim,
+                "reader_options": config.reader_options,
+                "skipped": [list(s) for s in skipped],
+                "skipped_counts": skipped_counts(skipped),
+                "skipped_file": SKIPPED_FILE,
+                "empty_splits": [split for split in SPLIT_FOLDS if not counts.get(split)],
+            }
+        )
 
     def _in_memory_splits(self, root: str, ids: list[str], embedder: BatchEmbedder):
-        records, skipped = load_records(self.SOURCE, root, ids, num_workers=self._num_workers,
-                                        **self.builder_config.reader_options)
+        records, skipped = load_records(
+            self.SOURCE, root, ids, num_workers=self._num_workers, **self.builder_config.reader_options
+        )
         examples = {split: [] for split in SPLIT_FOLDS}
         for record, example in zip(records, embedder.examples(records)):
             examples[split_of_fold(record.fold)].append((record.record_id, example))

@@ -42,8 +42,10 @@ def pipeline_options(runner: str, workers: int = 1, options: Sequence[str] = ())
         raise ValueError(f"beam_workers must be >= 1, got {workers}")
     flags = [f"--runner={runner}", *options]
     if runner in ("DirectRunner", "direct"):
-        flags += [f"--direct_num_workers={workers}",
-                  f"--direct_running_mode={'in_memory' if workers == 1 else 'multi_processing'}"]
+        flags += [
+            f"--direct_num_workers={workers}",
+            f"--direct_running_mode={'in_memory' if workers == 1 else 'multi_processing'}",
+        ]
     return PipelineOptions(flags)
 
 
@@ -62,8 +64,9 @@ class LoadRecordFn(beam.DoFn):
         else:
             kind = reason_kind(result)
             Metrics.counter(NAMESPACE, f"skipped: {kind}").inc()
-            yield beam.pvalue.TaggedOutput("skipped", {"index": index, "record_id": record_id,
-                                                       "reason": result, "kind": kind})
+            yield beam.pvalue.TaggedOutput(
+                "skipped", {"index": index, "record_id": record_id, "reason": result, "kind": kind}
+            )
 
 
 class EmbedFn(beam.DoFn):
@@ -82,8 +85,16 @@ class EmbedFn(beam.DoFn):
             yield split, example
 
 
-def run(source: str, root, record_ids: Sequence[str], reader_options: dict, embedder: BatchEmbedder,
-        spool_dir: str, skipped_path: str, options: PipelineOptions) -> dict[str, int]:
+def run(
+    source: str,
+    root,
+    record_ids: Sequence[str],
+    reader_options: dict,
+    embedder: BatchEmbedder,
+    spool_dir: str,
+    skipped_path: str,
+    options: PipelineOptions,
+) -> dict[str, int]:
     """Run stage 1; returns `{split: spool bytes}` of the splits that got examples.
 
     Writes `spool_dir/record_ids.txt` (`index<TAB>record_id` lines: the ids are read as a file,
@@ -98,28 +109,39 @@ def run(source: str, root, record_ids: Sequence[str], reader_options: dict, embe
         file.write("".join(f"{index}\t{record_id}\n" for index, record_id in enumerate(record_ids)))
     splits = list(SPLIT_FOLDS)
     with beam.Pipeline(options=options) as pipeline:
-        loaded = (pipeline
-                  | "RecordIds" >> beam.io.ReadFromText(f"{spool_dir}/record_ids.txt")
-                  | "Parse" >> beam.Map(_parse_id_line)
-                  | "Distribute" >> beam.Reshuffle()
-                  | "Load" >> beam.ParDo(LoadRecordFn(source, root, reader_options)).with_outputs(
-                      "skipped", main="records"))
-        examples = (loaded.records
-                    | "Batch" >> beam.BatchElements(min_batch_size=MIN_BATCH, max_batch_size=MAX_BATCH)
-                    | "Embed" >> beam.ParDo(EmbedFn(embedder)))
+        loaded = (
+            pipeline
+            | "RecordIds" >> beam.io.ReadFromText(f"{spool_dir}/record_ids.txt")
+            | "Parse" >> beam.Map(_parse_id_line)
+            | "Distribute" >> beam.Reshuffle()
+            | "Load" >> beam.ParDo(LoadRecordFn(source, root, reader_options)).with_outputs("skipped", main="records")
+        )
+        examples = (
+            loaded.records
+            | "Batch" >> beam.BatchElements(min_batch_size=MIN_BATCH, max_batch_size=MAX_BATCH)
+            | "Embed" >> beam.ParDo(EmbedFn(embedder))
+        )
         parts = examples | "BySplit" >> beam.Partition(lambda item, n: splits.index(item[0]), len(splits))
         for split, part in zip(splits, parts):
-            (part
-             | f"Example{split}" >> beam.Values()
-             | f"Spool{split}" >> beam.io.WriteToTFRecord(f"{spool_dir}/{split}", coder=beam.coders.PickleCoder(),
-                                                          file_name_suffix=".pkl"))
-        (loaded.skipped
-         | "SkippedJson" >> beam.Map(json.dumps)
-         | "WriteSkipped" >> beam.io.WriteToText(skipped_path, shard_name_template=""))
+            (
+                part
+                | f"Example{split}" >> beam.Values()
+                | f"Spool{split}"
+                >> beam.io.WriteToTFRecord(
+                    f"{spool_dir}/{split}", coder=beam.coders.PickleCoder(), file_name_suffix=".pkl"
+                )
+            )
+        (
+            loaded.skipped
+            | "SkippedJson" >> beam.Map(json.dumps)
+            | "WriteSkipped" >> beam.io.WriteToText(skipped_path, shard_name_template="")
+        )
     # A split without examples leaves no spool file or only empty ones (any runner; Beam counters
     # are not reported by every runner).
-    sizes = {split: sum(tf.io.gfile.stat(f).length for f in tf.io.gfile.glob(f"{spool_dir}/{split}-*.pkl"))
-             for split in splits}
+    sizes = {
+        split: sum(tf.io.gfile.stat(f).length for f in tf.io.gfile.glob(f"{spool_dir}/{split}-*.pkl"))
+        for split in splits
+    }
     return {split: size for split, size in sizes.items() if size > 0}
 
 
@@ -136,6 +158,8 @@ class ReadSpool(beam.PTransform):
         self._pattern = pattern
 
     def expand(self, pbegin):
-        return (pbegin
-                | "ReadSpool" >> beam.io.ReadFromTFRecord(self._pattern, coder=beam.coders.PickleCoder())
-                | "Key" >> beam.Map(lambda example: (example["record_id"], example)))
+        return (
+            pbegin
+            | "ReadSpool" >> beam.io.ReadFromTFRecord(self._pattern, coder=beam.coders.PickleCoder())
+            | "Key" >> beam.Map(lambda example: (example["record_id"], example))
+        )

@@ -85,10 +85,17 @@ def split_of_fold(fold: int) -> str:
 def make_example(record: ECGRecord, prompt: str, embedding: np.ndarray) -> dict:
     """The TFDS example of a record (the features of `diffusets_jax.data_pipelines.tfds.base.ECGBuilder`)."""
     return {
-        "signal": record.signal, "age": record.age, "sex": record.sex,
-        "heart_rate": record.heart_rate, "statements": record.statements, "report": record.report,
-        "prompt": prompt, "text_embedding": np.asarray(embedding, np.float32), "record_id": record.record_id,
-        "patient_id": record.patient_id, "fold": record.fold,
+        "signal": record.signal,
+        "age": record.age,
+        "sex": record.sex,
+        "heart_rate": record.heart_rate,
+        "statements": record.statements,
+        "report": record.report,
+        "prompt": prompt,
+        "text_embedding": np.asarray(embedding, np.float32),
+        "record_id": record.record_id,
+        "patient_id": record.patient_id,
+        "fold": record.fold,
     }
 
 
@@ -113,8 +120,10 @@ class BatchEmbedder:
         if self._embedder is None:
             self._embedder = get_embedder(self._spec)
         if (self._embedder.name, self._embedder.dim) != self._expected:
-            raise ValueError(f"embedder {self._embedder.name!r} ({self._embedder.dim}-d) does not match "
-                             f"{self._expected[0]!r} ({self._expected[1]}-d)")
+            raise ValueError(
+                f"embedder {self._embedder.name!r} ({self._embedder.dim}-d) does not match "
+                f"{self._expected[0]!r} ({self._expected[1]}-d)"
+            )
         return self._embedder
 
     def __getstate__(self):  # a registry-named model is loaded again in each worker, not pickled
@@ -188,12 +197,20 @@ def read_spool(paths: Sequence[str]) -> Iterator[tuple[str, dict]]:
 
 def _blocks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
-def process_locally(source: str, root, record_ids: Sequence[str], reader_options: dict,
-                    embedder: BatchEmbedder, spool: SpoolWriter, num_workers: int = 1,
-                    block_size: int | None = None, progress: bool = True) -> list[tuple[str, str]]:
+def process_locally(
+    source: str,
+    root,
+    record_ids: Sequence[str],
+    reader_options: dict,
+    embedder: BatchEmbedder,
+    spool: SpoolWriter,
+    num_workers: int = 1,
+    block_size: int | None = None,
+    progress: bool = True,
+) -> list[tuple[str, str]]:
     """Stage 1 in this machine: load `record_ids` in blocks, embed, append to `spool`.
 
     Memory holds one block (`block_size`, default `BLOCK_SIZE`, records of about 50 kB) plus the text model,

@@ -11,17 +11,43 @@
 """
 
 from diffusets_jax.checkpoints.layout import (  # noqa: F401
-    BEST_SUFFIX, BROKEN_SUFFIX, CONFIG_FILE, EVALUATOR_DIR, MIGRATIONS, MODEL_CARD_FILE, UNET_DIR, VAE_DIR,
-    atomic_open, atomic_write, atomic_write_text, best_dir, metrics_file, migrate_config, read_config, read_json,
+    BEST_SUFFIX,
+    BROKEN_SUFFIX,
+    CONFIG_FILE,
+    EVALUATOR_DIR,
+    MIGRATIONS,
+    MODEL_CARD_FILE,
+    UNET_DIR,
+    VAE_DIR,
+    atomic_open,
+    atomic_write,
+    atomic_write_text,
+    best_dir,
+    metrics_file,
+    migrate_config,
+    read_config,
+    read_json,
     write_config,
 )
 from diffusets_jax.checkpoints.manifest import (  # noqa: F401
-    MANIFEST_FILE, read_manifest, sha256_file, verify_manifest, write_manifest,
+    MANIFEST_FILE,
+    read_manifest,
+    sha256_file,
+    verify_manifest,
+    write_manifest,
 )
+
 #: Loaded on first use (they import JAX and Flax), so that data preparation stays light.
 _MODEL_DIR_NAMES = (
-    "ModelDir", "check_finite", "flatten_params", "load_model_dir", "load_params_into", "module_arrays",
-    "read_model_dir_config", "read_npz", "save_model_dir",
+    "ModelDir",
+    "check_finite",
+    "flatten_params",
+    "load_model_dir",
+    "load_params_into",
+    "module_arrays",
+    "read_model_dir_config",
+    "read_npz",
+    "save_model_dir",
 )
 
 

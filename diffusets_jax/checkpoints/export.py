@@ -43,8 +43,9 @@ def load_trained(config, workdir: str | Path, name: str, *, use_ema: bool = True
     model = _abstract(config, name)
     graphdef, params = nnx.split(model, nnx.Param)
     directory = Path(workdir) / name
-    restored, step = steps.restore_params(directory, params, ema=use_ema and name == UNET_DIR,
-                                          train_command=TRAIN_COMMANDS[name])
+    restored, step = steps.restore_params(
+        directory, params, ema=use_ema and name == UNET_DIR, train_command=TRAIN_COMMANDS[name]
+    )
     load_params_into(model, flatten_params(restored), source=f"{directory} step {step}")
     return model, step
 

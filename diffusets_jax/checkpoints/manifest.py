@@ -45,8 +45,11 @@ def write_manifest(directory: str | Path, names: Iterable[str] | None = None) ->
     """
     directory = Path(directory)
     if names is None:
-        names = [p.name for p in directory.iterdir()
-                 if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST_FILE]
+        names = [
+            p.name
+            for p in directory.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST_FILE
+        ]
     files = {}
     for name in sorted(set(names)):
         path = directory / name
@@ -97,10 +100,13 @@ def verify_manifest(directory: str | Path, names: Iterable[str] | None = None) -
             raise IntegrityError(f"{path} is listed in {MANIFEST_FILE} but missing")
         size = path.stat().st_size
         if size != files[name]["size"]:
-            raise IntegrityError(f"{path} has {size} bytes, its manifest says {files[name]['size']} "
-                                 "(truncated or replaced)")
+            raise IntegrityError(
+                f"{path} has {size} bytes, its manifest says {files[name]['size']} (truncated or replaced)"
+            )
     for name in wanted:
         if sha256_file(directory / name) != files[name]["sha256"]:
-            raise IntegrityError(f"{directory / name}: SHA-256 differs from {MANIFEST_FILE} (the file is corrupt "
-                                 "or was changed after it was written)")
+            raise IntegrityError(
+                f"{directory / name}: SHA-256 differs from {MANIFEST_FILE} (the file is corrupt "
+                "or was changed after it was written)"
+            )
     return True

@@ -29,7 +29,12 @@ import numpy as np
 from flax import nnx
 
 from diffusets_jax.checkpoints.layout import (
-    CONFIG_FILE, MODEL_CARD_FILE, atomic_write, atomic_write_text, migrate_config, read_json,
+    CONFIG_FILE,
+    MODEL_CARD_FILE,
+    atomic_write,
+    atomic_write_text,
+    migrate_config,
+    read_json,
 )
 from diffusets_jax.checkpoints.manifest import MANIFEST_FILE, read_manifest, verify_manifest, write_manifest
 from diffusets_jax.errors import CheckpointError, MissingFileError
@@ -98,8 +103,9 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as error:
-        raise CheckpointError(f"{path} is not a readable .npz (truncated or garbled?): "
-                              f"{type(error).__name__}: {error}") from None
+        raise CheckpointError(
+            f"{path} is not a readable .npz (truncated or garbled?): {type(error).__name__}: {error}"
+        ) from None
     check_finite(arrays, str(path))
     return arrays
 
@@ -116,8 +122,12 @@ class ModelDir:
 
 
 def save_model_dir(
-    directory: str | Path, config: ml_collections.ConfigDict | Mapping, arrays: Mapping[str, Mapping[str, np.ndarray]],
-    *, config_file: str = CONFIG_FILE, model_card: str | None = None,
+    directory: str | Path,
+    config: ml_collections.ConfigDict | Mapping,
+    arrays: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    config_file: str = CONFIG_FILE,
+    model_card: str | None = None,
 ) -> Path:
     """Write a model directory: `config_file`, `<name>.npz` for each entry of `arrays`
     (`{'vae': flat_arrays}`), `MODEL_CARD.md` if given, then `MANIFEST.json` over them.
@@ -130,8 +140,11 @@ def save_model_dir(
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    text = (config_to_json(config) if isinstance(config, ml_collections.ConfigDict)
-            else json.dumps(dict(config), indent=2, sort_keys=True, default=str))
+    text = (
+        config_to_json(config)
+        if isinstance(config, ml_collections.ConfigDict)
+        else json.dumps(dict(config), indent=2, sort_keys=True, default=str)
+    )
     atomic_write_text(directory / config_file, text)
     written = [config_file]
     for name, flat in arrays.items():
@@ -146,8 +159,13 @@ def save_model_dir(
 
 
 def read_model_dir_config(
-    directory: str | Path, names: Sequence[str] = (), *, config_file: str = CONFIG_FILE, as_config: bool = True,
-    kind: str = "diffusets-jax model directory", sections: Sequence[str] = (),
+    directory: str | Path,
+    names: Sequence[str] = (),
+    *,
+    config_file: str = CONFIG_FILE,
+    as_config: bool = True,
+    kind: str = "diffusets-jax model directory",
+    sections: Sequence[str] = (),
     reference: ml_collections.ConfigDict | None = None,
 ) -> ml_collections.ConfigDict | dict:
     """The config of a model directory, without its arrays: the one place `config.json` of a
@@ -180,8 +198,13 @@ def read_model_dir_config(
 
 
 def load_model_dir(
-    directory: str | Path, names: Sequence[str], *, config_file: str = CONFIG_FILE,
-    as_config: bool = True, kind: str = "diffusets-jax model directory", sections: Sequence[str] = (),
+    directory: str | Path,
+    names: Sequence[str],
+    *,
+    config_file: str = CONFIG_FILE,
+    as_config: bool = True,
+    kind: str = "diffusets-jax model directory",
+    sections: Sequence[str] = (),
     reference: ml_collections.ConfigDict | None = None,
 ) -> ModelDir:
     """Read a model directory written by `save_model_dir` (or by any earlier version).
@@ -198,18 +221,34 @@ def load_model_dir(
             and, for NaN/inf, the parameter).
     """
     directory = Path(directory)
-    config = read_model_dir_config(directory, names, config_file=config_file, as_config=as_config, kind=kind,
-                                   sections=sections, reference=reference)
+    config = read_model_dir_config(
+        directory,
+        names,
+        config_file=config_file,
+        as_config=as_config,
+        kind=kind,
+        sections=sections,
+        reference=reference,
+    )
     required = [config_file, *(f"{name}.npz" for name in names)]
     listed = read_manifest(directory)
     verified = listed is not None and verify_manifest(
-        directory, required + ([MODEL_CARD_FILE] if MODEL_CARD_FILE in listed else []))
+        directory, required + ([MODEL_CARD_FILE] if MODEL_CARD_FILE in listed else [])
+    )
     arrays = {name: read_npz(directory / f"{name}.npz") for name in names}
     card = directory / MODEL_CARD_FILE
     return ModelDir(directory, config, arrays, card.read_text(encoding="utf-8") if card.is_file() else None, verified)
 
 
 __all__ = [
-    "MANIFEST_FILE", "ModelDir", "check_finite", "flatten_params", "load_model_dir", "load_params_into",
-    "module_arrays", "read_model_dir_config", "read_npz", "save_model_dir",
+    "MANIFEST_FILE",
+    "ModelDir",
+    "check_finite",
+    "flatten_params",
+    "load_model_dir",
+    "load_params_into",
+    "module_arrays",
+    "read_model_dir_config",
+    "read_npz",
+    "save_model_dir",
 ]

@@ -66,8 +66,9 @@ def _tree_metadata(step_dir: Path) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"step {step_dir.name}: {path} is missing") from None
     except (ValueError, UnicodeDecodeError, KeyError, TypeError) as error:
-        raise CheckpointError(f"step {step_dir.name}: {path} is unreadable ({type(error).__name__}: "
-                              f"{str(error)[:120]})") from None
+        raise CheckpointError(
+            f"step {step_dir.name}: {path} is unreadable ({type(error).__name__}: {str(error)[:120]})"
+        ) from None
 
 
 def has_field(step_dir: Path, field: str) -> bool:
@@ -125,8 +126,9 @@ def _restore_step(manager, step: int, target, *, partial: bool = False):
     return restored
 
 
-def restore_newest(manager, target, *, partial: bool = False,
-                   steps: list[int] | None = None) -> tuple[Any, int, list[tuple[int, str]]]:
+def restore_newest(
+    manager, target, *, partial: bool = False, steps: list[int] | None = None
+) -> tuple[Any, int, list[tuple[int, str]]]:
     """`(restored, step, broken)`: the newest step of `manager` that restores onto `target`, and
     `(step, reason)` for each newer step that did not (each also warned about).
 
@@ -145,8 +147,9 @@ def restore_newest(manager, target, *, partial: bool = False,
             broken.append((step, str(error)))
             continue
         for bad, reason in broken:
-            warnings.warn(f"{reason}; using the newest intact checkpoint, step {step}", CheckpointFallbackWarning,
-                          stacklevel=3)
+            warnings.warn(
+                f"{reason}; using the newest intact checkpoint, step {step}", CheckpointFallbackWarning, stacklevel=3
+            )
         return restored, step, broken
     raise CheckpointError(f"no checkpoint in {manager.directory} can be restored; newest: {broken[0][1]}")
 
@@ -163,8 +166,9 @@ class Checkpoints:
         directory = Path(directory).absolute()
         self.directory, self.keep = directory, keep
         self.latest = self._manager()
-        best_options = ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["loss"], best_mode="min",
-                                                    create=True)
+        best_options = ocp.CheckpointManagerOptions(
+            max_to_keep=1, best_fn=lambda m: m["loss"], best_mode="min", create=True
+        )
         self.best = ocp.CheckpointManager(directory.with_name(best_dir(directory.name)), options=best_options)
 
     def _manager(self):
@@ -233,8 +237,11 @@ def restore_or_init(checkpoints: Checkpoints, state, log: Callable[[str], None] 
     restored, step, broken = restore_newest(checkpoints.latest, state)
     for bad, _ in broken:
         moved = checkpoints.quarantine(bad)
-        warnings.warn(f"moved the broken step {bad} to {moved} (kept, not deleted); training resumes from step "
-                      f"{step}", CheckpointFallbackWarning, stacklevel=2)
+        warnings.warn(
+            f"moved the broken step {bad} to {moved} (kept, not deleted); training resumes from step {step}",
+            CheckpointFallbackWarning,
+            stacklevel=2,
+        )
     log(f"resumed from checkpoint at step {int(restored.step)} in {checkpoints.directory}")
     return restored
 
@@ -270,8 +277,11 @@ def restore_params(directory: str | Path, params, *, ema: bool = False, train_co
                 broken.append((step, str(error)))
                 continue
             for bad, reason in broken:
-                warnings.warn(f"{reason}; using the newest intact checkpoint, step {step}",
-                              CheckpointFallbackWarning, stacklevel=2)
+                warnings.warn(
+                    f"{reason}; using the newest intact checkpoint, step {step}",
+                    CheckpointFallbackWarning,
+                    stacklevel=2,
+                )
             return restored[field], int(restored["step"])
         raise CheckpointError(f"no checkpoint in {directory} can be restored; newest: {broken[0][1]}")
     finally:

@@ -49,11 +49,16 @@ __all__ = ["UsageError", "build_parser", "main"]
 
 
 def _add_global_options(p: argparse.ArgumentParser, default) -> None:
-    p.add_argument("--debug", action="store_true", default=default,
-                   help="show the full traceback of an error instead of one line")
-    p.add_argument("--no-compile-cache", action="store_true", default=default,
-                   help="do not use JAX's persistent compilation cache (default: on, in the user's cache "
-                        "directory; DIFFUSETS_JAX_CACHE_DIR moves it)")
+    p.add_argument(
+        "--debug", action="store_true", default=default, help="show the full traceback of an error instead of one line"
+    )
+    p.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        default=default,
+        help="do not use JAX's persistent compilation cache (default: on, in the user's cache "
+        "directory; DIFFUSETS_JAX_CACHE_DIR moves it)",
+    )
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -144,5 +149,3 @@ def main(argv=None) -> int:
         _remove_if_empty(new_directories)
         raise
     return 0
-
-

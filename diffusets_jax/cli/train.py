@@ -13,12 +13,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.set_defaults(func=cmd_train_vae)
 
-    p = sub.add_parser("train-diffusion",
-                       help="train the latent diffusion U-Net (stage 2; needs a trained VAE in --workdir)")
+    p = sub.add_parser(
+        "train-diffusion", help="train the latent diffusion U-Net (stage 2; needs a trained VAE in --workdir)"
+    )
     add_config_args(p)
-    p.add_argument("--vae-from", default=None, type=Path, metavar="MODEL_DIR",
-                   help="a workdir without a VAE first takes the VAE of this model directory "
-                        "(e.g. diffusets_jax/pretrained/default), instead of running train-vae")
+    p.add_argument(
+        "--vae-from",
+        default=None,
+        type=Path,
+        metavar="MODEL_DIR",
+        help="a workdir without a VAE first takes the VAE of this model directory "
+        "(e.g. diffusets_jax/pretrained/default), instead of running train-vae",
+    )
     p.set_defaults(func=cmd_train_diffusion)
 
     p = sub.add_parser("export", help="write a pretrained model directory from a training workdir")
@@ -27,10 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-card", type=Path, default=None, help="Markdown file copied as MODEL_CARD.md")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("train-evaluator", help="train the ECG-text CLIP evaluator (Net1D + projections)",
-                       description="Contrastive training of the evaluator `evaluate` uses (official "
-                                   "clip/clip_train.py), then, with --out, its export with a model card (retrieval "
-                                   "accuracy on --test-folds).")
+    p = sub.add_parser(
+        "train-evaluator",
+        help="train the ECG-text CLIP evaluator (Net1D + projections)",
+        description="Contrastive training of the evaluator `evaluate` uses (official "
+        "clip/clip_train.py), then, with --out, its export with a model card (retrieval "
+        "accuracy on --test-folds).",
+    )
     add_config_args(p)
     p.set_defaults(config="evaluator", func=cmd_train_evaluator)
     p.add_argument("--out", type=Path, default=None, help="evaluator directory to export to when training ends")

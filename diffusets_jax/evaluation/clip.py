@@ -44,8 +44,9 @@ class ClipEvaluator(nnx.Module):
     text_embed_dim 1536 (OpenAI ada-002; 384 with MiniLM), text_hidden 2048: 22,005,505 parameters.
     """
 
-    def __init__(self, *, net1d_kwargs: dict, text_embed_dim: int, embed_dim: int = 64, text_hidden: int = 2048,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, *, net1d_kwargs: dict, text_embed_dim: int, embed_dim: int = 64, text_hidden: int = 2048, rngs: nnx.Rngs
+    ):
         self.resnet = Net1D(**net1d_kwargs, rngs=rngs)
         self.ecg_projector = linear(self.resnet.out_features, embed_dim, rngs=rngs)
         self.text_projector = TextProjector(text_embed_dim, embed_dim, text_hidden, rngs=rngs)
@@ -60,8 +61,9 @@ class ClipEvaluator(nnx.Module):
         """Text embeddings `(B, D)` -> unnormalised features `(B, embed_dim)`."""
         return self.text_projector(text_embeddings)
 
-    def __call__(self, signals: Array, text_embeddings: Array, *, train: bool = False,
-                 rngs: nnx.Rngs | None = None) -> Array:
+    def __call__(
+        self, signals: Array, text_embeddings: Array, *, train: bool = False, rngs: nnx.Rngs | None = None
+    ) -> Array:
         """`logits_per_signal` `(B, B)`: exp(logit_scale) * cosine(ECG i, text j).
         The official `logits_per_text` is its transpose."""
         ecg = _unit(self.ecg_features(signals, train=train, rngs=rngs))
@@ -89,11 +91,24 @@ def contrastive_loss(logits_per_signal: Array) -> Array:
 def build_evaluator(config, *, seed: int | None = None) -> ClipEvaluator:
     """The evaluator of `config.evaluator` for text embeddings of width `config.text.embed_dim`."""
     e = config.evaluator
-    net1d_kwargs = dict(in_channels=12, base_filters=e.base_filters, ratio=e.ratio, filter_list=tuple(e.filter_list),
-                        m_blocks_list=tuple(e.m_blocks_list), kernel_size=e.kernel_size, stride=e.stride,
-                        groups_width=e.groups_width, dropout=e.dropout)
-    return ClipEvaluator(net1d_kwargs=net1d_kwargs, text_embed_dim=config.text.embed_dim, embed_dim=e.embed_dim,
-                         text_hidden=e.text_hidden, rngs=nnx.Rngs(config.seed if seed is None else seed))
+    net1d_kwargs = dict(
+        in_channels=12,
+        base_filters=e.base_filters,
+        ratio=e.ratio,
+        filter_list=tuple(e.filter_list),
+        m_blocks_list=tuple(e.m_blocks_list),
+        kernel_size=e.kernel_size,
+        stride=e.stride,
+        groups_width=e.groups_width,
+        dropout=e.dropout,
+    )
+    return ClipEvaluator(
+        net1d_kwargs=net1d_kwargs,
+        text_embed_dim=config.text.embed_dim,
+        embed_dim=e.embed_dim,
+        text_hidden=e.text_hidden,
+        rngs=nnx.Rngs(config.seed if seed is None else seed),
+    )
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -102,8 +117,9 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
-def retrieval_accuracy(ecg_features: np.ndarray, text_features: np.ndarray, reports: np.ndarray | None = None,
-                       ks=(1, 5)) -> dict[str, float]:
+def retrieval_accuracy(
+    ecg_features: np.ndarray, text_features: np.ndarray, reports: np.ndarray | None = None, ks=(1, 5)
+) -> dict[str, float]:
     """Top-k retrieval over N pairs by cosine similarity, both directions, with chance levels.
 
     `ecg_features`, `text_features` `(N, d)`, row i a matching pair. Keys `ecg_to_text_top{k}`
@@ -116,8 +132,10 @@ def retrieval_accuracy(ecg_features: np.ndarray, text_features: np.ndarray, repo
     """
     n = len(ecg_features)
     if len(text_features) != n or (reports is not None and len(reports) != n):
-        raise ValueError(f"need N matching rows, got {len(ecg_features)}, {len(text_features)}"
-                         + ("" if reports is None else f", {len(reports)}"))
+        raise ValueError(
+            f"need N matching rows, got {len(ecg_features)}, {len(text_features)}"
+            + ("" if reports is None else f", {len(reports)}")
+        )
     if max(ks) > n:
         raise ValueError(f"top-{max(ks)} retrieval needs at least {max(ks)} pairs, got {n}")
     ecg = ecg_features / np.linalg.norm(ecg_features, axis=1, keepdims=True)

@@ -40,9 +40,16 @@ DEFAULT_FOLDS = (9, 10)
 DENOISING_TIMESTEPS = (20, 50, 100, 200, 300, 450, 600, 750, 900, 990)
 
 
-def denoising_error(pipeline, signals: np.ndarray, text_embeddings: np.ndarray, sex_codes: np.ndarray,
-                    age: np.ndarray, heart_rate: np.ndarray, timesteps: Sequence[int] = DENOISING_TIMESTEPS,
-                    seed: int = 123) -> dict[str, dict[str, float]]:
+def denoising_error(
+    pipeline,
+    signals: np.ndarray,
+    text_embeddings: np.ndarray,
+    sex_codes: np.ndarray,
+    age: np.ndarray,
+    heart_rate: np.ndarray,
+    timesteps: Sequence[int] = DENOISING_TIMESTEPS,
+    seed: int = 123,
+) -> dict[str, dict[str, float]]:
     """`{t: {'eps_mse', 'wiener'}}`: the pipeline's U-Net eps-MSE per latent value on the VAE
     posterior means of real ECGs `(N, 1024, 12)` under their own conditions, fixed noise
     (`diffusion.eps_mse_by_timestep`), next to the Gaussian (Wiener) predictor's error
@@ -58,8 +65,9 @@ def denoising_error(pipeline, signals: np.ndarray, text_embeddings: np.ndarray, 
     mean, _ = encode_moments(pipeline.vae, signals)
     x0 = mean * LATENT_SCALE
     condition = make_condition(text_embeddings, sex_codes, age, heart_rate)
-    errors = diffusion.eps_mse_by_timestep(lambda x, t: pipeline.unet(x, t, condition), pipeline.schedule, x0,
-                                           jax.random.key(seed), timesteps)
+    errors = diffusion.eps_mse_by_timestep(
+        lambda x, t: pipeline.unet(x, t, condition), pipeline.schedule, x0, jax.random.key(seed), timesteps
+    )
     alphas_cumprod = np.asarray(pipeline.schedule.alphas_cumprod)[list(timesteps)]
     wiener = diffusion.gaussian_eps_mse(alphas_cumprod, float(np.var(x0)))
     return {str(t): {"eps_mse": float(e), "wiener": float(w)} for t, e, w in zip(timesteps, np.asarray(errors), wiener)}
@@ -75,8 +83,15 @@ def draw_conditions(data_dirs: Sequence[str | Path], folds: Sequence[int], num_s
     return dataset, rows
 
 
-def score(real: np.ndarray, generated: np.ndarray, real_text: np.ndarray, requested_hr: np.ndarray,
-          reports: Sequence[str], evaluator, intervals: bool = True) -> dict:
+def score(
+    real: np.ndarray,
+    generated: np.ndarray,
+    real_text: np.ndarray,
+    requested_hr: np.ndarray,
+    reports: Sequence[str],
+    evaluator,
+    intervals: bool = True,
+) -> dict:
     """All metrics of generated ECGs `(N, 1024, 12)` against their real pairs `(N, 1024, 12)`.
 
     `real_text` `(N, D)` are the conditions' text embeddings, `requested_hr` `(N,)` bpm, `reports`
@@ -94,7 +109,8 @@ def score(real: np.ndarray, generated: np.ndarray, real_text: np.ndarray, reques
     generated_row = {
         **M.rfid(real_features, generated_features),
         **M.precision_recall(real_features, generated_features),
-        "clip_score": clip_generated, "rclip": M.rclip(clip_generated, clip_real),
+        "clip_score": clip_generated,
+        "rclip": M.rclip(clip_generated, clip_real),
         "hr": M.heart_rate_mae(requested_hr, measured_generated),
         "paired": M.paired_errors(real, generated),
         "lead_residuals_mV": M.lead_residuals(generated),
@@ -103,7 +119,8 @@ def score(real: np.ndarray, generated: np.ndarray, real_text: np.ndarray, reques
     real_row = {
         "fid": M.frechet_distance(real_features[:half], real_features[half:]),
         **(M.precision_recall(real_features[:half], real_features[half:]) if half > 3 else {}),  # k = 3
-        "clip_score": clip_real, "rclip": 1.0,
+        "clip_score": clip_real,
+        "rclip": 1.0,
         "hr": M.heart_rate_mae(requested_hr, measured_real),
         "lead_residuals_mV": M.lead_residuals(real),
         "amplitude_ratio_median": 1.0,
@@ -115,12 +132,20 @@ def score(real: np.ndarray, generated: np.ndarray, real_text: np.ndarray, reques
         generated_row["intervals_ms"] = M.interval_errors(real, generated)
     labels = condition_labels(list(reports))
     per_condition = {  # counts and heart-rate MAE per condition are added by the report
-        label: {"clip_score": M.clip_score(generated_features[mask], text_features[mask]),
-                "clip_score_real": M.clip_score(real_features[mask], text_features[mask])}
-        for label, mask in labels.items() if mask.sum() >= 2
+        label: {
+            "clip_score": M.clip_score(generated_features[mask], text_features[mask]),
+            "clip_score_real": M.clip_score(real_features[mask], text_features[mask]),
+        }
+        for label, mask in labels.items()
+        if mask.sum() >= 2
     }
-    return {"generated": generated_row, "real_reference": real_row, "per_condition": per_condition,
-            "measured_hr": measured_generated, "labels": labels}
+    return {
+        "generated": generated_row,
+        "real_reference": real_row,
+        "per_condition": per_condition,
+        "measured_hr": measured_generated,
+        "labels": labels,
+    }
 
 
 def load_samples(path: str | Path, num_samples: int) -> np.ndarray:
@@ -141,35 +166,52 @@ def load_samples(path: str | Path, num_samples: int) -> np.ndarray:
     try:
         with np.load(path, allow_pickle=False) as data:
             if "signals" not in data:
-                raise DataError(f"{path} has no 'signals' array (it holds {', '.join(data.files) or 'nothing'}); "
-                                "give the samples.npz of `generate` or `evaluate`")
+                raise DataError(
+                    f"{path} has no 'signals' array (it holds {', '.join(data.files) or 'nothing'}); "
+                    "give the samples.npz of `generate` or `evaluate`"
+                )
             signals = data["signals"]
     except (AttributeError, TypeError):  # np.load returned a plain array (no context manager): a .npy file
         raise DataError(f"{path} is a .npy array, not an .npz with 'signals'") from None
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
         if isinstance(error, DataError):
             raise
-        raise DataError(f"{path} is not a readable .npz (truncated, or another kind of file): "
-                        f"{type(error).__name__}") from None
+        raise DataError(
+            f"{path} is not a readable .npz (truncated, or another kind of file): {type(error).__name__}"
+        ) from None
     expected = (NUM_SAMPLES, NUM_LEADS)
     if signals.ndim != 3 or signals.shape[1:] != expected:
-        raise DataError(f"{path}: signals have shape {signals.shape}; need (N, {expected[0]}, {expected[1]}) "
-                        f"(N ECGs of {expected[0]} samples at 102.4 Hz, {expected[1]} leads)")
+        raise DataError(
+            f"{path}: signals have shape {signals.shape}; need (N, {expected[0]}, {expected[1]}) "
+            f"(N ECGs of {expected[0]} samples at 102.4 Hz, {expected[1]} leads)"
+        )
     if not np.issubdtype(signals.dtype, np.number) or np.issubdtype(signals.dtype, np.complexfloating):
         raise DataError(f"{path}: signals are of type {signals.dtype}, not real numbers (mV)")
     bad = ~np.isfinite(signals).all(axis=(1, 2))
     if bad.any():
-        raise DataError(f"{path}: {int(bad.sum())} of the {len(signals)} ECGs hold NaN or infinite values "
-                        f"(the first is ECG {int(np.argmax(bad))})")
+        raise DataError(
+            f"{path}: {int(bad.sum())} of the {len(signals)} ECGs hold NaN or infinite values "
+            f"(the first is ECG {int(np.argmax(bad))})"
+        )
     if len(signals) != num_samples:
         raise DataError(f"{path} holds {len(signals)} ECGs, not --num-samples {num_samples}")
     return signals.astype(np.float32)
 
 
-def evaluate(checkpoint: str | Path | None, data_dirs: Sequence[str | Path], out_dir: str | Path, *,
-             num_samples: int = 100, folds: Sequence[int] = DEFAULT_FOLDS, sampling: Sampling | None = None,
-             batch_size: int | None = None, seed: int = 0, evaluator_dir: str | Path | None = None,
-             samples: str | Path | None = None, intervals: bool = True) -> Path:
+def evaluate(
+    checkpoint: str | Path | None,
+    data_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    num_samples: int = 100,
+    folds: Sequence[int] = DEFAULT_FOLDS,
+    sampling: Sampling | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    evaluator_dir: str | Path | None = None,
+    samples: str | Path | None = None,
+    intervals: bool = True,
+) -> Path:
     """Generate (or read from `samples`, an `.npz` written by a previous run) and score ECGs for
     `num_samples` held-out conditions; write `metrics.json`, `report.md`, its figures and
     `samples.npz` to `out_dir`. Returns the report path.
@@ -204,8 +246,10 @@ def evaluate(checkpoint: str | Path | None, data_dirs: Sequence[str | Path], out
     evaluator_config, evaluator = load_evaluator(evaluator_dir or DEFAULT_EVALUATOR_DIR)
     dataset, rows = draw_conditions(data_dirs, folds, num_samples, seed)
     if dataset.text_embeddings.shape[1] != evaluator_config.text.embed_dim:
-        raise ValueError(f"the datasets hold {dataset.text_embeddings.shape[1]}-d text embeddings "
-                         f"({dataset.embedder}); the evaluator takes {evaluator_config.text.embed_dim}-d")
+        raise ValueError(
+            f"the datasets hold {dataset.text_embeddings.shape[1]}-d text embeddings "
+            f"({dataset.embedder}); the evaluator takes {evaluator_config.text.embed_dim}-d"
+        )
     real, text = dataset.signals[rows], dataset.text_embeddings[rows]
     requested_hr, reports = dataset.heart_rate[rows], dataset.reports[rows]
     options = None
@@ -213,30 +257,59 @@ def evaluate(checkpoint: str | Path | None, data_dirs: Sequence[str | Path], out
     if samples is None:
         pipeline = Pipeline.from_pretrained(checkpoint)
         options = pipeline.sampling() if sampling is None else sampling
-        generated = pipeline.generate_for_conditions(text, dataset.sex_codes[rows], dataset.age[rows], requested_hr,
-                                                     seed=seed, sampling=options, batch_size=batch_size,
-                                                     progress=True)
+        generated = pipeline.generate_for_conditions(
+            text,
+            dataset.sex_codes[rows],
+            dataset.age[rows],
+            requested_hr,
+            seed=seed,
+            sampling=options,
+            batch_size=batch_size,
+            progress=True,
+        )
         np.savez(out_dir / "samples.npz", signals=generated, record_ids=dataset.record_ids[rows])
     generation_s = time.perf_counter() - start
     start = time.perf_counter()
     result = score(real, generated, text, requested_hr, reports, evaluator, intervals=intervals)
-    denoising = None if samples is not None else denoising_error(
-        pipeline, dataset.signals, dataset.text_embeddings, dataset.sex_codes, dataset.age, dataset.heart_rate)
+    denoising = (
+        None
+        if samples is not None
+        else denoising_error(
+            pipeline, dataset.signals, dataset.text_embeddings, dataset.sex_codes, dataset.age, dataset.heart_rate
+        )
+    )
     scoring_s = time.perf_counter() - start
     metrics = {
-        "generated": result["generated"], "real_reference": result["real_reference"],
+        "generated": result["generated"],
+        "real_reference": result["real_reference"],
         "per_condition": result["per_condition"],
         "denoising_error": denoising,
-        "protocol": {"checkpoint": str(checkpoint or "default"), "data": [str(d) for d in data_dirs],
-                     "folds": list(folds), "num_samples": num_samples, "num_records": len(dataset),
-                     "sampling": options.as_dict() if options else None, "seed": seed,
-                     "generation_s": generation_s, "scoring_s": scoring_s},
+        "protocol": {
+            "checkpoint": str(checkpoint or "default"),
+            "data": [str(d) for d in data_dirs],
+            "folds": list(folds),
+            "num_samples": num_samples,
+            "num_records": len(dataset),
+            "sampling": options.as_dict() if options else None,
+            "seed": seed,
+            "generation_s": generation_s,
+            "scoring_s": scoring_s,
+        },
     }
-    titles = [f"{r} | {a:.0f} y {s} | {h:.0f} bpm" for r, a, s, h in
-              zip(reports, dataset.age[rows], dataset.sex[rows], requested_hr)]
-    report = write_report(out_dir, metrics, real_signals=real, generated_signals=generated,
-                          requested_hr=requested_hr, measured_hr=result["measured_hr"],
-                          labels=result["labels"], titles=titles, denoising=denoising)
-    print(json.dumps({"report": str(report), "generation_s": round(generation_s, 1),
-                      "scoring_s": round(scoring_s, 1)}))
+    titles = [
+        f"{r} | {a:.0f} y {s} | {h:.0f} bpm"
+        for r, a, s, h in zip(reports, dataset.age[rows], dataset.sex[rows], requested_hr)
+    ]
+    report = write_report(
+        out_dir,
+        metrics,
+        real_signals=real,
+        generated_signals=generated,
+        requested_hr=requested_hr,
+        measured_hr=result["measured_hr"],
+        labels=result["labels"],
+        titles=titles,
+        denoising=denoising,
+    )
+    print(json.dumps({"report": str(report), "generation_s": round(generation_s, 1), "scoring_s": round(scoring_s, 1)}))
     return report

@@ -134,19 +134,22 @@ def rfid(real_features, generated_features) -> dict[str, float]:
     fid_real_split = frechet_distance(real[:half], real[half:])
     if fid_real_split == 0:
         raise ValueError("the two halves of the real set have FID 0; rFID is undefined")
-    return {"fid": fid, "fid_real_split": fid_real_split,
-            "rfid_iclr2026": fid_real_split / (fid_real_split + fid),
-            "rfid_arxiv_v1": fid / fid_real_split}
+    return {
+        "fid": fid,
+        "fid_real_split": fid_real_split,
+        "rfid_iclr2026": fid_real_split / (fid_real_split + fid),
+        "rfid_arxiv_v1": fid / fid_real_split,
+    }
 
 
 def _kth_neighbour_radii(reference: np.ndarray, k: int) -> np.ndarray:
     """`(N,)` distance of each reference point to its k-th nearest other point."""
     radii = np.empty(len(reference))
     for start in range(0, len(reference), DISTANCE_CHUNK_ROWS):
-        distances = scipy.spatial.distance.cdist(reference[start:start + DISTANCE_CHUNK_ROWS], reference)
+        distances = scipy.spatial.distance.cdist(reference[start : start + DISTANCE_CHUNK_ROWS], reference)
         # Column k of the sorted row: index 0 is the point itself (distance 0), as the official
         # topk(k + 1)[1:] — duplicates of a point count as neighbours at distance 0 there too.
-        radii[start:start + DISTANCE_CHUNK_ROWS] = np.partition(distances, k, axis=1)[:, k]
+        radii[start : start + DISTANCE_CHUNK_ROWS] = np.partition(distances, k, axis=1)[:, k]
     return radii
 
 
@@ -154,7 +157,7 @@ def _fraction_inside(queries: np.ndarray, reference: np.ndarray, radii: np.ndarr
     """Share of queries within `radii[j]` (inclusive) of at least one reference point j."""
     inside = 0
     for start in range(0, len(queries), DISTANCE_CHUNK_ROWS):
-        distances = scipy.spatial.distance.cdist(queries[start:start + DISTANCE_CHUNK_ROWS], reference)
+        distances = scipy.spatial.distance.cdist(queries[start : start + DISTANCE_CHUNK_ROWS], reference)
         inside += int((distances <= radii[None, :]).any(axis=1).sum())
     return inside / len(queries)
 
@@ -190,8 +193,9 @@ def precision_recall(real_features, generated_features, k: int = 3) -> dict[str,
     if real.shape[1] != generated.shape[1]:
         raise ValueError(f"feature dimensions differ: {real.shape[1]} vs {generated.shape[1]}")
     if k < 1 or min(len(real), len(generated)) <= k:
-        raise ValueError(f"need k >= 1 and more than k points per set, got k={k}, "
-                         f"{len(real)} real and {len(generated)} generated")
+        raise ValueError(
+            f"need k >= 1 and more than k points per set, got k={k}, {len(real)} real and {len(generated)} generated"
+        )
     precision = _fraction_inside(generated, real, _kth_neighbour_radii(real, k))
     recall = _fraction_inside(real, generated, _kth_neighbour_radii(generated, k))
     f1 = 0.0 if precision == 0 or recall == 0 else 2 * precision * recall / (precision + recall)
@@ -344,7 +348,7 @@ def paired_errors(real, generated) -> dict[str, float]:
     if real.shape != generated.shape:
         raise ValueError(f"real {real.shape} and generated {generated.shape} must have the same shape")
     difference = generated - real
-    rmse = np.sqrt(np.mean(difference ** 2, axis=1))  # (N, 12)
+    rmse = np.sqrt(np.mean(difference**2, axis=1))  # (N, 12)
     value_range = np.ptp(real, axis=1)  # (N, 12)
     usable = value_range > 0
     nrmse = float(np.mean(rmse[usable] / value_range[usable])) if usable.any() else float("nan")
@@ -376,7 +380,7 @@ def lead_residuals(signals) -> dict[str, float]:
     """
     residuals = lead_identity_residuals(signals)
     result = {name: float(np.sqrt(np.mean(residuals[..., j] ** 2))) for j, name in enumerate(LEAD_IDENTITIES)}
-    result["overall"] = float(np.sqrt(np.mean(residuals ** 2)))
+    result["overall"] = float(np.sqrt(np.mean(residuals**2)))
     return result
 
 
@@ -389,8 +393,10 @@ def _import_neurokit2():
     try:
         import neurokit2
     except ImportError as err:
-        raise ImportError(f"interval measurement needs NeuroKit2: pip install {NEUROKIT2_REQUIREMENT} "
-                          "(0.2.13 requires pandas < 3 and conflicts with this project)") from err
+        raise ImportError(
+            f"interval measurement needs NeuroKit2: pip install {NEUROKIT2_REQUIREMENT} "
+            "(0.2.13 requires pandas < 3 and conflicts with this project)"
+        ) from err
     return neurokit2
 
 
@@ -440,8 +446,11 @@ def measure_intervals(signals, fs: float = FS, lead: str = "II") -> dict[str, np
         except Exception:  # NeuroKit raises assorted errors (ValueError, IndexError) on odd signals
             continue
         points = {key: np.asarray(value, dtype=np.float64) for key, value in waves.items()}
-        start_end = {"pr": ("ECG_P_Onsets", "ECG_R_Onsets"), "qrs": ("ECG_R_Onsets", "ECG_R_Offsets"),
-                     "qt": ("ECG_R_Onsets", "ECG_T_Offsets")}
+        start_end = {
+            "pr": ("ECG_P_Onsets", "ECG_R_Onsets"),
+            "qrs": ("ECG_R_Onsets", "ECG_R_Offsets"),
+            "qt": ("ECG_R_Onsets", "ECG_T_Offsets"),
+        }
         for name, (start, end) in start_end.items():
             if start not in points or end not in points or len(points[start]) != len(points[end]):
                 continue
@@ -486,6 +495,8 @@ def interval_errors(real, generated, fs: float = FS, lead: str = "II") -> dict[s
     for name in INTERVALS:
         errors = np.abs(generated_intervals[name] - real_intervals[name])
         errors = errors[np.isfinite(errors)]
-        result[name] = {"median_abs_error_ms": float(np.median(errors)) if errors.size else float("nan"),
-                        "n_pairs": int(errors.size)}
+        result[name] = {
+            "median_abs_error_ms": float(np.median(errors)) if errors.size else float("nan"),
+            "n_pairs": int(errors.size),
+        }
     return result

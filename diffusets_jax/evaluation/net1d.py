@@ -30,24 +30,38 @@ def swish(x: Array) -> Array:
     return x * jax.nn.sigmoid(x)
 
 
-def conv_same(in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1, groups: int = 1,
-              rngs: nnx.Rngs) -> nnx.Conv:
+def conv_same(
+    in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1, groups: int = 1, rngs: nnx.Rngs
+) -> nnx.Conv:
     """`MyConv1dPadSame`: `(B, L, C_in)` -> `(B, ceil(L / stride), C_out)`, zero "SAME" padding.
 
     The official padding (total p, p // 2 on the left) is XLA's "SAME". Kernel `(k, C_in / groups,
     C_out)`, PyTorch's default initialisation (fan-in k * C_in / groups).
     """
     return nnx.Conv(
-        in_channels, out_channels, kernel_size=(kernel_size,), strides=(stride,), padding="SAME",
-        feature_group_count=groups, kernel_init=torch_kernel_init,
-        bias_init=torch_bias_init(in_channels // groups * kernel_size), rngs=rngs,
+        in_channels,
+        out_channels,
+        kernel_size=(kernel_size,),
+        strides=(stride,),
+        padding="SAME",
+        feature_group_count=groups,
+        kernel_init=torch_kernel_init,
+        bias_init=torch_bias_init(in_channels // groups * kernel_size),
+        rngs=rngs,
     )
 
 
 def batch_norm(num_channels: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
     """`torch.nn.BatchNorm1d(C)` on `(B, L, C)`: eps 1e-5, running averages with momentum 0.1."""
-    return nnx.BatchNorm(num_channels, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
-                         scale_init=ones_init, bias_init=zeros_init, rngs=rngs)
+    return nnx.BatchNorm(
+        num_channels,
+        momentum=0.9,
+        epsilon=1e-5,
+        use_fast_variance=False,
+        scale_init=ones_init,
+        bias_init=zeros_init,
+        rngs=rngs,
+    )
 
 
 def max_pool_same(x: Array, window: int) -> Array:
@@ -67,8 +81,20 @@ class BasicBlock(nnx.Module):
     identity is max-pooled; wider outputs zero-pad the identity's channels, half on each side.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, ratio: float, kernel_size: int, stride: int,
-                 groups: int, downsample: bool, is_first_block: bool, dropout: float, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        ratio: float,
+        kernel_size: int,
+        stride: int,
+        groups: int,
+        downsample: bool,
+        is_first_block: bool,
+        dropout: float,
+        rngs: nnx.Rngs,
+    ):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.stride = stride if downsample else 1
         self.downsample, self.is_first_block = downsample, is_first_block
@@ -104,15 +130,37 @@ class BasicBlock(nnx.Module):
 class BasicStage(nnx.Module):
     """`m_blocks` BasicBlocks; the first one downsamples by `stride` and widens to `out_channels`."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, ratio: float, kernel_size: int, stride: int,
-                 groups: int, stage_index: int, m_blocks: int, dropout: float, rngs: nnx.Rngs):
-        self.block_list = nnx.List([
-            BasicBlock(in_channels if i == 0 else out_channels, out_channels, ratio=ratio,
-                       kernel_size=kernel_size, stride=stride if i == 0 else 1, groups=groups,
-                       downsample=i == 0, is_first_block=stage_index == 0 and i == 0, dropout=dropout,
-                       rngs=rngs)
-            for i in range(m_blocks)
-        ])
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        ratio: float,
+        kernel_size: int,
+        stride: int,
+        groups: int,
+        stage_index: int,
+        m_blocks: int,
+        dropout: float,
+        rngs: nnx.Rngs,
+    ):
+        self.block_list = nnx.List(
+            [
+                BasicBlock(
+                    in_channels if i == 0 else out_channels,
+                    out_channels,
+                    ratio=ratio,
+                    kernel_size=kernel_size,
+                    stride=stride if i == 0 else 1,
+                    groups=groups,
+                    downsample=i == 0,
+                    is_first_block=stage_index == 0 and i == 0,
+                    dropout=dropout,
+                    rngs=rngs,
+                )
+                for i in range(m_blocks)
+            ]
+        )
 
     def __call__(self, x: Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> Array:
         for block in self.block_list:
@@ -133,25 +181,50 @@ class Net1D(nnx.Module):
     Raises ValueError if a width is not a multiple of `groups_width` or the lists differ in length.
     """
 
-    def __init__(self, *, in_channels: int = 12, base_filters: int = 64, ratio: float = 1.0,
-                 filter_list: Sequence[int] = (64, 128, 128, 256, 256, 512, 1024),
-                 m_blocks_list: Sequence[int] = (2, 2, 2, 3, 3, 4, 4), kernel_size: int = 16, stride: int = 2,
-                 groups_width: int = 16, dropout: float = 0.5, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        in_channels: int = 12,
+        base_filters: int = 64,
+        ratio: float = 1.0,
+        filter_list: Sequence[int] = (64, 128, 128, 256, 256, 512, 1024),
+        m_blocks_list: Sequence[int] = (2, 2, 2, 3, 3, 4, 4),
+        kernel_size: int = 16,
+        stride: int = 2,
+        groups_width: int = 16,
+        dropout: float = 0.5,
+        rngs: nnx.Rngs,
+    ):
         if len(filter_list) != len(m_blocks_list):
-            raise ValueError(f"filter_list {tuple(filter_list)} and m_blocks_list {tuple(m_blocks_list)} "
-                             "must have one entry per stage")
+            raise ValueError(
+                f"filter_list {tuple(filter_list)} and m_blocks_list {tuple(m_blocks_list)} "
+                "must have one entry per stage"
+            )
         if any(f % groups_width for f in filter_list):
-            raise ValueError(f"every width in filter_list {tuple(filter_list)} must be a multiple of "
-                             f"groups_width={groups_width}")
+            raise ValueError(
+                f"every width in filter_list {tuple(filter_list)} must be a multiple of groups_width={groups_width}"
+            )
         self.out_features = filter_list[-1]
         self.first_conv = conv_same(in_channels, base_filters, kernel_size, stride=2, rngs=rngs)
         self.first_bn = batch_norm(base_filters, rngs=rngs)
         widths_in = (base_filters, *filter_list[:-1])
-        self.stage_list = nnx.List([
-            BasicStage(c_in, c_out, ratio=ratio, kernel_size=kernel_size, stride=stride,
-                       groups=c_out // groups_width, stage_index=i, m_blocks=m, dropout=dropout, rngs=rngs)
-            for i, (c_in, c_out, m) in enumerate(zip(widths_in, filter_list, m_blocks_list))
-        ])
+        self.stage_list = nnx.List(
+            [
+                BasicStage(
+                    c_in,
+                    c_out,
+                    ratio=ratio,
+                    kernel_size=kernel_size,
+                    stride=stride,
+                    groups=c_out // groups_width,
+                    stage_index=i,
+                    m_blocks=m,
+                    dropout=dropout,
+                    rngs=rngs,
+                )
+                for i, (c_in, c_out, m) in enumerate(zip(widths_in, filter_list, m_blocks_list))
+            ]
+        )
 
     def __call__(self, signals: Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> Array:
         """`(B, L, C)` -> `(B, filter_list[-1])`. `train=True` needs `rngs` with a `dropout` stream."""
@@ -163,6 +236,14 @@ class Net1D(nnx.Module):
 
 def paper_net1d_kwargs() -> dict:
     """The official evaluator's Net1D arguments (`clip/clip_model.py`, class `CLIP`)."""
-    return dict(in_channels=12, base_filters=64, ratio=1.0, filter_list=(64, 128, 128, 256, 256, 512, 1024),
-                m_blocks_list=(2, 2, 2, 3, 3, 4, 4), kernel_size=16, stride=2, groups_width=16, dropout=0.5)
-
+    return dict(
+        in_channels=12,
+        base_filters=64,
+        ratio=1.0,
+        filter_list=(64, 128, 128, 256, 256, 512, 1024),
+        m_blocks_list=(2, 2, 2, 3, 3, 4, 4),
+        kernel_size=16,
+        stride=2,
+        groups_width=16,
+        dropout=0.5,
+    )

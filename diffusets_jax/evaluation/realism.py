@@ -60,9 +60,12 @@ def median_abs_error(requested, measured) -> dict[str, float | int]:
     requested, measured = np.asarray(requested, np.float64), np.asarray(measured, np.float64)
     ok = np.isfinite(measured)
     errors = np.abs(measured[ok] - requested[ok])
-    return {"median_abs_error": float(np.median(errors)) if ok.any() else float("nan"),
-            "mean_abs_error": float(np.mean(errors)) if ok.any() else float("nan"),
-            "n_detected": int(ok.sum()), "n_undetected": int((~ok).sum())}
+    return {
+        "median_abs_error": float(np.median(errors)) if ok.any() else float("nan"),
+        "mean_abs_error": float(np.mean(errors)) if ok.any() else float("nan"),
+        "n_detected": int(ok.sum()),
+        "n_undetected": int((~ok).sum()),
+    }
 
 
 def amplitude_ratio(real, generated) -> np.ndarray:
@@ -82,9 +85,14 @@ def summary_features(signals) -> np.ndarray:
     frequencies = np.fft.rfftfreq(batch.shape[1], 1.0 / FS)
     low = spectrum[:, frequencies < 5.0].sum(axis=1) / np.maximum(spectrum.sum(axis=1), 1e-12)
     features = [
-        batch.std(axis=1), np.percentile(batch, 1, axis=1), np.percentile(batch, 99, axis=1),
-        np.ptp(batch, axis=1), np.abs(np.diff(batch, axis=1)).mean(axis=1),
-        skew(batch, axis=1), kurtosis(batch, axis=1), low,
+        batch.std(axis=1),
+        np.percentile(batch, 1, axis=1),
+        np.percentile(batch, 99, axis=1),
+        np.ptp(batch, axis=1),
+        np.abs(np.diff(batch, axis=1)).mean(axis=1),
+        skew(batch, axis=1),
+        kurtosis(batch, axis=1),
+        low,
     ]
     return np.nan_to_num(np.concatenate(features, axis=1))
 
@@ -102,7 +110,8 @@ def c2st_auroc(real, generated, folds: int = 5, seed: int = 0) -> float:
     x = np.concatenate([summary_features(real), summary_features(generated)])
     y = np.concatenate([np.zeros(len(real)), np.ones(len(generated))])
     leaf = min(20, max(2, len(x) // 20))  # scikit-learn's default 20 cannot split a few dozen ECGs
-    classifier = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, min_samples_leaf=leaf,
-                                                random_state=seed)
+    classifier = HistGradientBoostingClassifier(
+        max_iter=200, learning_rate=0.1, min_samples_leaf=leaf, random_state=seed
+    )
     splits = StratifiedKFold(folds, shuffle=True, random_state=seed)
     return float(np.mean(cross_val_score(classifier, x, y, cv=splits, scoring="roc_auc")))

@@ -75,8 +75,9 @@ def _format(value: Any) -> str:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell if isinstance(cell, str) else _format(cell) for cell in row) + " |"
-              for row in rows]
+    lines += [
+        "| " + " | ".join(cell if isinstance(cell, str) else _format(cell) for cell in row) + " |" for row in rows
+    ]
     return "\n".join(lines)
 
 
@@ -101,8 +102,14 @@ def _heart_rate_figure(requested: np.ndarray, measured: np.ndarray, path: Path) 
 def _condition_figure(per_condition: Mapping[str, Mapping[str, Any]], path: Path) -> list[str]:
     """One bar chart per numeric metric across conditions; returns the metrics drawn."""
     names = list(per_condition)
-    metric_names = sorted({key for row in per_condition.values() for key, value in _flatten(row).items()
-                           if value is not None and not isinstance(value, (bool, np.bool_))})
+    metric_names = sorted(
+        {
+            key
+            for row in per_condition.values()
+            for key, value in _flatten(row).items()
+            if value is not None and not isinstance(value, (bool, np.bool_))
+        }
+    )
     if not names or not metric_names:
         return []
     fig = Figure(figsize=(max(6, 0.5 * len(names) + 2), 2.4 * len(metric_names)), dpi=DPI, layout="constrained")
@@ -120,8 +127,10 @@ def _condition_figure(per_condition: Mapping[str, Mapping[str, Any]], path: Path
 
 def _residual_figure(real: np.ndarray, generated: np.ndarray, path: Path) -> None:
     """Histogram of per-ECG RMS identity residual (all four identities) for real and generated."""
-    per_ecg = {name: np.sqrt(np.mean(lead_identity_residuals(x) ** 2, axis=(1, 2)))
-               for name, x in (("real", real), ("generated", generated))}
+    per_ecg = {
+        name: np.sqrt(np.mean(lead_identity_residuals(x) ** 2, axis=(1, 2)))
+        for name, x in (("real", real), ("generated", generated))
+    }
     fig = Figure(figsize=(6, 3.5), dpi=DPI, layout="constrained")
     ax = fig.subplots()
     high = max(float(v.max()) for v in per_ecg.values())
@@ -140,18 +149,30 @@ def _denoising_figure(denoising: Mapping[str, Mapping[str, float]], path: Path) 
     fig = Figure(figsize=(5, 3.5), dpi=DPI, layout="constrained")
     ax = fig.subplots()
     ax.semilogy(t, [v["eps_mse"] for v in denoising.values()], marker="o", label="model")
-    ax.semilogy(t, [v["wiener"] for v in denoising.values()], linestyle="--", color="grey",
-                label="Gaussian (Wiener) predictor")
+    ax.semilogy(
+        t, [v["wiener"] for v in denoising.values()], linestyle="--", color="grey", label="Gaussian (Wiener) predictor"
+    )
     ax.set_xlabel("timestep t")
     ax.set_ylabel("eps-MSE per latent value")
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=DPI, format="png")
 
 
-def write_report(out_dir, metrics: Mapping[str, Any], *, real_signals, generated_signals, requested_hr,
-                 measured_hr, labels: Mapping[str, Any] | None = None, titles: Sequence[str] | None = None,
-                 fs: float = FS, num_examples: int = 4, title: str = "DiffuSETS evaluation",
-                 denoising: Mapping[str, Mapping[str, float]] | None = None) -> Path:
+def write_report(
+    out_dir,
+    metrics: Mapping[str, Any],
+    *,
+    real_signals,
+    generated_signals,
+    requested_hr,
+    measured_hr,
+    labels: Mapping[str, Any] | None = None,
+    titles: Sequence[str] | None = None,
+    fs: float = FS,
+    num_examples: int = 4,
+    title: str = "DiffuSETS evaluation",
+    denoising: Mapping[str, Mapping[str, float]] | None = None,
+) -> Path:
     """Write `metrics.json`, `report.md` and its PNG figures into `out_dir`.
 
     Args:
@@ -191,8 +212,9 @@ def write_report(out_dir, metrics: Mapping[str, Any], *, real_signals, generated
     requested = np.asarray(requested_hr, dtype=np.float64).reshape(-1)
     measured = np.asarray(measured_hr, dtype=np.float64).reshape(-1)
     if not len(requested) == len(measured) == len(generated):
-        raise ValueError(f"got {len(generated)} generated ECGs, {len(requested)} requested and "
-                         f"{len(measured)} measured heart rates")
+        raise ValueError(
+            f"got {len(generated)} generated ECGs, {len(requested)} requested and {len(measured)} measured heart rates"
+        )
     if titles is not None and len(titles) != len(generated):
         raise ValueError(f"got {len(titles)} titles for {len(generated)} generated ECGs")
     masks = {name: np.asarray(mask, dtype=bool).reshape(-1) for name, mask in (labels or {}).items()}
@@ -221,8 +243,13 @@ def write_report(out_dir, metrics: Mapping[str, Any], *, real_signals, generated
         figures["per_condition"] = CONDITION_FIGURE
     pairs = min(len(real), len(generated), num_examples)
     if pairs:
-        plot_ecg_comparison(real[:pairs], generated[:pairs], titles=list(titles[:pairs]) if titles else None,
-                            fs=fs, path=out_dir / EXAMPLES_FIGURE)
+        plot_ecg_comparison(
+            real[:pairs],
+            generated[:pairs],
+            titles=list(titles[:pairs]) if titles else None,
+            fs=fs,
+            path=out_dir / EXAMPLES_FIGURE,
+        )
         figures["examples"] = EXAMPLES_FIGURE
     _residual_figure(real, generated, out_dir / RESIDUAL_FIGURE)
     figures["lead_residuals"] = RESIDUAL_FIGURE
@@ -230,59 +257,109 @@ def write_report(out_dir, metrics: Mapping[str, Any], *, real_signals, generated
         _denoising_figure(denoising, out_dir / DENOISING_FIGURE)
         figures["denoising_error"] = DENOISING_FIGURE
 
-    extra = {key: value for key, value in metrics.items()
-             if not structured or key not in ("generated", "real_reference", "per_condition")}
-    record = {"generated": generated_metrics, "real_reference": reference_metrics,
-              "per_condition": per_condition, "heart_rate": hr, "lead_residuals_mv": residuals,
-              "num_real": len(real), "num_generated": len(generated), "fs_hz": fs, "figures": figures}
+    extra = {
+        key: value
+        for key, value in metrics.items()
+        if not structured or key not in ("generated", "real_reference", "per_condition")
+    }
+    record = {
+        "generated": generated_metrics,
+        "real_reference": reference_metrics,
+        "per_condition": per_condition,
+        "heart_rate": hr,
+        "lead_residuals_mv": residuals,
+        "num_real": len(real),
+        "num_generated": len(generated),
+        "fs_hz": fs,
+        "figures": figures,
+    }
     if structured:
         record.update(extra)
     (out_dir / METRICS_FILE).write_text(json.dumps(_plain(record), indent=2, allow_nan=False) + "\n")
 
     generated_flat, reference_flat = _flatten(generated_metrics), _flatten(reference_metrics)
-    metric_rows = [(name, generated_flat.get(name), reference_flat.get(name))
-                   for name in dict.fromkeys([*generated_flat, *reference_flat])]
-    signal_rows = [("heart-rate MAE (bpm, detected only)", hr["mae"], None),
-                   ("heart rate detected / undetected", f"{hr['n_detected']} / {hr['n_undetected']}", "–")]
-    signal_rows += [(f"residual {name} (RMS mV)", residuals["generated"][name], residuals["real"][name])
-                    for name in (*LEAD_IDENTITIES, "overall")]
-    condition_columns = sorted({key for row in per_condition.values() for key in _flatten(row)},
-                               key=lambda key: (key != "n_samples", key))
+    metric_rows = [
+        (name, generated_flat.get(name), reference_flat.get(name))
+        for name in dict.fromkeys([*generated_flat, *reference_flat])
+    ]
+    signal_rows = [
+        ("heart-rate MAE (bpm, detected only)", hr["mae"], None),
+        ("heart rate detected / undetected", f"{hr['n_detected']} / {hr['n_undetected']}", "–"),
+    ]
+    signal_rows += [
+        (f"residual {name} (RMS mV)", residuals["generated"][name], residuals["real"][name])
+        for name in (*LEAD_IDENTITIES, "overall")
+    ]
+    condition_columns = sorted(
+        {key for row in per_condition.values() for key in _flatten(row)}, key=lambda key: (key != "n_samples", key)
+    )
 
-    sections = [f"# {title}", "",
-                f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. "
-                f"{len(generated)} generated and {len(real)} real ECGs at {fs:g} Hz. "
-                f"All numbers are also in `{METRICS_FILE}`.", "",
-                "## Metrics", "",
-                "Feature metrics use the evaluator's features; the real column is the real-vs-real "
-                "reference (e.g. FID between the two halves of the real set).", "",
-                _table(("metric", "generated", "real (reference)"), metric_rows) if metric_rows
-                else "_No feature metrics given._", "",
-                "## Signal checks", "",
-                "Heart rate measured with WFDB XQRS (`diffusets_jax.data_pipelines.records.detect_heart_rate`); "
-                "limb-lead residuals are the Einthoven/Goldberger identities, 0 for a consistent ECG.", "",
-                _table(("check", "generated", "real"), signal_rows), "",
-                "## Heart rate", "", f"![requested vs measured heart rate]({HEART_RATE_FIGURE})", "",
-                "## Per condition", ""]
+    sections = [
+        f"# {title}",
+        "",
+        f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. "
+        f"{len(generated)} generated and {len(real)} real ECGs at {fs:g} Hz. "
+        f"All numbers are also in `{METRICS_FILE}`.",
+        "",
+        "## Metrics",
+        "",
+        "Feature metrics use the evaluator's features; the real column is the real-vs-real "
+        "reference (e.g. FID between the two halves of the real set).",
+        "",
+        _table(("metric", "generated", "real (reference)"), metric_rows)
+        if metric_rows
+        else "_No feature metrics given._",
+        "",
+        "## Signal checks",
+        "",
+        "Heart rate measured with WFDB XQRS (`diffusets_jax.data_pipelines.records.detect_heart_rate`); "
+        "limb-lead residuals are the Einthoven/Goldberger identities, 0 for a consistent ECG.",
+        "",
+        _table(("check", "generated", "real"), signal_rows),
+        "",
+        "## Heart rate",
+        "",
+        f"![requested vs measured heart rate]({HEART_RATE_FIGURE})",
+        "",
+        "## Per condition",
+        "",
+    ]
     if per_condition:
-        sections += [_table(("condition", *condition_columns),
-                            [(name, *(_flatten(row).get(c) for c in condition_columns))
-                             for name, row in per_condition.items()]), ""]
+        sections += [
+            _table(
+                ("condition", *condition_columns),
+                [(name, *(_flatten(row).get(c) for c in condition_columns)) for name, row in per_condition.items()],
+            ),
+            "",
+        ]
         if "per_condition" in figures:
             sections += [f"![per-condition metrics]({CONDITION_FIGURE})", ""]
     else:
         sections += ["_No condition labels given._", ""]
     sections += ["## Examples", ""]
-    sections += ([f"Real (left) and generated (right), first {pairs} pairs.", "",
-                  f"![real and generated ECGs]({EXAMPLES_FIGURE})", ""] if pairs else ["_No ECGs._", ""])
+    sections += (
+        [
+            f"Real (left) and generated (right), first {pairs} pairs.",
+            "",
+            f"![real and generated ECGs]({EXAMPLES_FIGURE})",
+            "",
+        ]
+        if pairs
+        else ["_No ECGs._", ""]
+    )
     sections += ["## Lead residuals", "", f"![limb-lead identity residuals]({RESIDUAL_FIGURE})", ""]
     if denoising:
-        sections += ["## Denoising error per timestep", "",
-                     "The U-Net's eps-MSE per latent value on the held-out records' latents (fixed noise), next to "
-                     "the Gaussian (Wiener) predictor's: a model that has learned to denoise is below it at every t.",
-                     "", _table(("t", "eps-MSE", "Wiener"),
-                                [(t, v["eps_mse"], v["wiener"]) for t, v in denoising.items()]),
-                     "", f"![denoising error per timestep]({DENOISING_FIGURE})", ""]
+        sections += [
+            "## Denoising error per timestep",
+            "",
+            "The U-Net's eps-MSE per latent value on the held-out records' latents (fixed noise), next to "
+            "the Gaussian (Wiener) predictor's: a model that has learned to denoise is below it at every t.",
+            "",
+            _table(("t", "eps-MSE", "Wiener"), [(t, v["eps_mse"], v["wiener"]) for t, v in denoising.items()]),
+            "",
+            f"![denoising error per timestep]({DENOISING_FIGURE})",
+            "",
+        ]
     report_path = out_dir / REPORT_FILE
     report_path.write_text("\n".join(sections))
     return report_path

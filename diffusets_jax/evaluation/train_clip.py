@@ -30,7 +30,13 @@ from tqdm.auto import tqdm
 
 from diffusets_jax.data_pipelines.input_pipeline import ArraySource
 from diffusets_jax.checkpoints import (
-    CONFIG_FILE, EVALUATOR_DIR, load_model_dir, load_params_into, metrics_file, module_arrays, read_config,
+    CONFIG_FILE,
+    EVALUATOR_DIR,
+    load_model_dir,
+    load_params_into,
+    metrics_file,
+    module_arrays,
+    read_config,
     save_model_dir,
 )
 from diffusets_jax.errors import MissingFileError
@@ -68,19 +74,25 @@ def make_train_step(graphdef, tx, root_key, mesh):
     def train_step(state: ClipTrainState, batch):
         key = jax.random.fold_in(root_key, state.step)
         (loss, (batch_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.batch_stats, batch, key)
+            state.params, state.batch_stats, batch, key
+        )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "batch_top1": accuracy, "grad_norm": common.global_norm(grads),
-                   "logit_scale": jnp.exp(params["logit_scale"][...])}
+        metrics = {
+            "loss": loss,
+            "batch_top1": accuracy,
+            "grad_norm": common.global_norm(grads),
+            "logit_scale": jnp.exp(params["logit_scale"][...]),
+        }
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats)
         return new_state, metrics
 
     return common.compile_train_step(train_step, mesh)
 
 
-def evaluator_features(model: ClipEvaluator, signals: np.ndarray, text_embeddings: np.ndarray, batch_size: int = 64
-             ) -> tuple[np.ndarray, np.ndarray]:
+def evaluator_features(
+    model: ClipEvaluator, signals: np.ndarray, text_embeddings: np.ndarray, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
     """Evaluation-mode `(ecg_features (N, embed_dim), text_features (N, embed_dim))`, unnormalised,
     of signals `(N, 1024, 12)` mV and text embeddings `(N, D)`, computed `batch_size` rows at a time."""
     graphdef, state = nnx.split(model)
@@ -90,9 +102,14 @@ def evaluator_features(model: ClipEvaluator, signals: np.ndarray, text_embedding
         model = nnx.merge(graphdef, state)
         return model.ecg_features(signals), model.text_features(texts)
 
-    chunks = [encode(state, jnp.asarray(signals[i:i + batch_size], jnp.float32),
-                     jnp.asarray(text_embeddings[i:i + batch_size], jnp.float32))
-              for i in range(0, len(signals), batch_size)]
+    chunks = [
+        encode(
+            state,
+            jnp.asarray(signals[i : i + batch_size], jnp.float32),
+            jnp.asarray(text_embeddings[i : i + batch_size], jnp.float32),
+        )
+        for i in range(0, len(signals), batch_size)
+    ]
     return tuple(np.concatenate([np.asarray(c[j]) for c in chunks]) for j in (0, 1))
 
 
@@ -107,8 +124,10 @@ def make_evaluate(graphdef, source: ArraySource, train_config):
         model = nnx.merge(graphdef, state.params, state.batch_stats)
         accuracy = retrieval_accuracy(*evaluator_features(model, signals, texts, train_config.batch_size), ks=(1,))
         top1 = (accuracy["ecg_to_text_top1"] + accuracy["text_to_ecg_top1"]) / 2
-        tqdm.write(f"validation retrieval over {n} pairs: ECG->text top-1 {accuracy['ecg_to_text_top1']:.3f}, "
-              f"text->ECG top-1 {accuracy['text_to_ecg_top1']:.3f} (chance {accuracy['chance_top1']:.3f})")
+        tqdm.write(
+            f"validation retrieval over {n} pairs: ECG->text top-1 {accuracy['ecg_to_text_top1']:.3f}, "
+            f"text->ECG top-1 {accuracy['text_to_ecg_top1']:.3f} (chance {accuracy['chance_top1']:.3f})"
+        )
         return 1.0 - top1
 
     return evaluate
@@ -119,8 +138,9 @@ def _initial_state(config):
     graphdef, params, batch_stats = split_evaluator(model)
     tc = config.evaluator
     tx = common.adamw(tc.learning_rate, tc)
-    state = ClipTrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                           batch_stats=batch_stats)
+    state = ClipTrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), batch_stats=batch_stats
+    )
     return graphdef, tx, state
 
 
@@ -140,8 +160,10 @@ def train_clip(config, workdir: str | Path, data_dirs: Sequence[str | Path], sto
     train_source = ArraySource.from_processed(data_dirs, folds=config.data.train_folds)
     width = train_source.arrays["text_embedding"].shape[1]
     if width != config.text.embed_dim:
-        raise ValueError(f"the text embeddings of {list(map(str, data_dirs))} are {width}-d but "
-                         f"text.embed_dim={config.text.embed_dim}")
+        raise ValueError(
+            f"the text embeddings of {list(map(str, data_dirs))} are {width}-d but "
+            f"text.embed_dim={config.text.embed_dim}"
+        )
     try:
         val_source = ArraySource.from_processed(data_dirs, folds=config.data.val_folds)
     except ValueError:  # no record in the validation folds
@@ -151,7 +173,8 @@ def train_clip(config, workdir: str | Path, data_dirs: Sequence[str | Path], sto
     graphdef, tx, state = _initial_state(config)
     state = run.resume(state)
     run.train(
-        state, source=train_source,
+        state,
+        source=train_source,
         train_step=make_train_step(graphdef, tx, jax.random.key(config.seed), mesh),
         learning_rate=optax.constant_schedule(tc.learning_rate),
         evaluate=make_evaluate(graphdef, val_source, tc) if val_source else None,
@@ -180,12 +203,14 @@ def load_trained_evaluator(workdir: str | Path) -> tuple[ml_collections.ConfigDi
 EVALUATOR_STATE = nnx.Any(nnx.Param, nnx.BatchStat)
 
 
-def save_evaluator(directory: str | Path, config: ml_collections.ConfigDict, model: ClipEvaluator,
-                   model_card: str | None = None) -> Path:
+def save_evaluator(
+    directory: str | Path, config: ml_collections.ConfigDict, model: ClipEvaluator, model_card: str | None = None
+) -> Path:
     """Write `config.json`, `evaluator.npz` (parameters and BatchNorm statistics), `MODEL_CARD.md`
     and `MANIFEST.json` (`checkpoints.save_model_dir`, each file atomically); returns `directory`."""
-    return save_model_dir(directory, config, {EVALUATOR_DIR: module_arrays(model, nnx.Param, nnx.BatchStat)},
-                          model_card=model_card)
+    return save_model_dir(
+        directory, config, {EVALUATOR_DIR: module_arrays(model, nnx.Param, nnx.BatchStat)}, model_card=model_card
+    )
 
 
 def load_evaluator(directory: str | Path = DEFAULT_EVALUATOR_DIR) -> tuple[ml_collections.ConfigDict, ClipEvaluator]:
@@ -202,8 +227,9 @@ def load_evaluator(directory: str | Path = DEFAULT_EVALUATOR_DIR) -> tuple[ml_co
     return read.config, model
 
 
-def held_out_retrieval(model: ClipEvaluator, data_dirs: Sequence[str | Path], folds: Sequence[int],
-                       ks=(1, 5)) -> dict[str, float]:
+def held_out_retrieval(
+    model: ClipEvaluator, data_dirs: Sequence[str | Path], folds: Sequence[int], ks=(1, 5)
+) -> dict[str, float]:
     """`clip.retrieval_accuracy` (exact pair and same-report hits, chance levels) over every record
     of `folds` in the processed sets `data_dirs`, plus `num_pairs`, `mean_matched_cosine` and
     `mean_mismatched_cosine` (ECG i with text i, and with every text j != i)."""
@@ -215,13 +241,17 @@ def held_out_retrieval(model: ClipEvaluator, data_dirs: Sequence[str | Path], fo
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
     cosine = unit(ecg) @ unit(text).T  # (N, N)
     n = len(cosine)
-    result.update(num_pairs=n, mean_matched_cosine=float(np.trace(cosine) / n),
-                  mean_mismatched_cosine=float((cosine.sum() - np.trace(cosine)) / (n * n - n)))
+    result.update(
+        num_pairs=n,
+        mean_matched_cosine=float(np.trace(cosine) / n),
+        mean_mismatched_cosine=float((cosine.sum() - np.trace(cosine)) / (n * n - n)),
+    )
     return result
 
 
-def export_evaluator(workdir: str | Path, out: str | Path, data_dirs: Sequence[str | Path],
-                     test_folds: Sequence[int] = (9, 10)) -> Path:
+def export_evaluator(
+    workdir: str | Path, out: str | Path, data_dirs: Sequence[str | Path], test_folds: Sequence[int] = (9, 10)
+) -> Path:
     """Save the latest evaluator of `workdir` to `out` with a MODEL_CARD.md giving its data, steps,
     training time and last logged loss (from `workdir/evaluator_metrics.jsonl`), and retrieval
     accuracy on `test_folds` of `data_dirs` (`held_out_retrieval`). Returns `out`."""
@@ -234,8 +264,9 @@ def export_evaluator(workdir: str | Path, out: str | Path, data_dirs: Sequence[s
     test = held_out_retrieval(model, data_dirs, test_folds)
     train = held_out_retrieval(model, data_dirs, config.data.train_folds)
     parameters = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    save_evaluator(out, config, model, _model_card(config, data_dirs, step, seconds, log[-1], parameters, test,
-                                                    train, test_folds))
+    save_evaluator(
+        out, config, model, _model_card(config, data_dirs, step, seconds, log[-1], parameters, test, train, test_folds)
+    )
     return Path(out)
 
 
@@ -245,12 +276,18 @@ def _model_card(config, data_dirs, step, seconds, last, parameters, test, train,
     def table(r):
         rows = ["| | ECG -> text | text -> ECG | chance |", "|---|---|---|---|"]
         for k in (1, 5):
-            rows.append(f"| top-{k}, exact pair | {r[f'ecg_to_text_top{k}']:.3f} | {r[f'text_to_ecg_top{k}']:.3f} "
-                        f"| {r[f'chance_top{k}']:.3f} |")
-            rows.append(f"| top-{k}, same report | {r[f'ecg_to_text_same_text_top{k}']:.3f} "
-                        f"| {r[f'text_to_ecg_same_text_top{k}']:.3f} | {r[f'chance_same_text_top{k}']:.3f} |")
-        rows.append(f"\nMean cosine of matching ECG/text features {r['mean_matched_cosine']:.3f}, "
-                    f"of mismatched pairs {r['mean_mismatched_cosine']:.3f}.")
+            rows.append(
+                f"| top-{k}, exact pair | {r[f'ecg_to_text_top{k}']:.3f} | {r[f'text_to_ecg_top{k}']:.3f} "
+                f"| {r[f'chance_top{k}']:.3f} |"
+            )
+            rows.append(
+                f"| top-{k}, same report | {r[f'ecg_to_text_same_text_top{k}']:.3f} "
+                f"| {r[f'text_to_ecg_same_text_top{k}']:.3f} | {r[f'chance_same_text_top{k}']:.3f} |"
+            )
+        rows.append(
+            f"\nMean cosine of matching ECG/text features {r['mean_matched_cosine']:.3f}, "
+            f"of mismatched pairs {r['mean_mismatched_cosine']:.3f}."
+        )
         return "\n".join(rows)
 
     return f"""# DiffuSETS-JAX evaluator (`{config.name}`)
@@ -270,24 +307,24 @@ with this one are comparable only with each other.
 Real processed signals (not VAE reconstructions, unlike the official evaluator), 1024 samples
 x 12 leads in mV, with {config.text.embedder} embeddings of the reports, from
 {", ".join(str(d) for d in data_dirs)}: folds {tuple(config.data.train_folds)} for training
-({train['num_pairs']} records), folds {tuple(test_folds)} held out ({test['num_pairs']} records). The shared PTB-XL
+({train["num_pairs"]} records), folds {tuple(test_folds)} held out ({test["num_pairs"]} records). The shared PTB-XL
 subset has no record in folds 9-10, so the held-out records are LUDB only.
 
 ## Training
 
 AdamW, lr {e.learning_rate} constant, weight decay {e.weight_decay}, batch {e.batch_size}, {step} steps,
-{seconds / 60:.1f} minutes on a 2-core CPU. Last logged contrastive loss {last['loss']:.3f}
-(ln {e.batch_size} = {np.log(e.batch_size):.3f} at chance), in-batch top-1 {last['batch_top1']:.3f}, logit scale
-{last['logit_scale']:.1f}.
+{seconds / 60:.1f} minutes on a 2-core CPU. Last logged contrastive loss {last["loss"]:.3f}
+(ln {e.batch_size} = {np.log(e.batch_size):.3f} at chance), in-batch top-1 {last["batch_top1"]:.3f}, logit scale
+{last["logit_scale"]:.1f}.
 
-## Retrieval on the held-out folds {tuple(test_folds)} ({test['num_pairs']} pairs, by cosine of the 64-d features)
+## Retrieval on the held-out folds {tuple(test_folds)} ({test["num_pairs"]} pairs, by cosine of the 64-d features)
 
 "Exact pair": the query's own partner is retrieved; "same report": a retrieved item has the
 same report text as the query (many PTB-XL reports are identical, e.g. "normal ECG|sinus rhythm").
 
 {table(test)}
 
-## Retrieval on the training folds ({train['num_pairs']} pairs, for comparison)
+## Retrieval on the training folds ({train["num_pairs"]} pairs, for comparison)
 
 {table(train)}
 """

@@ -9,8 +9,18 @@ from diffusets_jax import diffusion
 from diffusets_jax.models.unet import UNet, make_condition, null_condition
 from diffusets_jax.models.vae import VAE, Decoder, Encoder, vae_loss
 
-__all__ = ["VAE", "Encoder", "Decoder", "UNet", "abstract_model", "make_condition", "null_condition", "vae_loss",
-           "build_vae", "build_unet"]
+__all__ = [
+    "VAE",
+    "Encoder",
+    "Decoder",
+    "UNet",
+    "abstract_model",
+    "make_condition",
+    "null_condition",
+    "vae_loss",
+    "build_vae",
+    "build_unet",
+]
 
 Model = TypeVar("Model")
 
@@ -62,8 +72,9 @@ def unet_preconditioning(config):
     if kind != "edm":
         raise ValueError(f"unet.preconditioning must be 'none' or 'edm', got {kind!r}")
     d = config.diffusion
-    _, alphas_cumprod = diffusion.schedule_arrays(d.beta_start, d.beta_end, d.num_train_timesteps, d.beta_schedule,
-                                                  d.get("snr_scale", 1.0))
+    _, alphas_cumprod = diffusion.schedule_arrays(
+        d.beta_start, d.beta_end, d.num_train_timesteps, d.beta_schedule, d.get("snr_scale", 1.0)
+    )
     return diffusion.eps_preconditioning(alphas_cumprod, float(config.unet.data_std))
 
 

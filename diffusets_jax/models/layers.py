@@ -23,6 +23,7 @@ from flax import nnx
 
 Array = jax.Array
 
+
 def _initializer(draw):
     """An initializer `(key, shape, dtype)` that draws `draw(rng, shape)` with NumPy when the key is
     concrete, and with JAX under tracing (`nnx.eval_shape`, `jit`).
@@ -44,7 +45,8 @@ def _traced(draw, key, shape, dtype):
     # Under tracing the same NumPy draw runs as a host callback, so jit and eager agree.
     return jax.pure_callback(
         lambda k: np.asarray(draw(np.random.default_rng(np.asarray(k).ravel()), shape), dtype),
-        jax.ShapeDtypeStruct(shape, dtype), jax.random.key_data(key),
+        jax.ShapeDtypeStruct(shape, dtype),
+        jax.random.key_data(key),
     )
 
 
@@ -96,8 +98,10 @@ def conv1d(
     `winograd=True` a `WinogradConv1d` (k = 3, stride 1, "SAME" only; same parameters).
     """
     if winograd and (kernel_size, stride, padding) != (3, 1, "SAME"):
-        raise ValueError(f"the Winograd convolution is for k=3, stride 1, SAME; got k={kernel_size}, "
-                         f"stride {stride}, padding {padding!r}")
+        raise ValueError(
+            f"the Winograd convolution is for k=3, stride 1, SAME; got k={kernel_size}, "
+            f"stride {stride}, padding {padding!r}"
+        )
     pad = padding if isinstance(padding, str) else [padding]
     cls = Im2colConv1d if im2col else WinogradConv1d if winograd else nnx.Conv
     return cls(
@@ -139,12 +143,31 @@ class Im2colConv1d(nnx.Conv):
 # Winograd F(4, 3) (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks", with
 # the interpolation points 0, 1, -1, 2, -2 and infinity): 4 outputs of a 3-tap correlation
 # y[i] = sum_k d[i + k] g[k] from 6 inputs d as y = A^T [(G g) * (B^T d)].
-_WINOGRAD_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
-                        np.float64)
-_WINOGRAD_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-                        [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64)
-_WINOGRAD_BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
-                         [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64)
+_WINOGRAD_AT = np.array(
+    [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64
+)
+_WINOGRAD_G = np.array(
+    [
+        [1 / 4, 0, 0],
+        [-1 / 6, -1 / 6, -1 / 6],
+        [-1 / 6, 1 / 6, -1 / 6],
+        [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6],
+        [0, 0, 1],
+    ],
+    np.float64,
+)
+_WINOGRAD_BT = np.array(
+    [
+        [4, 0, -5, 0, 1, 0],
+        [0, -4, -4, 1, 1, 0],
+        [0, 4, -4, -1, 1, 0],
+        [0, -2, -1, 2, 1, 0],
+        [0, 2, -1, -2, 1, 0],
+        [0, 4, 0, -5, 0, 1],
+    ],
+    np.float64,
+)
 
 
 def winograd_conv3(x: Array, kernel: Array, bias: Array) -> Array:
@@ -166,11 +189,12 @@ def winograd_conv3(x: Array, kernel: Array, bias: Array) -> Array:
     padded = jnp.pad(x, ((0, 0), (1, 1 + tiles * m - length), (0, 0)))
     taps = [padded[:, i : i + m * (tiles - 1) + 1 : m] for i in range(n)]  # each (B, T, C_in)
     combine = lambda matrix, terms: [  # noqa: E731
-        sum(float(c) * term for c, term in zip(row, terms) if c != 0) for row in matrix]
-    v = jnp.stack(combine(_WINOGRAD_BT, taps))                              # (6, B, T, C_in)
+        sum(float(c) * term for c, term in zip(row, terms) if c != 0) for row in matrix
+    ]
+    v = jnp.stack(combine(_WINOGRAD_BT, taps))  # (6, B, T, C_in)
     u = jnp.einsum("jk,kio->jio", jnp.asarray(_WINOGRAD_G, kernel.dtype), kernel)  # (6, C_in, C_out)
-    products = jnp.einsum("jbti,jio->jbto", v, u)                           # (6, B, T, C_out)
-    y = jnp.stack(combine(_WINOGRAD_AT, list(products)), axis=2)            # (B, T, 4, C_out)
+    products = jnp.einsum("jbti,jio->jbto", v, u)  # (6, B, T, C_out)
+    y = jnp.stack(combine(_WINOGRAD_AT, list(products)), axis=2)  # (B, T, 4, C_out)
     return y.reshape(b, tiles * m, -1)[:, :length] + bias
 
 
@@ -221,15 +245,24 @@ class GroupNorm(nnx.GroupNorm):
 def group_norm(num_channels: int, num_groups: int, *, rngs: nnx.Rngs) -> nnx.GroupNorm:
     """`torch.nn.GroupNorm(num_groups, num_channels)` on `(B, L, C)`: statistics per sample and group."""
     return GroupNorm(
-        num_channels, num_groups=num_groups, epsilon=1e-5, use_fast_variance=False,
-        scale_init=ones_init, bias_init=zeros_init, rngs=rngs,
+        num_channels,
+        num_groups=num_groups,
+        epsilon=1e-5,
+        use_fast_variance=False,
+        scale_init=ones_init,
+        bias_init=zeros_init,
+        rngs=rngs,
     )
 
 
 def layer_norm(num_channels: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
     """`torch.nn.LayerNorm(C)` over the last axis, eps 1e-5."""
     return nnx.LayerNorm(
-        num_channels, epsilon=1e-5, use_fast_variance=False, scale_init=ones_init, bias_init=zeros_init,
+        num_channels,
+        epsilon=1e-5,
+        use_fast_variance=False,
+        scale_init=ones_init,
+        bias_init=zeros_init,
         rngs=rngs,
     )
 
@@ -251,8 +284,14 @@ class ConvTranspose1d(nnx.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int,
-        *, rngs: nnx.Rngs,
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        *,
+        rngs: nnx.Rngs,
     ):
         self.stride, self.padding, self.kernel_size = stride, padding, kernel_size
         # PyTorch computes fan_in of a transposed conv weight (C_in, C_out, k) as C_out * k.
@@ -320,9 +359,7 @@ class MultiheadAttention(nnx.Module):
             raise ValueError(f"attention width {hidden} is not divisible by num_heads={num_heads}")
         self.hidden, self.num_heads = hidden, num_heads
         # PyTorch: xavier_uniform in_proj, zero biases.
-        self.in_proj = nnx.Linear(
-            hidden, 3 * hidden, kernel_init=xavier_uniform_init, bias_init=zeros_init, rngs=rngs
-        )
+        self.in_proj = nnx.Linear(hidden, 3 * hidden, kernel_init=xavier_uniform_init, bias_init=zeros_init, rngs=rngs)
         self.out_proj = nnx.Linear(hidden, hidden, kernel_init=torch_kernel_init, bias_init=zeros_init, rngs=rngs)
 
     def in_projection(self, which: int) -> tuple[Array, Array]:

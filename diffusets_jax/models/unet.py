@@ -135,8 +135,14 @@ class CrossAttention(nnx.Module):
     """
 
     def __init__(
-        self, channels: int, hidden: int, num_heads: int, condition_dim: int,
-        *, closed_form: bool = True, rngs: nnx.Rngs,
+        self,
+        channels: int,
+        hidden: int,
+        num_heads: int,
+        condition_dim: int,
+        *,
+        closed_form: bool = True,
+        rngs: nnx.Rngs,
     ):
         self.closed_form = closed_form
         self.normalization = layer_norm(channels, rngs=rngs)
@@ -167,8 +173,15 @@ class Block(nnx.Module):
     """
 
     def __init__(
-        self, cin: int, cout: int, *, kernel_size: int, num_heads: int, condition_dim: int,
-        closed_form: bool, rngs: nnx.Rngs,
+        self,
+        cin: int,
+        cout: int,
+        *,
+        kernel_size: int,
+        num_heads: int,
+        condition_dim: int,
+        closed_form: bool,
+        rngs: nnx.Rngs,
     ):
         mid = (cin + cout) // 2
         hidden = 2 * cin
@@ -177,9 +190,7 @@ class Block(nnx.Module):
         self.layer_norm1 = group_norm(mid, 1, rngs=rngs)
         self.shortcut_convs = conv(mid, mid, 1, rngs=rngs)
         self.self_attention = SelfAttention(mid, hidden, num_heads, rngs=rngs)
-        self.cross_attention = CrossAttention(
-            mid, hidden, num_heads, condition_dim, closed_form=closed_form, rngs=rngs
-        )
+        self.cross_attention = CrossAttention(mid, hidden, num_heads, condition_dim, closed_form=closed_form, rngs=rngs)
         self.attention_norm = layer_norm(mid, rngs=rngs)
         self.post_shortcut_convs = conv(mid, cout, kernel_size, rngs=rngs)
         self.layer_norm2 = group_norm(cout, 1, rngs=rngs)
@@ -227,8 +238,15 @@ class Bottleneck(nnx.Module):
     """Official `BottleneckNet` at the lowest resolution; kernel 3 whatever the config (official)."""
 
     def __init__(
-        self, channels: int, *, kernel_size: int, hidden: int, num_heads: int, condition_dim: int,
-        closed_form: bool, rngs: nnx.Rngs,
+        self,
+        channels: int,
+        *,
+        kernel_size: int,
+        hidden: int,
+        num_heads: int,
+        condition_dim: int,
+        closed_form: bool,
+        rngs: nnx.Rngs,
     ):
         self.time_emb = TimeEmbedding(channels, rngs=rngs)
         self.bottleneck_conv1 = conv(channels, channels, kernel_size, rngs=rngs)
@@ -302,36 +320,41 @@ class UNet(nnx.Module):
         self.patient_std = tuple(float(v) for v in patient_std)
         self.output_activation = bool(output_activation)
         # python floats, not arrays: static module data, not state (checkpoints are unchanged)
-        self.preconditioning = None if preconditioning is None else tuple(
-            tuple(float(v) for v in table) for table in preconditioning)
+        self.preconditioning = (
+            None if preconditioning is None else tuple(tuple(float(v) for v in table) for table in preconditioning)
+        )
         widths = [latent_channels, *channels]  # d_0 .. d_n
         n = len(channels)
         condition_dim = text_embed_dim + 3  # text, then sex, age, heart rate
         self.text_embed_dim = text_embed_dim
         block = dict(
-            kernel_size=kernel_size, num_heads=num_heads, condition_dim=condition_dim,
-            closed_form=closed_form_cross_attention, rngs=rngs,
+            kernel_size=kernel_size,
+            num_heads=num_heads,
+            condition_dim=condition_dim,
+            closed_form=closed_form_cross_attention,
+            rngs=rngs,
         )
-        self.downsampling_blocks = nnx.List(
-            [DownsamplingBlock(widths[i], widths[i + 1], **block) for i in range(n)]
-        )
+        self.downsampling_blocks = nnx.List([DownsamplingBlock(widths[i], widths[i + 1], **block) for i in range(n)])
         self.bottelneck = Bottleneck(
-            widths[n], kernel_size=bottleneck_kernel_size, hidden=bottleneck_hidden,
-            num_heads=bottleneck_heads, condition_dim=condition_dim,
-            closed_form=closed_form_cross_attention, rngs=rngs,
+            widths[n],
+            kernel_size=bottleneck_kernel_size,
+            hidden=bottleneck_hidden,
+            num_heads=bottleneck_heads,
+            condition_dim=condition_dim,
+            closed_form=closed_form_cross_attention,
+            rngs=rngs,
         )
         # up[0] has no skip (the deepest skip is dropped, as the official `del shortcuts[-1]`);
         # up[j] concatenates the skip of down[n - 1 - j], which has widths[n - j] channels.
         ups = [UpsamplingBlock(widths[n], widths[n], widths[n - 1], **block)]
-        ups += [
-            UpsamplingBlock(widths[n - j], 2 * widths[n - j], widths[n - j - 1], **block)
-            for j in range(1, n)
-        ]
+        ups += [UpsamplingBlock(widths[n - j], 2 * widths[n - j], widths[n - j - 1], **block) for j in range(1, n)]
         self.upsampling_blocks = nnx.List(ups)
-        self.output_conv = nnx.List([
-            conv(latent_channels, latent_channels, 3, rngs=rngs),
-            conv(latent_channels, latent_channels, 1, rngs=rngs),
-        ])
+        self.output_conv = nnx.List(
+            [
+                conv(latent_channels, latent_channels, 3, rngs=rngs),
+                conv(latent_channels, latent_channels, 1, rngs=rngs),
+            ]
+        )
 
     def __call__(self, x: Array, t: Array, condition: Array) -> Array:
         """Predicted noise `(B, 128, C)` for latents `x` `(B, 128, C)`, `t` `(B,)`, `condition` `(B, D + 3)`."""
@@ -371,8 +394,9 @@ def make_condition(text_embedding: Array, sex: Array, age: Array, heart_rate: Ar
     return jnp.concatenate([jnp.asarray(text_embedding, jnp.float32), *extras], axis=-1)
 
 
-def null_condition(condition: Array, patient_mean, drop_text: Array | bool = True,
-                   drop_patient: Array | bool = True) -> Array:
+def null_condition(
+    condition: Array, patient_mean, drop_text: Array | bool = True, drop_patient: Array | bool = True
+) -> Array:
     """The condition with its text and/or patient part replaced by the null condition `(B, D + 3)`.
 
     The null condition (classifier-free guidance; Ho & Salimans 2022) is zero after the U-Net's

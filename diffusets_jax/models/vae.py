@@ -109,28 +109,39 @@ class Encoder(nnx.Module):
     """
 
     def __init__(
-        self, channels: Sequence[int] = (128, 256, 512), latent_channels: int = 4,
-        num_groups: int = 32, *, rngs: nnx.Rngs,
+        self,
+        channels: Sequence[int] = (128, 256, 512),
+        latent_channels: int = 4,
+        num_groups: int = 32,
+        *,
+        rngs: nnx.Rngs,
     ):
         c1, c2, c3 = channels
         res = lambda cin, cout: ResidualBlock(cin, cout, num_groups, rngs=rngs)  # noqa: E731
         self.latent_channels = latent_channels
-        self.layers = nnx.List([
-            conv3(NUM_LEADS, c1, rngs),                             # 0
-            res(c1, c1), res(c1, c1),                               # 1, 2
-            _downsample(c1, rngs),                                  # 3: 1024 -> 512
-            res(c1, c2), res(c2, c2),                               # 4, 5
-            _downsample(c2, rngs),                                  # 6: 512 -> 256
-            res(c2, c3), res(c3, c3),                               # 7, 8
-            _downsample(c3, rngs),                                  # 9: 256 -> 128
-            res(c3, c3), res(c3, c3), res(c3, c3),                  # 10, 11, 12
-            AttentionBlock(c3, num_groups, rngs=rngs),              # 13
-            res(c3, c3),                                            # 14
-            group_norm(c3, num_groups, rngs=rngs),                  # 15
-            SiLU(),                                                 # 16
-            conv3(c3, 2 * latent_channels, rngs),                   # 17
-            conv1d(2 * latent_channels, 2 * latent_channels, 1, rngs=rngs),  # 18
-        ])
+        self.layers = nnx.List(
+            [
+                conv3(NUM_LEADS, c1, rngs),  # 0
+                res(c1, c1),
+                res(c1, c1),  # 1, 2
+                _downsample(c1, rngs),  # 3: 1024 -> 512
+                res(c1, c2),
+                res(c2, c2),  # 4, 5
+                _downsample(c2, rngs),  # 6: 512 -> 256
+                res(c2, c3),
+                res(c3, c3),  # 7, 8
+                _downsample(c3, rngs),  # 9: 256 -> 128
+                res(c3, c3),
+                res(c3, c3),
+                res(c3, c3),  # 10, 11, 12
+                AttentionBlock(c3, num_groups, rngs=rngs),  # 13
+                res(c3, c3),  # 14
+                group_norm(c3, num_groups, rngs=rngs),  # 15
+                SiLU(),  # 16
+                conv3(c3, 2 * latent_channels, rngs),  # 17
+                conv1d(2 * latent_channels, 2 * latent_channels, 1, rngs=rngs),  # 18
+            ]
+        )
 
     def moments(self, x: Array) -> tuple[Array, Array]:
         """Posterior mean and clamped log-variance, each `(B, 128, latent_channels)`, unscaled."""
@@ -154,30 +165,45 @@ class Decoder(nnx.Module):
     """
 
     def __init__(
-        self, channels: Sequence[int] = (128, 256, 512), latent_channels: int = 4,
-        num_groups: int = 32, *, rngs: nnx.Rngs,
+        self,
+        channels: Sequence[int] = (128, 256, 512),
+        latent_channels: int = 4,
+        num_groups: int = 32,
+        *,
+        rngs: nnx.Rngs,
     ):
         c1, c2, c3 = channels
         res = lambda cin, cout: ResidualBlock(cin, cout, num_groups, rngs=rngs)  # noqa: E731
-        self.layers = nnx.List([
-            conv1d(latent_channels, latent_channels, 1, rngs=rngs),  # 0
-            conv3(latent_channels, c3, rngs),                        # 1
-            res(c3, c3),                                             # 2
-            AttentionBlock(c3, num_groups, rngs=rngs),               # 3
-            res(c3, c3), res(c3, c3), res(c3, c3), res(c3, c3),      # 4-7
-            Upsample(),                                              # 8: 128 -> 256
-            conv3(c3, c3, rngs),                                     # 9
-            res(c3, c3), res(c3, c3), res(c3, c3),                   # 10-12
-            Upsample(),                                              # 13: 256 -> 512
-            conv3(c3, c3, rngs),                                     # 14
-            res(c3, c2), res(c2, c2), res(c2, c2),                   # 15-17
-            Upsample(),                                              # 18: 512 -> 1024
-            conv3(c2, c2, rngs),                                     # 19
-            res(c2, c1), res(c1, c1), res(c1, c1),                   # 20-22
-            group_norm(c1, num_groups, rngs=rngs),                   # 23
-            SiLU(),                                                  # 24
-            conv3(c1, NUM_LEADS, rngs),                              # 25
-        ])
+        self.layers = nnx.List(
+            [
+                conv1d(latent_channels, latent_channels, 1, rngs=rngs),  # 0
+                conv3(latent_channels, c3, rngs),  # 1
+                res(c3, c3),  # 2
+                AttentionBlock(c3, num_groups, rngs=rngs),  # 3
+                res(c3, c3),
+                res(c3, c3),
+                res(c3, c3),
+                res(c3, c3),  # 4-7
+                Upsample(),  # 8: 128 -> 256
+                conv3(c3, c3, rngs),  # 9
+                res(c3, c3),
+                res(c3, c3),
+                res(c3, c3),  # 10-12
+                Upsample(),  # 13: 256 -> 512
+                conv3(c3, c3, rngs),  # 14
+                res(c3, c2),
+                res(c2, c2),
+                res(c2, c2),  # 15-17
+                Upsample(),  # 18: 512 -> 1024
+                conv3(c2, c2, rngs),  # 19
+                res(c2, c1),
+                res(c1, c1),
+                res(c1, c1),  # 20-22
+                group_norm(c1, num_groups, rngs=rngs),  # 23
+                SiLU(),  # 24
+                conv3(c1, NUM_LEADS, rngs),  # 25
+            ]
+        )
 
     def __call__(self, z: Array) -> Array:
         x = z / LATENT_SCALE
@@ -190,8 +216,12 @@ class VAE(nnx.Module):
     """Encoder and decoder together, as `vae_model.pth` = `{'encoder': ..., 'decoder': ...}`."""
 
     def __init__(
-        self, channels: Sequence[int] = (128, 256, 512), latent_channels: int = 4,
-        num_groups: int = 32, *, rngs: nnx.Rngs,
+        self,
+        channels: Sequence[int] = (128, 256, 512),
+        latent_channels: int = 4,
+        num_groups: int = 32,
+        *,
+        rngs: nnx.Rngs,
     ):
         self.encoder = Encoder(channels, latent_channels, num_groups, rngs=rngs)
         self.decoder = Decoder(channels, latent_channels, num_groups, rngs=rngs)

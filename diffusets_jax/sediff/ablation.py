@@ -72,14 +72,17 @@ class Variant:
         return self.euler or self.interlead
 
 
-VARIANTS = {v.name: v for v in (
-    Variant("base", False, False, False, True, "official objective"),
-    Variant("euler", True, False, False, True, "+ Euler loss (ECGSYN prior)"),
-    Variant("interlead", False, True, False, True, "+ inter-lead loss"),
-    Variant("retrieval", False, False, True, True, "+ retrieval-augmented reports"),
-    Variant("full", True, True, True, True, "all three"),
-    Variant("released", True, True, False, False, "Euler + inter-lead, no gradient (released code)"),
-)}
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant("base", False, False, False, True, "official objective"),
+        Variant("euler", True, False, False, True, "+ Euler loss (ECGSYN prior)"),
+        Variant("interlead", False, True, False, True, "+ inter-lead loss"),
+        Variant("retrieval", False, False, True, True, "+ retrieval-augmented reports"),
+        Variant("full", True, True, True, True, "all three"),
+        Variant("released", True, True, False, False, "Euler + inter-lead, no gradient (released code)"),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -150,16 +153,20 @@ def load_base(path: str | Path, beat_decoder_dir: str | Path | None, needs_decod
     config.sediff = sediff
     vae_step, unet_step = latest_step(path / "vae"), latest_step(path / "unet")
     if vae_step is None:
-        raise FileNotFoundError(f"--base-workdir {path}: no VAE checkpoint in {path / 'vae'} "
-                                "(run `diffusets-jax train-vae`)")
+        raise FileNotFoundError(
+            f"--base-workdir {path}: no VAE checkpoint in {path / 'vae'} (run `diffusets-jax train-vae`)"
+        )
     if unet_step is None:
-        raise FileNotFoundError(f"--base-workdir {path}: no U-Net checkpoint in {path / 'unet'} "
-                                "(run `diffusets-jax train-diffusion`)")
+        raise FileNotFoundError(
+            f"--base-workdir {path}: no U-Net checkpoint in {path / 'unet'} (run `diffusets-jax train-diffusion`)"
+        )
     decoder_dir = Path(beat_decoder_dir or config.sediff.beat_decoder_dir or path / "beat_decoder")
     if needs_decoder and not (decoder_dir / "beat_decoder.npz").is_file():
-        raise FileNotFoundError(f"no beat decoder in {decoder_dir} (the physics variants need one): run "
-                                f"`diffusets-jax train-beat-decoder --workdir {path} --dataset DIR ...` or give "
-                                "--beat-decoder DIR")
+        raise FileNotFoundError(
+            f"no beat decoder in {decoder_dir} (the physics variants need one): run "
+            f"`diffusets-jax train-beat-decoder --workdir {path} --dataset DIR ...` or give "
+            "--beat-decoder DIR"
+        )
     return BaseWorkdir(path, config, vae_step, unet_step, decoder_dir)
 
 
@@ -179,13 +186,17 @@ def workdir_of(base: str | Path, out: Path) -> Path:
         shutil.rmtree(partial, ignore_errors=True)
         vae_step, unet_step = workdir_from_pretrained(base, partial)
         partial.rename(workdir)
-        print(f"{base} is a model directory: wrote the training workdir {workdir} from it (VAE step {vae_step}, "
-              f"U-Net step {unet_step}, fresh optimizer moments)", flush=True)
+        print(
+            f"{base} is a model directory: wrote the training workdir {workdir} from it (VAE step {vae_step}, "
+            f"U-Net step {unet_step}, fresh optimizer moments)",
+            flush=True,
+        )
     return workdir
 
 
-def held_out_conditions(data_dirs: Sequence[Path], rag_dirs: Sequence[Path], folds: Sequence[int],
-                        num_samples: int, seed: int) -> Conditions:
+def held_out_conditions(
+    data_dirs: Sequence[Path], rag_dirs: Sequence[Path], folds: Sequence[int], num_samples: int, seed: int
+) -> Conditions:
     """`num_samples` rows drawn from `folds` of `data_dirs` (`evaluate.draw_conditions`) and, if
     `rag_dirs` are given, the same records' embeddings in them.
 
@@ -199,17 +210,27 @@ def held_out_conditions(data_dirs: Sequence[Path], rag_dirs: Sequence[Path], fol
     if rag_dirs:
         rag = load_processed(rag_dirs, folds)
         if not (np.array_equal(rag.record_ids, dataset.record_ids) and np.array_equal(rag.signals, dataset.signals)):
-            raise ValueError(f"--rag-dataset {', '.join(map(str, rag_dirs))} do not hold the records of --dataset "
-                             f"{', '.join(map(str, data_dirs))} in folds {list(folds)} in the same order (give "
-                             "each augmented set in the order of its source)")
+            raise ValueError(
+                f"--rag-dataset {', '.join(map(str, rag_dirs))} do not hold the records of --dataset "
+                f"{', '.join(map(str, data_dirs))} in folds {list(folds)} in the same order (give "
+                "each augmented set in the order of its source)"
+            )
         rag_text = rag.text_embeddings[rows]
-    return Conditions(real=dataset.signals[rows], text=dataset.text_embeddings[rows], rag_text=rag_text,
-                      sex=dataset.sex_codes[rows], age=dataset.age[rows], heart_rate=dataset.heart_rate[rows],
-                      reports=dataset.reports[rows], num_records=len(dataset))
+    return Conditions(
+        real=dataset.signals[rows],
+        text=dataset.text_embeddings[rows],
+        rag_text=rag_text,
+        sex=dataset.sex_codes[rows],
+        age=dataset.age[rows],
+        heart_rate=dataset.heart_rate[rows],
+        reports=dataset.reports[rows],
+        num_records=len(dataset),
+    )
 
 
-def variant_config(base: BaseWorkdir, variant: Variant, steps: int, learning_rate: float,
-                   euler_weight: float, interlead_weight: float):
+def variant_config(
+    base: BaseWorkdir, variant: Variant, steps: int, learning_rate: float, euler_weight: float, interlead_weight: float
+):
     """The base config set up to fine-tune `steps` more steps with `variant`'s objective.
 
     `num_steps = base step + steps` so that `train_diffusion` resumes from the base checkpoint;
@@ -240,13 +261,16 @@ def prepare_variant(base: BaseWorkdir, directory: Path, config, spec: dict, need
     if directory.exists():
         stored_path = directory / SPEC_FILE
         if not stored_path.is_file():
-            raise ValueError(f"{directory} exists but was not made by `diffusets-jax ablate` (no {SPEC_FILE}); "
-                             "choose another --out")
+            raise ValueError(
+                f"{directory} exists but was not made by `diffusets-jax ablate` (no {SPEC_FILE}); choose another --out"
+            )
         stored = json.loads(stored_path.read_text())
         differing = sorted(k for k in spec.keys() | stored.keys() if spec.get(k) != stored.get(k))
         if differing:
-            raise ValueError(f"{directory} was fine-tuned with other settings ({', '.join(differing)} differ); "
-                             "use another --out or delete it")
+            raise ValueError(
+                f"{directory} was fine-tuned with other settings ({', '.join(differing)} differ); "
+                "use another --out or delete it"
+            )
         return
     partial = directory.with_name(f".{directory.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -284,14 +308,27 @@ def training_summary(directory: Path, base_step: int, steps: int) -> dict:
     mean = lambda key: float(np.mean([r[key] for r in final])) if key in final[0] else None  # noqa: E731
     val = [r["val_loss"] for r in records if "val_loss" in r]
     diffusion = "diffusion_loss" if "diffusion_loss" in final[0] else "loss"  # the base logs only `loss`
-    return {"loss": mean("loss"), "diffusion_loss": mean(diffusion),
-            "euler_loss": mean("euler_loss"), "interlead_loss": mean("interlead_loss"),
-            "val_loss": val[-1] if val else None,
-            "step_time_s": float(np.median([r["step_time_s"] for r in records]))}
+    return {
+        "loss": mean("loss"),
+        "diffusion_loss": mean(diffusion),
+        "euler_loss": mean("euler_loss"),
+        "interlead_loss": mean("interlead_loss"),
+        "val_loss": val[-1] if val else None,
+        "step_time_s": float(np.median([r["step_time_s"] for r in records])),
+    }
 
 
-def generate_and_score(directory: Path, conditions: Conditions, text: np.ndarray, evaluator, *, sampling,
-                       weights: str, batch_size: int, seed: int) -> dict:
+def generate_and_score(
+    directory: Path,
+    conditions: Conditions,
+    text: np.ndarray,
+    evaluator,
+    *,
+    sampling,
+    weights: str,
+    batch_size: int,
+    seed: int,
+) -> dict:
     """Load the variant's VAE and U-Net (`weights`: 'ema' or 'raw'), save them as a model directory
     `directory/model`, generate one ECG per condition row (conditioned on `text` `(N, D)`) with the
     `Sampling` `sampling` (checked by the caller, `ablation_sampling`) and score it. Returns
@@ -309,14 +346,33 @@ def generate_and_score(directory: Path, conditions: Conditions, text: np.ndarray
     save_pretrained(directory / "model", config, vae, unet)
     pipeline = Pipeline(config, vae, unet)
     start = time.perf_counter()
-    generated = pipeline.generate_for_conditions(text, conditions.sex, conditions.age, conditions.heart_rate,
-                                                 seed=seed, sampling=sampling, batch_size=batch_size, progress=True)
+    generated = pipeline.generate_for_conditions(
+        text,
+        conditions.sex,
+        conditions.age,
+        conditions.heart_rate,
+        seed=seed,
+        sampling=sampling,
+        batch_size=batch_size,
+        progress=True,
+    )
     generation_s = time.perf_counter() - start
     np.savez(directory / "samples.npz", signals=generated)
-    result = score(conditions.real, generated, conditions.text, conditions.heart_rate, conditions.reports,
-                   evaluator, intervals=False)
-    return {"generated": result["generated"], "real_reference": result["real_reference"],
-            "generation_s": generation_s, "sampling": sampling.as_dict()}
+    result = score(
+        conditions.real,
+        generated,
+        conditions.text,
+        conditions.heart_rate,
+        conditions.reports,
+        evaluator,
+        intervals=False,
+    )
+    return {
+        "generated": result["generated"],
+        "real_reference": result["real_reference"],
+        "generation_s": generation_s,
+        "sampling": sampling.as_dict(),
+    }
 
 
 def ablation_sampling(config, sampler: str, num_steps: int, guidance_scale: float | None):
@@ -327,31 +383,59 @@ def ablation_sampling(config, sampler: str, num_steps: int, guidance_scale: floa
     """
     from diffusets_jax.sampling import Sampling
 
-    return Sampling.from_config(config, sampler=sampler, num_steps=num_steps, eta=0.0, guidance_scale=guidance_scale,
-                                exact_limb_leads=False, stacklevel=2)
+    return Sampling.from_config(
+        config,
+        sampler=sampler,
+        num_steps=num_steps,
+        eta=0.0,
+        guidance_scale=guidance_scale,
+        exact_limb_leads=False,
+        stacklevel=2,
+    )
 
 
 def summary_row(variant: Variant, spec: dict, train_s: float | None, losses: dict, scores: dict) -> dict:
     """One table row: the variant, its fine-tune and the headline metrics of `score`."""
     g = scores["generated"]
-    return {"variant": variant.name, "description": variant.description, "steps": spec["steps"],
-            "base_step": spec["base_step"], "unet_step": spec["unet_step"], "euler_weight": spec["euler_weight"],
-            "interlead_weight": spec["interlead_weight"], "physics_gradient": spec["physics_gradient"],
-            "retrieval": variant.retrieval, "train_s": train_s, **losses,
-            "hr_mae": g["hr"]["mae"], "hr_undetected": g["hr"]["n_undetected"], "fid": g["fid"],
-            "rfid_arxiv_v1": g["rfid_arxiv_v1"], "rfid_iclr2026": g["rfid_iclr2026"],
-            "precision": g["precision"], "recall": g["recall"], "clip_score": g["clip_score"], "rclip": g["rclip"],
-            "lead_residual_mV": g["lead_residuals_mV"]["overall"], "generation_s": scores["generation_s"]}
+    return {
+        "variant": variant.name,
+        "description": variant.description,
+        "steps": spec["steps"],
+        "base_step": spec["base_step"],
+        "unet_step": spec["unet_step"],
+        "euler_weight": spec["euler_weight"],
+        "interlead_weight": spec["interlead_weight"],
+        "physics_gradient": spec["physics_gradient"],
+        "retrieval": variant.retrieval,
+        "train_s": train_s,
+        **losses,
+        "hr_mae": g["hr"]["mae"],
+        "hr_undetected": g["hr"]["n_undetected"],
+        "fid": g["fid"],
+        "rfid_arxiv_v1": g["rfid_arxiv_v1"],
+        "rfid_iclr2026": g["rfid_iclr2026"],
+        "precision": g["precision"],
+        "recall": g["recall"],
+        "clip_score": g["clip_score"],
+        "rclip": g["rclip"],
+        "lead_residual_mV": g["lead_residuals_mV"]["overall"],
+        "generation_s": scores["generation_s"],
+    }
 
 
 def reference_row(real_reference: dict) -> dict:
     """The real-vs-real row of `score`: FID and precision / recall between the two halves of the
     real set, CLIP score and lead residuals of the real ECGs, their measured vs stated heart rate."""
-    return {"variant": "real (reference)", "hr_mae": real_reference["hr"]["mae"],
-            "hr_undetected": real_reference["hr"]["n_undetected"], "fid": real_reference["fid"],
-            "precision": real_reference.get("precision"), "recall": real_reference.get("recall"),
-            "clip_score": real_reference["clip_score"],
-            "lead_residual_mV": real_reference["lead_residuals_mV"]["overall"]}
+    return {
+        "variant": "real (reference)",
+        "hr_mae": real_reference["hr"]["mae"],
+        "hr_undetected": real_reference["hr"]["n_undetected"],
+        "fid": real_reference["fid"],
+        "precision": real_reference.get("precision"),
+        "recall": real_reference.get("recall"),
+        "clip_score": real_reference["clip_score"],
+        "lead_residual_mV": real_reference["lead_residuals_mV"]["overall"],
+    }
 
 
 def _number(value, spec: str) -> str:
@@ -360,8 +444,11 @@ def _number(value, spec: str) -> str:
 
 def format_table(rows: Sequence[dict], reference: dict | None) -> str:
     """The Markdown table of `summary_row`s (and the reference row)."""
-    lines = ["| variant | steps | train s | loss | diffusion loss | val loss | HR MAE (bpm) | FID | rFID | "
-             "precision | recall | CLIP score | lead residual (mV) |", "|" + "---|" * 13]
+    lines = [
+        "| variant | steps | train s | loss | diffusion loss | val loss | HR MAE (bpm) | FID | rFID | "
+        "precision | recall | CLIP score | lead residual (mV) |",
+        "|" + "---|" * 13,
+    ]
     for r in [*rows, *([reference] if reference else [])]:
         hr = _number(r["hr_mae"], ".2f") + (f" ({r['hr_undetected']} undetected)" if r["hr_undetected"] else "")
         lines.append(
@@ -370,7 +457,8 @@ def format_table(rows: Sequence[dict], reference: dict | None) -> str:
             f"{_number(r.get('val_loss'), '.2f')} | {hr} | {_number(r['fid'], '.3g')} | "
             f"{_number(r.get('rfid_arxiv_v1'), '.3g')} | {_number(r['precision'], '.3f')} | "
             f"{_number(r['recall'], '.3f')} | {_number(r['clip_score'], '.3f')} | "
-            f"{_number(r['lead_residual_mV'], '.4f')} |")
+            f"{_number(r['lead_residual_mV'], '.4f')} |"
+        )
     return "\n".join(lines)
 
 
@@ -393,14 +481,29 @@ def _as_stored(settings: dict) -> dict:
     return json.loads(json.dumps(settings))  # as read back from JSON: lists, not tuples
 
 
-def run_ablation(base_workdir: str | Path, data_dirs: Sequence[str | Path], out: str | Path, *,
-                 variants: str | Sequence[str] = tuple(VARIANTS), rag_dirs: Sequence[str | Path] = (),
-                 steps: int = 1000, learning_rate: float | None = None,
-                 euler_weight: float = DEFAULT_EULER_WEIGHT, interlead_weight: float = DEFAULT_INTERLEAD_WEIGHT,
-                 beat_decoder_dir: str | Path | None = None, num_samples: int = 256,
-                 folds: Sequence[int] = (9, 10), sampler: str = "ddim", num_steps: int = 50,
-                 guidance_scale: float | None = None, batch_size: int = 64, weights: str = "ema",
-                 seed: int = 0, evaluator_dir: str | Path | None = None, command: str | None = None) -> dict:
+def run_ablation(
+    base_workdir: str | Path,
+    data_dirs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    variants: str | Sequence[str] = tuple(VARIANTS),
+    rag_dirs: Sequence[str | Path] = (),
+    steps: int = 1000,
+    learning_rate: float | None = None,
+    euler_weight: float = DEFAULT_EULER_WEIGHT,
+    interlead_weight: float = DEFAULT_INTERLEAD_WEIGHT,
+    beat_decoder_dir: str | Path | None = None,
+    num_samples: int = 256,
+    folds: Sequence[int] = (9, 10),
+    sampler: str = "ddim",
+    num_steps: int = 50,
+    guidance_scale: float | None = None,
+    batch_size: int = 64,
+    weights: str = "ema",
+    seed: int = 0,
+    evaluator_dir: str | Path | None = None,
+    command: str | None = None,
+) -> dict:
     """Fine-tune and score each of `variants`; write `out/ablation.json` and `out/ablation.md`.
 
     Args:
@@ -437,9 +540,11 @@ def run_ablation(base_workdir: str | Path, data_dirs: Sequence[str | Path], out:
         raise ValueError(f"--weights must be ema or raw, got {weights!r}")
     needs_rag = [v.name for v in chosen if v.retrieval]
     if needs_rag and not rag_dirs:
-        raise ValueError(f"variant(s) {', '.join(needs_rag)} need the retrieval-augmented sets: give --rag-dataset "
-                         "(written by `diffusets-jax augment-dataset`) for each --dataset, or leave them out of "
-                         "--variants")
+        raise ValueError(
+            f"variant(s) {', '.join(needs_rag)} need the retrieval-augmented sets: give --rag-dataset "
+            "(written by `diffusets-jax augment-dataset`) for each --dataset, or leave them out of "
+            "--variants"
+        )
     if rag_dirs and len(rag_dirs) != len(data_dirs):
         raise ValueError(f"give one --rag-dataset per --dataset ({len(data_dirs)}), got {len(rag_dirs)}")
     for flag, dirs in (("--dataset", data_dirs), ("--rag-dataset", rag_dirs)):
@@ -455,13 +560,23 @@ def run_ablation(base_workdir: str | Path, data_dirs: Sequence[str | Path], out:
     conditions = held_out_conditions(data_dirs, rag_dirs if needs_rag else (), folds, num_samples, seed)
     evaluator_dir = Path(evaluator_dir or DEFAULT_EVALUATOR_DIR)
     _, evaluator = load_evaluator(evaluator_dir)
-    evaluation = _as_stored({
-        "num_samples": num_samples, "folds": list(folds), "seed": seed, "weights": weights,
-        "evaluator": str(evaluator_dir.resolve()), "data": [str(d.resolve()) for d in data_dirs],
-        "sampling": {"sampler": sampler, "num_steps": num_steps, "guidance_scale": guidance_scale}})
-    print(f"ablation of {', '.join(names)}: base {base.path} (U-Net step {base.unet_step}), {steps} steps each at "
-          f"lr {learning_rate:g}; {num_samples} conditions from {conditions.num_records} records of folds "
-          f"{list(folds)}", flush=True)
+    evaluation = _as_stored(
+        {
+            "num_samples": num_samples,
+            "folds": list(folds),
+            "seed": seed,
+            "weights": weights,
+            "evaluator": str(evaluator_dir.resolve()),
+            "data": [str(d.resolve()) for d in data_dirs],
+            "sampling": {"sampler": sampler, "num_steps": num_steps, "guidance_scale": guidance_scale},
+        }
+    )
+    print(
+        f"ablation of {', '.join(names)}: base {base.path} (U-Net step {base.unet_step}), {steps} steps each at "
+        f"lr {learning_rate:g}; {num_samples} conditions from {conditions.num_records} records of folds "
+        f"{list(folds)}",
+        flush=True,
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     rows, reference = [], None
@@ -469,12 +584,21 @@ def run_ablation(base_workdir: str | Path, data_dirs: Sequence[str | Path], out:
         directory = out / variant.name
         train_dirs = rag_dirs if variant.retrieval else data_dirs
         config = variant_config(base, variant, steps, learning_rate, euler_weight, interlead_weight)
-        spec = _as_stored({
-            "variant": variant.name, "base_workdir": str(base.path.resolve()), "base_step": base.unet_step,
-            "vae_step": base.vae_step, "steps": steps, "unet_step": base.unet_step + steps,
-            "learning_rate": learning_rate, "euler_weight": config.sediff.euler_weight,
-            "interlead_weight": config.sediff.interlead_weight, "physics_gradient": variant.physics_gradient,
-            "data": [str(d.resolve()) for d in train_dirs]})
+        spec = _as_stored(
+            {
+                "variant": variant.name,
+                "base_workdir": str(base.path.resolve()),
+                "base_step": base.unet_step,
+                "vae_step": base.vae_step,
+                "steps": steps,
+                "unet_step": base.unet_step + steps,
+                "learning_rate": learning_rate,
+                "euler_weight": config.sediff.euler_weight,
+                "interlead_weight": config.sediff.interlead_weight,
+                "physics_gradient": variant.physics_gradient,
+                "data": [str(d.resolve()) for d in train_dirs],
+            }
+        )
         prefix = f"[{i}/{len(chosen)}] {variant.name}"
         prepare_variant(base, directory, config, spec, variant.uses_decoder)
         stored = json.loads((directory / METRICS_FILE).read_text()) if (directory / METRICS_FILE).is_file() else None
@@ -488,25 +612,47 @@ def run_ablation(base_workdir: str | Path, data_dirs: Sequence[str | Path], out:
             finished = directory / FINETUNE_FILE
             train_s = json.loads(finished.read_text())["train_s"] if finished.is_file() else None
         else:
-            print(f"{prefix} ({variant.description}): fine-tuning steps {base.unet_step} -> {spec['unet_step']} "
-                  f"in {directory}", flush=True)
+            print(
+                f"{prefix} ({variant.description}): fine-tuning steps {base.unet_step} -> {spec['unet_step']} "
+                f"in {directory}",
+                flush=True,
+            )
             train_s = finetune(directory, config, train_dirs)
         losses = training_summary(directory, base.unet_step, steps)
         print(f"{prefix}: generating and scoring {num_samples} ECGs", flush=True)
         text = conditions.rag_text if variant.retrieval else conditions.text
-        scores = generate_and_score(directory, conditions, text, evaluator, sampling=options,
-                                    weights=weights, batch_size=batch_size, seed=seed)
+        scores = generate_and_score(
+            directory, conditions, text, evaluator, sampling=options, weights=weights, batch_size=batch_size, seed=seed
+        )
         row = summary_row(variant, spec, train_s, losses, scores)
         reference = reference_row(scores["real_reference"])
-        (directory / METRICS_FILE).write_text(json.dumps(
-            {"evaluation": evaluation, "row": row, "real_reference": reference, "generated": scores["generated"],
-             "sampling": scores["sampling"]}, indent=1) + "\n")
+        (directory / METRICS_FILE).write_text(
+            json.dumps(
+                {
+                    "evaluation": evaluation,
+                    "row": row,
+                    "real_reference": reference,
+                    "generated": scores["generated"],
+                    "sampling": scores["sampling"],
+                },
+                indent=1,
+            )
+            + "\n"
+        )
         rows.append(row)
 
-    settings = {"command": command, "base_workdir": str(base.path), "base_step": base.unet_step, "steps": steps,
-                "learning_rate": learning_rate, "euler_weight": euler_weight, "interlead_weight": interlead_weight,
-                "rag_data": [str(d.resolve()) for d in rag_dirs], "num_records": conditions.num_records,
-                **evaluation}
+    settings = {
+        "command": command,
+        "base_workdir": str(base.path),
+        "base_step": base.unet_step,
+        "steps": steps,
+        "learning_rate": learning_rate,
+        "euler_weight": euler_weight,
+        "interlead_weight": interlead_weight,
+        "rag_data": [str(d.resolve()) for d in rag_dirs],
+        "num_records": conditions.num_records,
+        **evaluation,
+    }
     summary = {"settings": settings, "variants": rows, "real_reference": reference}
     (out / "ablation.json").write_text(json.dumps(summary, indent=1) + "\n")
     table = format_table(rows, reference)
@@ -515,7 +661,8 @@ def run_ablation(base_workdir: str | Path, data_dirs: Sequence[str | Path], out:
         f"{steps} fine-tune steps per variant at a constant learning rate {learning_rate:g}; Euler weight "
         f"{euler_weight:g}, inter-lead weight {interlead_weight:g}. {num_samples} ECGs per variant for conditions "
         f"drawn from {conditions.num_records} records of folds {list(folds)} (seed {seed}), {sampler} "
-        f"{num_steps} steps, {weights} weights.\n\n{table}\n\n{LEGEND}")
+        f"{num_steps} steps, {weights} weights.\n\n{table}\n\n{LEGEND}"
+    )
     print(table, flush=True)
     print(f"wrote {out / 'ablation.json'} and {out / 'ablation.md'}", flush=True)
     return summary

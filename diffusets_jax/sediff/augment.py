@@ -23,14 +23,31 @@ from diffusets_jax.data_pipelines.mimic_hosp import read_hosp_codes, write_hosp_
 from diffusets_jax.data_pipelines.processed import MANIFEST_FILES
 from diffusets_jax.checkpoints import atomic_write, atomic_write_text, write_manifest
 from diffusets_jax.sediff.retrieval import (
-    DEFAULT_K, DEFAULT_TRAIN_FOLDS, ExperienceIndex, Query, Retrieval, check_weights, read_tables, statements_of,
+    DEFAULT_K,
+    DEFAULT_TRAIN_FOLDS,
+    ExperienceIndex,
+    Query,
+    Retrieval,
+    check_weights,
+    read_tables,
+    statements_of,
 )
 from diffusets_jax.sediff.summarisers import KeywordSummariser, Summariser, method_name, summarise_with_method
 
-def augment_report(index: ExperienceIndex, report: str | Sequence[str], age: float | None, sex: str | None,
-                   heart_rate: float | None, k: int = DEFAULT_K, *, weights: Mapping[str, float] | None = None,
-                   summariser: Summariser | None = None, embedder=None,
-                   codes: Mapping[str, Sequence[str]] | None = None) -> str:
+
+def augment_report(
+    index: ExperienceIndex,
+    report: str | Sequence[str],
+    age: float | None,
+    sex: str | None,
+    heart_rate: float | None,
+    k: int = DEFAULT_K,
+    *,
+    weights: Mapping[str, float] | None = None,
+    summariser: Summariser | None = None,
+    embedder=None,
+    codes: Mapping[str, Sequence[str]] | None = None,
+) -> str:
     """Generation time: the retrieval-augmented report of one condition (statements joined by `'|'`).
 
     Args:
@@ -53,10 +70,19 @@ def augment_report(index: ExperienceIndex, report: str | Sequence[str], age: flo
     return summariser.summarise(query, index.retrieve(query, k, weights))
 
 
-def augment_dataset(src_dirs: str | Path | Sequence[str | Path], out_dir: str | Path, k: int = DEFAULT_K,
-                    weights: Mapping[str, float] | None = None, summariser: Summariser | None = None, embedder=None, *,
-                    folds: Sequence[int] = DEFAULT_TRAIN_FOLDS, index_dirs: Sequence[str | Path] | None = None,
-                    exclude_same_patient: bool = False, progress: bool = True) -> Path:
+def augment_dataset(
+    src_dirs: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    k: int = DEFAULT_K,
+    weights: Mapping[str, float] | None = None,
+    summariser: Summariser | None = None,
+    embedder=None,
+    *,
+    folds: Sequence[int] = DEFAULT_TRAIN_FOLDS,
+    index_dirs: Sequence[str | Path] | None = None,
+    exclude_same_patient: bool = False,
+    progress: bool = True,
+) -> Path:
     """Write a processed set whose reports are retrieval-augmented and whose text is re-embedded.
 
     Every record of `src_dirs` (all folds, so validation and test conditions are augmented too)
@@ -95,56 +121,94 @@ def augment_dataset(src_dirs: str | Path | Sequence[str | Path], out_dir: str | 
         exclude = {table["keys"][i]}
         if exclude_same_patient:
             exclude.update(rows_of_patient.get(table["patient_keys"][i], ()))
-        queries.append(Query.from_report(dataset.reports[i], dataset.age[i], dataset.sex[i], dataset.heart_rate[i],
-                                         text_embedding=dataset.text_embeddings[i], codes=table["codes"][i],
-                                         exclude=sorted(exclude)))
+        queries.append(
+            Query.from_report(
+                dataset.reports[i],
+                dataset.age[i],
+                dataset.sex[i],
+                dataset.heart_rate[i],
+                text_embedding=dataset.text_embeddings[i],
+                codes=table["codes"][i],
+                exclude=sorted(exclude),
+            )
+        )
     t1 = time.perf_counter()
     retrievals = index.retrieve_batch(queries, k, weights, progress=progress)
     t2 = time.perf_counter()
     from tqdm import tqdm
 
-    summaries = [summarise_with_method(summariser, q, r)
-                 for q, r in tqdm(list(zip(queries, retrievals)), desc="summarising", unit="rec", disable=not progress)]
+    summaries = [
+        summarise_with_method(summariser, q, r)
+        for q, r in tqdm(list(zip(queries, retrievals)), desc="summarising", unit="rec", disable=not progress)
+    ]
     reports, methods = [report for report, _ in summaries], [method for _, method in summaries]
     used = dict(Counter(methods))
     fell_back = len(methods) - used.get(method_name(summariser), 0)
     if fell_back:
-        warnings.warn(f"{fell_back} of {len(methods)} reports were written by a fallback summariser, not "
-                      f"{method_name(summariser)!r} ({used}); records.jsonl names the method of each", stacklevel=2)
+        warnings.warn(
+            f"{fell_back} of {len(methods)} reports were written by a fallback summariser, not "
+            f"{method_name(summariser)!r} ({used}); records.jsonl names the method of each",
+            stacklevel=2,
+        )
     t3 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = EmbeddingCache.open(out_dir / "embedding_cache.npz", embedder)
     if embedder.name == dataset.embedder:
-        cache._vectors.update({p: e for p, e in zip(dataset.prompts.tolist(), dataset.text_embeddings)
-                               if p not in cache})
+        cache._vectors.update(
+            {p: e for p, e in zip(dataset.prompts.tolist(), dataset.text_embeddings) if p not in cache}
+        )
     prompts = [build_prompt(r) for r in reports]
     embeddings = cache.embed_prompts(prompts, embedder)
     cache.save(out_dir / "embedding_cache.npz")
     t4 = time.perf_counter()
-    arrays = dict(signals=dataset.signals, text_embeddings=embeddings.astype(np.float32), age=dataset.age,
-                  sex=dataset.sex, heart_rate=dataset.heart_rate, fold=dataset.fold, reports=np.array(reports),
-                  prompts=np.array(prompts), record_ids=dataset.record_ids, patient_ids=dataset.patient_ids)
+    arrays = dict(
+        signals=dataset.signals,
+        text_embeddings=embeddings.astype(np.float32),
+        age=dataset.age,
+        sex=dataset.sex,
+        heart_rate=dataset.heart_rate,
+        fold=dataset.fold,
+        reports=np.array(reports),
+        prompts=np.array(prompts),
+        record_ids=dataset.record_ids,
+        patient_ids=dataset.patient_ids,
+    )
     atomic_write(out_dir / "dataset.npz", lambda f: np.savez(f, **arrays))
     _write_side_files(src_dirs, out_dir, dataset, reports, retrievals, methods)
     changed = int(sum(a != b for a, b in zip(reports, dataset.reports.tolist())))
     lengths = [len(statements_of(r)) for r in reports]
     infos = [json.loads((Path(d) / "info.json").read_text()) for d in src_dirs]
     info = {
-        "source": "+".join(i["source"] for i in infos) + "+rag", "root": ";".join(str(i["root"]) for i in infos),
-        "embedder": embedder.name, "embed_dim": embedder.dim, "num_records": len(dataset),
-        "num_skipped": sum(i.get("num_skipped", 0) for i in infos), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "source": "+".join(i["source"] for i in infos) + "+rag",
+        "root": ";".join(str(i["root"]) for i in infos),
+        "embedder": embedder.name,
+        "embed_dim": embedder.dim,
+        "num_records": len(dataset),
+        "num_skipped": sum(i.get("num_skipped", 0) for i in infos),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "augmentation": {
             "method": "SE-Diff experience retrieval (diffusets_jax.sediff.retrieval)",
-            "datasets": [str(d) for d in src_dirs], "index_datasets": [str(d) for d in index_dirs],
-            "index_folds": list(folds), "index_records": len(index), "index_views": list(index.views),
-            "k": k, "weights": check_weights(weights), "summariser": repr(summariser),
+            "datasets": [str(d) for d in src_dirs],
+            "index_datasets": [str(d) for d in index_dirs],
+            "index_folds": list(folds),
+            "index_records": len(index),
+            "index_views": list(index.views),
+            "k": k,
+            "weights": check_weights(weights),
+            "summariser": repr(summariser),
             "summariser_used": used,  # reports per method actually used (a fallback counted apart)
-            "exclude_same_patient": exclude_same_patient, "reports_changed": changed,
+            "exclude_same_patient": exclude_same_patient,
+            "reports_changed": changed,
             "statements_before": float(np.mean([len(statements_of(r)) for r in dataset.reports])),
             "statements_after": float(np.mean(lengths)),
-            "seconds": {"load": round(t1 - t0, 2), "retrieve": round(t2 - t1, 2), "summarise": round(t3 - t2, 2),
-                        "embed": round(t4 - t3, 2), "total": round(time.perf_counter() - t0, 2)},
+            "seconds": {
+                "load": round(t1 - t0, 2),
+                "retrieve": round(t2 - t1, 2),
+                "summarise": round(t3 - t2, 2),
+                "embed": round(t4 - t3, 2),
+                "total": round(time.perf_counter() - t0, 2),
+            },
         },
     }
     atomic_write_text(out_dir / "info.json", json.dumps(info, indent=2))
@@ -152,21 +216,28 @@ def augment_dataset(src_dirs: str | Path | Sequence[str | Path], out_dir: str | 
     return out_dir
 
 
-def _write_side_files(src_dirs, out_dir: Path, dataset, reports: list[str], retrievals: list[Retrieval],
-                      methods: list[str]) -> None:
+def _write_side_files(
+    src_dirs, out_dir: Path, dataset, reports: list[str], retrievals: list[Retrieval], methods: list[str]
+) -> None:
     """records.jsonl (source metadata + original report + neighbours), skipped.csv, hosp_codes.jsonl."""
     metadata = []
     for d in src_dirs:
         path = Path(d) / "records.jsonl"
         lines = path.read_text().splitlines() if path.is_file() else []
         n = len(np.load(Path(d) / "dataset.npz")["record_ids"])
-        metadata.extend(json.loads(line) for line in lines) if len(lines) == n else \
-            metadata.extend({} for _ in range(n))
+        metadata.extend(json.loads(line) for line in lines) if len(lines) == n else metadata.extend(
+            {} for _ in range(n)
+        )
     with open(out_dir / "records.jsonl", "w") as f:
         for i, (meta, report, r, method) in enumerate(zip(metadata, reports, retrievals, methods)):
-            row = {"record_id": str(dataset.record_ids[i]), **meta, "original_report": str(dataset.reports[i]),
-                   "report": report, "summariser": method, "retrieved": [{"key": key, "score": round(float(s), 4)}
-                                                   for key, s in zip(r.keys, r.scores)]}
+            row = {
+                "record_id": str(dataset.record_ids[i]),
+                **meta,
+                "original_report": str(dataset.reports[i]),
+                "report": report,
+                "summariser": method,
+                "retrieved": [{"key": key, "score": round(float(s), 4)} for key, s in zip(r.keys, r.scores)],
+            }
             f.write(json.dumps(row) + "\n")
     with open(out_dir / "skipped.csv", "w", newline="") as f:
         writer = csv.writer(f)

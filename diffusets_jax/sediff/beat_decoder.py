@@ -107,9 +107,16 @@ class BeatDecoder(nnx.Module):
     Source: SE-Diff release `vae/vae_model.py::MiniDecoderMSE`; layer names follow its parts.
     """
 
-    def __init__(self, base: int = OFFICIAL_BASE, num_groups: int = 32, *, latent_length: int = LATENT_LENGTH,
-                 latent_channels: int = LATENT_CHANNELS, target_len: int = ecgsyn.BEAT_LENGTH,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        base: int = OFFICIAL_BASE,
+        num_groups: int = 32,
+        *,
+        latent_length: int = LATENT_LENGTH,
+        latent_channels: int = LATENT_CHANNELS,
+        target_len: int = ecgsyn.BEAT_LENGTH,
+        rngs: nnx.Rngs,
+    ):
         if base % num_groups:
             raise ValueError(f"num_groups={num_groups} must divide base={base}")
         self.conv_in = conv1d(latent_channels, base, 3, rngs=rngs)
@@ -244,8 +251,9 @@ def save_beat_decoder(directory: str | Path, decoder: BeatDecoder, record: dict)
     `MANIFEST.json` (`checkpoints.save_model_dir`, each file atomically); returns `directory`."""
     from diffusets_jax.checkpoints import module_arrays, save_model_dir
 
-    return save_model_dir(directory, {"format": FORMAT, **record}, {ARCHIVE: module_arrays(decoder)},
-                          config_file=RECORD_FILE)
+    return save_model_dir(
+        directory, {"format": FORMAT, **record}, {ARCHIVE: module_arrays(decoder)}, config_file=RECORD_FILE
+    )
 
 
 def load_beat_decoder(directory: str | Path) -> tuple[BeatDecoder, dict]:
@@ -259,8 +267,13 @@ def load_beat_decoder(directory: str | Path) -> tuple[BeatDecoder, dict]:
     from diffusets_jax.checkpoints import load_model_dir, load_params_into
 
     directory = Path(directory)
-    read = load_model_dir(directory, (ARCHIVE,), config_file=RECORD_FILE, as_config=False,
-                          kind="beat decoder directory: run `diffusets-jax train-beat-decoder` first")
+    read = load_model_dir(
+        directory,
+        (ARCHIVE,),
+        config_file=RECORD_FILE,
+        as_config=False,
+        kind="beat decoder directory: run `diffusets-jax train-beat-decoder` first",
+    )
     record = read.config
     if record.get("format") != FORMAT:
         raise ValueError(f"{directory}: format {record.get('format')!r}, expected {FORMAT!r}")
@@ -292,16 +305,26 @@ def _arrays(vae, signals: np.ndarray, progress: bool, shifts: int = 0, seed: int
         mean, log_variance = encode_moments(vae, shifted)
         means.append(mean)
         log_variances.append(log_variance)
-    return {"mean": np.concatenate(means), "log_variance": np.concatenate(log_variances),
-            "record": np.tile(np.arange(n, dtype=np.int32), len(offsets)), "beat": targets.mean_beat[keep],
-            "spectra": targets.spectra[keep], "beat_mask": targets.beat_mask[keep]}
+    return {
+        "mean": np.concatenate(means),
+        "log_variance": np.concatenate(log_variances),
+        "record": np.tile(np.arange(n, dtype=np.int32), len(offsets)),
+        "beat": targets.mean_beat[keep],
+        "spectra": targets.spectra[keep],
+        "beat_mask": targets.beat_mask[keep],
+    }
 
 
 def _unshifted(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The rows of the unshifted ECGs, with their targets gathered (one row per record)."""
     n = len(arrays["beat"])
-    return {"mean": arrays["mean"][:n], "log_variance": arrays["log_variance"][:n], "beat": arrays["beat"],
-            "spectra": arrays["spectra"], "beat_mask": arrays["beat_mask"]}
+    return {
+        "mean": arrays["mean"][:n],
+        "log_variance": arrays["log_variance"][:n],
+        "beat": arrays["beat"],
+        "spectra": arrays["spectra"],
+        "beat_mask": arrays["beat_mask"],
+    }
 
 
 def _losses(decoder, batch, key, weights, spectral_weight, sample: bool):
@@ -335,14 +358,24 @@ def _evaluator(graphdef, arrays: dict[str, np.ndarray], batch_size: int, spectra
             batch = {k: jnp.asarray(v[i : i + batch_size]) for k, v in arrays.items()}
             sums += np.array([float(v) for v in batch_losses(params, batch)]) * len(batch["mean"])
         lb, ls = sums / n
-        return {"beat_mse": lb, "spectral": ls, "loss": lb + spectral_weight * ls, "records": n,
-                "mean_beat_mse": baseline, "r2": 1.0 - lb / baseline if baseline > 0 else float("nan")}
+        return {
+            "beat_mse": lb,
+            "spectral": ls,
+            "loss": lb + spectral_weight * ls,
+            "records": n,
+            "mean_beat_mse": baseline,
+            "r2": 1.0 - lb / baseline if baseline > 0 else float("nan"),
+        }
 
     return evaluate
 
 
-def evaluate_beat_decoder(decoder: BeatDecoder, arrays: dict[str, np.ndarray], batch_size: int = 64,
-                          spectral_weight: float = DEFAULT_SPECTRAL_WEIGHT) -> dict[str, float]:
+def evaluate_beat_decoder(
+    decoder: BeatDecoder,
+    arrays: dict[str, np.ndarray],
+    batch_size: int = 64,
+    spectral_weight: float = DEFAULT_SPECTRAL_WEIGHT,
+) -> dict[str, float]:
     """Losses on the posterior means of the unshifted ECGs of `arrays` (`_arrays()`), plus the
     beat MSE of the best constant predictor (the set's mean beat) and `r2 = 1 - beat / that`."""
     graphdef, params = nnx.split(decoder)
@@ -372,8 +405,13 @@ class BeatSource:
         for step in itertools.count(start_step):
             index = batch_indices(self.num_examples, global_batch_size, step, seed, shuffle)[rows]
             records = a["record"][index]
-            yield {"mean": a["mean"][index], "log_variance": a["log_variance"][index], "beat": a["beat"][records],
-                   "spectra": a["spectra"][records], "beat_mask": a["beat_mask"][records]}
+            yield {
+                "mean": a["mean"][index],
+                "log_variance": a["log_variance"][index],
+                "beat": a["beat"][records],
+                "spectra": a["spectra"][records],
+                "beat_mask": a["beat_mask"][records],
+            }
 
 
 def make_train_step(graphdef, tx, root_key, spectral_weight: float, mesh):
@@ -399,8 +437,19 @@ def make_train_step(graphdef, tx, root_key, spectral_weight: float, mesh):
 
 #: The settings a run's checkpoints were trained with (`settings.json` beside them); a rerun
 #: resumes only with the same ones (`steps` may change, as `num_steps` may for the other trainers).
-RESUME_SETTINGS = ("vae_step", "datasets", "train_folds", "val_folds", "shifts", "batch_size", "learning_rate",
-                   "spectral_weight", "seed", "base", "num_groups")
+RESUME_SETTINGS = (
+    "vae_step",
+    "datasets",
+    "train_folds",
+    "val_folds",
+    "shifts",
+    "batch_size",
+    "learning_rate",
+    "spectral_weight",
+    "seed",
+    "base",
+    "num_groups",
+)
 SETTINGS_FILE = "settings.json"
 
 
@@ -418,20 +467,24 @@ def _check_resumable(checkpoint_dir: Path, settings: dict, out: Path, workdir: P
     last = latest_step(checkpoint_dir)
     if last is not None:
         saved = read_json(checkpoint_dir / SETTINGS_FILE) if (checkpoint_dir / SETTINGS_FILE).is_file() else {}
-        changed = [f"{k}={saved.get(k)!r} (now {settings[k]!r})" for k in RESUME_SETTINGS
-                   if saved.get(k) != settings[k]]
+        changed = [
+            f"{k}={saved.get(k)!r} (now {settings[k]!r})" for k in RESUME_SETTINGS if saved.get(k) != settings[k]
+        ]
         if changed:
-            raise ConfigError(f"{checkpoint_dir} holds beat-decoder checkpoints (step {last}) trained with "
-                              f"{', '.join(changed)}: rerun with those settings to resume, or move that directory "
-                              "aside to start over")
+            raise ConfigError(
+                f"{checkpoint_dir} holds beat-decoder checkpoints (step {last}) trained with "
+                f"{', '.join(changed)}: rerun with those settings to resume, or move that directory "
+                "aside to start over"
+            )
     if not (out / RECORD_FILE).is_file() and not (out / f"{ARCHIVE}.npz").is_file():
         return None
     record = read_json(out / RECORD_FILE) if (out / RECORD_FILE).is_file() else {}
     trained = record.get("training", {})
     if last is None or Path(trained.get("workdir", "")).resolve() != workdir.resolve():
         reason = f"{checkpoint_dir} has no checkpoint to resume" if last is None else f"it was not trained in {workdir}"
-        raise FileExistsError(f"{out} already holds a trained beat decoder and {reason}: choose another --out, "
-                              "or remove it to train anew")
+        raise FileExistsError(
+            f"{out} already holds a trained beat decoder and {reason}: choose another --out, or remove it to train anew"
+        )
     return record if last >= steps and trained.get("steps") == last else None
 
 
@@ -444,14 +497,25 @@ def _logged_history(path: Path) -> list[dict]:
     return [{k: r[k] for k in ("step", "loss", "beat_mse", "spectral")} for r in rows]
 
 
-def train_beat_decoder(workdir: str | Path, dataset_dirs: Sequence[str | Path], *, steps: int = DEFAULT_STEPS,
-                       out: str | Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                       learning_rate: float = DEFAULT_LEARNING_RATE, base: int = DEFAULT_BASE,
-                       num_groups: int = 32, spectral_weight: float = DEFAULT_SPECTRAL_WEIGHT,
-                       shifts: int = DEFAULT_SHIFTS, seed: int = 0, log_every: int = _DEFAULTS.log_every,
-                       checkpoint_every: int = _DEFAULTS.checkpoint_every,
-                       keep_checkpoints: int = _DEFAULTS.keep_checkpoints, stop_after: int | None = None,
-                       progress: bool = True) -> dict | None:
+def train_beat_decoder(
+    workdir: str | Path,
+    dataset_dirs: Sequence[str | Path],
+    *,
+    steps: int = DEFAULT_STEPS,
+    out: str | Path | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
+    base: int = DEFAULT_BASE,
+    num_groups: int = 32,
+    spectral_weight: float = DEFAULT_SPECTRAL_WEIGHT,
+    shifts: int = DEFAULT_SHIFTS,
+    seed: int = 0,
+    log_every: int = _DEFAULTS.log_every,
+    checkpoint_every: int = _DEFAULTS.checkpoint_every,
+    keep_checkpoints: int = _DEFAULTS.keep_checkpoints,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> dict | None:
     """Train (or resume) the beat decoder on the latents of `workdir`'s trained VAE and save it.
 
     Data: the processed sets `dataset_dirs`, training folds `config.data.train_folds` of the
@@ -512,18 +576,39 @@ def train_beat_decoder(workdir: str | Path, dataset_dirs: Sequence[str | Path], 
     vae, vae_step = load_trained_vae(config, workdir)
     out = Path(out) if out else workdir / DIRECTORY_NAME
     checkpoint_dir = workdir / BEAT_DECODER_CHECKPOINTS
-    settings = {"vae_step": vae_step, "datasets": [str(Path(d).resolve()) for d in dataset_dirs],
-                "train_folds": list(config.data.train_folds), "val_folds": list(config.data.val_folds),
-                "shifts": shifts, "batch_size": batch_size, "learning_rate": learning_rate,
-                "spectral_weight": spectral_weight, "seed": seed, "base": base, "num_groups": num_groups}
+    settings = {
+        "vae_step": vae_step,
+        "datasets": [str(Path(d).resolve()) for d in dataset_dirs],
+        "train_folds": list(config.data.train_folds),
+        "val_folds": list(config.data.val_folds),
+        "shifts": shifts,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "spectral_weight": spectral_weight,
+        "seed": seed,
+        "base": base,
+        "num_groups": num_groups,
+    }
     done = _check_resumable(checkpoint_dir, settings, out, workdir, steps)
     if done is not None:
-        print(f"{out} already holds the beat decoder trained to step {done['training']['steps']} "
-              f"(checkpoints in {checkpoint_dir}); nothing to do")
+        print(
+            f"{out} already holds the beat decoder trained to step {done['training']['steps']} "
+            f"(checkpoints in {checkpoint_dir}); nothing to do"
+        )
         return {**done, "already_trained": True}
-    train_config = ConfigDict({"batch_size": batch_size, "num_epochs": 0, "num_steps": steps, "log_every": log_every,
-                               "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints,
-                               "weight_decay": 0.01, "grad_clip_norm": 0.0, "preview_every": 0})
+    train_config = ConfigDict(
+        {
+            "batch_size": batch_size,
+            "num_epochs": 0,
+            "num_steps": steps,
+            "log_every": log_every,
+            "checkpoint_every": checkpoint_every,
+            "keep_checkpoints": keep_checkpoints,
+            "weight_decay": 0.01,
+            "grad_clip_norm": 0.0,
+            "preview_every": 0,
+        }
+    )
     run = TrainingRun(DIRECTORY_NAME, workdir, train_config, seed=seed, checkpoint_dir=checkpoint_dir)
     start = time.perf_counter()
     train = _arrays(vae, load_processed(dataset_dirs, config.data.train_folds).signals, progress, shifts, seed)
@@ -552,25 +637,47 @@ def train_beat_decoder(workdir: str | Path, dataset_dirs: Sequence[str | Path], 
     evaluate = None
     if val is not None:
         val_metrics = _evaluator(graphdef, val, 64, spectral_weight)
-        evaluate = lambda state: {f"val_{k}": v for k, v in val_metrics(state.params).items()  # noqa: E731
-                                  if k in ("loss", "beat_mse", "spectral", "r2")}
+        evaluate = lambda state: {  # noqa: E731
+            f"val_{k}": v for k, v in val_metrics(state.params).items() if k in ("loss", "beat_mse", "spectral", "r2")
+        }
     start = time.perf_counter()
-    state = run.train(state, train_step=make_train_step(graphdef, tx, jax.random.key(seed), spectral_weight, mesh),
-                      source=source, learning_rate=schedule, evaluate=evaluate, stop_after=stop_after)
+    state = run.train(
+        state,
+        train_step=make_train_step(graphdef, tx, jax.random.key(seed), spectral_weight, mesh),
+        source=source,
+        learning_rate=schedule,
+        evaluate=evaluate,
+        stop_after=stop_after,
+    )
     train_s = time.perf_counter() - start
     if int(state.step) < steps:
         return None
     decoder = nnx.merge(graphdef, jax.device_get(state.params))
     record = {
-        "architecture": {"name": "MiniDecoderMSE", "base": base, "num_groups": num_groups,
-                         "latent_shape": [LATENT_LENGTH, LATENT_CHANNELS], "beat_length": ecgsyn.BEAT_LENGTH,
-                         "r_index": ecgsyn.BEAT_R_INDEX, "fs_hz": FS,
-                         "input": "scaled latent (x LATENT_SCALE), as the U-Net's x0", "output": "mV"},
-        "training": {"workdir": str(workdir.resolve()), **settings, "train_records": n,
-                     "val_records": 0 if val is None else len(val["beat"]), "steps": int(state.step),
-                     "spectrum_eps": SPECTRUM_EPS, "checkpoints": str(checkpoint_dir), "resumed_from": resumed_from,
-                     "prepare_s": round(prepare_s, 1), "train_s": round(train_s, 1),
-                     "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")},
+        "architecture": {
+            "name": "MiniDecoderMSE",
+            "base": base,
+            "num_groups": num_groups,
+            "latent_shape": [LATENT_LENGTH, LATENT_CHANNELS],
+            "beat_length": ecgsyn.BEAT_LENGTH,
+            "r_index": ecgsyn.BEAT_R_INDEX,
+            "fs_hz": FS,
+            "input": "scaled latent (x LATENT_SCALE), as the U-Net's x0",
+            "output": "mV",
+        },
+        "training": {
+            "workdir": str(workdir.resolve()),
+            **settings,
+            "train_records": n,
+            "val_records": 0 if val is None else len(val["beat"]),
+            "steps": int(state.step),
+            "spectrum_eps": SPECTRUM_EPS,
+            "checkpoints": str(checkpoint_dir),
+            "resumed_from": resumed_from,
+            "prepare_s": round(prepare_s, 1),
+            "train_s": round(train_s, 1),
+            "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
         "history": _logged_history(workdir / metrics_file(DIRECTORY_NAME)),
         "initial_metrics": initial_metrics,
         "train_metrics": evaluate_beat_decoder(decoder, train, spectral_weight=spectral_weight),

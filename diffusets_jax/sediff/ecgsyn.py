@@ -118,8 +118,9 @@ def default_params(theta_deg=DEFAULT_THETA_DEG, a=DEFAULT_A, b=DEFAULT_B, dtype=
 
     Source: [NK] `_ecg_simulate_ecgsyn` defaults, the same as `ecgsyn.m`'s.
     """
-    return WaveParams(theta=jnp.deg2rad(jnp.asarray(theta_deg, dtype)), a=jnp.asarray(a, dtype),
-                      b=jnp.asarray(b, dtype))
+    return WaveParams(
+        theta=jnp.deg2rad(jnp.asarray(theta_deg, dtype)), a=jnp.asarray(a, dtype), b=jnp.asarray(b, dtype)
+    )
 
 
 def scale_for_heart_rate(params: WaveParams, heart_rate) -> WaveParams:
@@ -165,8 +166,14 @@ def wave_forcing(theta: Array, params: WaveParams) -> Array:
     return -jnp.sum(params.a * dtheta * jnp.exp(-0.5 * (dtheta / params.b) ** 2), axis=-1)
 
 
-def derivatives(state: Array, t: Array, omega: Array, params: WaveParams,
-                baseline_amplitude: float = BASELINE_AMPLITUDE, respiration_hz: float = RESPIRATION_HZ) -> Array:
+def derivatives(
+    state: Array,
+    t: Array,
+    omega: Array,
+    params: WaveParams,
+    baseline_amplitude: float = BASELINE_AMPLITUDE,
+    respiration_hz: float = RESPIRATION_HZ,
+) -> Array:
     """Right-hand side of the ECGSYN ODE (McSharry et al. 2003 eq. 3).
 
     Args:
@@ -189,9 +196,17 @@ def derivatives(state: Array, t: Array, omega: Array, params: WaveParams,
     return jnp.stack([alpha * x - omega * y, alpha * y + omega * x, dz])
 
 
-def rr_process(key: Array, num_points: int, heart_rate, hr_std=1.0, lf_hf_ratio=LF_HF_RATIO,
-               mayer_hz: float = MAYER_HZ, rsa_hz: float = RSA_HZ, mayer_std_hz: float = MAYER_STD_HZ,
-               rsa_std_hz: float = RSA_STD_HZ) -> Array:
+def rr_process(
+    key: Array,
+    num_points: int,
+    heart_rate,
+    hr_std=1.0,
+    lf_hf_ratio=LF_HF_RATIO,
+    mayer_hz: float = MAYER_HZ,
+    rsa_hz: float = RSA_HZ,
+    mayer_std_hz: float = MAYER_STD_HZ,
+    rsa_std_hz: float = RSA_STD_HZ,
+) -> Array:
     """Bimodal RR-interval series sampled at 1 Hz (McSharry et al. 2003 eq. 2, section II.A).
 
     The power spectrum is `S(f) = sig1^2 G(f; f1, c1) + sig2^2 G(f; f2, c2)` with Gaussians at the
@@ -218,20 +233,22 @@ def rr_process(key: Array, num_points: int, heart_rate, hr_std=1.0, lf_hf_ratio=
     heart_rate = jnp.asarray(heart_rate, jnp.float32)
     w = jnp.arange(n) * 2 * jnp.pi / n  # rad/s at sfrr = 1 Hz
     c1, c2 = 2 * jnp.pi * mayer_std_hz, 2 * jnp.pi * rsa_std_hz
-    hw = (lf_hf_ratio * jnp.exp(-0.5 * ((w - 2 * jnp.pi * mayer_hz) / c1) ** 2) / jnp.sqrt(2 * jnp.pi * c1 ** 2)
-          + jnp.exp(-0.5 * ((w - 2 * jnp.pi * rsa_hz) / c2) ** 2) / jnp.sqrt(2 * jnp.pi * c2 ** 2))
-    hw0 = jnp.concatenate([hw[: n // 2], hw[n // 2 - 1:: -1]])  # mirrored, as [NK]
+    hw = lf_hf_ratio * jnp.exp(-0.5 * ((w - 2 * jnp.pi * mayer_hz) / c1) ** 2) / jnp.sqrt(2 * jnp.pi * c1**2) + jnp.exp(
+        -0.5 * ((w - 2 * jnp.pi * rsa_hz) / c2) ** 2
+    ) / jnp.sqrt(2 * jnp.pi * c2**2)
+    hw0 = jnp.concatenate([hw[: n // 2], hw[n // 2 - 1 :: -1]])  # mirrored, as [NK]
     amplitude = 0.5 * jnp.sqrt(hw0)
     ph0 = 2 * jnp.pi * jax.random.uniform(key, (n // 2 - 1,))
     phase = jnp.concatenate([jnp.zeros(1), ph0, jnp.zeros(1), -ph0[::-1]])
     x = jnp.real(jnp.fft.ifft(amplitude * jnp.exp(1j * phase))) / n
     rr_mean = 60.0 / heart_rate
-    rr_std = 60.0 * hr_std / heart_rate ** 2
+    rr_std = 60.0 * hr_std / heart_rate**2
     return rr_mean + x * (rr_std / jnp.std(x))
 
 
-def rr_tachogram(key: Array, num_internal: int, fs_internal: float, heart_rate, hr_std=1.0,
-                 lf_hf_ratio=LF_HF_RATIO) -> Array:
+def rr_tachogram(
+    key: Array, num_internal: int, fs_internal: float, heart_rate, hr_std=1.0, lf_hf_ratio=LF_HF_RATIO
+) -> Array:
     """RR interval in force at each internal sample: the 1 Hz `rr_process()` upsampled to
     `fs_internal` and held constant over each beat, as ECGSYN's `rrn` series.
 
@@ -264,15 +281,24 @@ def rr_tachogram(key: Array, num_internal: int, fs_internal: float, heart_rate, 
         beat_end = jnp.where(new_beat, beat_end + rr_i, beat_end)
         return (beat_end, current), current
 
-    _, held = jax.lax.scan(step, (jnp.zeros((), rr_fine.dtype), rr_fine[0]),
-                           (jnp.arange(num_internal), rr_fine))
+    _, held = jax.lax.scan(step, (jnp.zeros((), rr_fine.dtype), rr_fine[0]), (jnp.arange(num_internal), rr_fine))
     return held
 
 
-def simulate(key: Array, heart_rate, params: WaveParams | None = None, *, num_samples: int = 1024,
-             fs: float = FS, internal_factor: int = 5, hr_std=1.0, lf_hf_ratio=LF_HF_RATIO,
-             baseline_amplitude: float = BASELINE_AMPLITUDE, scale_params: bool = True,
-             rescale: bool = False) -> Simulation:
+def simulate(
+    key: Array,
+    heart_rate,
+    params: WaveParams | None = None,
+    *,
+    num_samples: int = 1024,
+    fs: float = FS,
+    internal_factor: int = 5,
+    hr_std=1.0,
+    lf_hf_ratio=LF_HF_RATIO,
+    baseline_amplitude: float = BASELINE_AMPLITUDE,
+    scale_params: bool = True,
+    rescale: bool = False,
+) -> Simulation:
     """Simulate one ECGSYN signal: RR process, RK4 integration in a `jax.lax.scan`, downsampling.
 
     The ODE (McSharry eq. 3, `derivatives()`) is integrated from `(1, 0, 0.04)` with fixed-step
@@ -356,8 +382,16 @@ def _steady_state_cycle(params: WaveParams, omega: Array, num_phase_steps: int) 
     return theta, particular + jnp.exp(-(s - s[0])) * z_start
 
 
-def simulate_beat(params: WaveParams, heart_rate, *, fs: float = FS, length: int = BEAT_LENGTH,
-                  r_index: int = BEAT_R_INDEX, num_phase_steps: int = 1024, scale_params: bool = True) -> Array:
+def simulate_beat(
+    params: WaveParams,
+    heart_rate,
+    *,
+    fs: float = FS,
+    length: int = BEAT_LENGTH,
+    r_index: int = BEAT_R_INDEX,
+    num_phase_steps: int = 1024,
+    scale_params: bool = True,
+) -> Array:
     """One R-aligned ECGSYN beat in mV: `(61,)` samples at 102.4 Hz, R (theta = 0) at index 20.
 
     On the limit cycle (`x^2 + y^2 = 1`, where the simulator settles within a beat) the phase is
@@ -400,8 +434,15 @@ def beat_phase(heart_rate, *, fs: float = FS, length: int = BEAT_LENGTH, r_index
     return wrap_angle(omega * jnp.asarray(beat_times(fs, length, r_index), jnp.float32))
 
 
-def beat_vector_field(beat_mv: Array, params: WaveParams, heart_rate, *, fs: float = FS,
-                      r_index: int = BEAT_R_INDEX, scale_params: bool = True) -> Array:
+def beat_vector_field(
+    beat_mv: Array,
+    params: WaveParams,
+    heart_rate,
+    *,
+    fs: float = FS,
+    r_index: int = BEAT_R_INDEX,
+    scale_params: bool = True,
+) -> Array:
     """`f_z` of McSharry eq. 3 in mV/s along a beat: `MV_PER_UNIT F(theta_k) - h_k`.
 
     For SE-Diff's simulator ("Euler") loss `|(h_{k+1} - h_k)/dt - f_z(x_k, y_k, h_k; eta)|^2`

@@ -131,8 +131,13 @@ def r_peaks(signal: np.ndarray, fs: float = FS, lead: str = "II") -> np.ndarray:
     return _peaks_upsampled(up, fs_up, lead) / UPSAMPLE
 
 
-def record_beats(signal: np.ndarray, fs: float = FS, lead: str = "II",
-                 length: int = ecgsyn.BEAT_LENGTH, r_index: int = ecgsyn.BEAT_R_INDEX) -> np.ndarray:
+def record_beats(
+    signal: np.ndarray,
+    fs: float = FS,
+    lead: str = "II",
+    length: int = ecgsyn.BEAT_LENGTH,
+    r_index: int = ecgsyn.BEAT_R_INDEX,
+) -> np.ndarray:
     """R-aligned beats of one 12-lead ECG.
 
     Args:
@@ -166,9 +171,14 @@ class ClassBeat:
     heart_rate: float  # bpm, median of the records' heart rates
 
 
-def class_mean_beats(signals: np.ndarray, reports: Sequence[str], heart_rates: np.ndarray,
-                     min_records: int = 5, fs: float = FS, progress: bool = False
-                     ) -> tuple[dict[str, ClassBeat], int]:
+def class_mean_beats(
+    signals: np.ndarray,
+    reports: Sequence[str],
+    heart_rates: np.ndarray,
+    min_records: int = 5,
+    fs: float = FS,
+    progress: bool = False,
+) -> tuple[dict[str, ClassBeat], int]:
     """Class-mean R-aligned beats of a set of ECGs.
 
     Args:
@@ -183,15 +193,20 @@ def class_mean_beats(signals: np.ndarray, reports: Sequence[str], heart_rates: n
 
     per_record = [record_beats(s, fs) for s in tqdm(signals, desc="beats", unit="rec", disable=not progress)]
     has_beats = np.array([len(b) > 0 for b in per_record])
-    means = np.stack([b.mean(0) if len(b) else np.zeros((ecgsyn.BEAT_LENGTH, len(LEADS)), np.float32)
-                      for b in per_record])
+    means = np.stack(
+        [b.mean(0) if len(b) else np.zeros((ecgsyn.BEAT_LENGTH, len(LEADS)), np.float32) for b in per_record]
+    )
     counts = np.array([len(b) for b in per_record])
     out = {}
     for name, mask in class_masks(list(reports)).items():
         mask = mask & has_beats
         if mask.sum() >= min_records:
-            out[name] = ClassBeat(beat=means[mask].mean(0), records=int(mask.sum()), beats=int(counts[mask].sum()),
-                                  heart_rate=float(np.median(np.asarray(heart_rates)[mask])))
+            out[name] = ClassBeat(
+                beat=means[mask].mean(0),
+                records=int(mask.sum()),
+                beats=int(counts[mask].sum()),
+                heart_rate=float(np.median(np.asarray(heart_rates)[mask])),
+            )
     return out, int((~has_beats).sum())
 
 
@@ -218,8 +233,7 @@ def _lstsq_init(target: jax.Array, heart_rate) -> dict:
     lhs = design.T @ design + lam * jnp.eye(6)
     rhs = design.T @ target + lam * jnp.concatenate([default.a, jnp.zeros(1)])
     coef = jnp.linalg.solve(lhs, rhs)
-    return {"theta": default.theta, "log_b": jnp.log(default.b - MIN_B), "a": coef[:5] / A_SCALE,
-            "offset": coef[5]}
+    return {"theta": default.theta, "log_b": jnp.log(default.b - MIN_B), "a": coef[:5] / A_SCALE, "offset": coef[5]}
 
 
 def _default_mse(target, heart_rate):
@@ -272,14 +286,24 @@ def fit_beats(targets, heart_rates, steps: int = DEFAULT_STEPS, learning_rate: f
     mse = jnp.mean((fitted - targets) ** 2, axis=1)
     centred = lambda v: v - v.mean(1, keepdims=True)  # noqa: E731
     r = jnp.sum(centred(fitted) * centred(targets), 1) / jnp.sqrt(
-        jnp.sum(centred(fitted) ** 2, 1) * jnp.sum(centred(targets) ** 2, 1))
-    result = {"theta": params.theta, "a": params.a, "b": params.b, "offset": z["offset"], "mse": mse,
-              "mse_default": jax.jit(jax.vmap(_default_mse))(targets, heart_rates), "r": r, "fitted": fitted}
+        jnp.sum(centred(fitted) ** 2, 1) * jnp.sum(centred(targets) ** 2, 1)
+    )
+    result = {
+        "theta": params.theta,
+        "a": params.a,
+        "b": params.b,
+        "offset": z["offset"],
+        "mse": mse,
+        "mse_default": jax.jit(jax.vmap(_default_mse))(targets, heart_rates),
+        "r": r,
+        "fitted": fitted,
+    }
     return {k: np.asarray(v) for k, v in result.items()}
 
 
-def fit_classes(class_beats: Mapping[str, ClassBeat], steps: int = DEFAULT_STEPS,
-                learning_rate: float = LEARNING_RATE) -> dict[str, dict]:
+def fit_classes(
+    class_beats: Mapping[str, ClassBeat], steps: int = DEFAULT_STEPS, learning_rate: float = LEARNING_RATE
+) -> dict[str, dict]:
     """Fit every (class, lead) of `class_beats` at once; returns the JSON `classes` entries."""
     names = list(class_beats)
     targets = np.concatenate([class_beats[n].beat.T for n in names])  # (C * 12, 61)
@@ -292,11 +316,19 @@ def fit_classes(class_beats: Mapping[str, ClassBeat], steps: int = DEFAULT_STEPS
         leads = {}
         for i, lead in enumerate(LEADS):
             k = c * len(LEADS) + i
-            leads[lead] = {"theta": _round(fit["theta"][k]), "a": _round(fit["a"][k]), "b": _round(fit["b"][k]),
-                           "offset_mv": _round(fit["offset"][k]), "mse_mv2": _round(fit["mse"][k], 8),
-                           "mse_default_mv2": _round(fit["mse_default"][k], 8), "r": _round(fit["r"][k])}
+            leads[lead] = {
+                "theta": _round(fit["theta"][k]),
+                "a": _round(fit["a"][k]),
+                "b": _round(fit["b"][k]),
+                "offset_mv": _round(fit["offset"][k]),
+                "mse_mv2": _round(fit["mse"][k], 8),
+                "mse_default_mv2": _round(fit["mse_default"][k], 8),
+                "r": _round(fit["r"][k]),
+            }
         out[name] = {
-            "records": cb.records, "beats": cb.beats, "heart_rate_bpm": round(cb.heart_rate, 2),
+            "records": cb.records,
+            "beats": cb.beats,
+            "heart_rate_bpm": round(cb.heart_rate, 2),
             "mse_mv2": _round(fit["mse"][rows].mean(), 8),
             "mse_default_mv2": _round(fit["mse_default"][rows].mean(), 8),
             "r_min": _round(fit["r"][rows].min()),
@@ -340,12 +372,17 @@ def load_class_params(path: str | Path | None = None) -> dict[str, ClassParams]:
     out = {}
     for name, entry in data["classes"].items():
         leads = [entry["leads"][lead] for lead in LEADS]
-        params = ecgsyn.WaveParams(*(jnp.asarray([lead[k] for lead in leads], jnp.float32)
-                                     for k in ("theta", "a", "b")))
-        out[name] = ClassParams(params=params, offset=np.array([lead["offset_mv"] for lead in leads], np.float32),
-                                heart_rate=entry["heart_rate_bpm"],
-                                mean_beat=np.array([entry["mean_beat_mv"][lead] for lead in LEADS], np.float32).T,
-                                records=entry["records"], beats=entry["beats"])
+        params = ecgsyn.WaveParams(
+            *(jnp.asarray([lead[k] for lead in leads], jnp.float32) for k in ("theta", "a", "b"))
+        )
+        out[name] = ClassParams(
+            params=params,
+            offset=np.array([lead["offset_mv"] for lead in leads], np.float32),
+            heart_rate=entry["heart_rate_bpm"],
+            mean_beat=np.array([entry["mean_beat_mv"][lead] for lead in LEADS], np.float32).T,
+            records=entry["records"],
+            beats=entry["beats"],
+        )
     return out
 
 
@@ -357,8 +394,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fit_datasets(dirs: Sequence[str | Path], folds: Sequence[int] = tuple(range(1, 9)), min_records: int = 5,
-                 steps: int = DEFAULT_STEPS, progress: bool = True) -> dict:
+def fit_datasets(
+    dirs: Sequence[str | Path],
+    folds: Sequence[int] = tuple(range(1, 9)),
+    min_records: int = 5,
+    steps: int = DEFAULT_STEPS,
+    progress: bool = True,
+) -> dict:
     """Class-mean beats of the processed sets `dirs` (folds `folds`) and their ECGSYN fit.
 
     Returns the JSON document (see `main()`). Raises as
@@ -373,11 +415,18 @@ def fit_datasets(dirs: Sequence[str | Path], folds: Sequence[int] = tuple(range(
         reports += list(data.reports)
         rates.append(data.heart_rate)
         info = json.loads((Path(d) / "info.json").read_text())
-        sources.append({"dir": str(d), "source": info.get("source"), "records_in_folds": len(data),
-                        "dataset_sha256": _sha256(Path(d) / "dataset.npz")})
+        sources.append(
+            {
+                "dir": str(d),
+                "source": info.get("source"),
+                "records_in_folds": len(data),
+                "dataset_sha256": _sha256(Path(d) / "dataset.npz"),
+            }
+        )
     start = time.perf_counter()
-    class_beats, without = class_mean_beats(np.concatenate(signals), reports, np.concatenate(rates),
-                                            min_records=min_records, progress=progress)
+    class_beats, without = class_mean_beats(
+        np.concatenate(signals), reports, np.concatenate(rates), min_records=min_records, progress=progress
+    )
     beats_s = time.perf_counter() - start
     if not class_beats:
         raise ValueError(f"no class has >= {min_records} records with detected beats in {list(map(str, dirs))}")
@@ -386,22 +435,37 @@ def fit_datasets(dirs: Sequence[str | Path], folds: Sequence[int] = tuple(range(
     fit_s = time.perf_counter() - start
     return {
         "format": FORMAT,
-        "description": ("ECGSYN (McSharry et al. 2003) P, Q, R, S, T wave parameters per class and lead, "
-                        "fitted to class-mean R-aligned beats (61 samples at 102.4 Hz, R at index 20) by "
-                        "diffusets_jax.sediff.fit_params; SE-Diff's simulator prior."),
-        "units": {"theta": "rad, at 60 bpm (scale with ecgsyn.scale_for_heart_rate)",
-                  "a": "McSharry units (z per rad per s); mV = z * ecgsyn.MV_PER_UNIT",
-                  "b": "rad, at 60 bpm", "offset_mv": "mV", "mse_mv2": "mV^2", "mean_beat_mv": "mV",
-                  "heart_rate_bpm": "bpm (class median; the beat was simulated at this rate)"},
-        "waves": list(ecgsyn.WAVES), "leads": list(LEADS), "mv_per_unit": ecgsyn.MV_PER_UNIT,
+        "description": (
+            "ECGSYN (McSharry et al. 2003) P, Q, R, S, T wave parameters per class and lead, "
+            "fitted to class-mean R-aligned beats (61 samples at 102.4 Hz, R at index 20) by "
+            "diffusets_jax.sediff.fit_params; SE-Diff's simulator prior."
+        ),
+        "units": {
+            "theta": "rad, at 60 bpm (scale with ecgsyn.scale_for_heart_rate)",
+            "a": "McSharry units (z per rad per s); mV = z * ecgsyn.MV_PER_UNIT",
+            "b": "rad, at 60 bpm",
+            "offset_mv": "mV",
+            "mse_mv2": "mV^2",
+            "mean_beat_mv": "mV",
+            "heart_rate_bpm": "bpm (class median; the beat was simulated at this rate)",
+        },
+        "waves": list(ecgsyn.WAVES),
+        "leads": list(LEADS),
+        "mv_per_unit": ecgsyn.MV_PER_UNIT,
         "beat": {"length": ecgsyn.BEAT_LENGTH, "r_index": ecgsyn.BEAT_R_INDEX, "fs_hz": FS},
         "provenance": {
-            "command": "diffusets-jax fit-ecgsyn " + " ".join(f"--dataset {d}" for d in dirs)
-                       + f" --steps {steps} --min-records {min_records}"
-                       + (f" --folds {','.join(map(str, folds))}" if tuple(folds) != tuple(range(1, 9)) else ""),
-            "datasets": sources, "folds": list(map(int, folds)), "min_records": min_records,
-            "records_without_beats": without, "steps": steps, "learning_rate": LEARNING_RATE,
-            "beat_extraction_s": round(beats_s, 1), "fit_s": round(fit_s, 1),
+            "command": "diffusets-jax fit-ecgsyn "
+            + " ".join(f"--dataset {d}" for d in dirs)
+            + f" --steps {steps} --min-records {min_records}"
+            + (f" --folds {','.join(map(str, folds))}" if tuple(folds) != tuple(range(1, 9)) else ""),
+            "datasets": sources,
+            "folds": list(map(int, folds)),
+            "min_records": min_records,
+            "records_without_beats": without,
+            "steps": steps,
+            "learning_rate": LEARNING_RATE,
+            "beat_extraction_s": round(beats_s, 1),
+            "fit_s": round(fit_s, 1),
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "versions": _versions(),
         },
@@ -423,9 +487,13 @@ def dumps(document: dict) -> str:
 
 def format_table(document: dict) -> str:
     """Markdown table: class, records, beats, HR, fit MSE, default-parameter MSE, min lead r."""
-    lines = ["| class | records | beats | HR (bpm) | fit MSE (mV^2) | default MSE (mV^2) | min lead r |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| class | records | beats | HR (bpm) | fit MSE (mV^2) | default MSE (mV^2) | min lead r |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, c in document["classes"].items():
-        lines.append(f"| {name} | {c['records']} | {c['beats']} | {c['heart_rate_bpm']:.0f} | {c['mse_mv2']:.5f} "
-                     f"| {c['mse_default_mv2']:.4f} | {c['r_min']:.3f} |")
+        lines.append(
+            f"| {name} | {c['records']} | {c['beats']} | {c['heart_rate_bpm']:.0f} | {c['mse_mv2']:.5f} "
+            f"| {c['mse_default_mv2']:.4f} | {c['r_min']:.3f} |"
+        )
     return "\n".join(lines)

@@ -90,9 +90,14 @@ def load_class_table(path: str | Path | None = None) -> ClassTable:
     names = [n for n in CLASS_PRIORITY if n in classes]
     names += [n for n in classes if n not in names and n != FALLBACK_CLASS] + [FALLBACK_CLASS]
     stack = lambda f: jnp.asarray(np.stack([np.asarray(f(classes[n])) for n in names]), jnp.float32)  # noqa: E731
-    return ClassTable(theta=stack(lambda c: c.params.theta), a=stack(lambda c: c.params.a),
-                      b=stack(lambda c: c.params.b), offset=stack(lambda c: c.offset),
-                      mean_beat=stack(lambda c: c.mean_beat), names=tuple(names))
+    return ClassTable(
+        theta=stack(lambda c: c.params.theta),
+        a=stack(lambda c: c.params.a),
+        b=stack(lambda c: c.params.b),
+        offset=stack(lambda c: c.offset),
+        mean_beat=stack(lambda c: c.mean_beat),
+        names=tuple(names),
+    )
 
 
 def _row_params(table: ClassTable, class_index: Array) -> tuple[ecgsyn.WaveParams, Array]:
@@ -100,8 +105,7 @@ def _row_params(table: ClassTable, class_index: Array) -> tuple[ecgsyn.WaveParam
     return params, table.offset[class_index]  # leaves (B, 12, 5), offset (B, 12)
 
 
-def euler_residual(beats: Array, params: ecgsyn.WaveParams, offset: Array, heart_rate: Array,
-                   fs: float = FS) -> Array:
+def euler_residual(beats: Array, params: ecgsyn.WaveParams, offset: Array, heart_rate: Array, fs: float = FS) -> Array:
     """`(h_{l+1} - h_l) / dt - f_z(x_l, y_l, h_l - offset; eta)` in mV/s.
 
     Args:
@@ -162,8 +166,10 @@ class PhysicsLoss:
         beats = self.decode(x0)
         if class_index is None:
             class_index = jnp.full(x0.shape[:1], self.fallback_index, jnp.int32)
-        return {"euler_loss": euler_loss(beats, class_index, heart_rate, self.table),
-                "interlead_loss": interlead_loss(beats)}
+        return {
+            "euler_loss": euler_loss(beats, class_index, heart_rate, self.table),
+            "interlead_loss": interlead_loss(beats),
+        }
 
 
 def physics_weights(config) -> tuple[float, float]:
@@ -192,8 +198,10 @@ def physics_from_config(config, workdir: str | Path, vae_step: int | None = None
     physics = PhysicsLoss.load(directory, sediff.get("ecgsyn_params", "") or None)
     trained_on = physics.record.get("training", {}).get("vae_step")
     if vae_step is not None and trained_on is not None and trained_on != vae_step:
-        print(f"warning: the beat decoder in {directory} was trained on the VAE of step {trained_on}, "
-              f"this run uses step {vae_step}")
+        print(
+            f"warning: the beat decoder in {directory} was trained on the VAE of step {trained_on}, "
+            f"this run uses step {vae_step}"
+        )
     return physics
 
 

@@ -39,7 +39,6 @@ This module holds the index and the similarity; the summarisers are in
 Run: `diffusets-jax augment-dataset --dataset data/ptbxl --out data/ptbxl_rag`.
 """
 
-
 from __future__ import annotations
 
 import json
@@ -113,16 +112,26 @@ class Query:
     exclude: frozenset[str] = frozenset()
 
     @classmethod
-    def from_report(cls, report: str | Sequence[str], age: float | None = None, sex: str | None = None,
-                    heart_rate: float | None = None, *, text_embedding: np.ndarray | None = None,
-                    codes: Mapping[str, Sequence[str]] | None = None, exclude: Sequence[str] = ()) -> "Query":
+    def from_report(
+        cls,
+        report: str | Sequence[str],
+        age: float | None = None,
+        sex: str | None = None,
+        heart_rate: float | None = None,
+        *,
+        text_embedding: np.ndarray | None = None,
+        codes: Mapping[str, Sequence[str]] | None = None,
+        exclude: Sequence[str] = (),
+    ) -> "Query":
         """A query from a `'|'`-joined report (or statements), age (years), sex, heart rate (bpm)."""
         return cls(
-            statements=statements_of(report), age=math.nan if age is None else float(age),
+            statements=statements_of(report),
+            age=math.nan if age is None else float(age),
             sex=None if sex is None else str(sex).upper()[:1],
             heart_rate=math.nan if heart_rate is None else float(heart_rate),
             text_embedding=None if text_embedding is None else np.asarray(text_embedding, np.float32),
-            codes=_codes(codes), exclude=frozenset(exclude),
+            codes=_codes(codes),
+            exclude=frozenset(exclude),
         )
 
 
@@ -224,9 +233,21 @@ class ExperienceIndex:
         ValueError: arrays of different lengths, duplicate keys or an empty index.
     """
 
-    def __init__(self, reports, text_embeddings=None, age=None, sex=None, heart_rate=None, record_ids=None, *,
-                 keys=None, patient_keys=None, fold=None, codes: Sequence[Mapping[str, Sequence[str]]] | None = None,
-                 embedder_name: str = ""):
+    def __init__(
+        self,
+        reports,
+        text_embeddings=None,
+        age=None,
+        sex=None,
+        heart_rate=None,
+        record_ids=None,
+        *,
+        keys=None,
+        patient_keys=None,
+        fold=None,
+        codes: Sequence[Mapping[str, Sequence[str]]] | None = None,
+        embedder_name: str = "",
+    ):
         self.reports = np.asarray([str(r) for r in reports])
         n = len(self.reports)
         if n == 0:
@@ -246,8 +267,19 @@ class ExperienceIndex:
             norms = np.linalg.norm(e, axis=1, keepdims=True)
             self.text_embeddings = np.divide(e, norms, out=np.zeros_like(e), where=norms > 0)  # (N, D) unit rows
         self.codes = [_codes(c) for c in codes] if codes is not None else [{} for _ in range(n)]
-        lengths = {len(a) for a in (self.age, self.sex, self.heart_rate, self.record_ids, self.keys,
-                                    self.patient_keys, self.fold, self.codes)}
+        lengths = {
+            len(a)
+            for a in (
+                self.age,
+                self.sex,
+                self.heart_rate,
+                self.record_ids,
+                self.keys,
+                self.patient_keys,
+                self.fold,
+                self.codes,
+            )
+        }
         if self.text_embeddings is not None:
             lengths.add(len(self.text_embeddings))
         if lengths != {n}:
@@ -285,8 +317,9 @@ class ExperienceIndex:
 
     # ----------------------------------------------------------------------------------- building
     @classmethod
-    def from_processed(cls, dirs: str | Path | Sequence[str | Path], folds: Sequence[int] | None = DEFAULT_TRAIN_FOLDS
-                       ) -> "ExperienceIndex":
+    def from_processed(
+        cls, dirs: str | Path | Sequence[str | Path], folds: Sequence[int] | None = DEFAULT_TRAIN_FOLDS
+    ) -> "ExperienceIndex":
         """Index of the records of processed sets in `folds` (default: the training folds).
 
         Reads only reports, embeddings, demographics, folds and ids from `dataset.npz` (not the
@@ -303,10 +336,19 @@ class ExperienceIndex:
         if not keep.any():
             raise ValueError(f"no record of {[str(d) for d in dirs]} is in folds {folds}")
         pick = lambda a: [a[i] for i in np.flatnonzero(keep)] if isinstance(a, list) else a[keep]  # noqa: E731
-        return cls(pick(table["reports"]), pick(table["text_embeddings"]), pick(table["age"]), pick(table["sex"]),
-                   pick(table["heart_rate"]), pick(table["record_ids"]), keys=pick(table["keys"]),
-                   patient_keys=pick(table["patient_keys"]), fold=pick(table["fold"]), codes=pick(table["codes"]),
-                   embedder_name=table["embedder"])
+        return cls(
+            pick(table["reports"]),
+            pick(table["text_embeddings"]),
+            pick(table["age"]),
+            pick(table["sex"]),
+            pick(table["heart_rate"]),
+            pick(table["record_ids"]),
+            keys=pick(table["keys"]),
+            patient_keys=pick(table["patient_keys"]),
+            fold=pick(table["fold"]),
+            codes=pick(table["codes"]),
+            embedder_name=table["embedder"],
+        )
 
     def save(self, path: str | Path) -> Path:
         """Write the index (no signals) to one `.npz`; `load()` reads it back."""
@@ -314,10 +356,20 @@ class ExperienceIndex:
         path.parent.mkdir(parents=True, exist_ok=True)
         codes = [json.dumps({v: sorted(c[v]) for v in sorted(c)}) for c in self.codes]
         embeddings = self.text_embeddings if self.text_embeddings is not None else np.zeros((len(self), 0), np.float32)
-        np.savez(path, reports=self.reports, text_embeddings=embeddings, age=self.age, sex=self.sex,
-                 heart_rate=self.heart_rate, record_ids=self.record_ids, keys=self.keys,
-                 patient_keys=self.patient_keys, fold=self.fold, codes=np.asarray(codes),
-                 embedder_name=np.asarray(self.embedder_name))
+        np.savez(
+            path,
+            reports=self.reports,
+            text_embeddings=embeddings,
+            age=self.age,
+            sex=self.sex,
+            heart_rate=self.heart_rate,
+            record_ids=self.record_ids,
+            keys=self.keys,
+            patient_keys=self.patient_keys,
+            fold=self.fold,
+            codes=np.asarray(codes),
+            embedder_name=np.asarray(self.embedder_name),
+        )
         return path
 
     @classmethod
@@ -341,23 +393,55 @@ class ExperienceIndex:
             with np.load(path, allow_pickle=False) as d:
                 if not hasattr(d, "files"):
                     raise DataError(f"{what} (a .npy array, not an .npz)")
-                if missing := [k for k in ("reports", "text_embeddings", "age", "sex", "heart_rate", "record_ids",
-                                           "keys", "patient_keys", "fold", "codes", "embedder_name")
-                               if k not in d.files]:
+                if missing := [
+                    k
+                    for k in (
+                        "reports",
+                        "text_embeddings",
+                        "age",
+                        "sex",
+                        "heart_rate",
+                        "record_ids",
+                        "keys",
+                        "patient_keys",
+                        "fold",
+                        "codes",
+                        "embedder_name",
+                    )
+                    if k not in d.files
+                ]:
                     raise DataError(f"{what} (no {', '.join(missing)})")
                 embeddings = d["text_embeddings"]
-                return cls(d["reports"], embeddings if embeddings.shape[1] else None, d["age"], d["sex"],
-                           d["heart_rate"], d["record_ids"], keys=d["keys"], patient_keys=d["patient_keys"],
-                           fold=d["fold"], codes=[json.loads(c) for c in d["codes"]],
-                           embedder_name=str(d["embedder_name"]))
+                return cls(
+                    d["reports"],
+                    embeddings if embeddings.shape[1] else None,
+                    d["age"],
+                    d["sex"],
+                    d["heart_rate"],
+                    d["record_ids"],
+                    keys=d["keys"],
+                    patient_keys=d["patient_keys"],
+                    fold=d["fold"],
+                    codes=[json.loads(c) for c in d["codes"]],
+                    embedder_name=str(d["embedder_name"]),
+                )
         except DataError:
             raise
         except (OSError, EOFError, ValueError, IndexError, TypeError, zipfile.BadZipFile) as error:
             raise DataError(f"{what} (unreadable or malformed: {type(error).__name__})") from None
 
     # ---------------------------------------------------------------------------------- querying
-    def query(self, report: str | Sequence[str], age: float | None = None, sex: str | None = None,
-              heart_rate: float | None = None, *, embedder=None, codes=None, exclude: Sequence[str] = ()) -> Query:
+    def query(
+        self,
+        report: str | Sequence[str],
+        age: float | None = None,
+        sex: str | None = None,
+        heart_rate: float | None = None,
+        *,
+        embedder=None,
+        codes=None,
+        exclude: Sequence[str] = (),
+    ) -> Query:
         """A `Query` for a free condition; its `text` view is embedded by `embedder`
         (`diffusets_jax.text.TextEmbedder`, must be the index's), or dropped if None.
 
@@ -372,8 +456,9 @@ class ExperienceIndex:
             if self.embedder_name and embedder.name != self.embedder_name:
                 raise ValueError(f"the index was embedded with {self.embedder_name!r}, not {embedder.name!r}")
             embedding = embedder.embed([build_prompt(statements)])[0]
-        return Query.from_report(statements, age, sex, heart_rate, text_embedding=embedding, codes=codes,
-                                 exclude=exclude)
+        return Query.from_report(
+            statements, age, sex, heart_rate, text_embedding=embedding, codes=codes, exclude=exclude
+        )
 
     def effective_weights(self, query: Query, weights: Mapping[str, float] | None = None) -> dict[str, float]:
         """Weights of `query`'s views, normalised to sum 1: a view the index or the query lacks,
@@ -384,27 +469,42 @@ class ExperienceIndex:
         """
         merged = check_weights(weights)
         has_query = {
-            "text": query.text_embedding is not None, "statements": bool(query.statements),
-            "age": math.isfinite(query.age), "sex": query.sex in ("M", "F"),
+            "text": query.text_embedding is not None,
+            "statements": bool(query.statements),
+            "age": math.isfinite(query.age),
+            "sex": query.sex in ("M", "F"),
             "heart_rate": math.isfinite(query.heart_rate),
         }
         has_query.update({v: bool(query.codes.get(v)) for v in CODE_VIEWS})
-        if (has_query["text"] and self.text_embeddings is not None
-                and len(query.text_embedding) != self.text_embeddings.shape[1]):
-            raise ValueError(f"query embedding has {len(query.text_embedding)} dims, the index "
-                             f"{self.text_embeddings.shape[1]} ({self.embedder_name})")
+        if (
+            has_query["text"]
+            and self.text_embeddings is not None
+            and len(query.text_embedding) != self.text_embeddings.shape[1]
+        ):
+            raise ValueError(
+                f"query embedding has {len(query.text_embedding)} dims, the index "
+                f"{self.text_embeddings.shape[1]} ({self.embedder_name})"
+            )
         used = {v: merged[v] for v in self.views if has_query[v] and merged[v] > 0}
         total = sum(used.values())
         if total <= 0:
-            raise ValueError(f"no view to compare on: weights {merged}, index views {self.views}, query views "
-                             f"{[v for v in VIEWS if has_query[v]]}")
+            raise ValueError(
+                f"no view to compare on: weights {merged}, index views {self.views}, query views "
+                f"{[v for v in VIEWS if has_query[v]]}"
+            )
         return {v: w / total for v, w in used.items()}
 
     def _view_similarity(self, view: str, queries: Sequence[Query]) -> np.ndarray:
         """`(Q, N)` similarity in [0, 1] of each query with each record on one view."""
         if view == "text":
-            q = np.stack([np.asarray(x.text_embedding, np.float32) if x.text_embedding is not None
-                          else np.zeros(self.text_embeddings.shape[1], np.float32) for x in queries])  # (Q, D)
+            q = np.stack(
+                [
+                    np.asarray(x.text_embedding, np.float32)
+                    if x.text_embedding is not None
+                    else np.zeros(self.text_embeddings.shape[1], np.float32)
+                    for x in queries
+                ]
+            )  # (Q, D)
             q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
             return np.clip(q @ self.text_embeddings.T, 0.0, 1.0)
         if view == "statements":
@@ -422,8 +522,13 @@ class ExperienceIndex:
         """The `k` records most similar to `query` (best first; ties by index row), see `retrieve()`."""
         return self.retrieve_batch([query], k, weights)[0]
 
-    def retrieve_batch(self, queries: Sequence[Query], k: int = DEFAULT_K, weights: Mapping[str, float] | None = None,
-                       progress: bool = False) -> list[Retrieval]:
+    def retrieve_batch(
+        self,
+        queries: Sequence[Query],
+        k: int = DEFAULT_K,
+        weights: Mapping[str, float] | None = None,
+        progress: bool = False,
+    ) -> list[Retrieval]:
         """`retrieve()` for many queries, vectorised in blocks of `MAX_BLOCK_ELEMENTS` similarities.
 
         Raises:
@@ -437,7 +542,7 @@ class ExperienceIndex:
         from tqdm import tqdm
 
         for start in tqdm(range(0, len(queries), block), desc="retrieving", unit="block", disable=not progress):
-            chunk = queries[start:start + block]
+            chunk = queries[start : start + block]
             used = [self.effective_weights(q, weights) for q in chunk]
             views = [v for v in VIEWS if any(v in w for w in used)]
             sims = {v: self._view_similarity(v, chunk) for v in views}  # each (Q, N)
@@ -459,17 +564,24 @@ class ExperienceIndex:
             candidates = valid[score[valid] >= kth]
             rows = candidates[np.lexsort((candidates, -score[candidates]))][:k]  # best first, ties by row
         return Retrieval(
-            rows=rows, keys=self.keys[rows].tolist(), record_ids=self.record_ids[rows].tolist(),
-            reports=self.reports[rows].tolist(), scores=score[rows].astype(np.float32),
-            view_scores={v: s[rows] for v, s in view_sims.items()}, weights=dict(weights),
-            age=self.age[rows], sex=self.sex[rows], heart_rate=self.heart_rate[rows],
+            rows=rows,
+            keys=self.keys[rows].tolist(),
+            record_ids=self.record_ids[rows].tolist(),
+            reports=self.reports[rows].tolist(),
+            scores=score[rows].astype(np.float32),
+            view_scores={v: s[rows] for v, s in view_sims.items()},
+            weights=dict(weights),
+            age=self.age[rows],
+            sex=self.sex[rows],
+            heart_rate=self.heart_rate[rows],
             codes=[self.codes[r] for r in rows],
             prevalence={key: self.prevalence[key] for r in rows for key in self.statement_sets[r]},
         )
 
 
-def retrieve(index: ExperienceIndex, query: Query, k: int = DEFAULT_K, weights: Mapping[str, float] | None = None
-             ) -> Retrieval:
+def retrieve(
+    index: ExperienceIndex, query: Query, k: int = DEFAULT_K, weights: Mapping[str, float] | None = None
+) -> Retrieval:
     """The `k` training records of `index` most similar to `query`, best first.
 
     `score = sum_v w_v s_v / sum_v w_v` over the views (`VIEWS`) with `w_v > 0` that both
@@ -482,8 +594,21 @@ def retrieve(index: ExperienceIndex, query: Query, k: int = DEFAULT_K, weights: 
 
 def read_tables(dirs: Sequence[str | Path]) -> dict:
     """The non-signal fields of processed sets, concatenated, with keys and hospital code sets."""
-    out = {name: [] for name in ("reports", "text_embeddings", "age", "sex", "heart_rate", "fold", "record_ids",
-                                 "keys", "patient_keys", "codes")}
+    out = {
+        name: []
+        for name in (
+            "reports",
+            "text_embeddings",
+            "age",
+            "sex",
+            "heart_rate",
+            "fold",
+            "record_ids",
+            "keys",
+            "patient_keys",
+            "codes",
+        )
+    }
     embedders = set()
     names = [Path(d).name for d in dirs]
     for d in dirs:
@@ -493,8 +618,19 @@ def read_tables(dirs: Sequence[str | Path]) -> dict:
             raise FileNotFoundError(f"{d / 'dataset.npz'} not found: run `diffusets-jax prepare --out {d}` first")
         embedders.add(json.loads((d / "info.json").read_text())["embedder"])
         with np.load(d / "dataset.npz", allow_pickle=False) as data:
-            arrays = {name: data[name] for name in ("reports", "text_embeddings", "age", "sex", "heart_rate", "fold",
-                                                    "record_ids", "patient_ids")}
+            arrays = {
+                name: data[name]
+                for name in (
+                    "reports",
+                    "text_embeddings",
+                    "age",
+                    "sex",
+                    "heart_rate",
+                    "fold",
+                    "record_ids",
+                    "patient_ids",
+                )
+            }
         hosp = read_hosp_codes(d)
         for name in ("reports", "text_embeddings", "age", "sex", "heart_rate", "fold", "record_ids"):
             out[name].append(arrays[name])
@@ -502,8 +638,9 @@ def read_tables(dirs: Sequence[str | Path]) -> dict:
         out["patient_keys"].append(np.array([f"{prefix}/{p}" for p in arrays["patient_ids"]]))
         out["codes"].extend(hosp.get(str(r), {}) for r in arrays["record_ids"])
     if len(embedders) > 1:
-        raise ValueError(f"datasets {[str(d) for d in dirs]} were embedded with different text embedders: "
-                         f"{sorted(embedders)}")
+        raise ValueError(
+            f"datasets {[str(d) for d in dirs]} were embedded with different text embedders: {sorted(embedders)}"
+        )
     table = {name: (v if name == "codes" else np.concatenate(v)) for name, v in out.items()}
     table["embedder"] = embedders.pop()
     return table

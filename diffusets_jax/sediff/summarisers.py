@@ -20,6 +20,7 @@ from diffusets_jax.data_pipelines.mimic_hosp import CODE_VIEWS
 from diffusets_jax.errors import DataError
 from diffusets_jax.sediff.retrieval import Query, Retrieval, normalise_statement, statements_of
 
+
 @runtime_checkable
 class Summariser(Protocol):
     """Distils a query and its retrieved neighbours into one report (statements joined by `'|'`).
@@ -30,24 +31,31 @@ class Summariser(Protocol):
 
     name: str
 
-    def summarise(self, query: Query, retrieval: Retrieval) -> str:
-        ...
+    def summarise(self, query: Query, retrieval: Retrieval) -> str: ...
 
 
 #: Statements that describe a dominant rhythm: at most one per report (the query's wins).
-_RHYTHM = re.compile(r"sinus (rhythm|brady|tachy|arrhythmi)|atrial (fibrillation|flutter)|\bflutter\b|"
-                     r"fibrillation|supraventricular tachy|ventricular tachy|junctional|atrial rhythm|"
-                     r"ectopic rhythm|idioventricular")
+_RHYTHM = re.compile(
+    r"sinus (rhythm|brady|tachy|arrhythmi)|atrial (fibrillation|flutter)|\bflutter\b|"
+    r"fibrillation|supraventricular tachy|ventricular tachy|junctional|atrial rhythm|"
+    r"ectopic rhythm|idioventricular"
+)
 #: Overall verdicts of the query's own ECG ("normal ECG", "borderline ECG"): never taken from others.
 _VERDICT = re.compile(r"\b(normal|abnormal|borderline|otherwise normal)\s+ecg\b|^otherwise no definite pathology$")
 _AXIS = re.compile(r"\baxis\b")
 #: Further groups of mutually exclusive statements: one bundle-branch block (complete or
 #: incomplete, left or right), one fascicular block (anterior or posterior).
-_GROUPS = (("bundle_branch_block", re.compile(r"bundle branch block|\b[lr]bbb\b")),
-           ("fascicular_block", re.compile(r"(anterior|posterior) fascicular block|hemiblock")))
+_GROUPS = (
+    ("bundle_branch_block", re.compile(r"bundle branch block|\b[lr]bbb\b")),
+    ("fascicular_block", re.compile(r"(anterior|posterior) fascicular block|hemiblock")),
+)
 #: Pairs of statement patterns that contradict each other (low QRS voltage vs hypertrophy by voltage).
-_CONFLICTS = ((re.compile(r"low (qrs )?voltage"),
-               re.compile(r"ventricular hypertrophy|septal hypertrophy|high (qrs )?voltage|voltage criteria")),)
+_CONFLICTS = (
+    (
+        re.compile(r"low (qrs )?voltage"),
+        re.compile(r"ventricular hypertrophy|septal hypertrophy|high (qrs )?voltage|voltage criteria"),
+    ),
+)
 
 
 def statement_group(statement: str) -> str | None:
@@ -88,8 +96,9 @@ def consistent_with_heart_rate(statement: str, heart_rate: float) -> bool:
     return True
 
 
-def _finalise(query_statements: Sequence[str], candidates: Sequence[str], max_statements: int,
-              heart_rate: float = math.nan) -> str:
+def _finalise(
+    query_statements: Sequence[str], candidates: Sequence[str], max_statements: int, heart_rate: float = math.nan
+) -> str:
     """The query's statements (deduplicated, in order), then acceptable candidates, capped."""
     chosen, seen, groups = [], set(), set()
     for s in query_statements:
@@ -133,15 +142,19 @@ class KeywordSummariser:
 
     def __init__(self, max_statements: int = 6, min_support: float = 0.4, min_lift: float = 1.5):
         if max_statements < 1 or not 0 < min_support <= 1 or min_lift < 0:
-            raise ValueError(f"need max_statements >= 1, 0 < min_support <= 1 and min_lift >= 0, got "
-                             f"{max_statements}, {min_support}, {min_lift}")
+            raise ValueError(
+                f"need max_statements >= 1, 0 < min_support <= 1 and min_lift >= 0, got "
+                f"{max_statements}, {min_support}, {min_lift}"
+            )
         self.max_statements = max_statements
         self.min_support = min_support
         self.min_lift = min_lift
 
     def __repr__(self) -> str:
-        return (f"KeywordSummariser(max_statements={self.max_statements}, min_support={self.min_support}, "
-                f"min_lift={self.min_lift})")
+        return (
+            f"KeywordSummariser(max_statements={self.max_statements}, min_support={self.min_support}, "
+            f"min_lift={self.min_lift})"
+        )
 
     def candidates(self, retrieval: Retrieval) -> list[str]:
         """The neighbours' statements with enough support, best first."""
@@ -155,14 +168,17 @@ class KeywordSummariser:
                     entry[1] += 1
                     entry[4] = i
         n = len(retrieval)
-        kept = [v for key, v in stats.items() if v[1] >= self.min_support * n - 1e-9
-                and v[1] >= min(1.0, self.min_lift * retrieval.prevalence.get(key, 0.0)) * n - 1e-9]
+        kept = [
+            v
+            for key, v in stats.items()
+            if v[1] >= self.min_support * n - 1e-9
+            and v[1] >= min(1.0, self.min_lift * retrieval.prevalence.get(key, 0.0)) * n - 1e-9
+        ]
         return [v[3] for v in sorted(kept, key=lambda v: (-round(v[0], 9), -v[1], v[2]))]
 
     def summarise(self, query: Query, retrieval: Retrieval) -> str:
         """`'|'`-joined report; ValueError if neither the query nor the neighbours give a statement."""
-        report = _finalise(query.statements, self.candidates(retrieval), max(self.max_statements, 1),
-                           query.heart_rate)
+        report = _finalise(query.statements, self.candidates(retrieval), max(self.max_statements, 1), query.heart_rate)
         if not report:
             raise ValueError("nothing to summarise: the query has no statement and no neighbour statement qualifies")
         return report
@@ -172,8 +188,7 @@ class KeywordSummariser:
 class LLMClient(Protocol):
     """A chat model: one system and one user message in, the reply text out."""
 
-    def complete(self, system: str, user: str) -> str:
-        ...
+    def complete(self, system: str, user: str) -> str: ...
 
 
 class OpenAIChatClient:
@@ -187,8 +202,14 @@ class OpenAIChatClient:
         RuntimeError: no API key. ImportError: `openai` not installed.
     """
 
-    def __init__(self, model: str = "gpt-4o-mini", api_key: str | None = None, base_url: str | None = None,
-                 temperature: float = 0.0, timeout: float = 60.0):
+    def __init__(
+        self,
+        model: str = "gpt-4o-mini",
+        api_key: str | None = None,
+        base_url: str | None = None,
+        temperature: float = 0.0,
+        timeout: float = 60.0,
+    ):
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         if not api_key:
             raise RuntimeError("OpenAIChatClient needs an API key: set the OPENAI_API_KEY environment variable")
@@ -204,7 +225,8 @@ class OpenAIChatClient:
 
     def complete(self, system: str, user: str) -> str:
         response = self._client.chat.completions.create(
-            model=self.model, temperature=self.temperature,
+            model=self.model,
+            temperature=self.temperature,
             messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
         )
         return response.choices[0].message.content or ""
@@ -234,8 +256,9 @@ class LLMSummariser:
 
     name = "llm"
 
-    def __init__(self, client: LLMClient, max_statements: int = 6, fallback: Summariser | None = None,
-                 strict: bool = False):
+    def __init__(
+        self, client: LLMClient, max_statements: int = 6, fallback: Summariser | None = None, strict: bool = False
+    ):
         self.client, self.strict = client, strict
         self.max_statements = max_statements
         self.fallback = fallback if fallback is not None else KeywordSummariser(max_statements)
@@ -246,22 +269,30 @@ class LLMSummariser:
 
     def prompt(self, query: Query, retrieval: Retrieval) -> tuple[str, str]:
         """(system, user) messages for `query` and its neighbours."""
+
         def person(age, sex, hr):
-            parts = [f"age {age:.0f} years" if math.isfinite(age) else "age unknown",
-                     {"M": "male", "F": "female"}.get(sex, "sex unknown"),
-                     f"heart rate {hr:.0f} bpm" if math.isfinite(hr) else "heart rate unknown"]
+            parts = [
+                f"age {age:.0f} years" if math.isfinite(age) else "age unknown",
+                {"M": "male", "F": "female"}.get(sex, "sex unknown"),
+                f"heart rate {hr:.0f} bpm" if math.isfinite(hr) else "heart rate unknown",
+            ]
             return ", ".join(parts)
 
         def codes(c):
             return "".join(f"\n  {v}: {', '.join(sorted(c[v])[:30])}" for v in CODE_VIEWS if c.get(v))
 
-        lines = [f"Patient: {person(query.age, query.sex, query.heart_rate)}.",
-                 f"Patient's statements: {' | '.join(query.statements) or '(none)'}{codes(query.codes)}",
-                 "", f"Similar patients ({len(retrieval)}, most similar first):"]
+        lines = [
+            f"Patient: {person(query.age, query.sex, query.heart_rate)}.",
+            f"Patient's statements: {' | '.join(query.statements) or '(none)'}{codes(query.codes)}",
+            "",
+            f"Similar patients ({len(retrieval)}, most similar first):",
+        ]
         for i in range(len(retrieval)):
-            lines.append(f"{i + 1}. similarity {retrieval.scores[i]:.2f}; "
-                         f"{person(float(retrieval.age[i]), str(retrieval.sex[i]), float(retrieval.heart_rate[i]))}; "
-                         f"report: {' | '.join(statements_of(retrieval.reports[i]))}{codes(retrieval.codes[i])}")
+            lines.append(
+                f"{i + 1}. similarity {retrieval.scores[i]:.2f}; "
+                f"{person(float(retrieval.age[i]), str(retrieval.sex[i]), float(retrieval.heart_rate[i]))}; "
+                f"report: {' | '.join(statements_of(retrieval.reports[i]))}{codes(retrieval.codes[i])}"
+            )
         return LLM_SYSTEM_PROMPT.format(max_statements=self.max_statements), "\n".join(lines)
 
     @staticmethod
@@ -313,8 +344,14 @@ def summarise_with_method(summariser, query: Query, retrieval: Retrieval) -> tup
     return summariser.summarise(query, retrieval), method_name(summariser)
 
 
-def get_summariser(name: str = "keyword", max_statements: int = 6, min_support: float = 0.4, min_lift: float = 1.5,
-                   llm_model: str = "gpt-4o-mini", llm_base_url: str | None = None) -> Summariser:
+def get_summariser(
+    name: str = "keyword",
+    max_statements: int = 6,
+    min_support: float = 0.4,
+    min_lift: float = 1.5,
+    llm_model: str = "gpt-4o-mini",
+    llm_base_url: str | None = None,
+) -> Summariser:
     """`'keyword'` (default, offline) or `'llm'` (`OpenAIChatClient`; needs `OPENAI_API_KEY`)."""
     if name == "keyword":
         return KeywordSummariser(max_statements, min_support, min_lift)

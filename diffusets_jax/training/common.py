@@ -84,8 +84,9 @@ def compile_train_step(step_fn: Callable, mesh) -> Callable:
     """
     replicated = NamedSharding(mesh, P())
     sharded = NamedSharding(mesh, P(mesh.axis_names[0]))
-    return jax.jit(step_fn, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
-                   donate_argnums=0)
+    return jax.jit(
+        step_fn, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated), donate_argnums=0
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -201,8 +202,14 @@ class MetricsLogger:
             from flax.metrics.tensorboard import SummaryWriter
 
             self.tensorboard = SummaryWriter(str(workdir / "tensorboard" / name))
-        self.bar = tqdm(total=total_steps, initial=start_step, desc=f"train-{name.replace('_', '-')}", unit="step",
-                        dynamic_ncols=True, disable=not self.writes)
+        self.bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            desc=f"train-{name.replace('_', '-')}",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not self.writes,
+        )
         self.last_time, self.last_step = time.perf_counter(), start_step
 
     def _truncate(self, start_step: int) -> None:
@@ -215,8 +222,12 @@ class MetricsLogger:
         steps = max(step - self.last_step, 1)
         step_time = (now - self.last_time) / steps
         self.last_time, self.last_step = now, step
-        record = {"step": step, **metrics, "examples_per_s": self.batch_size / max(step_time, 1e-9),
-                  "step_time_s": step_time}
+        record = {
+            "step": step,
+            **metrics,
+            "examples_per_s": self.batch_size / max(step_time, 1e-9),
+            "step_time_s": step_time,
+        }
         shown = {k: f"{v:.4g}" for k, v in metrics.items() if k in ("loss", "reconstruction", "kl")}
         self.bar.set_postfix(**shown, ex_s=f"{record['examples_per_s']:.0f}")
         if not self.writes:
@@ -253,8 +264,17 @@ class MetricsLogger:
 
 
 def run_training(
-    *, name: str, workdir: Path, state: TrainState, train_step: Callable, batches: Iterator[dict],
-    train_config, num_steps: int, checkpoints: Checkpoints, mesh, learning_rate: Callable[[int], float],
+    *,
+    name: str,
+    workdir: Path,
+    state: TrainState,
+    train_step: Callable,
+    batches: Iterator[dict],
+    train_config,
+    num_steps: int,
+    checkpoints: Checkpoints,
+    mesh,
+    learning_rate: Callable[[int], float],
     evaluate: Callable[[TrainState], float | dict[str, float]] | None = None,
     preview: Callable[[TrainState, int], Any] | None = None,
     stop_after: int | None = None,
@@ -276,8 +296,10 @@ def run_training(
     logger = MetricsLogger(workdir, name, num_steps, start, batch_size)
     parameters = sum(x.size for x in jax.tree.leaves(state.params))
     if jax.process_index() == 0:
-        print(f"train-{name.replace('_', '-')}: batch {batch_size} over {jax.device_count()} device(s), "
-              f"steps {start} -> {end} of {num_steps}, {parameters:,} parameters")
+        print(
+            f"train-{name.replace('_', '-')}: batch {batch_size} over {jax.device_count()} device(s), "
+            f"steps {start} -> {end} of {num_steps}, {parameters:,} parameters"
+        )
     window: list[float] = []
     try:
         for step in range(start, end):

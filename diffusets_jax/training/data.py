@@ -55,8 +55,9 @@ def training_sources(config, data_dirs: Sequence[str | Path]):
     return train, validation
 
 
-def latent_sources(config, workdir: Path, vae, vae_step: int, data_dirs: Sequence[str | Path],
-                   class_names: Sequence[str] | None = None):
+def latent_sources(
+    config, workdir: Path, vae, vae_step: int, data_dirs: Sequence[str | Path], class_names: Sequence[str] | None = None
+):
     """`(train, validation)` latent sources: `training_sources` encoded by the trained `vae`.
 
     `class_names` (a `sediff.physics.ClassTable`'s names): processed sets also yield each record's
@@ -119,8 +120,9 @@ def _encode_arrays(vae, source: ArraySource, seed: int) -> ArraySource:
     arrays = dict(source.arrays)
     mean, log_variance = encode_moments(vae, arrays.pop("signal"))
     noise = np.random.default_rng(seed).standard_normal(mean.shape).astype(np.float32)
-    arrays.update(mean=mean, log_variance=log_variance,
-                  latents=(mean + np.exp(0.5 * log_variance) * noise) * LATENT_SCALE)
+    arrays.update(
+        mean=mean, log_variance=log_variance, latents=(mean + np.exp(0.5 * log_variance) * noise) * LATENT_SCALE
+    )
     return ArraySource(arrays, record_ids=source.record_ids)
 
 
@@ -130,11 +132,14 @@ def _augment_heart_rate(source: ArraySource, config) -> ArraySource:
     from diffusets_jax.data_pipelines.augment import augment_heart_rate
 
     d = config.data
-    arrays = augment_heart_rate(source.arrays, int(d.hr_augment_copies), tuple(d.hr_augment_factor),
-                                tuple(d.hr_augment_bpm), config.seed)
+    arrays = augment_heart_rate(
+        source.arrays, int(d.hr_augment_copies), tuple(d.hr_augment_factor), tuple(d.hr_augment_bpm), config.seed
+    )
     copies = len(arrays["heart_rate"]) // source.num_examples
-    print(f"heart-rate augmentation: {source.num_examples} ECGs -> {len(arrays['heart_rate'])} "
-          f"(time-warp factors {tuple(d.hr_augment_factor)}, rates kept in {tuple(d.hr_augment_bpm)} bpm)")
+    print(
+        f"heart-rate augmentation: {source.num_examples} ECGs -> {len(arrays['heart_rate'])} "
+        f"(time-warp factors {tuple(d.hr_augment_factor)}, rates kept in {tuple(d.hr_augment_bpm)} bpm)"
+    )
     return ArraySource(arrays, record_ids=np.tile(np.asarray(source.record_ids), copies))
 
 
@@ -160,8 +165,11 @@ def _optional(make):
 
 
 def _check_text_width(source, config) -> None:
-    width = (source.arrays["text_embedding"].shape[1] if isinstance(source, ArraySource)
-             else source.shapes["text_embedding"][0])
+    width = (
+        source.arrays["text_embedding"].shape[1]
+        if isinstance(source, ArraySource)
+        else source.shapes["text_embedding"][0]
+    )
     if width != config.text.embed_dim:
         raise ValueError(
             f"the datasets hold {width}-d text embeddings; config text.embed_dim is {config.text.embed_dim} "

@@ -91,8 +91,18 @@ class AuxiliaryLosses:
     class_names: Sequence[str] | None = None
 
 
-def _loss(graphdef, params, x0, condition, key, schedule, d, dtype, aux_losses: Sequence[AuxLoss] = (),
-          batch: dict | None = None):
+def _loss(
+    graphdef,
+    params,
+    x0,
+    condition,
+    key,
+    schedule,
+    d,
+    dtype,
+    aux_losses: Sequence[AuxLoss] = (),
+    batch: dict | None = None,
+):
     """`(loss, metrics)` of one batch, the U-Net computing in `dtype`: the sum-MSE/B diffusion loss
     (`diffusion.diffusion_loss`) plus each of `aux_losses` (metrics: {} without them)."""
     unet = nnx.merge(graphdef, common.cast_floating(params, dtype))
@@ -117,8 +127,18 @@ def make_train_step(graphdef, tx, schedule, config, root_key, mesh, aux_losses: 
         latent_key, loss_key, dropout_key = jax.random.split(jax.random.fold_in(root_key, state.step), 3)
         x0 = clean_latents(batch, latent_key, tc.sample_posterior)
         condition = drop_conditions(batch_condition(batch), dropout_key, config)
-        loss_fn = lambda p: _loss(graphdef, p, x0, condition, loss_key, schedule, d, dtype,  # noqa: E731
-                                  aux_losses, batch)
+        loss_fn = lambda p: _loss(  # noqa: E731
+            graphdef,
+            p,
+            x0,
+            condition,
+            loss_key,
+            schedule,
+            d,
+            dtype,
+            aux_losses,
+            batch,
+        )
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -146,8 +166,9 @@ def make_evaluate(graphdef, source, config, schedule, mesh):
     if batch_size == 0:
         return None
     num_batches = min(tc.eval_batches, source.num_examples // batch_size)
-    batches = [to_global(b, mesh) for b, _ in zip(source.batches(batch_size, 0, seed=0, shuffle=False),
-                                                            range(num_batches))]
+    batches = [
+        to_global(b, mesh) for b, _ in zip(source.batches(batch_size, 0, seed=0, shuffle=False), range(num_batches))
+    ]
     dtype, key = common.compute_dtype(tc), jax.random.key(config.seed + 2)
 
     @jax.jit
@@ -163,8 +184,10 @@ def make_evaluate(graphdef, source, config, schedule, mesh):
         params = state.ema_params if state.ema_params is not None else state.params
         losses, per_t = zip(*[batch_metrics(params, b) for b in batches])
         per_t = np.mean(np.stack([np.asarray(e) for e in per_t]), axis=0)
-        return {"val_loss": float(np.mean(losses)),
-                **{f"val_eps_mse_t{t}": float(e) for t, e in zip(EVAL_TIMESTEPS, per_t)}}
+        return {
+            "val_loss": float(np.mean(losses)),
+            **{f"val_eps_mse_t{t}": float(e) for t, e in zip(EVAL_TIMESTEPS, per_t)},
+        }
 
     return evaluate
 
@@ -188,15 +211,22 @@ def make_preview(graphdef, vae, source, config, schedule):
     def preview(state, step):
         params = state.ema_params if state.ema_params is not None else state.params
         generated, real = (np.asarray(a) for a in sample(params, jax.random.key(0)))
-        titles = [f"step {step}, {steps} steps: age {a:.0f}, HR {h:.0f} bpm | VAE of the real ECG"
-                  for a, h in zip(batch["age"], batch["heart_rate"])]
+        titles = [
+            f"step {step}, {steps} steps: age {a:.0f}, HR {h:.0f} bpm | VAE of the real ECG"
+            for a, h in zip(batch["age"], batch["heart_rate"])
+        ]
         return plot_ecg_comparison(real, generated, titles=titles)
 
     return preview
 
 
-def train_diffusion(config, workdir: str | Path, data_dirs, stop_after: int | None = None,
-                    auxiliary: Callable[[int], AuxiliaryLosses] | None = None) -> Path:
+def train_diffusion(
+    config,
+    workdir: str | Path,
+    data_dirs,
+    stop_after: int | None = None,
+    auxiliary: Callable[[int], AuxiliaryLosses] | None = None,
+) -> Path:
     """Train (or resume) the U-Net of `config` on `data_dirs` encoded by `workdir`'s VAE.
 
     `stop_after` ends this run after that many steps (checkpointed); the next call resumes.
@@ -209,25 +239,29 @@ def train_diffusion(config, workdir: str | Path, data_dirs, stop_after: int | No
     workdir, tc = run.workdir, run.train_config
     sediff = config.get("sediff") or {}
     if auxiliary is None and any(float(sediff.get(w, 0.0)) > 0 for w in ("euler_weight", "interlead_weight")):
-        raise ConfigError("config.sediff sets physics-loss weights: pass auxiliary="
-                          "diffusets_jax.sediff.physics.physics_auxiliary(config, workdir) (the CLI does)")
+        raise ConfigError(
+            "config.sediff sets physics-loss weights: pass auxiliary="
+            "diffusets_jax.sediff.physics.physics_auxiliary(config, workdir) (the CLI does)"
+        )
     vae, vae_step = load_trained_vae(config, workdir)
     extra = auxiliary(vae_step) if auxiliary is not None else AuxiliaryLosses(())
-    train_source, val_source = latent_sources(config, workdir, vae, vae_step, data_dirs,
-                                              class_names=extra.class_names)
+    train_source, val_source = latent_sources(config, workdir, vae, vae_step, data_dirs, class_names=extra.class_names)
     num_steps, mesh = run.plan(train_source.num_examples)
 
     unet = build_unet(config)
     graphdef, params = nnx.split(unet, nnx.Param)
     tx = unet_optimizer(tc, num_steps)
     ema = jax.tree.map(jnp.copy, params) if tc.ema_decay > 0 else None
-    state = run.resume(common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                                         ema_params=ema))
+    state = run.resume(
+        common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=ema)
+    )
     schedule = diffusion.schedule_from_config(config.diffusion)
     run.train(
-        state, source=train_source,
-        train_step=make_train_step(graphdef, tx, schedule, config, jax.random.key(config.seed + 1), mesh,
-                                   tuple(extra.losses)),
+        state,
+        source=train_source,
+        train_step=make_train_step(
+            graphdef, tx, schedule, config, jax.random.key(config.seed + 1), mesh, tuple(extra.losses)
+        ),
         learning_rate=unet_learning_rate(tc, num_steps),
         evaluate=make_evaluate(graphdef, val_source, config, schedule, mesh) if val_source else None,
         preview=make_preview(graphdef, vae, val_source or train_source, config, schedule),
@@ -256,8 +290,9 @@ def export_workdir(workdir: str | Path, out: str | Path, model_card: str | None 
     return export(workdir, out, model_card=model_card)
 
 
-def workdir_from_pretrained(model_dir: str | Path, workdir: str | Path,
-                            models: tuple[str, ...] = (VAE_DIR, UNET_DIR)) -> tuple[int, int]:
+def workdir_from_pretrained(
+    model_dir: str | Path, workdir: str | Path, models: tuple[str, ...] = (VAE_DIR, UNET_DIR)
+) -> tuple[int, int]:
     """Write a training workdir from a pretrained model directory (the inverse of `export_workdir`),
     so that `train_diffusion` can fine-tune a shipped model; `models=("vae",)` writes only its VAE
     (train a new U-Net on a shipped VAE: `train-diffusion --vae-from DIR`; the workdir's
@@ -288,8 +323,12 @@ def workdir_from_pretrained(model_dir: str | Path, workdir: str | Path,
         if name not in models:
             continue
         params = nnx.state(module, nnx.Param)
-        state = common.TrainState(step=jnp.full((), step, jnp.int32), params=params, opt_state=tx.init(params),
-                                  ema_params=params if keeps_ema else None)
+        state = common.TrainState(
+            step=jnp.full((), step, jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            ema_params=params if keeps_ema else None,
+        )
         checkpoints = common.Checkpoints(workdir / name, max(int(tc.keep_checkpoints), 1))
         checkpoints.save(step, state, None)
         checkpoints.wait_until_finished()

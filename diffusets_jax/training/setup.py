@@ -77,8 +77,14 @@ class TrainingRun:
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         write_config(workdir, config)
-        return cls(name, workdir, config[section], seed=config.seed, shuffle=config.data.shuffle,
-                   data_axis=config.mesh.data_axis)
+        return cls(
+            name,
+            workdir,
+            config[section],
+            seed=config.seed,
+            shuffle=config.data.shuffle,
+            data_axis=config.mesh.data_axis,
+        )
 
     @property
     def directory(self) -> Path:
@@ -106,9 +112,17 @@ class TrainingRun:
         self.checkpoints = common.Checkpoints(self.checkpoint_dir, self.train_config.keep_checkpoints)
         return common.restore_or_init(self.checkpoints, state)
 
-    def train(self, state: common.TrainState, *, train_step: Callable, source: BatchSource,
-              learning_rate: Callable[[int], float], evaluate: Callable | None = None,
-              preview: Callable | None = None, stop_after: int | None = None) -> common.TrainState:
+    def train(
+        self,
+        state: common.TrainState,
+        *,
+        train_step: Callable,
+        source: BatchSource,
+        learning_rate: Callable[[int], float],
+        evaluate: Callable | None = None,
+        preview: Callable | None = None,
+        stop_after: int | None = None,
+    ) -> common.TrainState:
         """`common.run_training` from `state` (as `resume` returned it) to `num_steps`, or for
         `stop_after` steps, on `source`'s batches from `state.step`; returns the final state.
 
@@ -120,9 +134,19 @@ class TrainingRun:
             raise RuntimeError("TrainingRun.train before TrainingRun.resume")
         batches = source.batches(self.train_config.batch_size, int(state.step), seed=self.seed, shuffle=self.shuffle)
         return common.run_training(
-            name=self.name, workdir=self.workdir, state=state, train_step=train_step, batches=batches,
-            train_config=self.train_config, num_steps=self.num_steps, checkpoints=self.checkpoints, mesh=self.mesh,
-            learning_rate=learning_rate, evaluate=evaluate, preview=preview, stop_after=stop_after,
+            name=self.name,
+            workdir=self.workdir,
+            state=state,
+            train_step=train_step,
+            batches=batches,
+            train_config=self.train_config,
+            num_steps=self.num_steps,
+            checkpoints=self.checkpoints,
+            mesh=self.mesh,
+            learning_rate=learning_rate,
+            evaluate=evaluate,
+            preview=preview,
+            stop_after=stop_after,
         )
 
     def _planned(self) -> None:

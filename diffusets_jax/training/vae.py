@@ -26,8 +26,11 @@ from diffusets_jax.training.setup import TrainingRun
 
 def vae_learning_rate(train_config, num_steps: int) -> optax.Schedule:
     return optax.cosine_onecycle_schedule(
-        transition_steps=num_steps, peak_value=train_config.max_learning_rate,
-        pct_start=0.3, div_factor=25.0, final_div_factor=1e4,
+        transition_steps=num_steps,
+        peak_value=train_config.max_learning_rate,
+        pct_start=0.3,
+        div_factor=25.0,
+        final_div_factor=1e4,
     )
 
 
@@ -72,8 +75,9 @@ def make_evaluate(graphdef, source, train_config, mesh, seed: int):
     if batch_size == 0:
         return None
     num_batches = min(train_config.eval_batches, source.num_examples // batch_size)
-    batches = [to_global(b, mesh) for b, _ in zip(source.batches(batch_size, 0, seed=seed, shuffle=False),
-                                                            range(num_batches))]
+    batches = [
+        to_global(b, mesh) for b, _ in zip(source.batches(batch_size, 0, seed=seed, shuffle=False), range(num_batches))
+    ]
     dtype = common.compute_dtype(train_config)
     key = jax.random.key(seed)
 
@@ -121,11 +125,13 @@ def train_vae(config, workdir: str | Path, data_dirs, stop_after: int | None = N
     tx = vae_optimizer(tc, num_steps)
     state = run.resume(common.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)))
     run.train(
-        state, source=train_source,
+        state,
+        source=train_source,
         train_step=make_train_step(graphdef, tx, num_steps, tc, jax.random.key(config.seed), mesh),
         learning_rate=vae_learning_rate(tc, num_steps),
         evaluate=make_evaluate(graphdef, val_source, tc, mesh, config.seed) if val_source else None,
-        preview=make_preview(graphdef, val_source or train_source, mesh), stop_after=stop_after,
+        preview=make_preview(graphdef, val_source or train_source, mesh),
+        stop_after=stop_after,
     )
     return run.directory
 
