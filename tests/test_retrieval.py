@@ -12,7 +12,8 @@ from diffusets_jax import cli
 from diffusets_jax.sediff import retrieval as rag
 from diffusets_jax.sediff import summarisers
 from diffusets_jax.sediff.augment import augment_dataset, augment_report
-from diffusets_jax.sediff.retrieval import ExperienceIndex, Query, retrieve
+from diffusets_jax.sediff.retrieval import ExperienceIndex, retrieve
+from diffusets_jax.sediff.similarity import VIEWS, Query, parse_weights
 from diffusets_jax.errors import DataError
 from diffusets_jax.sediff.summarisers import KeywordSummariser, LLMSummariser
 from diffusets_jax.text import build_prompt
@@ -78,7 +79,7 @@ def test_shared_statements_rank_above_unrelated(processed_dirs):
         index,
         _query_of(data, i, exclude=["ludb/34"]),
         k=len(index),
-        weights={v: 0.0 for v in rag.VIEWS} | {"statements": 1.0},
+        weights={v: 0.0 for v in VIEWS} | {"statements": 1.0},
     )
     assert result.weights == {"statements": 1.0}
     assert result.keys[:2] == ["ptbxl/1", "ludb/8"]  # Jaccard 1/5 and 1/8
@@ -186,8 +187,8 @@ def test_missing_views_get_zero_weight():
     with pytest.raises(ValueError, match="unknown retrieval view"):
         index.effective_weights(no_age, {"ecg": 1})
     with pytest.raises(ValueError, match="unknown retrieval view"):
-        rag.parse_weights("text=1,foo=2")
-    assert rag.parse_weights("text=2, age=0") == {"text": 2.0, "age": 0.0}
+        parse_weights("text=1,foo=2")
+    assert parse_weights("text=2, age=0") == {"text": 2.0, "age": 0.0}
     # the text view needs an embedding on both sides: index with embeddings, query without
     with_text = _index(["a", "b"], embeddings=np.eye(2))
     assert "text" not in with_text.effective_weights(Query.from_report("a"))

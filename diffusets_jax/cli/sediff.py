@@ -126,6 +126,7 @@ def cmd_fit_ecgsyn(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------- augment-dataset
 def _augment_dataset(sub) -> None:
     from diffusets_jax.sediff import retrieval as rag
+    from diffusets_jax.sediff.similarity import DEFAULT_WEIGHTS, VIEWS
     from diffusets_jax.sediff.summarisers import SUMMARISERS
 
     p = sub.add_parser("augment-dataset", help=HELP["augment-dataset"], description=_description(rag))
@@ -148,8 +149,8 @@ def _augment_dataset(sub) -> None:
     p.add_argument(
         "--weights",
         default="",
-        help="VIEW=W,... over " + ", ".join(rag.VIEWS) + " (updates the "
-        "defaults " + ",".join(f"{v}={w:g}" for v, w in rag.DEFAULT_WEIGHTS.items()) + ")",
+        help="VIEW=W,... over " + ", ".join(VIEWS) + " (updates the "
+        "defaults " + ",".join(f"{v}={w:g}" for v, w in DEFAULT_WEIGHTS.items()) + ")",
     )
     p.add_argument("--folds", default=None, help="comma-separated training folds the index holds (default 1-8)")
     p.add_argument(
@@ -205,7 +206,8 @@ def cmd_augment_dataset(args: argparse.Namespace) -> None:
 
     from diffusets_jax.data_pipelines.mimic_hosp import attach_hosp_codes
     from diffusets_jax.sediff.augment import augment_dataset
-    from diffusets_jax.sediff.retrieval import ExperienceIndex, parse_weights
+    from diffusets_jax.sediff.retrieval import ExperienceIndex
+    from diffusets_jax.sediff.similarity import parse_weights
     from diffusets_jax.sediff.summarisers import get_summariser
     from diffusets_jax.text import get_embedder
 

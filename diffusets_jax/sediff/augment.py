@@ -22,17 +22,10 @@ import numpy as np
 from diffusets_jax.data_pipelines.mimic_hosp import read_hosp_codes, write_hosp_codes
 from diffusets_jax.data_pipelines.processed import MANIFEST_FILES
 from diffusets_jax.checkpoints import atomic_write, atomic_write_text, write_manifest
-from diffusets_jax.sediff.retrieval import (
-    DEFAULT_K,
-    DEFAULT_TRAIN_FOLDS,
-    ExperienceIndex,
-    Query,
-    Retrieval,
-    check_weights,
-    read_tables,
-    statements_of,
-)
+from diffusets_jax.sediff.retrieval import DEFAULT_K, DEFAULT_TRAIN_FOLDS, ExperienceIndex, Retrieval
+from diffusets_jax.sediff.similarity import Query, check_weights, statements_of
 from diffusets_jax.sediff.summarisers import KeywordSummariser, Summariser, method_name, summarise_with_method
+from diffusets_jax.sediff.tables import read_tables
 
 
 def augment_report(

@@ -9,15 +9,10 @@ profiles and the condition into "a concise, physiologically sound report" r that
 the text pathway. Neither the LLM, its prompt, k nor the weights are published, and the official
 code has no retrieval step, so this module is the port's own design:
 
-* **Views.** The similarity is a weighted mean over the views the data has (`VIEWS`):
-  `text` (cosine of the stored report-prompt embeddings, negative values clipped to 0),
-  `statements` (Jaccard of the sets of normalised diagnostic statements), `age` and
-  `heart_rate` (Gaussian kernels of the difference, scales `AGE_SCALE_YEARS` and
-  `HEART_RATE_SCALE_BPM`), `sex` (1 if equal) and, where MIMIC-IV hospital data are linked
-  (`link_hosp_codes()`), the paper's `diagnoses`, `medications` and `procedures` code-set
-  Jaccards. `score = sum_v w_v s_v / sum_v w_v` over the views with a non-zero weight that both
-  the index and the query have; a view missing in the data gets weight 0 automatically, so scores
-  stay in [0, 1]. Defaults: `DEFAULT_WEIGHTS`.
+* **Views.** The similarity is a weighted mean over the views the data has: report-prompt
+  embeddings, diagnostic statements, age, sex, heart rate and, where MIMIC-IV hospital data are
+  linked, the paper's diagnosis, medication and procedure code sets
+  (`diffusets_jax.sediff.similarity`, which holds the views, weights and `Query`).
 * **Index.** `ExperienceIndex` holds the training folds only (default
   `DEFAULT_TRAIN_FOLDS`, the folds `configs/common.py` trains on), never held-out records.
   It needs no signals, so it can be saved to one small `.npz` (`ExperienceIndex.save()`) and
@@ -33,7 +28,9 @@ code has no retrieval step, so this module is the port's own design:
   `augment_dataset()` writes a processed set the existing trainers read unchanged, and
   `augment_report()` augments one condition at generation time.
 
-This module holds the index and the similarity; the summarisers are in
+This module holds the index (`ExperienceIndex`), its results (`Retrieval`) and `retrieve`; the
+views, weights and `Query` are in `diffusets_jax.sediff.similarity`, the tables read from
+processed sets in `diffusets_jax.sediff.tables`, the summarisers in
 `diffusets_jax.sediff.summarisers`, dataset and report augmentation in
 `diffusets_jax.sediff.augment`, the hospital code sets in `diffusets_jax.data_pipelines.mimic_hosp`.
 Run: `diffusets-jax augment-dataset --dataset data/ptbxl --out data/ptbxl_rag`.
@@ -48,91 +45,29 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import scipy.sparse
 
-from diffusets_jax.data_pipelines.mimic_hosp import CODE_VIEWS, read_hosp_codes
 from diffusets_jax.config import load_config
+from diffusets_jax.data_pipelines.mimic_hosp import CODE_VIEWS
+from diffusets_jax.sediff.similarity import (
+    AGE_SCALE_YEARS,
+    HEART_RATE_SCALE_BPM,
+    VIEWS,
+    Query,
+    SetMatrix,
+    check_weights,
+    code_sets,
+    normalise_statement,
+    statements_of,
+)
+from diffusets_jax.sediff.tables import read_tables
 
-#: Every similarity view, in the order reports and weights are printed.
-VIEWS = ("text", "statements", "age", "sex", "heart_rate", "diagnoses", "medications", "procedures")
 _DEFAULTS = load_config("sediff").retrieval
-#: Default per-view weights (`configs/sediff.py` `retrieval.weights`, where they are explained).
-DEFAULT_WEIGHTS = {view: float(_DEFAULTS.weights[view]) for view in VIEWS}
+#: Neighbours retrieved per query (`configs/sediff.py` `retrieval.k`).
 DEFAULT_K = _DEFAULTS.k
 #: Folds the index is built from (`configs/common.py` `data.train_folds`); 9 and 10 are held out.
 DEFAULT_TRAIN_FOLDS = tuple(_DEFAULTS.folds)
-#: Gaussian kernel scales: `exp(-(delta / scale)^2 / 2)`.
-AGE_SCALE_YEARS = 10.0
-HEART_RATE_SCALE_BPM = 10.0
 #: Largest (queries x records) similarity block computed at once in batched retrieval.
 MAX_BLOCK_ELEMENTS = 4_000_000
-
-
-def normalise_statement(statement: str) -> str:
-    """Comparison key of a statement: lower case, single spaces, no trailing full stop."""
-    return " ".join(str(statement).lower().split()).rstrip(".").strip()
-
-
-def statements_of(report: str | Sequence[str]) -> tuple[str, ...]:
-    """Stripped, non-empty statements of a `'|'`-joined report (or a sequence); () if none."""
-    parts = report.split("|") if isinstance(report, str) else list(report)
-    return tuple(s.strip() for s in parts if s and s.strip())
-
-
-def _codes(codes: Mapping[str, Sequence[str]] | None) -> dict[str, frozenset[str]]:
-    """`{view: frozenset(codes)}` for the code views present; raises ValueError for another view."""
-    out = {}
-    for view, values in (codes or {}).items():
-        if view not in CODE_VIEWS:
-            raise ValueError(f"unknown code view {view!r}; choose from {CODE_VIEWS}")
-        out[view] = frozenset(str(v) for v in values)
-    return out
-
-
-@dataclass(frozen=True)
-class Query:
-    """One condition to retrieve for.
-
-    Attributes:
-        statements: the report's diagnostic statements, most important first (may be empty).
-        age: years (NaN: unknown, the `age` view is dropped). sex: `'M'`/`'F'` or None.
-        heart_rate: bpm (NaN: unknown).
-        text_embedding: `(D,)` embedding of the report prompt by the index's embedder, or None
-            (the `text` view is dropped).
-        codes: `{view: frozenset}` of hospital code sets (views absent: dropped).
-        exclude: index keys (`ExperienceIndex.keys`) never returned, e.g. the query record.
-    """
-
-    statements: tuple[str, ...] = ()
-    age: float = math.nan
-    sex: str | None = None
-    heart_rate: float = math.nan
-    text_embedding: np.ndarray | None = field(default=None, compare=False)
-    codes: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    exclude: frozenset[str] = frozenset()
-
-    @classmethod
-    def from_report(
-        cls,
-        report: str | Sequence[str],
-        age: float | None = None,
-        sex: str | None = None,
-        heart_rate: float | None = None,
-        *,
-        text_embedding: np.ndarray | None = None,
-        codes: Mapping[str, Sequence[str]] | None = None,
-        exclude: Sequence[str] = (),
-    ) -> "Query":
-        """A query from a `'|'`-joined report (or statements), age (years), sex, heart rate (bpm)."""
-        return cls(
-            statements=statements_of(report),
-            age=math.nan if age is None else float(age),
-            sex=None if sex is None else str(sex).upper()[:1],
-            heart_rate=math.nan if heart_rate is None else float(heart_rate),
-            text_embedding=None if text_embedding is None else np.asarray(text_embedding, np.float32),
-            codes=_codes(codes),
-            exclude=frozenset(exclude),
-        )
 
 
 @dataclass
@@ -165,55 +100,6 @@ class Retrieval:
 
     def __len__(self) -> int:
         return len(self.rows)
-
-
-def check_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
-    """`DEFAULT_WEIGHTS` updated by `weights`; ValueError for an unknown view or a negative weight."""
-    merged = dict(DEFAULT_WEIGHTS)
-    for view, weight in (weights or {}).items():
-        if view not in VIEWS:
-            raise ValueError(f"unknown retrieval view {view!r}; choose from {VIEWS}")
-        if not (float(weight) >= 0 and math.isfinite(float(weight))):
-            raise ValueError(f"weight of view {view!r} must be finite and >= 0, got {weight}")
-        merged[view] = float(weight)
-    return merged
-
-
-def parse_weights(text: str) -> dict[str, float]:
-    """`"text=1,age=0.5"` -> `{"text": 1.0, "age": 0.5}`; ValueError for a malformed item."""
-    weights = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"weight {item!r} is not VIEW=NUMBER (views: {', '.join(VIEWS)})")
-        weights[name.strip()] = float(value)
-    check_weights(weights)
-    return weights
-
-
-class _SetMatrix:
-    """Binary sparse `(N, vocab)` matrix of per-record sets, for batched Jaccard similarity."""
-
-    def __init__(self, sets: Sequence[frozenset[str]]):
-        self.vocab = {item: i for i, item in enumerate(sorted(set().union(*sets)))} if sets else {}
-        self.sizes = np.array([len(s) for s in sets], np.float32)
-        self.matrix = self._encode(sets).T.tocsr()  # (vocab, N)
-
-    def _encode(self, sets: Sequence[frozenset[str]]) -> scipy.sparse.csr_matrix:
-        rows, cols = [], []
-        for r, items in enumerate(sets):
-            for item in items:
-                if item in self.vocab:
-                    rows.append(r)
-                    cols.append(self.vocab[item])
-        data = np.ones(len(rows), np.float32)
-        return scipy.sparse.csr_matrix((data, (rows, cols)), shape=(len(sets), max(len(self.vocab), 1)))
-
-    def jaccard(self, sets: Sequence[frozenset[str]]) -> np.ndarray:
-        """`(Q, N)` Jaccard of each query set with each record set (0 where both are empty)."""
-        inter = np.asarray((self._encode(sets) @ self.matrix).todense(), np.float32)  # (Q, N)
-        union = np.array([len(s) for s in sets], np.float32)[:, None] + self.sizes[None, :] - inter
-        return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 class ExperienceIndex:
@@ -266,7 +152,7 @@ class ExperienceIndex:
             e = np.asarray(text_embeddings, np.float32)
             norms = np.linalg.norm(e, axis=1, keepdims=True)
             self.text_embeddings = np.divide(e, norms, out=np.zeros_like(e), where=norms > 0)  # (N, D) unit rows
-        self.codes = [_codes(c) for c in codes] if codes is not None else [{} for _ in range(n)]
+        self.codes = [code_sets(c) for c in codes] if codes is not None else [{} for _ in range(n)]
         lengths = {
             len(a)
             for a in (
@@ -287,8 +173,8 @@ class ExperienceIndex:
         if len(set(self.keys.tolist())) != n:
             raise ValueError("index keys are not unique (give keys=..., e.g. '<dataset>/<record_id>')")
         self.statement_sets = [frozenset(map(normalise_statement, statements_of(r))) for r in self.reports]
-        self._statements = _SetMatrix(self.statement_sets)
-        self._code_matrices = {v: _SetMatrix([c.get(v, frozenset()) for c in self.codes]) for v in CODE_VIEWS}
+        self._statements = SetMatrix(self.statement_sets)
+        self._code_matrices = {v: SetMatrix([c.get(v, frozenset()) for c in self.codes]) for v in CODE_VIEWS}
         self._row_of = {k: i for i, k in enumerate(self.keys.tolist())}
         counts: dict[str, int] = {}
         for statements in self.statement_sets:
@@ -586,61 +472,7 @@ def retrieve(
 
     `score = sum_v w_v s_v / sum_v w_v` over the views (`VIEWS`) with `w_v > 0` that both
     the index and the query have (`ExperienceIndex.effective_weights()`); `weights` updates
-    `DEFAULT_WEIGHTS` (e.g. `{"age": 0}` drops the age view). Records whose key is in
+    `similarity.DEFAULT_WEIGHTS` (e.g. `{"age": 0}` drops the age view). Records whose key is in
     `query.exclude` are never returned. Ties are broken by index row, so results are deterministic.
     """
     return index.retrieve(query, k, weights)
-
-
-def read_tables(dirs: Sequence[str | Path]) -> dict:
-    """The non-signal fields of processed sets, concatenated, with keys and hospital code sets."""
-    out = {
-        name: []
-        for name in (
-            "reports",
-            "text_embeddings",
-            "age",
-            "sex",
-            "heart_rate",
-            "fold",
-            "record_ids",
-            "keys",
-            "patient_keys",
-            "codes",
-        )
-    }
-    embedders = set()
-    names = [Path(d).name for d in dirs]
-    for d in dirs:
-        d = Path(d)
-        prefix = d.name if names.count(d.name) == 1 else str(d.resolve())  # keys stay unique
-        if not (d / "dataset.npz").is_file():
-            raise FileNotFoundError(f"{d / 'dataset.npz'} not found: run `diffusets-jax prepare --out {d}` first")
-        embedders.add(json.loads((d / "info.json").read_text())["embedder"])
-        with np.load(d / "dataset.npz", allow_pickle=False) as data:
-            arrays = {
-                name: data[name]
-                for name in (
-                    "reports",
-                    "text_embeddings",
-                    "age",
-                    "sex",
-                    "heart_rate",
-                    "fold",
-                    "record_ids",
-                    "patient_ids",
-                )
-            }
-        hosp = read_hosp_codes(d)
-        for name in ("reports", "text_embeddings", "age", "sex", "heart_rate", "fold", "record_ids"):
-            out[name].append(arrays[name])
-        out["keys"].append(np.array([f"{prefix}/{r}" for r in arrays["record_ids"]]))
-        out["patient_keys"].append(np.array([f"{prefix}/{p}" for p in arrays["patient_ids"]]))
-        out["codes"].extend(hosp.get(str(r), {}) for r in arrays["record_ids"])
-    if len(embedders) > 1:
-        raise ValueError(
-            f"datasets {[str(d) for d in dirs]} were embedded with different text embedders: {sorted(embedders)}"
-        )
-    table = {name: (v if name == "codes" else np.concatenate(v)) for name, v in out.items()}
-    table["embedder"] = embedders.pop()
-    return table

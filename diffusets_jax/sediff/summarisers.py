@@ -18,7 +18,8 @@ from typing import Protocol, Sequence, runtime_checkable
 
 from diffusets_jax.data_pipelines.mimic_hosp import CODE_VIEWS
 from diffusets_jax.errors import DataError
-from diffusets_jax.sediff.retrieval import Query, Retrieval, normalise_statement, statements_of
+from diffusets_jax.sediff.retrieval import Retrieval
+from diffusets_jax.sediff.similarity import Query, normalise_statement, statements_of
 
 
 @runtime_checkable
