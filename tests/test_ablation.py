@@ -1,4 +1,5 @@
-"""`diffusets-jax ablate` (diffusets_jax.sediff.ablation) on a tiny base workdir and the fixture records."""
+"""`diffusets-jax ablate` (diffusets_jax.sediff.ablation, .ablation_evaluation) on a tiny base workdir and
+the fixture records."""
 
 import hashlib
 import json
@@ -13,7 +14,7 @@ from flax import nnx
 
 from conftest import tiny_config
 from diffusets_jax import cli
-from diffusets_jax.sediff import ablation
+from diffusets_jax.sediff import ablation, ablation_evaluation
 
 # trains a base model and fine-tunes every variant: minutes
 pytestmark = pytest.mark.slow
@@ -241,11 +242,11 @@ def test_retrieval_conditions_are_the_same_records_in_the_augmented_sets(process
         write_manifest(rag, MANIFEST_FILES)  # a deliberate change: the set's manifest follows it
         rag_dirs.append(rag)
     folds = range(1, 11)
-    conditions = ablation.held_out_conditions(processed_dirs, rag_dirs, folds, 8, seed=0)
+    conditions = ablation_evaluation.held_out_conditions(processed_dirs, rag_dirs, folds, 8, seed=0)
     np.testing.assert_array_equal(conditions.rag_text, -conditions.text)
     assert conditions.real.shape == (8, 1024, 12) and len(np.unique(conditions.heart_rate)) > 1
     with pytest.raises(ValueError, match="same order"):
-        ablation.held_out_conditions(processed_dirs, rag_dirs[::-1], folds, 8, seed=0)
+        ablation_evaluation.held_out_conditions(processed_dirs, rag_dirs[::-1], folds, 8, seed=0)
 
 
 def test_a_pretrained_model_directory_becomes_the_base_workdir(tmp_path, capsys):

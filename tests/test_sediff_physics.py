@@ -1,5 +1,5 @@
-"""SE-Diff's beat decoder and physics losses (diffusets_jax.sediff.beat_decoder, .physics) and their
-integration into the U-Net trainer."""
+"""SE-Diff's beat decoder, its training and the physics losses (diffusets_jax.sediff.beat_decoder,
+.beat_decoder_training, .physics) and their integration into the U-Net trainer."""
 
 import json
 
@@ -15,7 +15,7 @@ from diffusets_jax.conditions import class_indices
 from diffusets_jax.constants import LEADS
 from diffusets_jax.errors import ConfigError
 from diffusets_jax.leads import derive_limb_leads
-from diffusets_jax.sediff import beat_decoder, ecgsyn, physics
+from diffusets_jax.sediff import beat_decoder, beat_decoder_training, ecgsyn, physics
 
 
 def small_config():
@@ -48,7 +48,7 @@ def vae_workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def decoder_record(vae_workdir, processed_dirs):
-    return beat_decoder.train_beat_decoder(
+    return beat_decoder_training.train_beat_decoder(
         vae_workdir,
         processed_dirs,
         steps=150,
@@ -108,7 +108,7 @@ def test_interrupted_beat_decoder_training_resumes_to_the_same_parameters(
         return path
 
     def train(path, **kwargs):
-        return beat_decoder.train_beat_decoder(
+        return beat_decoder_training.train_beat_decoder(
             path,
             processed_dirs,
             **{

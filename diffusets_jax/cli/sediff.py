@@ -264,9 +264,10 @@ def cmd_augment_dataset(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------- train-beat-decoder
 def _train_beat_decoder(sub) -> None:
-    from diffusets_jax.sediff import beat_decoder as bd
+    from diffusets_jax.sediff import beat_decoder_training as bdt
+    from diffusets_jax.sediff.beat_decoder import DIRECTORY_NAME, OFFICIAL_BASE
 
-    p = sub.add_parser("train-beat-decoder", help=HELP["train-beat-decoder"], description=_description(bd))
+    p = sub.add_parser("train-beat-decoder", help=HELP["train-beat-decoder"], description=_description(bdt))
     p.add_argument("--workdir", required=True, help="training workdir with a trained VAE (vae/ checkpoints)")
     p.add_argument(
         "--dataset",
@@ -275,24 +276,24 @@ def _train_beat_decoder(sub) -> None:
         metavar="DIR",
         help="processed dataset directory (diffusets-jax prepare --out DIR); repeatable",
     )
-    p.add_argument("--steps", type=int, default=None, help=f"AdamW steps (default {bd.DEFAULT_STEPS})")
-    p.add_argument("--out", default=None, help=f"output directory (default: WORKDIR/{bd.DIRECTORY_NAME})")
-    p.add_argument("--batch-size", type=int, default=None, help=f"default {bd.DEFAULT_BATCH_SIZE}")
-    p.add_argument("--learning-rate", type=float, default=None, help=f"default {bd.DEFAULT_LEARNING_RATE:g}")
+    p.add_argument("--steps", type=int, default=None, help=f"AdamW steps (default {bdt.DEFAULT_STEPS})")
+    p.add_argument("--out", default=None, help=f"output directory (default: WORKDIR/{DIRECTORY_NAME})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"default {bdt.DEFAULT_BATCH_SIZE}")
+    p.add_argument("--learning-rate", type=float, default=None, help=f"default {bdt.DEFAULT_LEARNING_RATE:g}")
     p.add_argument(
-        "--base", type=int, default=None, help=f"channel width (default {bd.DEFAULT_BASE}; official {bd.OFFICIAL_BASE})"
+        "--base", type=int, default=None, help=f"channel width (default {bdt.DEFAULT_BASE}; official {OFFICIAL_BASE})"
     )
     p.add_argument(
         "--spectral-weight",
         type=float,
         default=None,
-        help=f"alpha_spec, weight of the spectral multi-beat loss (default {bd.DEFAULT_SPECTRAL_WEIGHT:g})",
+        help=f"alpha_spec, weight of the spectral multi-beat loss (default {bdt.DEFAULT_SPECTRAL_WEIGHT:g})",
     )
     p.add_argument(
         "--shifts",
         type=int,
         default=None,
-        help=f"circularly shifted copies of each training ECG, 0: none (default {bd.DEFAULT_SHIFTS})",
+        help=f"circularly shifted copies of each training ECG, 0: none (default {bdt.DEFAULT_SHIFTS})",
     )
     p.add_argument("--seed", type=int, default=None, help=f"default {_default('beat_decoder', 'seed')}")
     p.add_argument(
@@ -307,7 +308,8 @@ def _train_beat_decoder(sub) -> None:
 
 
 def cmd_train_beat_decoder(args: argparse.Namespace) -> None:
-    from diffusets_jax.sediff.beat_decoder import DIRECTORY_NAME, train_beat_decoder
+    from diffusets_jax.sediff.beat_decoder import DIRECTORY_NAME
+    from diffusets_jax.sediff.beat_decoder_training import train_beat_decoder
 
     s = _settings(
         args,
