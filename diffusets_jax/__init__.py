@@ -7,7 +7,7 @@ The heavy parts (JAX, the text model) load on first use, so `import diffusets_ja
 from diffusets_jax.constants import FS, LEADS, NUM_SAMPLES
 
 __version__ = "0.1.0"
-__all__ = ["FS", "LEADS", "NUM_SAMPLES", "Pipeline", "__version__"]
+__all__ = ["FS", "LEADS", "NUM_SAMPLES", "Pipeline", "Sampling", "__version__"]
 
 
 def __getattr__(name):
@@ -15,4 +15,8 @@ def __getattr__(name):
         from diffusets_jax.pipeline import Pipeline
 
         return Pipeline
+    if name == "Sampling":
+        from diffusets_jax.sampling import Sampling
+
+        return Sampling
     raise AttributeError(f"module 'diffusets_jax' has no attribute {name!r}")

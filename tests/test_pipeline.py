@@ -183,8 +183,11 @@ def test_one_sampling_value_is_passed_through_and_not_checked_again(tiny_pipelin
 
 
 def test_a_sampling_is_checked_when_made(tiny_pipeline):
+    import diffusets_jax
     from diffusets_jax.errors import InputError
     from diffusets_jax.pipeline import Sampling
+
+    assert diffusets_jax.Sampling is Sampling  # the package exports it, as it does Pipeline
 
     with pytest.raises(InputError, match=r"eta must be a number in \[0, 1\], got 2"):
         Sampling("ddim", 10, eta=2)
