@@ -8,11 +8,11 @@ config (`vae.channels`, official `(128, 256, 512)`); the sequence of layers is t
 
 Speed (issue 19; paper size, encode + decode of 32 ECGs = 435 GFLOP, 2-core CPU): nearly all of
 the time is the k = 3 convolutions, which XLA's CPU convolution runs about as fast per FLOP as
-PyTorch's oneDNN (plain convolutions: 1.16 s against the official code's 1.25 s, idle CPU), so only
-fewer multiplications help. The convolutions with at least 256 channels on both sides (~85 % of the
-FLOPs) are computed by Winograd F(4, 3) (`layers.winograd_conv3`: half the multiplications), and
-GroupNorm reduces over L first (`layers.GroupNorm`): 0.90 s, within 1.3e-6 relative error of the
-plain layers (benchmarks/README.md).
+PyTorch's oneDNN (plain convolutions: 1.16 s against the official code's 1.2 s, idle CPU), so only
+fewer multiplications help. Every k = 3, stride-1 convolution with at least 128 channels on both
+sides (all but the first and last) is computed by Winograd F(4, 3) (`layers.winograd_conv3`: half
+the multiplications), and GroupNorm reduces over L first (`layers.GroupNorm`): ~0.85 s, within
+1e-5 relative error of the plain layers (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from diffusets_jax.models.layers import conv1d, group_norm, linear
 Array = jax.Array
 
 #: k = 3 convolutions at least this wide on both sides use Winograd F(4, 3) (`layers.winograd_conv3`).
-#: Idle 2-core CPU, encode + decode of 32 ECGs: from 512 channels 964 ms, from 256 900 ms, from 128
-#: 902 ms (the 128-channel transforms cost what they save), none 1157 ms.
-WINOGRAD_MIN_CHANNELS = 256
+#: Idle 2-core CPU, encode + decode of 32 ECGs (alternated medians): with the transforms fused into
+#: the matmuls, from 256 channels 870 ms, from 128 845 ms; plain convolutions 1157 ms.
+WINOGRAD_MIN_CHANNELS = 128
 
 
 def conv3(cin: int, cout: int, rngs: nnx.Rngs) -> nnx.Conv:
