@@ -9,7 +9,7 @@
    GroupNorm, SiLU, residual adds...). On the CPU the thunks' worker threads are only partly
    traced, so the shares are of the traced time, not of the wall time.
 2. Variants, each compiled once and then timed alternately (A, B, C, A, B, C, ...): the model as
-   it is (Winograd F(4, 3) for the convolutions of 256 channels or more, GroupNorm reduced over L first), and
+   it is (Winograd F(4, 3) for the convolutions of 128 channels or more, GroupNorm reduced over L first), and
    the plain layers put back by swapping the classes of the same parameter tree (`nnx.Conv`,
    flax's `nnx.GroupNorm`), separately and together. The relative error against the plain model
    is printed with each.
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         return encode_decode
 
     variants = {
-        "as is (Winograd >= 256-ch convs + GroupNorm over L first)": variant(False, False),
+        "as is (Winograd >= 128-ch convs + GroupNorm over L first)": variant(False, False),
         "plain nnx.Conv, GroupNorm over L first": variant(True, False),
         "Winograd, flax nnx.GroupNorm": variant(False, True),
         "plain nnx.Conv + flax nnx.GroupNorm (before issue 19)": variant(True, True),
