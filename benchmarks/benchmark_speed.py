@@ -17,10 +17,9 @@ The official side is the PyTorch code of PKUDigitalHealth/DiffuSETS (`unet/unet_
 `ECGconditional`, `vae/vae_model.py` `VAE_Encoder` / `VAE_Decoder`, diffusers `DDPMScheduler` as in
 `utils/inference.py`, the training step of `utils/train.py`), imported from `--official-repo PATH`
 (a checkout) or `--official-package NAME` (an installed package holding those modules). Without
-either, the official column holds the figures recorded in issue 19 (official code at commit
-f9106528, torch 2.13 on 2 threads, on this 2-core CPU, measured alternately with the port in one
-run) and is marked "recorded": ratios against recorded figures are only as good as the CPU load
-was alike.
+either, the official column holds recorded figures (`RECORDED`: the official code at commit
+f9106528, torch 2.13 on 2 threads, measured alternately with the port in one run on this 2-core CPU
+while idle) and is marked "recorded": ratios against recorded figures hold only on an idle CPU.
 
 On a GPU or TPU the same script runs there (the header names the device); `--dtype bfloat16`
 computes in bfloat16 (parameters and inputs cast; the parity goldens are float32 only).
@@ -54,15 +53,18 @@ from diffusets_jax.models import build_unet, build_vae
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Official PyTorch, seconds, as recorded in issue 19 (torch 2.13, 2 threads, this 2-core CPU).
+#: Official PyTorch, seconds, measured 2026-12-01 side by side with the port on this 2-core CPU while
+#: idle (torch 2.13, 2 threads, diffusers 0.27.2; official models checked against the parity goldens;
+#: benchmarks/README.md). Issue 19 had recorded slower figures on a busier CPU (VAE 3.01 s, U-Net
+#: batch 1 28.8 ms), against which every ratio looked better than it is.
 RECORDED = {
-    "unet_fwd_1": 0.0288,
-    "unet_fwd_8": 0.0490,
-    "unet_fwd_32": 0.156,
-    "sample_50": 2.17,
-    "sample_1000": 55.3,
-    "vae_32": 3.01,
-    "train_32": 0.508,
+    "unet_fwd_1": 0.0157,
+    "unet_fwd_8": 0.0401,
+    "unet_fwd_32": 0.0951,
+    "sample_50": 1.49,
+    "sample_1000": 32.3,
+    "vae_32": 1.19,
+    "train_32": 0.338,
 }
 TARGET_RATIO = 0.5
 #: Pause between the alternated calls: PyTorch's OpenMP threads spin for a while after their work
@@ -486,8 +488,8 @@ def main(argv=None) -> int:
             print("  WARNING: above 1e-4: this is not the official code at commit f9106528")
     else:
         print(
-            "- official: not given (--official-repo): the official column holds the figures recorded in "
-            "issue 19, marked (recorded)"
+            "- official: not given (--official-repo): the official column holds figures recorded on an idle "
+            "CPU (RECORDED), marked (recorded)"
         )
     busy_text = "unknown" if busy is None else f"{100 * busy:.0f}%"
     warning = " (other processes were using the CPU: times are inflated)" if busy is not None and busy > 0.1 else ""
