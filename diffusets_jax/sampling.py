@@ -22,8 +22,6 @@ import numpy as np
 from diffusets_jax.diffusion import SAMPLERS
 from diffusets_jax.errors import InputError
 
-#: The fields of `Sampling`, in order: also the names of the keyword arguments that override them.
-FIELDS = ("sampler", "num_steps", "eta", "guidance_scale", "exact_limb_leads")
 MAX_GUIDANCE_SCALE = 50.0
 GUIDANCE_WARNING = (
     "guidance_scale != 1 but this model was trained without condition dropout: its null "
@@ -148,6 +146,10 @@ class Sampling:
         """A copy with `changes` (field names), checked as a new `Sampling` (not against a model's
         `num_train_timesteps`: use `from_config` for that)."""
         return dataclasses.replace(self, **changes)
+
+
+#: The fields of `Sampling`, in order: also the names of the keyword arguments that override them.
+FIELDS = tuple(f.name for f in dataclasses.fields(Sampling))
 
 
 def _check_num_steps(value, high: int | None = None) -> None:

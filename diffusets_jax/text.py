@@ -262,6 +262,11 @@ class EmbeddingCache:
     def __repr__(self) -> str:
         return f"EmbeddingCache(embedder={self.embedder_name!r}, dim={self.dim}, size={len(self)})"
 
+    def keep_newest(self, n: int) -> None:
+        """Drop all but the `n` most recently added prompts."""
+        for prompt in list(self._vectors)[: max(0, len(self._vectors) - n)]:
+            del self._vectors[prompt]
+
     @classmethod
     def load(cls, path: str | Path) -> EmbeddingCache:
         """Read a cache written by `save()`."""
@@ -402,9 +407,7 @@ class CachedEmbedder:
     def _save(self) -> None:
         import warnings
 
-        vectors = self._cache._vectors
-        for text in list(vectors)[: max(0, len(vectors) - self.max_entries)]:
-            del vectors[text]
+        self._cache.keep_newest(self.max_entries)
         tokens = dict(list(self._tokens.items())[-self.max_entries :])
         try:
             self._cache.save(

@@ -13,19 +13,24 @@ class UsageError(InputError):
     """A bad command-line argument: printed as one line, exit status 2."""
 
 
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    """--config, --set, --workdir, --data, --stop-after, --distributed of the training commands."""
-    p.add_argument(
-        "--config", default="small", help="config name in configs/ (small, paper) or a .py path (default: small)"
-    )
+def add_override_arg(p: argparse.ArgumentParser, example: str | None = None) -> None:
+    """--set KEY=VALUE (repeatable, into `args.overrides`): a config field overridden, as `load_config` takes it."""
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config field, e.g. --set unet_train.num_steps=100 (repeatable)",
+        help=f"override a config field{f', e.g. --set {example}' if example else ''} (repeatable)",
     )
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """--config, --set, --workdir, --data, --stop-after, --distributed of the training commands."""
+    p.add_argument(
+        "--config", default="small", help="config name in configs/ (small, paper) or a .py path (default: small)"
+    )
+    add_override_arg(p, "unet_train.num_steps=100")
     p.add_argument(
         "--workdir", required=True, type=Path, help="directory for checkpoints and logs (resumed if present)"
     )

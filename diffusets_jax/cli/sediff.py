@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from ._common import UsageError, parse_folds
+from ._common import UsageError, add_override_arg, parse_folds
 
 HELP = {
     "fit-ecgsyn": "fit the per-class ECGSYN wave parameters (SE-Diff prior)",
@@ -45,14 +45,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         default="sediff",
         help="config with the SE-Diff hyperparameters: a name in configs/ or a .py path (default: sediff)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set beat_decoder.steps=4000 (repeatable)",
-    )
+    add_override_arg(p, "beat_decoder.steps=4000")
 
 
 def _settings(args: argparse.Namespace, section: str, **flags) -> dict:

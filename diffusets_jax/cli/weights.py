@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import UsageError, add_checkpoint_arg
+from ._common import UsageError, add_checkpoint_arg, add_override_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,14 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="config of the official model: paper (default: official sizes, 1536-d ada-002 text) "
         "or a config name / .py path",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field (repeatable)",
-    )
+    add_override_arg(p)
     p.set_defaults(func=cmd_convert_torch)
 
     p = sub.add_parser(

@@ -19,23 +19,13 @@ import numpy as np
 from diffusets_jax.data_pipelines.mimic_hosp import read_hosp_codes
 
 
+#: The `dataset.npz` arrays kept per record, in the order of the returned table.
+COLUMNS = ("reports", "text_embeddings", "age", "sex", "heart_rate", "fold", "record_ids")
+
+
 def read_tables(dirs: Sequence[str | Path]) -> dict:
     """The non-signal fields of processed sets, concatenated, with keys and hospital code sets."""
-    out = {
-        name: []
-        for name in (
-            "reports",
-            "text_embeddings",
-            "age",
-            "sex",
-            "heart_rate",
-            "fold",
-            "record_ids",
-            "keys",
-            "patient_keys",
-            "codes",
-        )
-    }
+    out = {name: [] for name in (*COLUMNS, "keys", "patient_keys", "codes")}
     embedders = set()
     names = [Path(d).name for d in dirs]
     for d in dirs:
@@ -45,21 +35,9 @@ def read_tables(dirs: Sequence[str | Path]) -> dict:
             raise FileNotFoundError(f"{d / 'dataset.npz'} not found: run `diffusets-jax prepare --out {d}` first")
         embedders.add(json.loads((d / "info.json").read_text())["embedder"])
         with np.load(d / "dataset.npz", allow_pickle=False) as data:
-            arrays = {
-                name: data[name]
-                for name in (
-                    "reports",
-                    "text_embeddings",
-                    "age",
-                    "sex",
-                    "heart_rate",
-                    "fold",
-                    "record_ids",
-                    "patient_ids",
-                )
-            }
+            arrays = {name: data[name] for name in (*COLUMNS, "patient_ids")}
         hosp = read_hosp_codes(d)
-        for name in ("reports", "text_embeddings", "age", "sex", "heart_rate", "fold", "record_ids"):
+        for name in COLUMNS:
             out[name].append(arrays[name])
         out["keys"].append(np.array([f"{prefix}/{r}" for r in arrays["record_ids"]]))
         out["patient_keys"].append(np.array([f"{prefix}/{p}" for p in arrays["patient_ids"]]))
