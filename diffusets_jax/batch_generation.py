@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,9 +137,13 @@ def _parse_row(i: int, values: dict, base_seed: int) -> Row:
     return row
 
 
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
 def _printable(text: str) -> str:
-    """`text` with the undecodable bytes `surrogateescape` kept replaced by U+FFFD."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    """`text` with every surrogate code point replaced by U+FFFD: the undecodable bytes
+    `surrogateescape` kept (U+DC80-U+DCFF), and any lone surrogate a caller passes in."""
+    return _SURROGATES.sub("\ufffd", text)
 
 
 def _number(values: dict, name: str) -> float:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from diffusets_jax.batch_generation import _parse_row, read_conditions
@@ -209,6 +209,8 @@ cells = st.one_of(text, st.sampled_from(["50", "70", "M", "F", "nan", "inf", "-1
     ),
     base_seed=st.integers(0, MAX_SEED),
 )
+@example(values={"report": "\ud800", "age": "", "sex": "", "hr": ""}, base_seed=0)  # a lone high surrogate
+@example(values={"report": "Sinus rhythm\udce9", "age": "50", "sex": "M", "hr": "70"}, base_seed=0)
 def test_a_csv_row_is_parsed_valid_or_listed_with_a_one_line_error(values, base_seed):
     values = {k: v.strip() for k, v in values.items()}
     row = _parse_row(3, values, base_seed)
