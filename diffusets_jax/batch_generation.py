@@ -258,11 +258,12 @@ def generate_from_csv(
 
     batch_size = batch_size or pipeline.config.sampling.batch_size
     prompts = [build_prompt(r.report.split("|")) for r in pending]
+    unique = sorted(set(prompts))
+    # Embedding first: a cache miss records the token counts the warnings below read.
+    embeddings = dict(zip(unique, pipeline.embedder.embed(unique))) if unique else {}
     for r in pending:
         if message := truncation_warning(r.report.split("|"), pipeline.embedder):
             warnings.warn(f"row {r.row}: {message}", stacklevel=2)
-    unique = sorted(set(prompts))
-    embeddings = dict(zip(unique, pipeline.embedder.embed(unique))) if unique else {}
     generated = []
     with tqdm(
         total=len(pending),

@@ -233,9 +233,10 @@ class Pipeline:
         from diffusets_jax.text import build_prompt, truncation_warning
 
         prompt = build_prompt(list(statements))
+        embedding = self.embedder.embed([prompt])[0]  # first: a cache miss records the token count too
         if message := truncation_warning(statements, self.embedder):
             warnings.warn(message, stacklevel=3)
-        return self.embedder.embed([prompt])[0], prompt
+        return embedding, prompt
 
     def __call__(
         self,

@@ -436,11 +436,21 @@ class CachedEmbedder:
         return [self._tokens[t] for t in texts]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed `texts`: float32 `(len(texts), dim)`, from the file where it has them."""
+        """Embed `texts`: float32 `(len(texts), dim)`, from the file where it has them.
+
+        On a miss the model is loaded anyway, so the new texts' token counts (and the model's
+        `max_tokens`) are taken with their embeddings, and the file is written once: a
+        `truncation_warning` after `embed` then reads everything from the cache.
+        """
         texts = list(texts)
-        missing = any(t not in self._cache for t in texts)
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
         vectors = self._cache.embed_prompts(texts, self.embedder)
         if missing:
+            if hasattr(self.embedder, "count_tokens"):
+                if self._max_tokens is None:
+                    self._max_tokens = int(self.embedder.max_tokens)
+                if new := [t for t in missing if t not in self._tokens]:
+                    self._tokens.update(zip(new, (int(n) for n in self.embedder.count_tokens(new))))
             self._save()
         return vectors
 

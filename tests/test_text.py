@@ -275,6 +275,24 @@ def test_cached_embedder_gives_the_same_truncation_warning(minilm, tmp_path):
     assert model._model is None
 
 
+def test_cached_embedder_writes_a_new_prompt_once_with_its_token_count(minilm, tmp_path, monkeypatch):
+    statements = ["Sinus bradycardia", "First degree AV block"]
+    writes, save = [], EmbeddingCache.save
+
+    def counted_save(self, path, **extra):
+        writes.append(path)
+        return save(self, path, **extra)
+
+    monkeypatch.setattr(EmbeddingCache, "save", counted_save)
+    cached = CachedEmbedder(minilm, tmp_path)
+    cached.embed([build_prompt(statements)])  # as generation does: embed, then the truncation check
+    assert truncation_warning(statements, cached) is None
+    assert len(writes) == 1
+    model = MiniLMEmbedder()  # a new process: the warning's token counts come from the file
+    assert truncation_warning(statements, CachedEmbedder(model, tmp_path)) is None
+    assert model._model is None and len(writes) == 1
+
+
 def test_cached_embedder_keeps_the_newest_entries_and_rebuilds_a_corrupt_file(minilm, tmp_path):
     cached = CachedEmbedder(minilm, tmp_path, max_entries=2)
     cached.embed(["one", "two"])
