@@ -409,6 +409,18 @@ def main(argv=None) -> int:
             noise,
             official=off.vae(batch) if off else None,
         )
+
+        def decode(leaves, z):  # the last step of generating one ECG
+            return nnx.merge(vae_def, jax.tree.unflatten(vae_tree, leaves)).decoder(z)
+
+        bench.run(
+            "decode_1",
+            "VAE decode, batch 1",
+            decode,
+            vae_leaves,
+            noise[:1] * 0.18215,
+            official=off.decode(1) if off else None,
+        )
         del vae_leaves
 
     if "train" not in args.skip:

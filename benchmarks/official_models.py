@@ -145,6 +145,16 @@ class Official:
 
         return run
 
+    def decode(self, batch: int):
+        torch = self.torch
+        z = torch.randn(batch, 4, 128) * 0.18215
+
+        def run():
+            with torch.no_grad():
+                return self.decoder(z)
+
+        return run
+
     def train_step(self, batch: int):
         torch = self.torch
         x0, _, text, condition = self.inputs(batch)

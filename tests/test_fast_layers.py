@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from diffusets_jax.models.layers import GroupNorm, WinogradConv1d, conv1d, group_norm, winograd_conv3
+from diffusets_jax.models.layers import (
+    WINOGRAD_MIN_ROWS,
+    GroupNorm,
+    WinogradConv1d,
+    conv1d,
+    group_norm,
+    winograd_conv3,
+)
 
 
 def relative_error(out, ref) -> float:
@@ -25,13 +32,17 @@ def test_winograd_conv3_matches_the_direct_convolution(length):
     assert relative_error(out, direct) < 5e-6
 
 
-def test_winograd_conv_module_keeps_nnx_conv_parameters():
+@pytest.mark.parametrize("batch, length", [(3, 17), (1, 1024), (2, 1100)])
+def test_winograd_conv_module_keeps_nnx_conv_parameters_and_results(batch, length):
     plain = conv1d(8, 8, 3, rngs=nnx.Rngs(0))
     fast = conv1d(8, 8, 3, rngs=nnx.Rngs(0), winograd=True)
     assert isinstance(fast, WinogradConv1d)
     assert jax.tree.structure(nnx.state(plain)) == jax.tree.structure(nnx.state(fast))
-    x = jnp.asarray(np.random.default_rng(1).standard_normal((3, 17, 8)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((batch, length, 8)), jnp.float32)
     assert relative_error(fast(x), plain(x)) < 5e-6
+    # Few rows: one im2col matmul; from WINOGRAD_MIN_ROWS on, Winograd's six and its kernel transform G g.
+    matmuls = str(jax.make_jaxpr(fast)(x)).count("dot_general")
+    assert matmuls == (7 if batch * length >= WINOGRAD_MIN_ROWS else 1)
     with pytest.raises(ValueError, match="Winograd"):
         conv1d(8, 8, 3, stride=2, rngs=nnx.Rngs(0), winograd=True)
 
