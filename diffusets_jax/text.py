@@ -430,10 +430,15 @@ class CachedEmbedder:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each text (the wrapped embedder's `count_tokens`), remembered."""
         texts = list(texts)
-        if missing := list(dict.fromkeys(t for t in texts if t not in self._tokens)):
-            self._tokens.update(zip(missing, (int(n) for n in self.embedder.count_tokens(missing))))
+        if self._remember_tokens(texts):
             self._save()
         return [self._tokens[t] for t in texts]
+
+    def _remember_tokens(self, texts: Sequence[str]) -> bool:
+        """Count, with the model, the tokens of those `texts` not yet known; True if there were any."""
+        if missing := list(dict.fromkeys(t for t in texts if t not in self._tokens)):
+            self._tokens.update(zip(missing, (int(n) for n in self.embedder.count_tokens(missing))))
+        return bool(missing)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed `texts`: float32 `(len(texts), dim)`, from the file where it has them.
@@ -443,14 +448,13 @@ class CachedEmbedder:
         `truncation_warning` after `embed` then reads everything from the cache.
         """
         texts = list(texts)
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        missing = [t for t in texts if t not in self._cache]
         vectors = self._cache.embed_prompts(texts, self.embedder)
         if missing:
             if hasattr(self.embedder, "count_tokens"):
                 if self._max_tokens is None:
                     self._max_tokens = int(self.embedder.max_tokens)
-                if new := [t for t in missing if t not in self._tokens]:
-                    self._tokens.update(zip(new, (int(n) for n in self.embedder.count_tokens(new))))
+                self._remember_tokens(missing)
             self._save()
         return vectors
 

@@ -206,9 +206,10 @@ def winograd_conv3(x: Array, kernel: Array, bias: Array) -> Array:
 
 
 #: `WinogradConv1d` on fewer output rows (batch x length) than this runs as im2col: Winograd's
-#: matmuls have a quarter of the rows, too few for the matmul kernels to run efficiently. Decoding one ECG with the
-#: paper VAE (rows 128 to 1024; 2-core CPU, alternated medians of 15): Winograd 73 ms, im2col 36 ms;
-#: encode + decode at batch 2 158 -> 99 ms, at batch 4 205 -> 191 ms; from batch 16 nothing changes.
+#: matmuls have a quarter of the rows, too few for the matmul kernels to run efficiently.
+#: Decoding one ECG with the paper VAE (rows 128 to 1024; 2-core CPU, alternated medians of 15):
+#: Winograd 73 ms, im2col 36 ms; encode + decode at batch 2 158 -> 99 ms, at batch 4 205 -> 191 ms;
+#: from batch 16 nothing changes.
 WINOGRAD_MIN_ROWS = 2048
 
 
