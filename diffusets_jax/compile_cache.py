@@ -6,7 +6,8 @@ first process writes each compiled executable to `cache_dir` and later processes
 costs milliseconds). The CLI turns it on at start (`diffusets-jax --no-compile-cache`: off); the
 notebooks, `evaluate()` and `serve()` call `ensure_enabled()`, which keeps a directory already
 chosen and a `disable()`. What the cache cannot save is tracing: a process still traces each
-program (seconds for the sampler) to compute its key.
+program (seconds for the sampler) to compute its key. For the sampler, `program_cache` keeps the
+traced program too, in the `exported/` subdirectory of this one, on whenever this cache is.
 
 Directory, first that is set: the `cache_dir` argument, `$DIFFUSETS_JAX_CACHE_DIR`, JAX's own
 `$JAX_COMPILATION_CACHE_DIR`, `$XDG_CACHE_HOME/diffusets-jax/jax-cache`,
