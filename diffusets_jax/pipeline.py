@@ -160,7 +160,6 @@ class Pipeline:
             )
         self.schedule = diffusion.schedule_from_config(config.diffusion)
         self._graphs = (nnx.split(vae), nnx.split(unet))
-        self._samplers: dict[Sampling, callable] = {}
         self._programs: dict[tuple, callable] = {}  # (options, shapes, key impl) -> `_program`
 
     @classmethod
@@ -207,27 +206,26 @@ class Pipeline:
         )
 
     def _sampler(self, options: Sampling):
-        """`(vae_state, unet_state, condition (B, D+3), keys (B,)) -> (B, 1024, 12)`, compiled once per options."""
-        if options not in self._samplers:
-            (vae_def, _), (unet_def, _) = self._graphs
-            schedule, channels = self.schedule, self.config.vae.latent_channels
-            patient_mean = tuple(self.config.unet.get("patient_mean", (0.0, 0.0, 0.0)))
+        """`(vae_state, unet_state, condition (B, D+3), keys (B,)) -> (B, 1024, 12)`, to be traced
+        (by `_program`, which compiles and keeps it per options and batch shape)."""
+        (vae_def, _), (unet_def, _) = self._graphs
+        schedule, channels = self.schedule, self.config.vae.latent_channels
+        patient_mean = tuple(self.config.unet.get("patient_mean", (0.0, 0.0, 0.0)))
 
-            def generate(vae_state, unet_state, condition, keys):
-                unet = nnx.merge(unet_def, unet_state)
-                noise_keys, step_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
-                x_T = jax.vmap(lambda k: jax.random.normal(k, (LATENT_LENGTH, channels)))(noise_keys)
-                model_fn = diffusion.guided(
-                    unet, condition, null_condition(condition, patient_mean), options.guidance_scale
-                )
-                latents = diffusion.sample(
-                    model_fn, schedule, x_T, step_keys, options.num_steps, options.sampler, options.eta
-                )
-                signals = nnx.merge(vae_def, vae_state).decoder(latents)
-                return derive_limb_leads(signals) if options.exact_limb_leads else signals
+        def generate(vae_state, unet_state, condition, keys):
+            unet = nnx.merge(unet_def, unet_state)
+            noise_keys, step_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
+            x_T = jax.vmap(lambda k: jax.random.normal(k, (LATENT_LENGTH, channels)))(noise_keys)
+            model_fn = diffusion.guided(
+                unet, condition, null_condition(condition, patient_mean), options.guidance_scale
+            )
+            latents = diffusion.sample(
+                model_fn, schedule, x_T, step_keys, options.num_steps, options.sampler, options.eta
+            )
+            signals = nnx.merge(vae_def, vae_state).decoder(latents)
+            return derive_limb_leads(signals) if options.exact_limb_leads else signals
 
-            self._samplers[options] = jax.jit(generate)
-        return self._samplers[options]
+        return generate
 
     def _program(self, options: Sampling, condition_shape: tuple, key_shape: tuple, impl: str):
         """`_sampler(options)` for one batch shape, on flat arguments `(vae_leaves, unet_leaves,
